@@ -1,0 +1,46 @@
+# Whistle — the two set-up commands on a fresh clone are `make demo` and `make test`.
+# Both bootstrap everything: a virtualenv with the project installed, Debian's clickhouse-server,
+# and Apache Kafka's jars (resolved from Maven Central on first `stack up`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap demo test test-fast bench stack-up stack-down clean
+
+bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server
+
+$(VENV)/.installed: pyproject.toml
+	@command -v java >/dev/null || { echo "error: Java not found: install a JDK 17+ (apt-get install -y openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: Maven not found: install it (apt-get install -y maven)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+/usr/sbin/clickhouse-server:
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client
+
+demo: bootstrap
+	$(BIN)/whistle demo
+
+test: bootstrap
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap
+	$(BIN)/python -m pytest -m "not drill" $(PYTEST_ARGS)
+
+bench: bootstrap
+	$(BIN)/whistle bench
+
+stack-up: bootstrap
+	$(BIN)/whistle stack up
+
+stack-down: bootstrap
+	$(BIN)/whistle stack down
+
+clean:
+	rm -rf $(VENV) .whistle .pytest_cache

@@ -1,0 +1,102 @@
+"""Topic provisioning from `infra/topics.yaml`: create what is missing, converge what differs.
+
+Re-runnable: a second run changes nothing. Partitions only ever grow (Kafka cannot shrink them,
+and growing them moves keys, so growth is reported loudly). Topic configs are set with
+incremental alters so that settings made outside this file survive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
+
+from whistle.errors import ConfigError, StackError
+from whistle.settings import KafkaSettings
+
+TOPICS_FILE = Path(__file__).resolve().parent / "topics.yaml"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str
+    replication_factor: int | None
+    key: str
+    doc: str
+
+
+def load_topics(path: Path = TOPICS_FILE, prefix: str = "") -> list[TopicSpec]:
+    """Parse and validate the declarative topic file; errors name the file, the topic and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read topic file: {exc}", file=str(path)) from exc
+    specs = []
+    for index, entry in enumerate(raw.get("topics") or []):
+        where = f"{path.name}: topics[{index}]"
+        try:
+            spec = TopicSpec(
+                name=prefix + str(entry["name"]),
+                partitions=int(entry["partitions"]),
+                retention_ms=int(entry.get("retention_ms", -1)),
+                cleanup_policy=str(entry.get("cleanup", "delete")),
+                replication_factor=int(entry["replication"]) if "replication" in entry else None,
+                key=str(entry.get("key", "")),
+                doc=str(entry.get("doc", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: missing or invalid field {exc}", file=str(path)) from exc
+        if spec.partitions < 1 or spec.cleanup_policy not in ("delete", "compact", "compact,delete"):
+            raise ConfigError(f"{where} ({spec.name}): partitions must be >= 1 and cleanup delete|compact", file=str(path))
+        specs.append(spec)
+    if not specs:
+        raise ConfigError("no topics declared", file=str(path))
+    return specs
+
+
+def provision_topics(kafka: KafkaSettings, specs: list[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics, grow partitions, converge configs. Returns what changed, one line each."""
+    admin = AdminClient({**kafka.librdkafka(), "log_level": 0})
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except Exception as exc:
+        raise StackError(f"Kafka at {kafka.bootstrap_servers} did not answer: {exc}") from exc
+    changes: list[str] = []
+    wanted = []
+    for spec in specs:
+        configs = {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy,
+                   "min.insync.replicas": str(kafka.min_insync_replicas)}
+        if spec.name not in existing:
+            wanted.append(NewTopic(spec.name, spec.partitions, spec.replication_factor or kafka.replication_factor, config=configs))
+            changes.append(f"created {spec.name} ({spec.partitions} partitions)")
+            continue
+        have = len(existing[spec.name].partitions)
+        if have < spec.partitions:
+            _wait_all(admin.create_partitions([NewPartitions(spec.name, spec.partitions)]), timeout_s)
+            changes.append(f"grew {spec.name} from {have} to {spec.partitions} partitions (keys move!)")
+        elif have > spec.partitions:
+            changes.append(f"WARNING {spec.name} has {have} partitions, file says {spec.partitions}: Kafka cannot shrink")
+        resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
+        current = _wait_all(admin.describe_configs([resource]), timeout_s)[0]
+        drift = {k: v for k, v in configs.items() if current[k].value != v}
+        if drift:
+            entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in drift.items()]
+            _wait_all(admin.incremental_alter_configs([ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=entries)]), timeout_s)
+            changes.append(f"set {spec.name} " + ", ".join(f"{k}={v}" for k, v in drift.items()))
+    if wanted:
+        _wait_all(admin.create_topics(wanted), timeout_s)
+    return changes
+
+
+def _wait_all(futures: dict, timeout_s: float) -> list:
+    results = []
+    for key, future in futures.items():
+        try:
+            results.append(future.result(timeout=timeout_s))
+        except Exception as exc:
+            raise StackError(f"Kafka admin operation on {key} failed: {exc}") from exc
+    return results

@@ -1,0 +1,133 @@
+"""The shared vocabulary of Whistle's domain: frozen dataclasses, no Kafka, no Faust.
+
+Every domain rule (normalize, enrich, route, merge, evolve, SLA) takes and returns
+these values. They become dicts only at the serializer (`schemas.serde`).
+All datetimes are timezone-aware UTC.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+
+class Source(str, Enum):
+    CAMERA = "camera"
+    HOTLINE = "hotline"
+    APP = "app"
+
+
+class Urgency(str, Enum):
+    NORMAL = "normal"
+    URGENT = "urgent"
+    EMERGENCY = "emergency"
+
+
+class Tier(str, Enum):
+    """Rungs of the escalation ladder, lowest first."""
+
+    GRID = "grid"
+    COMMUNITY = "community"
+    STREET = "street"
+    DEPARTMENT = "department"
+    SUPERVISION = "supervision"
+    DISCIPLINE = "discipline"
+
+
+LADDER: tuple[Tier, ...] = tuple(Tier)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """An organisation that can be assigned a case: a grid worker team, a community, a street office, a department..."""
+
+    unit_id: str
+    tier: Tier
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a report is, down to the grid when it can be resolved.
+
+    `resolved_by` says how: "point" (lat/lon in a grid polygon), "camera" (camera registry),
+    "gazetteer" (hotline address text), or "dispatch_desk" (could not be resolved: routed to
+    the street or district dispatch desk and flagged, never dropped).
+    """
+
+    district_id: str
+    street_id: str | None
+    community_id: str | None
+    grid_id: str | None
+    lat: float | None
+    lon: float | None
+    resolved_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One canonical report, whatever channel it came by.
+
+    `report_id` is globally unique and source-prefixed ("camera:…", "hotline:…", "app:…").
+    `reporter_hash` is the keyed hash (HMAC) of the caller phone / reporter identity: personal
+    data never leaves the input topics in clear.
+    """
+
+    report_id: str
+    source: Source
+    occurred_at: datetime
+    category: str
+    urgency: Urgency
+    description: str
+    lat: float | None = None
+    lon: float | None = None
+    address_text: str | None = None
+    camera_id: str | None = None
+    reporter_hash: str | None = None
+    reporter_role: str | None = None
+    media: tuple[str, ...] = ()
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedReport:
+    """A report placed on the map and routed: who is responsible and who is above them.
+
+    `chain` is the escalation chain, lowest tier first, starting with the unit first responsible
+    (grid worker team for territorial categories, else the owning department) and ending at the
+    discipline commission. `flags` records anything an auditor should see (e.g. "outside_grid",
+    "address_unresolved", "camera_unknown").
+    """
+
+    report: Report
+    location: Location
+    chain: tuple[Unit, ...]
+    flags: tuple[str, ...] = ()
+
+    @property
+    def responsible(self) -> Unit:
+        return self.chain[0]
+
+
+class ActionKind(str, Enum):
+    ACCEPT = "accept"
+    TRANSFER = "transfer"  # returned as not ours, with a reason
+    RESOLVE = "resolve"
+    RATE = "rate"
+    REOPEN = "reopen"
+    REQUEST_EXTENSION = "request_extension"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlingAction:
+    """A handling unit's (or the reporter's, for ratings) action on a case, from the app topic."""
+
+    action_id: str
+    case_id: str
+    kind: ActionKind
+    unit_id: str
+    at: datetime
+    reason: str | None = None
+    note: str | None = None
+    rating: int | None = None
+    extension_hours: int | None = None

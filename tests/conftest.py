@@ -1,0 +1,57 @@
+"""Test fixtures: the real local Kafka and ClickHouse, started once per session by infra/stack.py.
+
+Tests run their own stack on their own ports and state folder (`.whistle/test`), so a running
+demo stack is never touched. The stack is left running between local runs (fast re-runs) and
+stopped at the end of a CI run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+
+import pytest
+
+from infra.stack import LocalStack
+from whistle.settings import PROJECT_ROOT, Settings
+
+TEST_STATE = PROJECT_ROOT / ".whistle" / "test"
+
+
+def make_test_settings() -> Settings:
+    base = Settings.from_env({})
+    stack = dataclasses.replace(base.stack, state_dir=TEST_STATE, kafka_port=29092, controller_port=29093,
+                                clickhouse_tcp_port=29000, clickhouse_http_port=28123)
+    kafka = dataclasses.replace(base.kafka, bootstrap_servers="127.0.0.1:29092")
+    clickhouse = dataclasses.replace(base.clickhouse, port=29000, http_port=28123)
+    return dataclasses.replace(base, stack=stack, kafka=kafka, clickhouse=clickhouse)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return make_test_settings()
+
+
+@pytest.fixture(scope="session")
+def local_stack(settings: Settings):
+    """The running single-broker test stack (started if needed; stopped at the end under CI)."""
+    TEST_STATE.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(settings)
+    with open(TEST_STATE / "fixture.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stack.up()
+    yield stack
+    if os.environ.get("CI"):
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_stack: LocalStack) -> str:
+    """Bootstrap servers of a running real Kafka broker."""
+    return local_stack.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def clickhouse_native(local_stack: LocalStack, settings: Settings) -> tuple[str, int]:
+    """(host, native port) of a running real ClickHouse 18.16 server; user `default`, no password."""
+    return "127.0.0.1", settings.stack.clickhouse_tcp_port

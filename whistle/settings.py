@@ -1,0 +1,130 @@
+"""One typed, frozen settings object, built once at the entry point from the environment.
+
+Every knob Whistle has is a field here, read from a `WHISTLE_*` variable. Secrets are kept
+in `Secret` so that printing or logging settings never shows them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Mapping
+
+from whistle.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Secret(str):
+    """A string that never shows itself in repr/str-formatting of settings."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: Secret = Secret("")
+    ssl_ca_location: str | None = None
+    replication_factor: int = 1  # for topics and Faust changelogs; 3 in production
+    min_insync_replicas: int = 1  # 2 in production
+    schema_registry_url: str | None = None  # Confluent framing when set
+
+    def librdkafka(self) -> dict[str, str]:
+        """Connection properties for confluent-kafka clients."""
+        conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.value
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    host: str = "127.0.0.1"
+    port: int = 19000  # native protocol
+    http_port: int = 18123
+    database: str = "whistle"
+    user: str = "whistle_ingest"  # the sink's writer
+    password: Secret = Secret("")
+    admin_user: str = "default"  # runs migrations
+    admin_password: Secret = Secret("")
+    auditor_user: str = "auditor"  # read-only
+    auditor_password: Secret = Secret("")
+    secure: bool = False
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the local (development/test) stack keeps its state and which ports it takes."""
+
+    state_dir: Path = PROJECT_ROOT / ".whistle"
+    kafka_version: str = "4.1.1"
+    kafka_port: int = 19092  # broker n listens on kafka_port + 10*(n-1)
+    controller_port: int = 19093
+    clickhouse_tcp_port: int = 19000
+    clickhouse_http_port: int = 18123
+    kafka_heap: str = "1g"
+    start_timeout_s: float = 90.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    stack: StackSettings = field(default_factory=StackSettings)
+    pii_hmac_key: Secret = Secret("whistle-dev-only-key")
+    topic_prefix: str = ""
+    worker_id: str = "worker-1"  # static group membership: stable per worker process
+    gateway_port: int = 18080
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read every `WHISTLE_<SECTION>_<FIELD>` (or `WHISTLE_<FIELD>` for top-level fields)."""
+        env = os.environ if env is None else env
+        return _build(cls, env, "WHISTLE_")
+
+
+def _build(cls, env: Mapping[str, str], prefix: str):
+    values = {}
+    for f in fields(cls):
+        if is_dataclass(f.default_factory):
+            values[f.name] = _build(f.default_factory, env, f"{prefix}{f.name.upper()}_")
+            continue
+        name = f"{prefix}{f.name.upper()}"
+        if name not in env:
+            continue
+        raw = env[name]
+        values[f.name] = _coerce(raw, f.type, name)
+    return cls(**values)
+
+
+def _coerce(raw: str, annotation, name: str):
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    try:
+        if "Secret" in kind:
+            return Secret(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("expected true/false")
+            return raw.lower() in ("1", "true", "yes")
+        if kind.startswith("Path"):
+            return Path(raw)
+        return raw or None if "None" in kind else raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}: {exc}", field=name) from exc
