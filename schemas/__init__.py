@@ -1,0 +1,1 @@
+"""Whistle's event contracts: Avro schemas, topic specs, validation, wire format (see README.md)."""
