@@ -1,0 +1,662 @@
+"""The case lifecycle, event-sourced: a case is the fold of its events; deciders turn inputs into events.
+
+WHY event sourcing: the case events topic is the system of record. Auditors replay it to re-derive
+every figure, so the state must be nothing but `evolve` folded over the events, and every decision
+must be a pure function of (state, input) that emits the events recording it. Events are
+hash-chained per case so a changed, dropped or reordered event is detectable (`verify_chain`).
+
+Shapes:
+- `open_case(enriched, case_id, policy_version, at)`  -> [opened, dispatched]
+- `merge_report(state, enriched, at)`                -> [report_merged] (or [] when already applied)
+- `handle_action(state, action, rules)`              -> [accepted | transferred | extension_granted |
+                                                        resolved | rated (+closed) | reopened | late_action]
+- `escalate(state, target, at, breach_id, ...)` / `close_unrated(state, at, ...)`: the time-driven
+  events, decided by `streams.domain.sla.fire`.
+
+Idempotency under at-least-once delivery: the state keeps an 8-byte BLAKE2b digest of every cause id
+(report id, action id, breach id) its events recorded, in one `bytes` value. A decider handed an input
+whose id is already there returns no events, so a redelivered report or action is a no-op. The set is
+exact (not a recent window), so a burst of redelivered duplicate camera reports cannot slip through;
+it costs 8 bytes per applied input.
+
+Memory: a million open cases must fit in about 1 GB next to the deadline index, so `CaseState` holds
+ints, interned strings and shared tuples only. Escalation chains and places are interned: all cases of
+one grid and category point at the same tuple.
+
+Chain of custody: the `note` of `opened` and `report_merged` events carries the report's escalation
+chain, machine-readable ("G-S01-C02-007@grid>C-S01-02@community>...>DIS@discipline"), so that the
+state, including where each breach escalates to, can be rebuilt from the events alone.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from datetime import datetime
+from operator import attrgetter
+from typing import NamedTuple
+
+import orjson
+
+from streams.domain.calendar import from_epoch_ms, to_epoch_ms
+from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Tier, Urgency
+from whistle.errors import DomainError, TransitionError, ValidationError
+
+GENESIS_HASH = "0" * 64
+
+
+class Kind:
+    """Case event kinds (the contract's vocabulary)."""
+
+    OPENED = "opened"
+    REPORT_MERGED = "report_merged"
+    DISPATCHED = "dispatched"
+    ACCEPTED = "accepted"
+    TRANSFERRED = "transferred"
+    ESCALATED = "escalated"
+    EXTENSION_GRANTED = "extension_granted"
+    RESOLVED = "resolved"
+    RATED = "rated"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+    LATE_ACTION = "late_action"
+
+
+class Status:
+    """What a case is waiting for.
+
+    RATED and REOPENED are waiting for the SLA engine to escalate (an unsatisfied rating or a reopened
+    case is a breach by the unit that resolved it); a satisfied rating closes the case at once.
+    """
+
+    OPENED = "opened"
+    DISPATCHED = "dispatched"
+    ACCEPTED = "accepted"
+    RESOLVED = "resolved"
+    RATED = "rated"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+
+
+# The extension reason that pauses the resolve clock (the unit waits on the resident) instead of
+# granting a fixed extension. The pause ends at the case's next event or at the policy's maximum.
+WAITING_ON_RESIDENT = "waiting_on_resident"
+# The escalated event's reason when two units returned the case: the target arbitrates and cannot return it.
+TRANSFER_LIMIT = "transfer_limit"
+
+_URGENCY_RANK = {u.value: rank for rank, u in enumerate(Urgency)}
+_TIER_RANK = {t.value: rank for rank, t in enumerate(Tier)}
+
+
+@dataclass(frozen=True, slots=True)
+class CaseEvent:
+    """One hash-chained case lifecycle event (contract: /tmp/records-contract.md, topic whistle.cases.events)."""
+
+    event_id: str
+    case_id: str
+    seq: int
+    kind: str
+    at: datetime
+    cause_id: str
+    actor_unit_id: str | None
+    assignee_unit_id: str
+    assignee_tier: str
+    category: str
+    urgency: str
+    district_id: str
+    street_id: str | None
+    community_id: str | None
+    grid_id: str | None
+    department_id: str | None
+    source: str | None
+    report_id: str | None
+    reason: str | None
+    note: str | None
+    rating: int | None
+    policy_version: str
+    prev_hash: str
+    hash: str
+
+
+_HASHED_FIELDS = tuple(f.name for f in fields(CaseEvent) if f.name != "hash")
+
+
+class Link(NamedTuple):
+    """One rung of an escalation chain."""
+
+    unit_id: str
+    tier: str
+
+
+Chain = tuple[Link, ...]
+
+
+class Place(NamedTuple):
+    """Where the case is and which department owns its category (copied onto every event)."""
+
+    district_id: str
+    street_id: str | None
+    community_id: str | None
+    grid_id: str | None
+    department_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlingRules:
+    """The part of an SLA policy that decides handling actions (the rest of it decides deadlines)."""
+
+    transfers_before_escalation: int = 2
+    unsatisfied_rating_max: int = 2
+    max_extensions: int = 1
+    max_pauses: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CaseState:
+    """A case as the fold of its events. Compact on purpose: see the module docstring."""
+
+    case_id: str
+    seq: int
+    head: bytes  # sha256 digest of the last event: the next event's prev_hash
+    status: str
+    category: str
+    urgency: str
+    policy_version: str
+    place: Place
+    chains: tuple[Chain, ...]  # the first report's chain, then chains of merged reports with another first unit
+    assignee: Link
+    stage_start_ms: int  # the current tier got the case: first dispatch or last escalation
+    holder_since_ms: int  # the current holder got the case, or last returned it
+    status_since_ms: int  # the status was entered (acceptance time while accepted)
+    escalations: int
+    arbitration: bool  # the holder got the case as common parent of a boundary dispute: it cannot return it
+    rejected_by: tuple[str, ...]  # units that returned the case as not theirs in this stage, in order
+    lost_by_breach: tuple[str, ...]  # units that lost the case to an SLA breach: their actions are late
+    extensions: int  # extensions granted in this stage
+    pauses: tuple[tuple[int, int | None], ...]  # waiting-on-resident pauses in this stage; None = still open
+    rating: int | None
+    seen: bytes  # 8-byte digests of the applied cause ids
+
+    def __reduce__(self):
+        """Pickle compactly (chains as their text) and re-intern on load, so recovered states share chains and strings."""
+        values = list(_read_state(self))
+        values[_STATE_POSITION["chains"]] = tuple(_CHAIN_TEXTS[id(chain)] for chain in self.chains)
+        values[_STATE_POSITION["place"]] = tuple(self.place)
+        values[_STATE_POSITION["assignee"]] = tuple(self.assignee)
+        return _revive_state, (tuple(values),)
+
+    def has_applied(self, cause_id: str) -> bool:
+        """True when an event of this case already recorded `cause_id` (redelivery: decide nothing)."""
+        digest = _digest(cause_id)
+        at = self.seen.find(digest)
+        while at != -1 and at % 8:
+            at = self.seen.find(digest, at + 1)
+        return at != -1
+
+
+def _positional_constructor(cls):
+    """A constructor taking every field in order, for the hot path of a frozen slots dataclass.
+
+    WHY: the generated frozen __init__ spends about 200 ns per field going through
+    object.__setattr__; setting the slots through their descriptors costs about half. The result is
+    an ordinary instance: equality, hashing, repr and immutability are the dataclass's own.
+    """
+    setters = tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+    new = object.__new__
+
+    def construct(values):
+        instance = new(cls)
+        for setter, value in zip(setters, values):
+            setter(instance, value)
+        return instance
+
+    return construct
+
+
+_new_state = _positional_constructor(CaseState)
+_new_event = _positional_constructor(CaseEvent)
+_read_state = attrgetter(*CaseState.__slots__)
+_STATE_POSITION = {name: position for position, name in enumerate(CaseState.__slots__)}
+
+
+def escalation_target(state: CaseState) -> Link | None:
+    """The unit above the holder: next on the first chain holding it; None at the top of that chain.
+
+    A holder on none of the chains (an arbiter from outside them) escalates to the lowest unit of a
+    higher tier on the case's first chain.
+    """
+    holder = state.assignee
+    for chain in state.chains:
+        for position, link in enumerate(chain):
+            if link.unit_id == holder.unit_id:
+                return chain[position + 1] if position + 1 < len(chain) else None
+    return next((link for link in state.chains[0] if _TIER_RANK[link.tier] > _TIER_RANK[holder.tier]), None)
+
+
+def find_link(state: CaseState, unit_id: str) -> Link | None:
+    """The unit's rung on one of the case's chains (chains in order), None if no chain has it."""
+    for chain in state.chains:
+        for link in chain:
+            if link.unit_id == unit_id:
+                return link
+    return None
+
+
+# -- evolve ---------------------------------------------------------------------------------------
+
+
+def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
+    """The state after `event`. Refuses an event that does not continue the case's chain (seq and prev_hash)."""
+    kind = event.kind
+    at = to_epoch_ms(event.at)
+    if state is None:
+        if kind != Kind.OPENED or event.seq != 1 or event.prev_hash != GENESIS_HASH:
+            raise DomainError(f"case {event.case_id} must start with an opened event at seq 1, got {kind} at seq {event.seq}",
+                              case_id=event.case_id, event_id=event.event_id)
+        chain = decode_chain(event.note, event.event_id)
+        return CaseState(
+            case_id=event.case_id, seq=1, head=bytes.fromhex(event.hash), status=Status.OPENED,
+            category=_intern(event.category), urgency=_intern(event.urgency), policy_version=_intern(event.policy_version),
+            place=_place(event), chains=(chain,), assignee=chain[0], stage_start_ms=at, holder_since_ms=at,
+            status_since_ms=at, escalations=0, arbitration=False, rejected_by=(), lost_by_breach=(), extensions=0,
+            pauses=(), rating=None, seen=_digest(event.cause_id),
+        )
+    if event.seq != state.seq + 1 or bytes.fromhex(event.prev_hash) != state.head:
+        raise DomainError(f"event {event.event_id} does not continue case {state.case_id} (at seq {state.seq})",
+                          case_id=state.case_id, event_id=event.event_id, field="seq")
+    seen = state.seen
+    digest = _digest(event.cause_id)
+    if not seen.endswith(digest):
+        seen += digest
+    changes: dict = {"seq": event.seq, "head": bytes.fromhex(event.hash), "seen": seen}
+    pauses = state.pauses
+    if pauses and pauses[-1][1] is None and kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION):
+        pauses = changes["pauses"] = pauses[:-1] + ((pauses[-1][0], at),)
+    if kind == Kind.ACCEPTED:
+        changes.update(status=Status.ACCEPTED, status_since_ms=at, rejected_by=())
+    elif kind == Kind.RESOLVED:
+        changes.update(status=Status.RESOLVED, status_since_ms=at)
+    elif kind == Kind.REPORT_MERGED:
+        chain = decode_chain(event.note, event.event_id)
+        changes["urgency"] = _intern(event.urgency)
+        if not any(c[0].unit_id == chain[0].unit_id for c in state.chains):
+            changes["chains"] = state.chains + (chain,)
+    elif kind == Kind.DISPATCHED:
+        changes.update(status=Status.DISPATCHED, assignee=_link(state, event), stage_start_ms=at, holder_since_ms=at, status_since_ms=at)
+    elif kind == Kind.TRANSFERRED:
+        changes.update(assignee=_link(state, event), holder_since_ms=at, rejected_by=state.rejected_by + (_intern(event.actor_unit_id),))
+    elif kind == Kind.ESCALATED:
+        lost = state.lost_by_breach
+        if event.reason != TRANSFER_LIMIT and state.assignee.unit_id not in lost:
+            lost = lost + (state.assignee.unit_id,)
+        changes.update(status=Status.DISPATCHED, assignee=_link(state, event), stage_start_ms=at, holder_since_ms=at, status_since_ms=at,
+                       escalations=state.escalations + 1, arbitration=event.reason == TRANSFER_LIMIT, rejected_by=(), lost_by_breach=lost,
+                       extensions=0, pauses=(), rating=None)
+    elif kind == Kind.EXTENSION_GRANTED:
+        if event.reason == WAITING_ON_RESIDENT:
+            changes["pauses"] = pauses + ((at, None),)
+        else:
+            changes["extensions"] = state.extensions + 1
+    elif kind == Kind.RATED:
+        changes.update(status=Status.RATED, status_since_ms=at, rating=event.rating)
+    elif kind == Kind.REOPENED:
+        changes.update(status=Status.REOPENED, status_since_ms=at, rating=None)
+    elif kind == Kind.CLOSED:
+        changes.update(status=Status.CLOSED, status_since_ms=at)
+    elif kind != Kind.LATE_ACTION:
+        raise DomainError(f"unknown case event kind {kind!r}", case_id=state.case_id, event_id=event.event_id, field="kind")
+    values = list(_read_state(state))
+    for name, value in changes.items():
+        values[_STATE_POSITION[name]] = value
+    return _new_state(values)
+
+
+def fold(events) -> dict[str, CaseState]:
+    """Every case's state from its events in log order (recovery, audits, tests)."""
+    states: dict[str, CaseState] = {}
+    for event in events:
+        states[event.case_id] = evolve(states.get(event.case_id), event)
+    return states
+
+
+# -- deciders -------------------------------------------------------------------------------------
+
+
+def open_case(enriched: EnrichedReport, case_id: str, policy_version: str, at: datetime) -> list[CaseEvent]:
+    """A new case for the first report of an incident: opened, then dispatched to the first unit of its chain."""
+    report = enriched.report
+    at_ms = to_epoch_ms(at)
+    chain, chain_text, department = _chain_of(enriched, case_id)
+    location = enriched.location
+    place = Place(location.district_id, location.street_id, location.community_id, location.grid_id, department)
+    writer = _EventWriter(case_id, 0, GENESIS_HASH, report.category, report.urgency.value, policy_version, place)
+    writer.emit(Kind.OPENED, at_ms, report.report_id, chain[0], source=report.source.value, report_id=report.report_id,
+                reason=",".join(enriched.flags) or None, note=chain_text)
+    writer.emit(Kind.DISPATCHED, at_ms, report.report_id, chain[0])
+    return writer.events
+
+
+def merge_report(state: CaseState | None, enriched: EnrichedReport, at: datetime) -> list[CaseEvent]:
+    """Record another report of the same incident. A more urgent report raises the case's urgency.
+
+    A merged report whose first responsible unit differs from the case's (a report from across a
+    street boundary) adds its chain: that unit is where the case goes if the holder returns it.
+    """
+    report = enriched.report
+    at_ms = to_epoch_ms(at)
+    if state is None:
+        raise TransitionError("report merged into a case that does not exist", reason="unknown_case", report_id=report.report_id)
+    if state.has_applied(report.report_id):
+        return []
+    if state.status == Status.CLOSED:
+        raise TransitionError(f"report merged into closed case {state.case_id}: a closed case takes no reports",
+                              reason="case_closed", case_id=state.case_id, report_id=report.report_id)
+    _, chain_text, _ = _chain_of(enriched, state.case_id)
+    urgency = max(state.urgency, report.urgency.value, key=_URGENCY_RANK.__getitem__)
+    writer = _EventWriter.after(state, urgency=urgency)
+    writer.emit(Kind.REPORT_MERGED, at_ms, report.report_id, state.assignee, source=report.source.value,
+                report_id=report.report_id, reason=",".join(enriched.flags) or None, note=chain_text)
+    return writer.events
+
+
+def handle_action(state: CaseState | None, action: HandlingAction, rules: HandlingRules) -> list[CaseEvent]:
+    """The events a handling unit's (or the reporter's) action causes, or TransitionError saying why it cannot.
+
+    An action by a unit that lost the case to an SLA breach is recorded as late_action: the breach
+    stands and the case stays where the breach sent it.
+    """
+    at = to_epoch_ms(action.at)
+    if state is None:
+        raise _refuse(None, action, "unknown_case", "action on a case that does not exist")
+    if state.has_applied(action.action_id):
+        return []
+    kind = action.kind
+    if kind in (ActionKind.RATE, ActionKind.REOPEN):
+        return _reporter_action(state, action, rules, at)
+    writer = _EventWriter.after(state)
+    if action.unit_id != state.assignee.unit_id:
+        if action.unit_id in state.lost_by_breach:
+            writer.emit(Kind.LATE_ACTION, at, action.action_id, state.assignee, actor=action.unit_id,
+                        reason=f"{kind.value} after the case was escalated away by an SLA breach", note=action.note)
+            return writer.events
+        raise _refuse(state, action, "not_assignee", f"{action.unit_id} is not assigned case {state.case_id} (held by {state.assignee.unit_id})", "unit_id")
+    status = state.status
+    if kind == ActionKind.ACCEPT:
+        if status != Status.DISPATCHED:
+            raise _refuse(state, action, "not_dispatched", f"cannot accept a case that is {status}")
+        writer.emit(Kind.ACCEPTED, at, action.action_id, state.assignee, actor=action.unit_id, note=action.note)
+    elif kind == ActionKind.TRANSFER:
+        if status != Status.DISPATCHED:
+            raise _refuse(state, action, "not_dispatched", f"cannot return a case that is {status}: only an unaccepted case can be returned")
+        if not action.reason:
+            raise _refuse(state, action, "reason_missing", "returning a case as not ours needs a reason", "reason")
+        if state.arbitration:
+            raise _refuse(state, action, "arbiter_cannot_return", f"{action.unit_id} received this boundary dispute as common parent and must assign it")
+        writer.emit(Kind.TRANSFERRED, at, action.action_id, _next_holder(state, action, rules), actor=action.unit_id,
+                    reason=action.reason, note=action.note)
+    elif kind == ActionKind.RESOLVE:
+        if status != Status.ACCEPTED:
+            raise _refuse(state, action, "not_accepted", f"cannot resolve a case that is {status}: accept it first")
+        writer.emit(Kind.RESOLVED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
+    elif kind == ActionKind.REQUEST_EXTENSION:
+        if status != Status.ACCEPTED:
+            raise _refuse(state, action, "not_accepted", f"cannot extend a case that is {status}: only an accepted, unresolved case can")
+        if action.extension_hours is not None and action.extension_hours <= 0:
+            raise _refuse(state, action, "extension_hours_invalid", f"extension_hours must be positive, got {action.extension_hours}", "extension_hours")
+        if action.reason == WAITING_ON_RESIDENT:
+            if len(state.pauses) >= rules.max_pauses:
+                raise _refuse(state, action, "pause_limit", f"the policy allows {rules.max_pauses} waiting-on-resident pause(s) per stage")
+        elif state.extensions >= rules.max_extensions:
+            raise _refuse(state, action, "extension_limit", f"the policy allows {rules.max_extensions} extension(s) per stage")
+        requested = f"requested {action.extension_hours} h" if action.extension_hours else None
+        writer.emit(Kind.EXTENSION_GRANTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason,
+                    note="; ".join(filter(None, (requested, action.note))) or None)
+    else:
+        raise _refuse(state, action, "unknown_action", f"unknown action kind {kind!r}", "kind")
+    return writer.events
+
+
+def escalate(state: CaseState, target: Link, at: datetime, breach_id: str, breach_type: str, summary: str) -> list[CaseEvent]:
+    """The escalated event of an SLA breach: `target` now holds the case and must accept it afresh.
+
+    The holder that lost the case is remembered: its later actions become late_action events.
+    """
+    if state.has_applied(breach_id):
+        return []
+    writer = _EventWriter.after(state)
+    writer.emit(Kind.ESCALATED, to_epoch_ms(at), breach_id, target, reason=breach_type, note=summary)
+    return writer.events
+
+
+def close_unrated(state: CaseState, at: datetime, cause_id: str, reason: str) -> list[CaseEvent]:
+    """The closed event of a resolved case nobody rated in time."""
+    if state.status != Status.RESOLVED or state.has_applied(cause_id):
+        return []
+    writer = _EventWriter.after(state)
+    writer.emit(Kind.CLOSED, to_epoch_ms(at), cause_id, state.assignee, reason=reason)
+    return writer.events
+
+
+def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRules, at: int) -> list[CaseEvent]:
+    writer = _EventWriter.after(state)
+    above = escalation_target(state)
+    if action.kind == ActionKind.RATE:
+        if state.status != Status.RESOLVED:
+            raise _refuse(state, action, "not_resolved", f"cannot rate a case that is {state.status}: only a resolved, unrated case can be rated")
+        if action.unit_id == state.assignee.unit_id:
+            raise _refuse(state, action, "self_rating", f"{action.unit_id} handled the case and cannot rate it", "unit_id")
+        if not isinstance(action.rating, int) or isinstance(action.rating, bool) or not 1 <= action.rating <= 5:
+            raise _refuse(state, action, "rating_out_of_range", f"rating must be a whole number 1..5, got {action.rating!r}", "rating")
+        writer.emit(Kind.RATED, at, action.action_id, state.assignee, actor=action.unit_id, rating=action.rating, note=action.note)
+        if action.rating > rules.unsatisfied_rating_max or above is None:
+            writer.emit(Kind.CLOSED, at, action.action_id, state.assignee, reason="rated")
+        return writer.events
+    if state.status not in (Status.RESOLVED, Status.CLOSED):
+        raise _refuse(state, action, "not_resolved", f"cannot reopen a case that is {state.status}")
+    writer.emit(Kind.REOPENED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
+    if above is None:
+        writer.emit(Kind.DISPATCHED, at, action.action_id, state.assignee, reason="reopened at the top of the chain")
+    return writer.events
+
+
+def _next_holder(state: CaseState, action: HandlingAction, rules: HandlingRules) -> Link:
+    """Who gets a returned case: another first responsible unit from a merged report, else the unit above.
+
+    When this return reaches the policy's transfer limit the holder keeps the case: the SLA engine
+    escalates it at once to the common parent of the units that returned it.
+    """
+    if len(state.rejected_by) + 1 >= rules.transfers_before_escalation:
+        return state.assignee
+    returning = action.unit_id
+    if state.escalations == 0:
+        for chain in state.chains:
+            first = chain[0]
+            if first.unit_id != returning and first.unit_id not in state.rejected_by:
+                return first
+    above = escalation_target(state)
+    if above is None:
+        raise _refuse(state, action, "no_unit_above", f"{returning} is at the top of the chain: there is no one to return the case to")
+    return above
+
+
+def _refuse(state: CaseState | None, action: HandlingAction, reason: str, message: str, field: str = "kind") -> TransitionError:
+    return TransitionError(f"{action.kind.value} refused: {message}", reason=reason, case_id=action.case_id if state is None else state.case_id,
+                           action_id=action.action_id, field=field)
+
+
+# -- events and the hash chain ---------------------------------------------------------------------
+
+
+class _EventWriter:
+    """Appends sealed events to one case: next seq, previous hash, and the case's copied fields."""
+
+    __slots__ = ("case_id", "seq", "prev_hash", "category", "urgency", "policy_version", "place", "events", "_at_ms", "_at")
+
+    def __init__(self, case_id: str, seq: int, prev_hash: str, category: str, urgency: str, policy_version: str, place: Place) -> None:
+        self.case_id, self.seq, self.prev_hash = case_id, seq, prev_hash
+        self.category, self.urgency, self.policy_version, self.place = category, urgency, policy_version, place
+        self.events: list[CaseEvent] = []
+        self._at_ms, self._at = None, None
+
+    @classmethod
+    def after(cls, state: CaseState, urgency: str | None = None) -> "_EventWriter":
+        return cls(state.case_id, state.seq, state.head.hex(), state.category, urgency or state.urgency, state.policy_version, state.place)
+
+    def emit(self, kind: str, at_ms: int, cause_id: str, assignee: Link, *, actor: str | None = None, source: str | None = None,
+             report_id: str | None = None, reason: str | None = None, note: str | None = None, rating: int | None = None) -> CaseEvent:
+        self.seq += 1
+        place = self.place
+        record = {
+            "event_id": f"{self.case_id}:{self.seq}", "case_id": self.case_id, "seq": self.seq, "kind": kind, "at": at_ms,
+            "cause_id": cause_id, "actor_unit_id": actor, "assignee_unit_id": assignee.unit_id, "assignee_tier": assignee.tier,
+            "category": self.category, "urgency": self.urgency, "district_id": place.district_id, "street_id": place.street_id,
+            "community_id": place.community_id, "grid_id": place.grid_id, "department_id": place.department_id,
+            "source": source, "report_id": report_id, "reason": reason, "note": note, "rating": rating,
+            "policy_version": self.policy_version, "prev_hash": self.prev_hash,
+        }
+        digest = hashlib.sha256(bytes.fromhex(self.prev_hash) + orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        if at_ms != self._at_ms:
+            self._at_ms, self._at = at_ms, from_epoch_ms(at_ms)
+        record["at"] = self._at
+        record["hash"] = digest
+        event = _new_event(record.values())  # the record is built in field order
+        self.prev_hash = digest
+        self.events.append(event)
+        return event
+
+
+def canonical_bytes(event: CaseEvent) -> bytes:
+    """What an event's hash covers: the record without `hash`, keys sorted, `at` as epoch ms, as JSON (orjson).
+
+    Anyone holding the record (the Avro message, a ClickHouse row) can recompute it:
+    hash = sha256(bytes.fromhex(prev_hash) + canonical_bytes(event)).
+    """
+    record = {name: getattr(event, name) for name in _HASHED_FIELDS}
+    record["at"] = to_epoch_ms(event.at)
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def event_hash(event: CaseEvent) -> str:
+    """The hash `event` must carry given its content and prev_hash."""
+    return hashlib.sha256(bytes.fromhex(event.prev_hash) + canonical_bytes(event)).hexdigest()
+
+
+def verify_chain(events) -> list[str]:
+    """Problems in per-case hash chains, one line each naming the event; [] when every chain is intact.
+
+    Detects an altered event (hash does not match content), a dropped or reordered event (seq gap or
+    order, prev_hash not the previous hash) and a wrong event_id. Events of several cases may be
+    interleaved, each case's in log order. A dropped *last* event is invisible without an outside
+    anchor (compare the last hash with the one the processor published).
+    """
+    problems: list[str] = []
+    last: dict[str, tuple[int, str]] = {}
+    for event in events:
+        seq, prev = last.get(event.case_id, (0, GENESIS_HASH))
+        name = event.event_id
+        if event.event_id != f"{event.case_id}:{event.seq}":
+            problems.append(f"{name}: event_id should be {event.case_id}:{event.seq}")
+        if event.seq != seq + 1:
+            problems.append(f"{name}: seq {event.seq} follows seq {seq} (missing or reordered events)")
+        elif event.prev_hash != prev:
+            problems.append(f"{name}: prev_hash is not the hash of event seq {seq}")
+        try:
+            recomputed = event_hash(event)
+        except (ValueError, ValidationError) as exc:
+            problems.append(f"{name}: cannot be hashed: {exc}")
+        else:
+            if recomputed != event.hash:
+                problems.append(f"{name}: hash does not match the event's content (altered)")
+        last[event.case_id] = (event.seq, event.hash)
+    return problems
+
+
+def encode_chain(chain: Chain) -> str:
+    """The machine-readable chain carried in opened/report_merged notes: unit@tier joined by '>'."""
+    return ">".join(f"{link.unit_id}@{link.tier}" for link in chain)
+
+
+_CHAINS: dict[str, Chain] = {}
+_CHAIN_TEXTS: dict[int, str] = {}  # id of an interned chain (interned chains live for the process) -> its text
+_STRINGS: dict[str, str] = {}
+_PLACES: dict[Place, Place] = {}
+
+
+def decode_chain(text: str | None, event_id: str = "") -> Chain:
+    """The chain an opened/report_merged note carries, interned: equal chains are one shared tuple."""
+    chain = _CHAINS.get(text) if text else None
+    if chain is not None:
+        return chain
+    links = []
+    for part in (text or "").split(">"):
+        unit_id, _, tier = part.rpartition("@")
+        if not unit_id or tier not in _TIER_RANK:
+            raise DomainError(f"event {event_id} note is not an escalation chain (unit@tier>...): {text!r}", event_id=event_id, field="note")
+        links.append(Link(_intern(unit_id), _intern(tier)))
+    chain = tuple(links)
+    _CHAINS[text] = chain
+    _CHAIN_TEXTS[id(chain)] = text
+    return chain
+
+
+_REPORT_CHAINS: dict[tuple[str, ...], tuple[Chain, str, str | None]] = {}
+
+
+def _chain_of(enriched: EnrichedReport, case_id: str) -> tuple[Chain, str, str | None]:
+    """The report's chain as shared Links, its note text and its department; cached by unit ids (reference data)."""
+    key = tuple([unit.unit_id for unit in enriched.chain])
+    cached = _REPORT_CHAINS.get(key)
+    if cached is not None:
+        return cached
+    if not key:
+        raise ValidationError(f"report {enriched.report.report_id} has an empty escalation chain", field="chain", case_id=case_id)
+    for unit_id in key:
+        if not unit_id or "@" in unit_id or ">" in unit_id:
+            raise ValidationError(f"unit id {unit_id!r} cannot be recorded in a chain ('@' and '>' are separators)", field="chain", case_id=case_id)
+    text = encode_chain(tuple(Link(u.unit_id, Tier(u.tier).value) for u in enriched.chain))
+    chain = decode_chain(text)
+    department = next((link.unit_id for link in chain if link.tier == Tier.DEPARTMENT.value), None)
+    cached = _REPORT_CHAINS[key] = (chain, text, department)
+    return cached
+
+
+def _revive_state(values: tuple) -> CaseState:
+    """A pickled CaseState, with its chains, place, assignee and strings interned again."""
+    values = list(values)
+    position = _STATE_POSITION
+    chains = tuple(decode_chain(text) for text in values[position["chains"]])
+    values[position["chains"]] = chains
+    place = Place(*(None if part is None else _intern(part) for part in values[position["place"]]))
+    values[position["place"]] = _PLACES.setdefault(place, place)
+    unit_id, tier = values[position["assignee"]]
+    values[position["assignee"]] = next((link for chain in chains for link in chain if link == (unit_id, tier)), None) or Link(_intern(unit_id), _intern(tier))
+    for name in ("status", "category", "urgency", "policy_version"):
+        values[position[name]] = _intern(values[position[name]])
+    for name in ("rejected_by", "lost_by_breach"):
+        values[position[name]] = tuple(_intern(unit) for unit in values[position[name]])
+    return _new_state(values)
+
+
+def _link(state: CaseState, event: CaseEvent) -> Link:
+    """The event's assignee as the shared Link from the case's chains (a fresh one only if no chain has it)."""
+    link = find_link(state, event.assignee_unit_id)
+    if link is not None and link.tier == event.assignee_tier:
+        return link
+    return Link(_intern(event.assignee_unit_id), _intern(event.assignee_tier))
+
+
+def _place(event: CaseEvent) -> Place:
+    place = Place(_intern(event.district_id), _opt_intern(event.street_id), _opt_intern(event.community_id),
+                  _opt_intern(event.grid_id), _opt_intern(event.department_id))
+    return _PLACES.setdefault(place, place)
+
+
+def _intern(text: str) -> str:
+    return _STRINGS.setdefault(text, text)
+
+
+def _opt_intern(text: str | None) -> str | None:
+    return None if text is None else _STRINGS.setdefault(text, text)
+
+
+def _digest(cause_id: str) -> bytes:
+    return hashlib.blake2b(cause_id.encode(), digest_size=8).digest()

@@ -1,0 +1,600 @@
+"""The district's reference data: organisation, map, cameras, gazetteer, categories and who owns them.
+
+Loaded once at start from a versioned directory (streams/reference/district-v1/), validated field by
+field, and turned into frozen, indexed structures that the hot path only reads: a bucket-grid
+spatial index for point-in-polygon, dictionaries for cameras and normalised addresses. Any problem
+is a ConfigError naming the file and the field, because a wrong map silently sends cases to the
+wrong grid worker.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
+
+from streams.domain.model import Tier, Unit, Urgency
+from whistle.errors import ConfigError
+
+REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"
+DEFAULT_VERSION = "district-v1"
+
+COMPLEXITY_CLASSES = ("emergency", "ordinary", "complex")
+RESPONSIBILITY_MODES = ("territorial", "departmental")
+GAZETTEER_KINDS = ("house", "road", "landmark")
+
+Ring = tuple[tuple[float, float], ...]  # (lon, lat) vertices, closed: first == last
+_HAIR = 1e-9  # degrees (~0.1 mm): margin that keeps bucket assignment safe from float rounding
+
+
+@dataclass(frozen=True, slots=True)
+class Street:
+    street_id: str
+    name: str
+    desk_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Community:
+    community_id: str
+    street_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """One grid: about 400 households, one grid worker team, a polygon on the map."""
+
+    grid_id: str
+    name: str
+    community_id: str
+    street_id: str
+    households: int
+    ring: Ring
+
+
+@dataclass(frozen=True, slots=True)
+class UngriddedArea:
+    """Land inside a street that no grid covers (a park, a lake): the street's dispatch desk handles it."""
+
+    area_id: str
+    name: str
+    street_id: str
+    ring: Ring
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    camera_id: str
+    name: str
+    lat: float
+    lon: float
+    grid_id: str | None
+    street_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GazetteerEntry:
+    """A known address. `kind` is house (road + number), road (the road name only) or landmark.
+
+    Road entries have no coordinates; their street is set only when the whole road lies in one street.
+    """
+
+    address: str
+    kind: str
+    lat: float | None
+    lon: float | None
+    grid_id: str | None
+    street_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    """An incident category and its line in the responsibility matrix.
+
+    `territorial` categories go to the grid worker team first and climb the territorial ladder;
+    departmental ones are dispatched straight to the owning department. `complexity` is a coarse
+    class (emergency / ordinary / complex); time limits come from the SLA policy, which classes
+    categories itself per policy version. Camera detections below `camera_min_confidence` go to a
+    dispatch desk for human review instead of straight to a handler.
+    """
+
+    code: str
+    name: str
+    default_urgency: Urgency
+    complexity: str
+    owner_department_id: str
+    territorial: bool
+    camera_min_confidence: float
+    hotline_labels: tuple[str, ...]
+
+
+def fold_text(text: str) -> str:
+    """The canonical form under which free text from people is compared: NFKC, no whitespace, 號 -> 号, casefolded.
+
+    NFKC turns full-width digits and letters (８８号, ＡＢ) into ASCII; whitespace inside Chinese
+    addresses carries no meaning; 號 is the traditional form of 号.
+    """
+    return "".join(unicodedata.normalize("NFKC", text).split()).replace("號", "号").casefold()
+
+
+class Gazetteer:
+    """Address text -> known address, tolerant of the ways callers and operators write one.
+
+    Matching: fold_text(), then drop the leading province / city / district prefixes (each optional,
+    in that order), then rewrite a retired road name to its current one, then an exact match; failing
+    that, the text up to and including the first 号 ("建设路88号3栋2单元" -> "建设路88号").
+    """
+
+    __slots__ = ("_entries", "_prefixes", "_road_aliases")
+
+    def __init__(self, entries: Iterable[GazetteerEntry], prefixes: Sequence[str], road_aliases: Mapping[str, str]) -> None:
+        self._prefixes = tuple(fold_text(p) for p in prefixes)
+        self._road_aliases = tuple((fold_text(old), fold_text(new)) for old, new in road_aliases.items())
+        self._entries: dict[str, GazetteerEntry] = {}
+        for entry in entries:
+            self._entries[self.normalize(entry.address)] = entry
+
+    def normalize(self, text: str) -> str:
+        """The key under which `text` is looked up (also the merge key of an address without coordinates)."""
+        folded = fold_text(text)
+        for prefix in self._prefixes:
+            if folded.startswith(prefix):
+                folded = folded[len(prefix):]
+        for old, new in self._road_aliases:
+            if folded.startswith(old):
+                return new + folded[len(old):]
+        return folded
+
+    def lookup(self, text: str) -> GazetteerEntry | None:
+        key = self.normalize(text)
+        entry = self._entries.get(key)
+        if entry is None:
+            number_end = key.find("号")
+            if number_end > 0:
+                entry = self._entries.get(key[: number_end + 1])
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> tuple[GazetteerEntry, ...]:
+        return tuple(self._entries.values())
+
+
+class PolygonIndex:
+    """Point -> polygon over a tiling, by a bucket grid and ray casting (about 1 µs per point).
+
+    The bounding box is cut into square-ish buckets. A bucket lying wholly inside one polygon answers
+    at once (most do); the others keep the few polygons whose boxes touch them and ray-cast those.
+
+    Boundary rule: the crossing test is half-open (an edge counts when y_lo <= y < y_hi and the point
+    is strictly left of it) and every edge is evaluated in one canonical orientation (lower vertex
+    first), so two polygons sharing an edge compute bit-identical crossings. A point on a shared edge
+    or vertex therefore belongs to exactly one polygon (the one to its east / north), never to two and
+    never to none.
+    """
+
+    __slots__ = ("_lon0", "_lat0", "_inv_w", "_inv_h", "_cols", "_rows", "_full", "_candidates")
+
+    def __init__(self, polygons: Sequence[tuple[Any, Ring]], bucket_deg: float) -> None:
+        if not polygons:
+            raise ConfigError("a polygon index needs at least one polygon")
+        xs = [x for _, ring in polygons for x, _ in ring]
+        ys = [y for _, ring in polygons for _, y in ring]
+        self._lon0, self._lat0 = min(xs), min(ys)
+        self._cols = max(1, math.ceil((max(xs) - self._lon0) / bucket_deg))
+        self._rows = max(1, math.ceil((max(ys) - self._lat0) / bucket_deg))
+        self._inv_w = self._cols / (max(xs) - self._lon0)
+        self._inv_h = self._rows / (max(ys) - self._lat0)
+        cells = self._cols * self._rows
+        touching: list[list] = [[] for _ in range(cells)]
+        for key, ring in polygons:
+            prepared = (key, _bbox(ring), _canonical_edges(ring), ring)
+            box = prepared[1]
+            first_col, last_col = self._col_span(box[0], box[2])
+            first_row, last_row = self._row_span(box[1], box[3])
+            for row in range(first_row, last_row + 1):
+                for col in range(first_col, last_col + 1):
+                    touching[row * self._cols + col].append(prepared)
+        full: list[Any] = [None] * cells
+        candidates: list[tuple] = [()] * cells
+        for bucket, near in enumerate(touching):
+            row, col = divmod(bucket, self._cols)
+            # The bucket's box, widened by a hair so float rounding at its edges cannot matter.
+            box = (self._lon0 + col / self._inv_w - _HAIR, self._lat0 + row / self._inv_h - _HAIR,
+                   self._lon0 + (col + 1) / self._inv_w + _HAIR, self._lat0 + (row + 1) / self._inv_h + _HAIR)
+            near = [p for p in near if _boxes_touch(p[1], box)]
+            holder = next((p for p in near if _ring_contains_box(p[3], p[2], box)), None)
+            if holder is not None:
+                full[bucket] = holder[0]
+            else:
+                candidates[bucket] = tuple((key, poly_box[0], poly_box[2], edges) for key, poly_box, edges, _ in near)
+        self._full = tuple(full)
+        self._candidates = tuple(candidates)
+
+    def _col_span(self, low: float, high: float) -> tuple[int, int]:
+        return (max(0, int((low - self._lon0) * self._inv_w) - 1), min(self._cols - 1, int((high - self._lon0) * self._inv_w) + 1))
+
+    def _row_span(self, low: float, high: float) -> tuple[int, int]:
+        return (max(0, int((low - self._lat0) * self._inv_h) - 1), min(self._rows - 1, int((high - self._lat0) * self._inv_h) + 1))
+
+    def locate(self, lat: float, lon: float) -> Any:
+        """The key of the polygon containing (lat, lon), or None outside every polygon."""
+        fx = (lon - self._lon0) * self._inv_w
+        fy = (lat - self._lat0) * self._inv_h
+        if not (0.0 <= fx < self._cols and 0.0 <= fy < self._rows):
+            return None
+        bucket = int(fy) * self._cols + int(fx)
+        key = self._full[bucket]
+        if key is not None:
+            return key
+        for key, min_x, max_x, edges in self._candidates[bucket]:
+            if lon < min_x or lon > max_x:
+                continue
+            if _crossings_odd(edges, lon, lat):
+                return key
+        return None
+
+
+def _crossings_odd(edges: tuple, x: float, y: float) -> bool:
+    inside = False
+    for y_lo, y_hi, x_lo, slope in edges:
+        if y_lo <= y < y_hi and x < x_lo + (y - y_lo) * slope:
+            inside = not inside
+    return inside
+
+
+def _canonical_edges(ring: Ring) -> tuple[tuple[float, float, float, float], ...]:
+    edges = []
+    for (x1, y1), (x2, y2) in zip(ring, ring[1:]):
+        if y1 == y2:
+            continue  # a horizontal edge never crosses a horizontal ray under the half-open rule
+        if y1 > y2:
+            x1, y1, x2, y2 = x2, y2, x1, y1
+        edges.append((y1, y2, x1, (x2 - x1) / (y2 - y1)))
+    return tuple(edges)
+
+
+def _bbox(ring: Ring) -> tuple[float, float, float, float]:
+    xs = [x for x, _ in ring]
+    ys = [y for _, y in ring]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _boxes_touch(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _ring_contains_box(ring: Ring, edges: tuple, box: tuple[float, float, float, float]) -> bool:
+    """True when the closed box lies strictly inside the polygon: corners inside, no vertex in it, no edge touching it."""
+    x0, y0, x1, y1 = box
+    corners = ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+    if not all(_crossings_odd(edges, x, y) for x, y in corners):
+        return False
+    if any(x0 <= x <= x1 and y0 <= y <= y1 for x, y in ring):
+        return False
+    sides = tuple(zip(corners, corners[1:] + corners[:1]))
+    return not any(_segments_touch(a, b, c, d) for a, b in zip(ring, ring[1:]) for c, d in sides)
+
+
+def _segments_touch(p1, p2, p3, p4) -> bool:
+    def orient(a, b, c) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    def on_segment(a, b, c) -> bool:
+        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    d1, d2, d3, d4 = orient(p3, p4, p1), orient(p3, p4, p2), orient(p1, p2, p3), orient(p1, p2, p4)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+    return ((d1 == 0 and on_segment(p3, p4, p1)) or (d2 == 0 and on_segment(p3, p4, p2))
+            or (d3 == 0 and on_segment(p1, p2, p3)) or (d4 == 0 and on_segment(p1, p2, p4)))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DistrictReference:
+    """Everything Whistle knows about one district, read-only. Build it with load_reference()."""
+
+    version: str
+    district_id: str
+    district_name: str
+    district_desk: Unit
+    supervision: Unit
+    discipline: Unit
+    units: Mapping[str, Unit]
+    streets: Mapping[str, Street]
+    communities: Mapping[str, Community]
+    grids: Mapping[str, Grid]
+    ungridded_areas: Mapping[str, UngriddedArea]
+    departments: Mapping[str, Unit]
+    categories: Mapping[str, Category]
+    hotline_labels: Mapping[str, str]
+    cameras: Mapping[str, Camera]
+    gazetteer: Gazetteer
+    spatial: PolygonIndex
+    address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
+
+    def locate(self, lat: float, lon: float) -> Grid | UngriddedArea | None:
+        """The grid (or ungridded area of a street) containing the point, None outside the district."""
+        return self.spatial.locate(lat, lon)
+
+    def category_for_label(self, label: str) -> str | None:
+        """Category code for a hotline operator's label or a category code, compared after fold_text()."""
+        return self.hotline_labels.get(fold_text(label))
+
+
+def load_reference(directory: Path | str | None = None) -> DistrictReference:
+    """Load and validate the reference data set in `directory` (default: the current district version)."""
+    root = Path(directory) if directory is not None else REFERENCE_ROOT / DEFAULT_VERSION
+    if not root.is_dir():
+        raise ConfigError(f"reference data directory {root} does not exist", file=str(root))
+    return _Loader(root).load()
+
+
+class _Loader:
+    """Reads the five files of a reference version; every error names the file and field at fault."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def fail(self, file: str, field: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.root / file}: {field}: {message}", file=str(self.root / file), field=field)
+
+    def load(self) -> DistrictReference:
+        org = self._read_json("district.json")
+        version = self._text(org, "version", "district.json", "version")
+        if version != self.root.name:
+            raise self.fail("district.json", "version", f"says {version!r} but lives in directory {self.root.name!r}")
+        district = self._mapping(org, "district", "district.json", "district")
+        district_id = self._text(district, "id", "district.json", "district.id")
+        units: dict[str, Unit] = {}
+
+        def add_unit(unit_id: str, tier: Tier, name: str, field: str) -> Unit:
+            if unit_id in units:
+                raise self.fail("district.json", field, f"unit id {unit_id!r} is used twice")
+            units[unit_id] = Unit(unit_id, tier, name)
+            return units[unit_id]
+
+        # The district desk sits at district level: the department rung of the ladder.
+        desk = self._mapping(district, "desk", "district.json", "district.desk")
+        district_desk = add_unit(self._text(desk, "id", "district.json", "district.desk.id"), Tier.DEPARTMENT,
+                                 self._text(desk, "name", "district.json", "district.desk.name"), "district.desk.id")
+        streets: dict[str, Street] = {}
+        for i, raw in enumerate(self._list(org, "streets", "district.json", "streets")):
+            where = f"streets[{i}]"
+            street = Street(self._text(raw, "id", "district.json", f"{where}.id"), self._text(raw, "name", "district.json", f"{where}.name"),
+                            self._text(raw, "desk_id", "district.json", f"{where}.desk_id"))
+            add_unit(street.street_id, Tier.STREET, street.name, f"{where}.id")
+            add_unit(street.desk_id, Tier.STREET, f"{street.name}调度台", f"{where}.desk_id")
+            streets[street.street_id] = street
+        communities: dict[str, Community] = {}
+        for i, raw in enumerate(self._list(org, "communities", "district.json", "communities")):
+            where = f"communities[{i}]"
+            community = Community(self._text(raw, "id", "district.json", f"{where}.id"), self._text(raw, "street_id", "district.json", f"{where}.street_id"),
+                                  self._text(raw, "name", "district.json", f"{where}.name"))
+            if community.street_id not in streets:
+                raise self.fail("district.json", f"{where}.street_id", f"unknown street {community.street_id!r}")
+            add_unit(community.community_id, Tier.COMMUNITY, community.name, f"{where}.id")
+            communities[community.community_id] = community
+        departments: dict[str, Unit] = {}
+        for i, raw in enumerate(self._list(org, "departments", "district.json", "departments")):
+            where = f"departments[{i}]"
+            unit = add_unit(self._text(raw, "id", "district.json", f"{where}.id"), Tier.DEPARTMENT, self._text(raw, "name", "district.json", f"{where}.name"), f"{where}.id")
+            departments[unit.unit_id] = unit
+        sup = self._mapping(org, "supervision", "district.json", "supervision")
+        supervision = add_unit(self._text(sup, "id", "district.json", "supervision.id"), Tier.SUPERVISION, self._text(sup, "name", "district.json", "supervision.name"), "supervision.id")
+        dis = self._mapping(org, "discipline", "district.json", "discipline")
+        discipline = add_unit(self._text(dis, "id", "district.json", "discipline.id"), Tier.DISCIPLINE, self._text(dis, "name", "district.json", "discipline.name"), "discipline.id")
+        prefixes = [self._as_text(p, "district.json", f"address_prefixes[{i}]") for i, p in enumerate(self._list(org, "address_prefixes", "district.json", "address_prefixes"))]
+        road_aliases = {self._as_text(old, "district.json", "road_aliases"): self._as_text(new, "district.json", f"road_aliases.{old}")
+                        for old, new in self._mapping(org, "road_aliases", "district.json", "road_aliases").items()}
+
+        grids, areas = self._load_map(communities, streets, units)
+        spatial = PolygonIndex([(g, g.ring) for g in grids.values()] + [(a, a.ring) for a in areas.values()], bucket_deg=0.0006)
+        for street_id in streets:
+            if not any(c.street_id == street_id for c in communities.values()):
+                raise self.fail("district.json", "communities", f"street {street_id!r} has no community")
+        for community_id in communities:
+            if not any(g.community_id == community_id for g in grids.values()):
+                raise self.fail("grids.geojson", "features", f"community {community_id!r} has no grid")
+        categories, labels = self._load_categories(departments)
+        cameras = self._load_cameras(spatial)
+        gazetteer = self._load_gazetteer(spatial, streets, prefixes, road_aliases)
+        return DistrictReference(
+            version=version, district_id=district_id, district_name=self._text(district, "name", "district.json", "district.name"),
+            district_desk=district_desk, supervision=supervision, discipline=discipline,
+            units=MappingProxyType(units), streets=MappingProxyType(streets), communities=MappingProxyType(communities),
+            grids=MappingProxyType(grids), ungridded_areas=MappingProxyType(areas), departments=MappingProxyType(departments),
+            categories=MappingProxyType(categories), hotline_labels=MappingProxyType(labels), cameras=MappingProxyType(cameras),
+            gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes),
+        )
+
+    def _load_map(self, communities: dict[str, Community], streets: dict[str, Street], units: dict[str, Unit]):
+        doc = self._read_json("grids.geojson")
+        if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
+            raise self.fail("grids.geojson", "type", "must be FeatureCollection")
+        grids: dict[str, Grid] = {}
+        areas: dict[str, UngriddedArea] = {}
+        for i, feature in enumerate(self._list(doc, "features", "grids.geojson", "features")):
+            where = f"features[{i}]"
+            props = self._mapping(feature, "properties", "grids.geojson", f"{where}.properties")
+            ring = self._ring(feature, where)
+            kind = props.get("kind")
+            if kind == "grid":
+                grid_id = self._text(props, "grid_id", "grids.geojson", f"{where}.properties.grid_id")
+                community_id = self._text(props, "community_id", "grids.geojson", f"{where}.properties.community_id")
+                if community_id not in communities:
+                    raise self.fail("grids.geojson", f"{where}.properties.community_id", f"unknown community {community_id!r}")
+                households = props.get("households")
+                if not isinstance(households, int) or households <= 0:
+                    raise self.fail("grids.geojson", f"{where}.properties.households", f"must be a positive integer, got {households!r}")
+                if grid_id in units:
+                    raise self.fail("grids.geojson", f"{where}.properties.grid_id", f"unit id {grid_id!r} is used twice")
+                name = self._text(props, "name", "grids.geojson", f"{where}.properties.name")
+                grids[grid_id] = Grid(grid_id, name, community_id, communities[community_id].street_id, households, ring)
+                units[grid_id] = Unit(grid_id, Tier.GRID, name)
+            elif kind == "ungridded":
+                area_id = self._text(props, "area_id", "grids.geojson", f"{where}.properties.area_id")
+                street_id = self._text(props, "street_id", "grids.geojson", f"{where}.properties.street_id")
+                if street_id not in streets:
+                    raise self.fail("grids.geojson", f"{where}.properties.street_id", f"unknown street {street_id!r}")
+                if area_id in areas:
+                    raise self.fail("grids.geojson", f"{where}.properties.area_id", f"area id {area_id!r} is used twice")
+                areas[area_id] = UngriddedArea(area_id, self._text(props, "name", "grids.geojson", f"{where}.properties.name"), street_id, ring)
+            else:
+                raise self.fail("grids.geojson", f"{where}.properties.kind", f"must be 'grid' or 'ungridded', got {kind!r}")
+        return grids, areas
+
+    def _ring(self, feature: Any, where: str) -> Ring:
+        geometry = self._mapping(feature, "geometry", "grids.geojson", f"{where}.geometry")
+        if geometry.get("type") != "Polygon":
+            raise self.fail("grids.geojson", f"{where}.geometry.type", "must be Polygon")
+        rings = geometry.get("coordinates")
+        if not isinstance(rings, list) or len(rings) != 1:
+            raise self.fail("grids.geojson", f"{where}.geometry.coordinates", "must hold exactly one ring (no holes)")
+        ring = []
+        for j, position in enumerate(rings[0]):
+            field = f"{where}.geometry.coordinates[0][{j}]"
+            if not (isinstance(position, list) and len(position) == 2):
+                raise self.fail("grids.geojson", field, "must be [lon, lat]")
+            ring.append((self._coordinate(position[0], -180.0, 180.0, "grids.geojson", field), self._coordinate(position[1], -90.0, 90.0, "grids.geojson", field)))
+        if len(ring) < 4 or ring[0] != ring[-1]:
+            raise self.fail("grids.geojson", f"{where}.geometry.coordinates[0]", "must be a closed ring of at least 3 distinct vertices")
+        return tuple(ring)
+
+    def _load_categories(self, departments: dict[str, Unit]):
+        doc = self._read_json("categories.json")
+        categories: dict[str, Category] = {}
+        labels: dict[str, str] = {}
+        for i, raw in enumerate(self._list(doc, "categories", "categories.json", "categories")):
+            where = f"categories[{i}]"
+            code = self._text(raw, "code", "categories.json", f"{where}.code")
+            urgency = self._text(raw, "default_urgency", "categories.json", f"{where}.default_urgency")
+            if urgency not in {u.value for u in Urgency}:
+                raise self.fail("categories.json", f"{where}.default_urgency", f"must be one of {[u.value for u in Urgency]}, got {urgency!r}")
+            complexity = self._text(raw, "complexity", "categories.json", f"{where}.complexity")
+            if complexity not in COMPLEXITY_CLASSES:
+                raise self.fail("categories.json", f"{where}.complexity", f"must be one of {list(COMPLEXITY_CLASSES)}, got {complexity!r}")
+            owner = self._text(raw, "owner_department", "categories.json", f"{where}.owner_department")
+            if owner not in departments:
+                raise self.fail("categories.json", f"{where}.owner_department", f"unknown department {owner!r}")
+            mode = self._text(raw, "responsibility", "categories.json", f"{where}.responsibility")
+            if mode not in RESPONSIBILITY_MODES:
+                raise self.fail("categories.json", f"{where}.responsibility", f"must be one of {list(RESPONSIBILITY_MODES)}, got {mode!r}")
+            threshold = raw.get("camera_min_confidence")
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+                raise self.fail("categories.json", f"{where}.camera_min_confidence", f"must be a number in [0, 1], got {threshold!r}")
+            hotline = tuple(self._as_text(x, "categories.json", f"{where}.hotline_labels[{j}]") for j, x in enumerate(self._list(raw, "hotline_labels", "categories.json", f"{where}.hotline_labels")))
+            if code in categories:
+                raise self.fail("categories.json", f"{where}.code", f"category {code!r} is defined twice")
+            categories[code] = Category(code, self._text(raw, "name", "categories.json", f"{where}.name"), Urgency(urgency), complexity, owner, mode == "territorial", float(threshold), hotline)
+            for j, label in enumerate((code,) + hotline):
+                key = fold_text(label)
+                if labels.setdefault(key, code) != code:
+                    field = f"{where}.hotline_labels[{j - 1}]" if j else f"{where}.code"
+                    raise self.fail("categories.json", field, f"label {label!r} already names category {labels[key]!r}")
+        return categories, labels
+
+    def _load_cameras(self, spatial: PolygonIndex) -> dict[str, Camera]:
+        cameras: dict[str, Camera] = {}
+        for line, row in self._read_csv("cameras.csv", ("camera_id", "name", "lat", "lon", "grid_id")):
+            where = f"line {line}"
+            camera_id = self._as_text(row["camera_id"], "cameras.csv", f"{where}.camera_id")
+            lat = self._coordinate(row["lat"], -90.0, 90.0, "cameras.csv", f"{where}.lat")
+            lon = self._coordinate(row["lon"], -180.0, 180.0, "cameras.csv", f"{where}.lon")
+            place = spatial.locate(lat, lon)
+            grid_id = place.grid_id if isinstance(place, Grid) else None
+            if (row["grid_id"] or None) != grid_id:
+                raise self.fail("cameras.csv", f"{where}.grid_id", f"camera {camera_id} says {row['grid_id']!r} but its position lies in {grid_id!r}")
+            if camera_id in cameras:
+                raise self.fail("cameras.csv", f"{where}.camera_id", f"camera {camera_id!r} is listed twice")
+            cameras[camera_id] = Camera(camera_id, row["name"], lat, lon, grid_id, place.street_id if place is not None else None)
+        return cameras
+
+    def _load_gazetteer(self, spatial: PolygonIndex, streets: dict[str, Street], prefixes: list[str], road_aliases: dict[str, str]) -> Gazetteer:
+        entries = []
+        for line, row in self._read_csv("gazetteer.csv", ("address", "kind", "lat", "lon", "grid_id", "street_id")):
+            where = f"line {line}"
+            address = self._as_text(row["address"], "gazetteer.csv", f"{where}.address")
+            kind = row["kind"]
+            if kind not in GAZETTEER_KINDS:
+                raise self.fail("gazetteer.csv", f"{where}.kind", f"must be one of {list(GAZETTEER_KINDS)}, got {kind!r}")
+            street_id = row["street_id"] or None
+            if street_id is not None and street_id not in streets:
+                raise self.fail("gazetteer.csv", f"{where}.street_id", f"unknown street {street_id!r}")
+            if kind == "road":
+                if row["lat"] or row["lon"] or row["grid_id"]:
+                    raise self.fail("gazetteer.csv", where, f"road entry {address!r} must have no lat, lon or grid_id")
+                entries.append(GazetteerEntry(address, kind, None, None, None, street_id))
+                continue
+            lat = self._coordinate(row["lat"], -90.0, 90.0, "gazetteer.csv", f"{where}.lat")
+            lon = self._coordinate(row["lon"], -180.0, 180.0, "gazetteer.csv", f"{where}.lon")
+            place = spatial.locate(lat, lon)
+            grid_id = place.grid_id if isinstance(place, Grid) else None
+            located_street = place.street_id if place is not None else None
+            if (row["grid_id"] or None) != grid_id or street_id != located_street:
+                raise self.fail("gazetteer.csv", f"{where}.grid_id", f"{address} says grid {row['grid_id']!r} street {street_id!r} but its position lies in grid {grid_id!r} street {located_street!r}")
+            entries.append(GazetteerEntry(address, kind, lat, lon, grid_id, street_id))
+        gazetteer = Gazetteer(entries, prefixes, road_aliases)
+        if len(gazetteer) != len(entries):
+            raise self.fail("gazetteer.csv", "address", "two addresses normalise to the same key")
+        return gazetteer
+
+    # -- small typed readers ------------------------------------------------------------------
+
+    def _read_json(self, file: str) -> Any:
+        path = self.root / file
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise self.fail(file, "-", "file is missing") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self.fail(file, "-", f"unreadable JSON: {exc}") from exc
+
+    def _read_csv(self, file: str, columns: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
+        path = self.root / file
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle)
+                if tuple(reader.fieldnames or ()) != columns:
+                    raise self.fail(file, "header", f"columns must be {','.join(columns)}, got {reader.fieldnames}")
+                return [(reader.line_num, row) for row in reader]
+        except FileNotFoundError as exc:
+            raise self.fail(file, "-", "file is missing") from exc
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise self.fail(file, "-", f"unreadable CSV: {exc}") from exc
+
+    def _mapping(self, parent: Any, key: str, file: str, field: str) -> dict:
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(value, dict):
+            raise self.fail(file, field, "must be an object")
+        return value
+
+    def _list(self, parent: Any, key: str, file: str, field: str) -> list:
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(value, list):
+            raise self.fail(file, field, "must be a list")
+        return value
+
+    def _text(self, parent: Any, key: str, file: str, field: str) -> str:
+        return self._as_text(parent.get(key) if isinstance(parent, dict) else None, file, field)
+
+    def _as_text(self, value: Any, file: str, field: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(file, field, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def _coordinate(self, value: Any, low: float, high: float, file: str, field: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise self.fail(file, field, f"must be a number, got {value!r}") from exc
+        if not (math.isfinite(number) and low <= number <= high):
+            raise self.fail(file, field, f"must lie in [{low}, {high}], got {value!r}")
+        return number
+

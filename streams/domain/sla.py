@@ -1,0 +1,554 @@
+"""SLA engine: versioned time-limit policies, pending deadlines, and what happens when one falls due.
+
+WHY: a unit that does not accept, resolve or satisfy in time must be chased and then escalated up its
+chain (grid -> community -> street -> department -> supervision -> discipline commission), and every
+such breach must be provable from the log. So everything here is a pure function of the case state and
+the partition's event time, never of the wall clock: replaying the same inputs yields byte-identical
+breaches and escalation events, with deterministic breach ids.
+
+- `load_policies()` / `policy_in_force()`: policies are data files (streams/reference/sla/policy-*.yaml),
+  validated at start. A case is judged by the version in force when it opened (`CaseState.policy_version`).
+- `deadlines_for(state, policy, calendar)`: what is pending for a case. Time limits (accept after
+  dispatch, resolve after acceptance, auto-close after resolution) and their warnings, plus immediate
+  triggers (transfer limit reached, unsatisfied rating, reopened) due at the triggering event's time.
+- `DeadlineIndex`: every case's pending deadlines in (due, case_id, kind) order, lazily invalidated.
+- `fire(state, deadline, now_ms, ...)`: the breach records and case events (escalated / closed) for one
+  due deadline. Each breach escalates the case one rung up its chain, where the new holder gets fresh
+  limits; the breach into the discipline commission is a referral.
+- `CaseBook`: one partition's states and index, wired in the order that keeps replays identical.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from heapq import heapify, heappop, heappush
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, MutableMapping, NamedTuple
+
+from streams.domain.calendar import SLA_REFERENCE_DIR, BusinessCalendar, Duration, config_error, from_epoch_ms, read_yaml, to_epoch_ms
+from streams.domain.case import (TRANSFER_LIMIT, CaseEvent, CaseState, HandlingRules, Link, Status, close_unrated, escalate, escalation_target,
+                                 evolve, find_link, handle_action, merge_report, open_case)
+from streams.domain.model import EnrichedReport, HandlingAction, Tier, Unit, Urgency
+from whistle.errors import ConfigError
+
+INITIAL_STAGE = "initial"
+ESCALATION_STAGES = (Tier.COMMUNITY.value, Tier.STREET.value, Tier.DEPARTMENT.value, Tier.SUPERVISION.value)
+TRANSFER_CLOCKS = ("keep", "restart")
+
+# Deadline kinds. The overdue kinds and the immediate triggers are also breach types.
+ACCEPT_WARNING = "accept_warning"
+RESOLVE_WARNING = "resolve_warning"
+ACCEPT_OVERDUE = "accept_overdue"
+RESOLVE_OVERDUE = "resolve_overdue"
+UNSATISFIED_RATING = "unsatisfied_rating"
+REOPENED = "reopened"
+AUTO_CLOSE = "auto_close"
+FINAL_OVERDUE = "final_overdue"  # breach type of an overdue case escalating into the discipline commission
+_WARNED = {ACCEPT_WARNING: ACCEPT_OVERDUE, RESOLVE_WARNING: RESOLVE_OVERDUE}
+
+# common_parent(unit_a_id, unit_b_id, category) -> the unit that settles their dispute
+# (streams.domain.enrich.common_parent with the reference bound).
+CommonParent = Callable[[str, str, str], Unit]
+
+
+# -- policy ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    accept: Duration  # after dispatch to the unit
+    resolve: Duration  # after the unit accepted
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SlaPolicy:
+    """One version of the SLA policy, as validated from its file."""
+
+    version: str
+    effective_from_ms: int
+    file: str
+    classes: tuple[str, ...]  # strictest first
+    category_classes: Mapping[str, str]
+    default_class: str
+    urgency_classes: Mapping[str, str]
+    limits: Mapping[str, Mapping[str, Limits]]  # stage ("initial" or a tier) -> class -> limits
+    warning_fraction: float
+    transfer_clock: str
+    auto_close_after: Duration
+    extension_grant: Duration
+    max_pause: Duration
+    rules: HandlingRules
+
+    def class_of(self, category: str, urgency: str) -> str:
+        """The stricter of the category's class and the urgency's class."""
+        by_category = self.category_classes.get(category, self.default_class)
+        by_urgency = self.urgency_classes.get(urgency)
+        if by_urgency is None or self.classes.index(by_category) <= self.classes.index(by_urgency):
+            return by_category
+        return by_urgency
+
+    def limits_for(self, state: CaseState) -> Limits | None:
+        """The holder's limits: the initial table before any escalation, else its tier's table (None: no limits, e.g. discipline)."""
+        table = self.limits.get(INITIAL_STAGE if state.escalations == 0 else state.assignee.tier)
+        return None if table is None else table[self.class_of(state.category, state.urgency)]
+
+
+def load_policies(directory: Path | str = SLA_REFERENCE_DIR) -> dict[str, SlaPolicy]:
+    """Every policy-*.yaml in `directory`, validated, by version in effective_from order."""
+    directory = Path(directory)
+    files = sorted(directory.glob("policy-*.yaml"))
+    if not files:
+        raise ConfigError(f"no SLA policy files (policy-*.yaml) in {directory}", file=str(directory))
+    policies = sorted((_load_policy(path) for path in files), key=lambda p: p.effective_from_ms)
+    for earlier, later in zip(policies, policies[1:]):
+        if earlier.effective_from_ms == later.effective_from_ms:
+            raise config_error(Path(later.file), "effective_from", f"same as {earlier.file}: two policies cannot take effect at once")
+    return {policy.version: policy for policy in policies}
+
+
+def policy_in_force(policies: Mapping[str, SlaPolicy], at: datetime | int) -> SlaPolicy:
+    """The policy with the latest effective_from at or before `at` (a datetime or epoch ms)."""
+    at_ms = at if isinstance(at, int) else to_epoch_ms(at)
+    chosen = None
+    for policy in policies.values():
+        if policy.effective_from_ms <= at_ms and (chosen is None or policy.effective_from_ms > chosen.effective_from_ms):
+            chosen = policy
+    if chosen is None:
+        raise ConfigError(f"no SLA policy is in force at {from_epoch_ms(at_ms).isoformat()}", field="effective_from")
+    return chosen
+
+
+def _load_policy(path: Path) -> SlaPolicy:
+    doc = read_yaml(path)
+    reader = _PolicyReader(path, doc)
+    return reader.policy()
+
+
+class _PolicyReader:
+    """Reads one policy file; every problem is a ConfigError naming the file and the field path."""
+
+    KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
+            "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
+
+    def __init__(self, path: Path, doc: Any) -> None:
+        self.path = path
+        if not isinstance(doc, dict):
+            raise self.fail("-", "must be a mapping")
+        unknown = sorted(set(doc) - self.KEYS)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key (expected one of {sorted(self.KEYS)})")
+        missing = sorted(self.KEYS - set(doc))
+        if missing:
+            raise self.fail(missing[0], "is missing")
+        self.doc = doc
+
+    def fail(self, field: str, message: str) -> ConfigError:
+        return config_error(self.path, field, message)
+
+    def policy(self) -> SlaPolicy:
+        doc = self.doc
+        version = doc["version"]
+        if version != self.path.stem:
+            raise self.fail("version", f"must match the file name {self.path.stem!r}, got {version!r}")
+        effective = doc["effective_from"]
+        if not isinstance(effective, datetime) or effective.utcoffset() is None:
+            raise self.fail("effective_from", f"must be a timestamp with a UTC offset like 2026-01-01T00:00:00+08:00, got {effective!r}")
+        classes = doc["classes"]
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+            raise self.fail("classes", "must be a non-empty list of distinct class names, strictest first")
+        urgencies = [u.value for u in Urgency]
+
+        def urgency_class(urgency: Any, cls: Any, field: str) -> None:
+            self.one_of(urgency, urgencies, field)
+            self.one_of(cls, classes, field)
+
+        category_classes = self.mapping("categories", lambda category, cls, field: self.one_of(cls, classes, field))
+        urgency_classes = self.mapping("urgency_classes", urgency_class)
+        default_class = self.one_of(doc["default_class"], classes, "default_class")
+        limits = self.limits(classes)
+        fraction = doc["warning_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise self.fail("warning_fraction", f"must be a number between 0 and 1 (exclusive), got {fraction!r}")
+        transfer_clock = doc["transfer_clock"]
+        if transfer_clock == "pause":
+            raise self.fail("transfer_clock", "'pause' is not offered: a returned case is re-dispatched at once, so pausing equals 'restart'")
+        self.one_of(transfer_clock, list(TRANSFER_CLOCKS), "transfer_clock")
+        extension = self.section("extension", {"grant", "max_per_stage"})
+        waiting = self.section("waiting_on_resident", {"max_pause", "max_per_stage"})
+        rules = HandlingRules(
+            transfers_before_escalation=self.whole(doc["transfers_before_escalation"], "transfers_before_escalation", 1, 10),
+            unsatisfied_rating_max=self.whole(doc["unsatisfied_rating_max"], "unsatisfied_rating_max", 1, 4),
+            max_extensions=self.whole(extension["max_per_stage"], "extension.max_per_stage", 0, 10),
+            max_pauses=self.whole(waiting["max_per_stage"], "waiting_on_resident.max_per_stage", 0, 10),
+        )
+        return SlaPolicy(
+            version=version, effective_from_ms=to_epoch_ms(effective), file=str(self.path), classes=tuple(classes),
+            category_classes=MappingProxyType(category_classes), default_class=default_class,
+            urgency_classes=MappingProxyType(urgency_classes), limits=MappingProxyType({stage: MappingProxyType(table) for stage, table in limits.items()}),
+            warning_fraction=float(fraction), transfer_clock=transfer_clock,
+            auto_close_after=self.duration(doc["auto_close_after"], "auto_close_after"),
+            extension_grant=self.duration(extension["grant"], "extension.grant"),
+            max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules,
+        )
+
+    def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
+        raw = self.doc["limits"]
+        stages = (INITIAL_STAGE, *ESCALATION_STAGES)
+        if not isinstance(raw, dict):
+            raise self.fail("limits", "must map stages to class tables")
+        extra = sorted(set(raw) - set(stages))
+        if extra:
+            raise self.fail(f"limits.{extra[0]}", f"unknown stage (expected {list(stages)})")
+        tables: dict[str, dict[str, Limits]] = {}
+        for stage in stages:
+            table = raw.get(stage)
+            if not isinstance(table, dict):
+                raise self.fail(f"limits.{stage}", "is missing or not a mapping of class -> {accept, resolve}")
+            extra = sorted(set(table) - set(classes))
+            if extra:
+                raise self.fail(f"limits.{stage}.{extra[0]}", f"unknown class (classes are {classes})")
+            tables[stage] = {}
+            for cls in classes:
+                entry = table.get(cls)
+                where = f"limits.{stage}.{cls}"
+                if not isinstance(entry, dict) or set(entry) != {"accept", "resolve"}:
+                    raise self.fail(where, "must be {accept: <duration>, resolve: <duration>}")
+                tables[stage][cls] = Limits(self.duration(entry["accept"], f"{where}.accept"), self.duration(entry["resolve"], f"{where}.resolve"))
+        return tables
+
+    def mapping(self, key: str, check: Callable[[Any, Any, str], Any]) -> dict[str, str]:
+        raw = self.doc[key]
+        if not isinstance(raw, dict):
+            raise self.fail(key, "must be a mapping")
+        for name, value in raw.items():
+            check(name, value, f"{key}.{name}")
+        return dict(raw)
+
+    def section(self, key: str, keys: set[str]) -> dict:
+        raw = self.doc[key]
+        if not isinstance(raw, dict) or set(raw) != keys:
+            raise self.fail(key, f"must be a mapping with exactly {sorted(keys)}")
+        return raw
+
+    def one_of(self, value: Any, allowed: list[str], field: str) -> str:
+        if value not in allowed:
+            raise self.fail(field, f"must be one of {allowed}, got {value!r}")
+        return value
+
+    def whole(self, value: Any, field: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(field, f"must be a whole number {low}..{high}, got {value!r}")
+        return value
+
+    def duration(self, value: Any, field: str) -> Duration:
+        try:
+            return Duration.parse(value)
+        except ValueError as exc:
+            raise self.fail(field, str(exc)) from exc
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+
+
+class Deadline(NamedTuple):
+    """A pending SLA check of one case. A tuple (compact, and heap-ordered by due, case_id, kind).
+
+    `seq` is the case state it was computed from: once the case has moved on, the entry is stale.
+    `deadline_ms` is the deadline itself; for a warning, the deadline it warns of.
+    """
+
+    due_ms: int
+    case_id: str
+    kind: str
+    seq: int
+    deadline_ms: int
+
+
+def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalendar) -> list[Deadline]:
+    """What is pending for the case now, soonest first.
+
+    - dispatched: accept warning and accept_overdue. The clock starts at dispatch to the tier; with
+      transfer_clock=restart, at the latest (re)assignment. At the transfer limit: transfer_limit now.
+    - accepted: resolve warning and resolve_overdue, from acceptance, plus granted extensions,
+      pushed back by waiting-on-resident pauses (an open pause counts up to the policy maximum).
+    - resolved: auto_close. rated (unsatisfied) / reopened: the breach is due at once.
+    Warnings fall at `warning_fraction` of the way to the deadline, on the limit's own time axis.
+    """
+    status = state.status
+    case_id, seq = state.case_id, state.seq
+    if status == Status.DISPATCHED:
+        if len(state.rejected_by) >= policy.rules.transfers_before_escalation:
+            return [Deadline(state.holder_since_ms, case_id, TRANSFER_LIMIT, seq, state.holder_since_ms)]
+        limits = policy.limits_for(state)
+        if limits is None:
+            return []
+        start = state.holder_since_ms if policy.transfer_clock == "restart" else state.stage_start_ms
+        due = calendar.add(start, limits.accept)
+        warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.accept.on_working_time)
+        return [Deadline(warn, case_id, ACCEPT_WARNING, seq, due), Deadline(due, case_id, ACCEPT_OVERDUE, seq, due)]
+    if status == Status.ACCEPTED:
+        limits = policy.limits_for(state)
+        if limits is None:
+            return []
+        start = state.status_since_ms
+        pauses = []
+        for pause_start, pause_end in state.pauses:
+            longest = calendar.add(pause_start, policy.max_pause)
+            pauses.append((pause_start, longest if pause_end is None else min(pause_end, longest)))
+        due = calendar.add_paused(start, limits.resolve, pauses)
+        for _ in range(state.extensions):
+            due = calendar.add(due, policy.extension_grant)
+        warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.resolve.on_working_time)
+        return [Deadline(warn, case_id, RESOLVE_WARNING, seq, due), Deadline(due, case_id, RESOLVE_OVERDUE, seq, due)]
+    if status == Status.RESOLVED:
+        due = calendar.add(state.status_since_ms, policy.auto_close_after)
+        return [Deadline(due, case_id, AUTO_CLOSE, seq, due)]
+    if status == Status.RATED:
+        return [Deadline(state.status_since_ms, case_id, UNSATISFIED_RATING, seq, state.status_since_ms)]
+    if status == Status.REOPENED:
+        return [Deadline(state.status_since_ms, case_id, REOPENED, seq, state.status_since_ms)]
+    return []
+
+
+class DeadlineIndex:
+    """Pending deadlines of many cases, soonest first: pop_due(now) costs O(due + stale) heap pops.
+
+    A heap of Deadline tuples, plus the seq each case's current deadlines were computed from.
+    Re-scheduling a case makes its older entries stale; they are dropped when they surface, and the
+    heap is compacted when it has grown to twice its size after the last compaction. `clock_ms` is the
+    latest `now` popped: a warning already behind it is not scheduled (it fired, or it is moot).
+    """
+
+    __slots__ = ("_heap", "_current", "clock_ms", "_compact_at")
+
+    def __init__(self, clock_ms: int = -(2**62)) -> None:
+        self._heap: list[Deadline] = []
+        self._current: dict[str, int] = {}
+        self.clock_ms = clock_ms
+        self._compact_at = 1024
+
+    def schedule(self, case_id: str, seq: int, deadlines: Iterable[Deadline]) -> None:
+        """Replace the case's pending deadlines with `deadlines` (computed from its state at `seq`). Idempotent per seq."""
+        if self._current.get(case_id) == seq:
+            return
+        self._current.pop(case_id, None)
+        heap, clock = self._heap, self.clock_ms
+        for deadline in deadlines:
+            if deadline.kind in _WARNED and deadline.due_ms <= clock:
+                continue
+            heappush(heap, deadline)
+            self._current[case_id] = seq
+        if len(heap) > self._compact_at:
+            self._compact()
+
+    def pop_due(self, now_ms: int) -> list[Deadline]:
+        """The live deadlines due at or before `now_ms`, in (due, case_id, kind) order; they leave the index."""
+        if now_ms > self.clock_ms:
+            self.clock_ms = now_ms
+        heap, current, due = self._heap, self._current, []
+        while heap and heap[0].due_ms <= now_ms:
+            deadline = heappop(heap)
+            if current.get(deadline.case_id) == deadline.seq:
+                due.append(deadline)
+        return due
+
+    def pending(self, case_id: str) -> list[Deadline]:
+        """The case's live deadlines, soonest first (inspection and tests; O(heap))."""
+        seq = self._current.get(case_id)
+        return sorted(d for d in self._heap if d.case_id == case_id and d.seq == seq)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def _compact(self) -> None:
+        current = self._current
+        self._heap = [d for d in self._heap if current.get(d.case_id) == d.seq]
+        heapify(self._heap)
+        self._compact_at = max(1024, 2 * len(self._heap))
+
+
+def rebuild_index(states: Iterable[CaseState], policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, clock_ms: int) -> DeadlineIndex:
+    """The index for recovered states (after a restart or rebalance), with the partition clock at `clock_ms`."""
+    index = DeadlineIndex(clock_ms)
+    for state in states:
+        index.schedule(state.case_id, state.seq, deadlines_for(state, _policy_of(policies, state), calendar))
+    return index
+
+
+# -- firing ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """An SLA warning, breach or referral (contract: /tmp/records-contract.md, topic whistle.sla.breaches)."""
+
+    breach_id: str
+    case_id: str
+    kind: str  # warning | breach | referral
+    breach_type: str
+    tier: str  # the tier the case escalates to (a warning: the current tier)
+    deadline: datetime
+    fired_at: datetime
+    overdue_ms: int
+    responsible_unit_id: str
+    escalation_target_unit_id: str | None
+    policy_version: str
+    category: str
+    urgency: str
+    street_id: str | None
+    department_id: str | None
+    summary: str
+
+
+def breach_id(case_id: str, breach_type: str, tier: str, deadline_ms: int) -> str:
+    """Deterministic: the same breach found again on replay has the same id (sinks deduplicate on it)."""
+    return hashlib.sha256(f"{case_id}|{breach_type}|{tier}|{deadline_ms}".encode()).hexdigest()[:32]
+
+
+def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPolicy, calendar: BusinessCalendar,
+         common_parent: CommonParent) -> tuple[list[Breach], list[CaseEvent]]:
+    """What a due deadline produces: breach records and case events; nothing if the deadline is stale.
+
+    Warnings produce a breach record of kind warning only (none once the deadline itself has passed,
+    e.g. when catching up after downtime). auto_close produces a closed event.
+    Every breach escalates the case one rung up the holder's chain (transfer_limit: to the common
+    parent of the first two units that returned it, which must then assign it); escalating into the
+    discipline commission is a referral, and an overdue case doing so is final_overdue.
+    """
+    if state is None or state.seq != deadline.seq or state.case_id != deadline.case_id:
+        return [], []
+    kind = deadline.kind
+    holder = state.assignee
+    if kind == AUTO_CLOSE:
+        return [], close_unrated(state, from_epoch_ms(now_ms), f"{AUTO_CLOSE}:{state.case_id}:{deadline.deadline_ms}",
+                                 f"{AUTO_CLOSE}: not rated within {policy.auto_close_after}")
+    if kind in _WARNED:
+        if deadline.deadline_ms <= now_ms:
+            return [], []  # the breach itself is due now: a warning would only be noise
+        breach_type = _WARNED[kind]
+        left_min = (deadline.deadline_ms - now_ms) // 60_000
+        summary = (f"warning: {holder.unit_id} ({holder.tier}) has {left_min} min left before {breach_type} "
+                   f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}")
+        return [_breach(state, "warning", breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, summary)], []
+    target = _arbiter(state, common_parent) if kind == TRANSFER_LIMIT else escalation_target(state)
+    referral = target is not None and target.tier == Tier.DISCIPLINE.value
+    breach_type = FINAL_OVERDUE if referral and kind in (ACCEPT_OVERDUE, RESOLVE_OVERDUE) else kind
+    tier = target.tier if target is not None else holder.tier
+    where = f"escalated to {target.unit_id} ({target.tier})" if target is not None else "no unit above to escalate to"
+    summary = f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}"
+    breach = _breach(state, "referral" if referral else "breach", breach_type, tier, deadline.deadline_ms, now_ms, target, policy, summary)
+    if target is None:
+        return [breach], []
+    return [breach], escalate(state, target, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary)
+
+
+def _arbiter(state: CaseState, common_parent: CommonParent) -> Link | None:
+    """The common parent of the first two distinct units that returned the case (one unit: the unit above it).
+
+    The parent is taken as the rung of the case's chains it occupies when it has one, so that
+    escalation from it continues up that chain.
+    """
+    returned = tuple(dict.fromkeys(state.rejected_by))
+    if len(returned) < 2:
+        return escalation_target(state)
+    parent = common_parent(returned[0], returned[1], state.category)
+    return find_link(state, parent.unit_id) or Link(parent.unit_id, Tier(parent.tier).value)
+
+
+def _breach(state: CaseState, kind: str, breach_type: str, tier: str, deadline_ms: int, now_ms: int, target: Link | None,
+            policy: SlaPolicy, summary: str) -> Breach:
+    return Breach(
+        breach_id=breach_id(state.case_id, breach_type, tier, deadline_ms), case_id=state.case_id, kind=kind, breach_type=breach_type,
+        tier=tier, deadline=from_epoch_ms(deadline_ms), fired_at=from_epoch_ms(now_ms),
+        overdue_ms=0 if kind == "warning" else max(0, now_ms - deadline_ms), responsible_unit_id=state.assignee.unit_id,
+        escalation_target_unit_id=None if target is None else target.unit_id, policy_version=policy.version,
+        category=state.category, urgency=state.urgency, street_id=state.place.street_id, department_id=state.place.department_id,
+        summary=summary,
+    )
+
+
+def _local(calendar: BusinessCalendar, ms: int) -> str:
+    return calendar.local_time(ms).isoformat(timespec="minutes")
+
+
+def _policy_of(policies: Mapping[str, SlaPolicy], state: CaseState) -> SlaPolicy:
+    policy = policies.get(state.policy_version)
+    if policy is None:
+        raise ConfigError(f"case {state.case_id} is judged by SLA policy {state.policy_version}, which is not loaded",
+                          case_id=state.case_id, field="policy_version")
+    return policy
+
+
+# -- one partition --------------------------------------------------------------------------------
+
+
+class CaseBook:
+    """One partition's case states and deadlines, driven in the order that makes replays identical.
+
+    For each inbox message at event time t: `advance(t)` first (fire everything due by then), then the
+    message's decider (`open`, `merge`, `act`), which also fires what its own events made due at once
+    (transfer limit, unsatisfied rating, reopened). The partition clock is the largest event time seen,
+    so a late event never moves time backwards. A decider raises TransitionError for a refused input
+    and leaves the book unchanged: dead-letter the input. Not pure (it holds the partition's state) but
+    deterministic: the same calls in the same order give byte-identical events and breaches.
+    """
+
+    __slots__ = ("policies", "calendar", "common_parent", "states", "index")
+
+    def __init__(self, policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, common_parent: CommonParent,
+                 states: MutableMapping[str, CaseState] | None = None, clock_ms: int | None = None) -> None:
+        self.policies, self.calendar, self.common_parent = policies, calendar, common_parent
+        self.states: MutableMapping[str, CaseState] = {} if states is None else states
+        self.index = rebuild_index(self.states.values(), policies, calendar, clock_ms if clock_ms is not None else -(2**62))
+
+    def advance(self, now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+        """Fire every deadline due by max(clock, now), including those the firing itself makes due."""
+        return self._advance_ms(to_epoch_ms(now))
+
+    def open(self, enriched: EnrichedReport, case_id: str, at: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+        """Open a case at `at`, or at the partition clock if that is later (a late report is dispatched now,
+        not back in time with its time limit already spent), judged by the policy in force then."""
+        if to_epoch_ms(at) < self.index.clock_ms:
+            at = from_epoch_ms(self.index.clock_ms)
+        return self._decided(open_case(enriched, case_id, policy_in_force(self.policies, at).version, at), at)
+
+    def merge(self, case_id: str, enriched: EnrichedReport, at: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+        return self._decided(merge_report(self.states.get(case_id), enriched, at), at)
+
+    def act(self, action: HandlingAction) -> tuple[list[CaseEvent], list[Breach]]:
+        state = self.states.get(action.case_id)
+        rules = _policy_of(self.policies, state).rules if state is not None else HandlingRules()
+        return self._decided(handle_action(state, action, rules), action.at)
+
+    def _decided(self, events: list[CaseEvent], at: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+        self._apply(events)
+        fired_events, breaches = self._advance_ms(to_epoch_ms(at))
+        return events + fired_events, breaches
+
+    def _advance_ms(self, now_ms: int) -> tuple[list[CaseEvent], list[Breach]]:
+        now_ms = max(now_ms, self.index.clock_ms)
+        events: list[CaseEvent] = []
+        breaches: list[Breach] = []
+        due = self.index.pop_due(now_ms)
+        while due:
+            for deadline in due:
+                state = self.states.get(deadline.case_id)
+                if state is None:
+                    continue
+                fired_breaches, fired_events = fire(state, deadline, now_ms, _policy_of(self.policies, state), self.calendar, self.common_parent)
+                breaches.extend(fired_breaches)
+                events.extend(self._apply(fired_events))
+            due = self.index.pop_due(now_ms)
+        return events, breaches
+
+    def _apply(self, events: list[CaseEvent]) -> list[CaseEvent]:
+        if not events:
+            return events
+        state = self.states.get(events[0].case_id)
+        for event in events:
+            state = evolve(state, event)
+        self.states[state.case_id] = state
+        self.index.schedule(state.case_id, state.seq, deadlines_for(state, _policy_of(self.policies, state), self.calendar))
+        return events

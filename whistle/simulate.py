@@ -1,0 +1,539 @@
+"""A deterministic simulated district: raw channel records and handling actions, in time order.
+
+`simulate(reference, config)` yields SimEvents: camera detections, hotline tickets and app reports
+(dicts with the Avro fields of CameraDetection, HotlineTicket, ResidentReport) and the handling
+units' actions (HandlingAction). Same reference, same config (seed) -> the same events, byte for
+byte in `write_jsonl`.
+
+What it models:
+- arrivals: a Poisson process per channel with an hourly (Beijing time) profile: cameras follow
+  traffic, the hotline office hours, the app mornings and evenings;
+- one incident reported by several channels within minutes (camera + hotline + app), and callers
+  who ring again hours later: these must merge into one case;
+- quirks the pipeline must absorb: address variants (district prefix, full-width digits, spaces,
+  號, "附近"), vague addresses, road-only addresses, unknown cameras, low-confidence detections,
+  GPS outside the district or (0, 0);
+- handling: units that accept or resolve late, units that never act, grid teams on a street
+  boundary that return the case as the other street's ("not ours"), the next holder returning it
+  too, until the unit both answer to (enrich.common_parent) takes it; extensions for complex
+  cases; residents who rate unsatisfied.
+
+Case ids and actors: the simulator replays the pipeline's own rules (normalize, enrich, merge,
+case_id_for) in time order, so an action names the case its incident's first report opened, and
+the acting unit is the case's holder under the case engine's rules for returns (_Custody). This
+assumes the case processor sees reports in `at` order (the send loop should keep it) and that an
+SLA escalation has not moved the case first: a late unit's action then lands as a late action.
+Incidents arrive during [start, start + days); their handling may run past the end.
+Pacing (speed) is the send loop's business: every event carries its event time `at`.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from random import Random
+from typing import Any, BinaryIO, Iterable, Iterator
+
+import orjson
+
+from streams.domain.enrich import Enricher, case_id_for, common_parent, haversine_m
+from streams.domain.merge import MergeIndex
+from streams.domain.model import ActionKind, Source, Urgency
+from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.reference import DistrictReference, Grid
+from whistle.errors import ConfigError
+
+BEIJING = timezone(timedelta(hours=8))
+_HOUR_MS = 3_600_000
+_MINUTE_MS = 60_000
+
+# Relative arrival rate per local hour (mean 1.0 over the day), by channel.
+HOURLY_PROFILE = {
+    "camera": (0.3, 0.2, 0.2, 0.2, 0.3, 0.5, 0.9, 1.6, 2.0, 1.6, 1.3, 1.2, 1.1, 1.1, 1.2, 1.3, 1.5, 1.9, 2.0, 1.5, 1.0, 0.8, 0.6, 0.4),
+    "hotline": (0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.9, 1.8, 2.2, 2.2, 1.8, 1.2, 1.4, 1.9, 2.0, 1.8, 1.4, 1.0, 0.9, 0.8, 0.6, 0.5, 0.4),
+    "app": (0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 0.8, 1.5, 1.6, 1.4, 1.3, 1.2, 1.0, 1.0, 1.1, 1.2, 1.3, 1.6, 1.9, 2.0, 1.7, 1.2, 0.7, 0.4),
+}
+CHANNEL_SHARE = {"camera": 0.35, "hotline": 0.35, "app": 0.30}
+CAMERA_CATEGORIES = {"garbage": 35, "illegal_parking": 35, "road_damage": 8, "illegal_construction": 7, "fire_smoke": 5,
+                     "drainage_blockage": 5, "ebike_charging_hazard": 5}
+PEOPLE_CATEGORIES = {"garbage": 20, "noise": 14, "illegal_parking": 10, "road_damage": 8, "drainage_blockage": 8,
+                     "ebike_charging_hazard": 7, "neighbour_dispute": 7, "elderly_assistance": 6, "illegal_construction": 6,
+                     "illegal_lpg_refilling": 4, "fire_smoke": 5, "gas_leak": 5}
+DESCRIPTIONS = {
+    "garbage": ("路边垃圾堆积多日无人清运，气味很大。", "小区门口建筑垃圾乱倒。"),
+    "drainage_blockage": ("下水道堵塞，污水漫到路面。", "雨水井堵了，门口积水。"),
+    "illegal_construction": ("楼顶正在违章加盖房屋。", "一楼住户私自扩建围墙。"),
+    "illegal_parking": ("车辆长期占用消防通道。", "人行道上停满了车。"),
+    "illegal_lpg_refilling": ("有人在门面里私自给液化气罐充气。", "疑似黑气站，晚上偷偷充装。"),
+    "ebike_charging_hazard": ("楼道里有人给电动车充电。", "窗口飞线给电动车充电。"),
+    "fire_smoke": ("看到浓烟冒出，疑似着火。", "垃圾桶着火了。"),
+    "road_damage": ("路面塌陷一个大坑。", "井盖缺失，很危险。"),
+    "noise": ("夜间施工噪音扰民。", "广场舞音响声音太大。"),
+    "neighbour_dispute": ("楼上漏水，与邻居协商不成。", "邻居占用公共楼道堆放杂物，发生争吵。"),
+    "elderly_assistance": ("独居老人几天没出门，请社区看看。", "高龄老人行动不便，需要帮助购买生活用品。"),
+    "gas_leak": ("楼道里闻到很浓的煤气味。", "燃气管道接口漏气。"),
+}
+RESOLUTION_NOTES = ("已现场处置完毕。", "已协调相关单位处理，问题已解决。", "已整改到位，拍照留档。")
+VAGUE_ADDRESSES = ("菜市场旁边", "我家楼下", "公交站附近那个小区后门", "老街拐角")
+ADDRESS_DETAILS = ("附近", "门口", "3栋2单元", "旁边巷子里", "对面")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Knobs of a simulated run. Shares are probabilities in [0, 1]."""
+
+    seed: int = 7
+    start: datetime = datetime(2024, 6, 2, 16, 0, tzinfo=timezone.utc)  # Monday 2024-06-03 00:00 Beijing time
+    days: float = 1.0
+    incidents_per_day: float = 2000.0
+    multi_channel_share: float = 0.3  # incidents also reported by one or two other channels within minutes
+    repeat_call_share: float = 0.1  # incidents a second caller reports hours later
+    late_accept_share: float = 0.03  # after the accept deadline: breach, escalation, then a late action
+    late_resolve_share: float = 0.06
+    silent_share: float = 0.005  # the responsible unit never acts: escalates rung by rung to discipline
+    boundary_bounce_share: float = 0.1  # of territorial cases in a grid on a street boundary
+    extension_share: float = 0.2  # of complex cases
+    rated_share: float = 0.7  # of cases reported by people (return visit after resolution)
+    unsatisfied_share: float = 0.08
+    unknown_camera_share: float = 0.01
+    outside_gps_share: float = 0.01  # app reports with a bad fix, often outside the district
+    no_gps_fix_share: float = 0.01  # app reports sent with (0, 0) and a typed address
+    vague_address_share: float = 0.04
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.start.utcoffset() is None:
+            raise ConfigError(f"simulation start {self.start.isoformat()} has no time zone; give a UTC-aware datetime", field="start")
+        if not (self.days > 0 and self.incidents_per_day > 0):
+            raise ConfigError("days and incidents_per_day must be positive", field="days")
+        for name in self.__dataclass_fields__:
+            if name.endswith("_share") and not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must lie in [0, 1]", field=name)
+
+
+@dataclass(frozen=True, slots=True)
+class SimEvent:
+    """One record to send: `record` holds exactly the fields of the Avro `record_type`.
+
+    `source` is the channel (camera | hotline | app) and so the raw topic; HandlingActions travel on
+    the app topic (in the AppEvent envelope) keyed by case id.
+    """
+
+    at: datetime
+    source: str
+    record_type: str  # CameraDetection | HotlineTicket | ResidentReport | HandlingAction
+    key: str
+    record: dict[str, Any] = field(hash=False)
+
+
+def simulate(reference: DistrictReference, config: SimConfig) -> Iterator[SimEvent]:
+    """All events of the simulated period, in event-time order (ties in generation order)."""
+    return _Simulation(reference, config).run()
+
+
+def write_jsonl(events: Iterable[SimEvent], out: BinaryIO) -> int:
+    """Write events as JSON lines ({at, source, record_type, key, record}, times RFC 3339 UTC); returns the count."""
+    count = 0
+    for event in events:
+        out.write(orjson.dumps({"at": event.at, "source": event.source, "record_type": event.record_type,
+                                "key": event.key, "record": event.record}, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE))
+        count += 1
+    return count
+
+
+_HOLDER = "holder"  # the unit holding the case when the action is emitted
+_ARBITER = "arbiter"  # the common parent of the two units that returned the case
+_REPORTER = "RESIDENT"  # ratings come from the reporter, never from a handling unit
+_ABOVE = "above"  # the unit one rung above the holder (where an unsatisfied rating escalates the case)
+_PACE = {"emergency": 0.1, "ordinary": 1.0, "complex": 3.0}  # handling-time scale by complexity class
+TRANSFERS_BEFORE_ESCALATION = 2  # the case engine's limit: the 2nd return goes to the common parent
+
+
+@dataclass(slots=True)
+class _Custody:
+    """Who holds a case, by the case engine's rules for returns (streams.domain.case, HandlingRules):
+    a returned case goes to the first unit of another report's chain that has not returned it yet,
+    else one rung up the chain; at the transfer limit the holder keeps it until the SLA engine hands
+    it to the common parent of the first two units that returned it.
+    """
+
+    category: str
+    chains: list[tuple[str, ...]]  # the first report's chain, then merged reports' chains with another first unit
+    holder: str
+    returned: list[str] = field(default_factory=list)
+
+    def returned_by(self, unit_id: str) -> None:
+        if len(self.returned) + 1 < TRANSFERS_BEFORE_ESCALATION:
+            others = [chain[0] for chain in self.chains if chain[0] != unit_id and chain[0] not in self.returned]
+            self.holder = others[0] if others else self.above(unit_id)
+        self.returned.append(unit_id)
+
+    def arbiter(self, reference: DistrictReference) -> str:
+        first, second = list(dict.fromkeys(self.returned))[:2]
+        return common_parent(reference, first, second, self.category).unit_id
+
+    def above(self, unit_id: str) -> str:
+        """The next unit up the first chain that holds `unit_id` (the top of the first chain if none does)."""
+        for chain in self.chains:
+            if unit_id in chain[:-1]:
+                return chain[chain.index(unit_id) + 1]
+        return self.chains[0][-1]
+
+
+@dataclass(slots=True)
+class _Incident:
+    """What happened where; `grid` is None when the spot is outside every grid."""
+
+    category: str
+    lat: float
+    lon: float
+    grid: Grid | None
+
+
+class _Simulation:
+    """One run's state: the random stream, the pending-event heap and a replica of the merge index."""
+
+    def __init__(self, reference: DistrictReference, config: SimConfig) -> None:
+        self.ref = reference
+        self.config = config
+        self.rng = Random(config.seed)
+        self.enricher = Enricher(reference)
+        self.merge = MergeIndex(reference.gazetteer.normalize)
+        self.start_ms = _epoch_ms(config.start)
+        self.heap: list[tuple[int, int, str, Any]] = []
+        self.sequence = 0
+        self.grids = list(reference.grids.values())
+        self.grid_weights = _cumulative([g.households for g in self.grids])
+        self.addresses = {g.grid_id: [] for g in self.grids}
+        for entry in reference.gazetteer.entries():
+            if entry.grid_id is not None and entry.kind != "road":
+                self.addresses[entry.grid_id].append(entry)
+        self.roads = [e.address for e in reference.gazetteer.entries() if e.kind == "road"]
+        self.cameras = list(reference.cameras.values())
+        self.cameras_in_grid: dict[str, list] = {}
+        for camera in self.cameras:
+            if camera.grid_id is not None:
+                self.cameras_in_grid.setdefault(camera.grid_id, []).append(camera)
+        self.across_boundary = _neighbours_in_other_streets(self.grids)
+        self.callers = [f"1{self.rng.choice('3456789')}{self.rng.randrange(10**9):09d}" for _ in range(max(50, int(config.incidents_per_day // 3)))]
+        self.residents = [f"resident-{i:06d}" for i in range(max(50, int(config.incidents_per_day // 3)))]
+        self.counters = {"detection": 0, "ticket": 0, "app": 0, "action": 0}
+        self.custody: dict[str, _Custody] = {}
+
+    # -- the main loop ---------------------------------------------------------------------------
+
+    def run(self) -> Iterator[SimEvent]:
+        end_ms = self.start_ms + int(self.config.days * 24 * _HOUR_MS)
+        hour_start = self.start_ms
+        while hour_start < end_ms:
+            hour_end = min(hour_start + _HOUR_MS, end_ms)
+            self._generate_arrivals(hour_start, hour_end)
+            yield from self._release(until_ms=hour_end)
+            hour_start = hour_end
+        yield from self._release(until_ms=None)
+
+    def _release(self, until_ms: int | None) -> Iterator[SimEvent]:
+        """Pop pending events in time order; a report popped here is routed, which may schedule actions."""
+        while self.heap and (until_ms is None or self.heap[0][0] < until_ms):
+            at_ms, _, kind, payload = heapq.heappop(self.heap)
+            if kind == "report":
+                yield self._emit_report(at_ms, payload)
+            else:
+                yield self._emit_action(at_ms, payload)
+
+    def _push(self, at_ms: int, kind: str, payload: Any) -> None:
+        self.sequence += 1
+        heapq.heappush(self.heap, (at_ms, self.sequence, kind, payload))
+
+    # -- arrivals --------------------------------------------------------------------------------
+
+    def _generate_arrivals(self, hour_start: int, hour_end: int) -> None:
+        local_hour = datetime.fromtimestamp(hour_start / 1000, BEIJING).hour
+        for channel, profile in HOURLY_PROFILE.items():
+            per_ms = self.config.incidents_per_day * CHANNEL_SHARE[channel] * profile[local_hour] / (24 * _HOUR_MS)
+            t = hour_start + self.rng.expovariate(per_ms)
+            while t < hour_end:
+                self._incident(channel, int(t))
+                t += self.rng.expovariate(per_ms)
+
+    def _incident(self, channel: str, at_ms: int) -> None:
+        rng = self.rng
+        if channel == "camera":
+            category = _weighted(rng, CAMERA_CATEGORIES)
+            if rng.random() < self.config.unknown_camera_share:
+                self._push(at_ms, "report", ("camera", self._detection(category, f"CAM-{rng.randrange(900, 1000)}", None, None)))
+                return
+            camera = rng.choice(self.cameras)
+            lat, lon = _jitter(rng, camera.lat, camera.lon, 40.0)  # what the camera sees is near it
+            place = self.ref.locate(lat, lon)
+            incident = _Incident(category, lat, lon, place if type(place) is Grid else None)
+            self._push(at_ms, "report", ("camera", self._camera_record(incident, camera)))
+        else:
+            grid = self.grids[_pick(rng, self.grid_weights)]
+            lat, lon = self._point_in(grid)
+            incident = _Incident(_weighted(rng, PEOPLE_CATEGORIES), lat, lon, grid)
+            self._push(at_ms, "report", (channel, self._hotline_record(incident) if channel == "hotline" else self._app_record(incident)))
+        if rng.random() < self.config.multi_channel_share:
+            others = [c for c in ("camera", "hotline", "app") if c != channel]
+            rng.shuffle(others)
+            follow_ups = others[: rng.choice((1, 1, 2))]
+            for other in follow_ups:
+                delay = int(rng.uniform(2, 30) * _MINUTE_MS)
+                cameras = self.cameras_in_grid.get(incident.grid.grid_id) if incident.grid is not None else None
+                if other == "camera" and cameras and incident.category in CAMERA_CATEGORIES:
+                    self._push(at_ms + delay, "report", ("camera", self._camera_record(incident, rng.choice(cameras))))
+                elif other == "hotline":
+                    self._push(at_ms + delay, "report", ("hotline", self._hotline_record(incident)))
+                elif other == "app":
+                    self._push(at_ms + delay, "report", ("app", self._app_record(incident)))
+        if rng.random() < self.config.repeat_call_share:
+            self._push(at_ms + int(rng.uniform(1, 8) * _HOUR_MS), "report", ("hotline", self._hotline_record(incident)))
+
+    def _point_in(self, grid: Grid) -> tuple[float, float]:
+        xs = [x for x, _ in grid.ring]
+        ys = [y for _, y in grid.ring]
+        while True:
+            lat, lon = round(self.rng.uniform(min(ys), max(ys)), 6), round(self.rng.uniform(min(xs), max(xs)), 6)
+            if self.ref.locate(lat, lon) is grid:
+                return lat, lon
+
+    # -- raw records -----------------------------------------------------------------------------
+
+    def _camera_record(self, incident: _Incident, camera) -> dict[str, Any]:
+        """PTZ cameras (every third in the registry) geolocate the object; fixed ones send no lat/lon."""
+        if int(camera.camera_id[-3:]) % 3 == 0:
+            return self._detection(incident.category, camera.camera_id, *_jitter(self.rng, incident.lat, incident.lon, 5.0))
+        return self._detection(incident.category, camera.camera_id, None, None)
+
+    def _detection(self, category: str, camera_id: str, lat: float | None, lon: float | None) -> dict[str, Any]:
+        rng = self.rng
+        self.counters["detection"] += 1
+        detection_id = f"det-{self.counters['detection']:08d}-{rng.getrandbits(32):08x}"
+        bbox = None
+        if rng.random() < 0.5:
+            x, y = round(rng.uniform(0, 0.7), 3), round(rng.uniform(0, 0.7), 3)
+            bbox = {"x": x, "y": y, "width": round(rng.uniform(0.05, 0.3), 3), "height": round(rng.uniform(0.05, 0.3), 3)}
+        return {"detection_id": detection_id, "camera_id": camera_id, "detected_at": None, "category": category,
+                "confidence": round(rng.betavariate(8, 2), 3), "lat": lat, "lon": lon,
+                "snapshot_ref": f"s3://whistle-evidence/camera/{camera_id}/{detection_id}.jpg", "model_version": "gridvision-3.2.1", "bbox": bbox}
+
+    def _hotline_record(self, incident: _Incident) -> dict[str, Any]:
+        rng = self.rng
+        self.counters["ticket"] += 1
+        phone = rng.choice(self.callers)
+        style = rng.random()
+        caller = None if style < 0.05 else (f"+86 {phone[:3]} {phone[3:7]} {phone[7:]}" if style < 0.25 else phone)
+        urgency = self.ref.categories[incident.category].default_urgency.value
+        if urgency == "normal" and rng.random() < 0.1:
+            urgency = "urgent"
+        return {"ticket_id": f"12345-{self.counters['ticket']:08d}", "received_at": None, "caller_phone": caller,
+                "address_text": self._spoken_address(incident), "description": rng.choice(DESCRIPTIONS[incident.category]),
+                "operator_category": incident.category, "urgency": urgency}
+
+    def _spoken_address(self, incident: _Incident) -> str:
+        """The nearest known address, written the many ways operators write addresses."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < self.config.vague_address_share:
+            return rng.choice(VAGUE_ADDRESSES)
+        candidates = self.addresses[incident.grid.grid_id] if incident.grid is not None else []
+        if not candidates or roll < self.config.vague_address_share * 1.5:  # a caller naming only the road
+            return rng.choice(self.roads)
+        entry = min(candidates, key=lambda e: (haversine_m(incident.lat, incident.lon, e.lat, e.lon), e.address))
+        text = entry.address
+        if entry.kind == "house":
+            style = rng.random()
+            if style < 0.10:
+                text = text.translate(_FULL_WIDTH_DIGITS)
+            elif style < 0.15:
+                text = " ".join(_split_number(text))
+            elif style < 0.18:
+                text = text.replace("号", "號")
+            elif style < 0.30:
+                text += rng.choice(ADDRESS_DETAILS)
+        roll = rng.random()
+        prefixes = self.ref.address_prefixes
+        if roll < 0.20:  # some add the district, a few the city too
+            prefix = "".join(prefixes[-1:] if roll < 0.15 else prefixes[-2:])
+            text = prefix + text.removeprefix(prefixes[-1])
+        return text
+
+    def _app_record(self, incident: _Incident) -> dict[str, Any]:
+        rng = self.rng
+        self.counters["app"] += 1
+        report_id = f"app-{self.counters['app']:08d}-{rng.getrandbits(32):08x}"
+        roll = rng.random()
+        address = None
+        if roll < self.config.outside_gps_share:
+            lat, lon = _jitter(rng, incident.lat, incident.lon, 3000.0)  # a bad fix: often outside the district
+        elif roll < self.config.outside_gps_share + self.config.no_gps_fix_share:
+            lat, lon = 0.0, 0.0  # no fix: the app sends (0, 0) and the typed address
+            entries = self.addresses[incident.grid.grid_id] if incident.grid is not None else []
+            address = rng.choice(entries).address if entries else None
+        else:
+            lat, lon = _jitter(rng, incident.lat, incident.lon, 15.0)
+        role = "grid_worker" if rng.random() < 0.3 else "resident"
+        photos = [f"s3://whistle-evidence/app/{report_id}/{n}.jpg" for n in range(rng.choice((0, 1, 1, 2, 3)))]
+        return {"report_id": report_id, "reporter_id": rng.choice(self.residents), "reporter_role": role, "reported_at": None,
+                "lat": lat, "lon": lon, "category": incident.category, "description": rng.choice(DESCRIPTIONS[incident.category]) if rng.random() < 0.8 else "",
+                "photo_refs": photos, "address_text": address}
+
+    # -- routing and handling --------------------------------------------------------------------
+
+    def _emit_report(self, at_ms: int, payload: tuple[str, dict[str, Any]]) -> SimEvent:
+        channel, record = payload
+        at = self._time(at_ms)
+        time_field, record_type, key_field = _RECORD_SHAPES[channel]
+        record[time_field] = at
+        report = (normalize_camera(record, self.ref) if channel == "camera"
+                  else normalize_hotline(record, self.ref, _identity_not_needed) if channel == "hotline"
+                  else normalize_app_report(record, self.ref, _identity_not_needed))
+        enriched = self.enricher.enrich(report)
+        chain = tuple(unit.unit_id for unit in enriched.chain)
+        joined = self.merge.find_case_to_join(enriched)
+        if joined is not None:
+            self.merge.touch(joined, report.occurred_at)
+            custody = self.custody[joined]
+            if not any(known[0] == chain[0] for known in custody.chains):
+                custody.chains.append(chain)
+        else:
+            case_id = case_id_for(enriched)
+            self.merge.add(self.merge.open_case(case_id, enriched))
+            self.custody[case_id] = _Custody(enriched.report.category, [chain], chain[0])
+            self._plan_handling(case_id, enriched, at_ms)
+        return SimEvent(at, channel, record_type, record[key_field], record)
+
+    def _plan_handling(self, case_id: str, enriched, opened_ms: int) -> None:
+        """Schedule the life of a new case: accept, maybe bounce or extend, resolve, maybe a rating.
+
+        Who acts is settled when the action is emitted (see _Custody), because it depends on the
+        reports merged into the case by then.
+        """
+        rng, config = self.rng, self.config
+        category = self.ref.categories[enriched.report.category]
+        if rng.random() < config.silent_share:
+            return
+        scale = 0.1 if Urgency.EMERGENCY in (category.default_urgency, enriched.report.urgency) else _PACE[category.complexity]
+        t = opened_ms
+        across = self.across_boundary.get(enriched.chain[0].unit_id)
+        if across and category.territorial and rng.random() < config.boundary_bounce_share:
+            other = rng.choice(across)
+            t += int(rng.uniform(5, 30) * _MINUTE_MS)  # returns are quick; the accept clock keeps running through them
+            self._action(t, case_id, ActionKind.TRANSFER, _HOLDER, reason="outside_jurisdiction", note=f"位置属于{other}，非本网格辖区")
+            t += int(rng.uniform(10, 45) * _MINUTE_MS)
+            self._action(t, case_id, ActionKind.TRANSFER, _HOLDER, reason="outside_jurisdiction", note=f"争议位置在与{other[2:5]}交界处，非本单位辖区")
+            t += int(rng.uniform(10, 40) * _MINUTE_MS)  # the common parent, handed the dispute, takes it
+            self._action(t, case_id, ActionKind.ACCEPT, _ARBITER)
+        else:
+            late = rng.random() < config.late_accept_share
+            t += int(min(rng.lognormvariate(math.log(20 * scale), 0.6) * (rng.uniform(10, 40) if late else 1), 3 * 24 * 60) * _MINUTE_MS)
+            self._action(t, case_id, ActionKind.ACCEPT, _HOLDER)
+        if category.complexity == "complex" and rng.random() < config.extension_share:
+            t += int(rng.uniform(4, 48) * _HOUR_MS)
+            self._action(t, case_id, ActionKind.REQUEST_EXTENSION, _HOLDER, reason="需协调多个部门联合处置", extension_hours=72)
+        late_resolve = rng.random() < config.late_resolve_share
+        t += int(min(rng.lognormvariate(math.log(6 * scale), 0.8) * (rng.uniform(3, 8) if late_resolve else 1), 10 * 24) * _HOUR_MS)
+        self._action(t, case_id, ActionKind.RESOLVE, _HOLDER, note=rng.choice(RESOLUTION_NOTES))
+        if enriched.report.source is not Source.CAMERA and rng.random() < config.rated_share:
+            unsatisfied = rng.random() < (config.unsatisfied_share * (3 if late_resolve else 1))
+            rating = rng.choice((1, 2)) if unsatisfied else rng.choice((4, 5, 5, 5))
+            t += int(rng.uniform(2, 30) * _HOUR_MS)
+            self._action(t, case_id, ActionKind.RATE, _REPORTER, rating=rating, note="处理不及时，问题没解决" if unsatisfied else None)
+            if unsatisfied:  # the rating escalates the case one rung: that unit takes it and settles it
+                t += int(rng.uniform(0.1, 0.5) * _HOUR_MS)
+                self._action(t, case_id, ActionKind.ACCEPT, _ABOVE)
+                t += int(min(rng.lognormvariate(math.log(4 * scale), 0.6), 3 * 24) * _HOUR_MS)
+                self._action(t, case_id, ActionKind.RESOLVE, _HOLDER, note="上级督办后已重新处置。")
+
+    def _action(self, at_ms: int, case_id: str, kind: ActionKind, actor: str, *, reason: str | None = None,
+                note: str | None = None, rating: int | None = None, extension_hours: int | None = None) -> None:
+        self.counters["action"] += 1
+        record = {"action_id": f"act-{self.counters['action']:08d}", "case_id": case_id, "kind": kind.value, "unit_id": None,
+                  "at": None, "reason": reason, "note": note, "rating": rating, "extension_hours": extension_hours}
+        self._push(at_ms, "action", (record, actor))
+
+    def _emit_action(self, at_ms: int, payload: tuple[dict[str, Any], str]) -> SimEvent:
+        record, actor = payload
+        record["at"] = self._time(at_ms)
+        custody = self.custody[record["case_id"]]
+        if actor == _ARBITER:
+            custody.holder = custody.arbiter(self.ref)
+        elif actor == _ABOVE:
+            custody.holder = custody.above(custody.holder)
+        record["unit_id"] = _REPORTER if actor == _REPORTER else custody.holder
+        if record["kind"] == ActionKind.TRANSFER.value:
+            custody.returned_by(custody.holder)
+        elif record["kind"] == ActionKind.RESOLVE.value:
+            self.merge.remove(record["case_id"])  # a resolved case takes no more duplicates (nor once reopened)
+        return SimEvent(record["at"], "app", "HandlingAction", record["case_id"], record)
+
+    def _time(self, at_ms: int) -> datetime:
+        return _EPOCH + timedelta(milliseconds=at_ms)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_RECORD_SHAPES = {  # channel -> (time field, Avro record type, key field)
+    "camera": ("detected_at", "CameraDetection", "camera_id"),
+    "hotline": ("received_at", "HotlineTicket", "ticket_id"),
+    "app": ("reported_at", "ResidentReport", "report_id"),
+}
+_FULL_WIDTH_DIGITS = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+def _identity_not_needed(value: str) -> str:
+    """The simulator routes reports but never stores who made them: no identity hash is computed."""
+    return ""
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _cumulative(weights: list[int]) -> list[int]:
+    total, out = 0, []
+    for weight in weights:
+        total += weight
+        out.append(total)
+    return out
+
+
+def _pick(rng: Random, cumulative: list[int]) -> int:
+    return bisect_right(cumulative, rng.randrange(cumulative[-1]))
+
+
+def _weighted(rng: Random, weights: dict[str, int]) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def _jitter(rng: Random, lat: float, lon: float, metres: float) -> tuple[float, float]:
+    """A point about `metres` (Gaussian sigma) from (lat, lon), rounded to 1e-6 degrees."""
+    north, east = rng.gauss(0, metres), rng.gauss(0, metres)
+    return round(lat + north / 111_195.0, 6), round(lon + east / (111_195.0 * math.cos(math.radians(lat))), 6)
+
+
+def _split_number(address: str) -> list[str]:
+    """"建设路19号" -> ["建设路", "19", "号"]: how some operators type addresses."""
+    digits = [i for i, ch in enumerate(address) if ch.isdigit()]
+    if not digits:
+        return [address]
+    return [address[: digits[0]], address[digits[0]: digits[-1] + 1], address[digits[-1] + 1:]]
+
+
+def _neighbours_in_other_streets(grids: list[Grid]) -> dict[str, list[str]]:
+    """Grid id -> grids of other streets sharing an edge with it (the street-boundary grids)."""
+    by_vertex: dict[tuple[float, float], list[Grid]] = {}
+    for grid in grids:
+        for vertex in grid.ring[:-1]:
+            by_vertex.setdefault(vertex, []).append(grid)
+    shared: dict[tuple[str, str], int] = {}
+    for members in by_vertex.values():
+        for a in members:
+            for b in members:
+                if a.street_id != b.street_id:
+                    shared[(a.grid_id, b.grid_id)] = shared.get((a.grid_id, b.grid_id), 0) + 1
+    neighbours: dict[str, list[str]] = {}
+    for (a, b), count in sorted(shared.items()):
+        if count >= 2:  # two shared vertices: a shared edge, not just a corner
+            neighbours.setdefault(a, []).append(b)
+    return neighbours
