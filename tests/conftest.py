@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import uuid
 
 import pytest
 
 from infra.stack import LocalStack
+from sinks.clickhouse import ChdbEngine, ServerEngine
 from whistle.settings import PROJECT_ROOT, Settings
 
 TEST_STATE = PROJECT_ROOT / ".whistle" / "test"
@@ -55,3 +57,23 @@ def kafka_bootstrap(local_stack: LocalStack) -> str:
 def clickhouse_native(local_stack: LocalStack, settings: Settings) -> tuple[str, int]:
     """(host, native port) of a running real ClickHouse 18.16 server; user `default`, no password."""
     return "127.0.0.1", settings.stack.clickhouse_tcp_port
+
+
+@pytest.fixture(scope="module", params=["clickhouse-18.16", "chdb"])
+def engine(request, tmp_path_factory):
+    """Each ClickHouse in turn: the real 18.16 server, then modern ClickHouse embedded in chdb (one data path per process)."""
+    if request.param == "chdb":
+        engine = ChdbEngine(tmp_path_factory.getbasetemp() / "chdb")
+    else:
+        host, port = request.getfixturevalue("clickhouse_native")
+        engine = ServerEngine(host, port)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def database(engine):
+    """A database of its own for one test, dropped afterwards."""
+    name = f"whistle_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    yield name
+    engine.execute(f"DROP DATABASE IF EXISTS {name}")

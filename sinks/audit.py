@@ -1,0 +1,273 @@
+"""The auditors' queries: named SQL files in sinks/queries/, run on any `Engine`, returned as small tables.
+
+WHY SQL files: an auditor must be able to read exactly what produced a figure (each file's header
+states its formulas) and re-run it; Python here only binds parameters, checks inputs and, for
+`verify`, recomputes the case events' hash chains, which SQL cannot do on ClickHouse 18.16.
+CLI-free: `whistle audit ...` renders the `Result`s with `render_table`, `to_csv` or `to_json`.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from rich.table import Table
+
+from sinks.clickhouse import Engine, check_identifier, render_identifiers, strip_comment_lines
+from streams.domain.calendar import from_epoch_ms, to_epoch_ms
+from streams.domain.case import CaseEvent, event_hash, verify_chain
+from streams.domain.model import Tier
+from whistle.errors import ConfigError, ValidationError
+
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters")
+RANKING_UNITS = ("street", "department")
+LOCAL_TIMEZONE = "Asia/Shanghai"  # the city's months (streams/reference/sla/calendar-cn.yaml)
+_END_OF_TIME_MS = 2**63 - 1
+_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+_CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # verify_case_events.sql selects them in this order
+_MAX_LISTED = 100  # gaps / duplicated offsets listed per partition
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A query's answer: its name, column names and rows (values as the engine returned them)."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple, ...]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing `verify` found wrong. `check` is offsets | batches | chain; `subject` says where."""
+
+    check: str
+    subject: str
+    detail: str
+
+
+def run_query(engine: Engine, database: str, name: str, params: Mapping[str, Any], **identifiers: str) -> Result:
+    """Run sinks/queries/<name>.sql with `{db}` = database (and any other identifier placeholders)."""
+    sql = render_identifiers(_query_text(name), db=database, **identifiers)
+    columns, rows = engine.execute_with_columns(sql, params, name=f"{name}.sql")
+    return Result(name, tuple(columns), tuple(rows))
+
+
+def ranking(engine: Engine, database: str, month: str, by: str = "street", min_cases: int = 1, *,
+            as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
+    """Monthly ranking of streets or departments (formulas: sinks/queries/ranking.sql).
+
+    `month` is 'YYYY-MM' in `tz`; `as_of` (default: everything stored) cuts off later events so a
+    published ranking can be reproduced exactly; `min_cases` lists smaller units unranked.
+    """
+    if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 0:
+        raise ValidationError(f"min_cases must be a whole number >= 0, got {min_cases!r}", field="min_cases")
+    return run_query(engine, database, "ranking", {**_ranking_scope(month, by, as_of, tz), "min_cases": min_cases})
+
+
+def ranking_provenance(engine: Engine, database: str, month: str, by: str = "street", *,
+                       as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
+    """The Kafka offset ranges and policy versions behind `ranking(month, by, as_of=as_of)`."""
+    return run_query(engine, database, "ranking_provenance", _ranking_scope(month, by, as_of, tz))
+
+
+def case_timeline(engine: Engine, database: str, case_id: str) -> Result:
+    """Every event and SLA record of one case, in order (sinks/queries/case_timeline.sql)."""
+    if not isinstance(case_id, str) or not case_id:
+        raise ValidationError("case_id must be a non-empty string", field="case_id")
+    return run_query(engine, database, "case_timeline", {"case_id": case_id})
+
+
+def breaches(engine: Engine, database: str, *, tier: str | None = None, unit: str | None = None,
+             since: datetime | None = None, until: datetime | None = None, include_warnings: bool = False) -> Result:
+    """Breaches and referrals (warnings too on request) fired in [since, until), optionally of one
+    escalation tier and one responsible unit (sinks/queries/breaches.sql)."""
+    if tier is not None and tier not in {t.value for t in Tier}:
+        raise ValidationError(f"tier must be one of {', '.join(t.value for t in Tier)}, got {tier!r}", field="tier")
+    params = {
+        "tier": tier or "",
+        "unit": unit or "",
+        "from_ms": 0 if since is None else to_epoch_ms(since, "since"),
+        "to_ms": _END_OF_TIME_MS if until is None else to_epoch_ms(until, "until"),
+        "include_warnings": int(include_warnings),
+    }
+    return run_query(engine, database, "breaches", params)
+
+
+def verify(engine: Engine, database: str, *, events_per_pass: int = 200_000) -> list[Problem]:
+    """Everything that would make the audit store untrustworthy; [] when it is sound.
+
+    - offsets: in every audited table, each Kafka topic/partition holds every offset between its
+      lowest and highest exactly once (gaps and duplicate rows listed), and every offset the sink
+      recorded in sink_batches is there;
+    - chain: every case's events are gap-free from seq 1 and hash-chained, every row's hash matches
+      its content (an altered row), and copies of one event agree.
+    Case events are checked `events_per_pass` at a time (by case hash bucket) to bound memory.
+    """
+    check_identifier(database, "database")
+    problems: list[Problem] = []
+    for table in AUDITED_TABLES:
+        problems.extend(_offset_problems(engine, database, table))
+        problems.extend(_batch_problems(engine, database, table))
+    problems.extend(_chain_problems(engine, database, events_per_pass))
+    return problems
+
+
+def problems_result(problems: Iterable[Problem]) -> Result:
+    """`verify`'s findings as a Result, for the same renderers."""
+    return Result("verify", ("check", "subject", "detail"), tuple((p.check, p.subject, p.detail) for p in problems))
+
+
+def render_table(result: Result, title: str | None = None) -> Table:
+    """A rich Table of the result (NULL shown as an empty cell)."""
+    table = Table(title=title or result.name)
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    return table
+
+
+def to_csv(result: Result) -> str:
+    """CSV with a header row; NULL is an empty field, decimals keep their scale ("97.30")."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(result.columns)
+    for row in result.rows:
+        writer.writerow(["" if value is None else str(value) for value in row])
+    return buffer.getvalue()
+
+
+def to_json(result: Result) -> str:
+    """A JSON array of objects, one per row; decimals as strings so they stay exact ("97.30")."""
+    return orjson.dumps(result.as_dicts(), default=_json_default).decode()
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def month_bounds(month: str, tz: str = LOCAL_TIMEZONE) -> tuple[int, int]:
+    """[start, end) of the calendar month 'YYYY-MM' in time zone `tz`, as epoch ms."""
+    match = _MONTH.fullmatch(month) if isinstance(month, str) else None
+    if match is None:
+        raise ValidationError(f"month must be YYYY-MM, got {month!r}", field="month")
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"unknown time zone {tz!r}", field="tz") from exc
+    year, number = int(match.group(1)), int(match.group(2))
+    start = datetime(year, number, 1, tzinfo=zone)
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=zone)
+    return to_epoch_ms(start, "month"), to_epoch_ms(end, "month")
+
+
+def _ranking_scope(month: str, by: str, as_of: datetime | None, tz: str) -> dict[str, Any]:
+    if by not in RANKING_UNITS:
+        raise ValidationError(f"by must be one of {', '.join(RANKING_UNITS)}, got {by!r}", field="by")
+    start_ms, end_ms = month_bounds(month, tz)
+    as_of_ms = _END_OF_TIME_MS if as_of is None else to_epoch_ms(as_of, "as_of")
+    return {"start_ms": start_ms, "end_ms": end_ms, "as_of_ms": as_of_ms, "by": by}
+
+
+@functools.cache
+def _query_text(name: str) -> str:
+    path = QUERIES_DIR / f"{name}.sql"
+    try:
+        return strip_comment_lines(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"audit query {name} is missing: {exc}", file=str(path)) from exc
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+
+def _offset_problems(engine: Engine, database: str, table: str) -> list[Problem]:
+    problems = []
+    summary = run_query(engine, database, "verify_offsets", {}, table=table)
+    for topic, partition, row_count, offset_count, min_offset, max_offset in summary.rows:
+        subject = f"{table} {topic}[{partition}]"
+        scope = {"topic": topic, "partition": partition, "limit": _MAX_LISTED}
+        missing = max_offset - min_offset + 1 - offset_count
+        if missing:
+            gaps = run_query(engine, database, "verify_offset_gaps", scope, table=table).rows
+            listed = ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps)
+            problems.append(Problem("offsets", subject, f"{missing} offset(s) missing between {min_offset} and {max_offset}: {listed}"))
+        if row_count > offset_count:
+            copies = run_query(engine, database, "verify_offset_duplicates", scope, table=table).rows
+            listed = ", ".join(f"{offset} x{count}" for offset, count in copies)
+            problems.append(Problem("offsets", subject, f"{row_count - offset_count} duplicate row(s): {listed}"))
+    return problems
+
+
+def _batch_problems(engine: Engine, database: str, table: str) -> list[Problem]:
+    problems = []
+    coverage = run_query(engine, database, "verify_batches", {"table": table}, table=table)
+    for topic, partition, first, last, table_rows, table_min, table_max in coverage.rows:
+        subject = f"{table} {topic}[{partition}]"
+        if not table_rows:
+            problems.append(Problem("batches", subject, f"sink recorded offsets {first}-{last} inserted, the table holds none"))
+            continue
+        if first < table_min:
+            problems.append(Problem("batches", subject, f"offsets {first}-{table_min - 1} recorded by the sink are missing"))
+        if last > table_max:
+            problems.append(Problem("batches", subject, f"offsets {table_max + 1}-{last} recorded by the sink are missing"))
+    return problems
+
+
+def _chain_problems(engine: Engine, database: str, events_per_pass: int) -> list[Problem]:
+    if events_per_pass < 1:
+        raise ValidationError(f"events_per_pass must be >= 1, got {events_per_pass}", field="events_per_pass")
+    total = engine.execute(render_identifiers("SELECT count() FROM {db}.case_events", db=database), name="count case events")[0][0]
+    buckets = max(1, -(-total // events_per_pass))
+    problems = []
+    for bucket in range(buckets):
+        rows = run_query(engine, database, "verify_case_events", {"buckets": buckets, "bucket": bucket}).rows
+        case_rows: list[tuple] = []
+        for row in rows:
+            if case_rows and row[1] != case_rows[0][1]:
+                problems.extend(_case_chain_problems(case_rows))
+                case_rows = []
+            case_rows.append(row)
+        if case_rows:
+            problems.extend(_case_chain_problems(case_rows))
+    return problems
+
+
+def _case_chain_problems(rows: list[tuple]) -> list[Problem]:
+    """One case's rows (ordered by seq, then Kafka position): copies collapsed, chain verified."""
+    width = len(_CASE_EVENT_FIELDS)
+    case_id = rows[0][1]
+    problems = []
+    chain: list[CaseEvent] = []
+    for row in rows:
+        values = dict(zip(_CASE_EVENT_FIELDS, row[:width]))
+        values["at"] = from_epoch_ms(values["at"])  # the at_ms column
+        event = CaseEvent(**values)
+        topic, partition, offset = row[width:]
+        if chain and chain[-1].seq == event.seq:
+            if event != chain[-1]:
+                altered = "" if event_hash(event) == event.hash else "; its hash does not match its content (altered)"
+                problems.append(Problem("chain", f"case {case_id}",
+                                        f"{event.event_id}: copy at {topic}[{partition}]@{offset} differs from the first copy{altered}"))
+            continue
+        chain.append(event)
+    problems.extend(Problem("chain", f"case {case_id}", line) for line in verify_chain(chain))
+    return problems

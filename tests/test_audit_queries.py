@@ -1,0 +1,400 @@
+"""The auditors' queries on a small hand-built audit store, on ClickHouse 18.16 and chdb, with hand-computed figures.
+
+The data set (times are Beijing time, March 2025; ranking month '2025-03'):
+
+case  part street dept  story                                                                        policy
+C1    p0   S1     D1    open 03-03 09:00, accept +600 s, resolve +4 h, rated 5 (event copied at a     sla-v1
+                        second offset by a producer retry), closed
+C2    p1   S1     D1    open 03-05 10:00, returned by grid 1 to grid 2, accept_overdue -> community,  sla-v1
+                        accepted 12:30 (+9000 s), resolve_overdue -> street, accepted, resolved
+                        03-06 10:00 (+24 h), rated 3, closed
+C3    p0   S1     D2    open 03-10 08:00, accept +1200 s, resolve 12:00, rated 1, unsatisfied_rating  sla-v1
+                        -> community, accepted, resolved 03-11 15:00 (+31 h), rated 4, closed
+C4    p1   S1     D1    open 03-20 14:00, accept +300 s, resolve_overdue -> community (breach copied  sla-v1
+                        at a second offset), accepted by community, open
+C5    p0   S2     D1    open 03-12 09:00, accept warning, accept_overdue -> community, then -> street sla-v1
+C6    p1   S2     D2    open 03-15 09:00, accept +1800 s, resolve 11:00, reopened, reopened -> community  sla-v1
+C7    p0   -      D2    dispatch desk case: open 03-18 10:00, accept +900 s, resolve +2 h             sla-v1
+C8    p1   S3     D1    open 03-31 23:30 (still March in Beijing), accept +2400 s                     sla-v2
+C9    p0   S3     D1    open 04-01 00:30 Beijing (March in UTC): not in the March ranking             sla-v1
+C10   p1   S4     -     open 03-25 09:00, accept +600 s, resolve +1 h                                 sla-v1
+C11   p0   S5     -     same figures as C10: ties with it                                             sla-v1
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from decimal import Decimal as D
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from sinks import audit
+from sinks.migrator import migrate
+from whistle.errors import ValidationError
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+EVENTS_TOPIC = "whistle.cases.events"
+BREACHES_TOPIC = "whistle.sla.breaches"
+INGEST_MS = 1_743_552_000_000
+GENESIS = "0" * 64
+
+
+def ms(local: str) -> int:
+    """Epoch ms of a Beijing wall-clock time 'YYYY-MM-DD hh:mm'."""
+    return int(datetime.fromisoformat(local).replace(tzinfo=BEIJING).timestamp()) * 1000
+
+
+def beijing(local: str) -> datetime:
+    return datetime.fromisoformat(local).replace(tzinfo=BEIJING)
+
+
+def place(street, department, grid, community, district="DIS1", category="drain_blocked", urgency="normal"):
+    return {"district_id": district, "street_id": street, "community_id": community, "grid_id": grid,
+            "department_id": department, "category": category, "urgency": urgency}
+
+
+def step(kind, at, **fields):
+    return kind, at, fields
+
+
+def case(case_id, where, first_unit, steps, policy="sla-v1"):
+    """The case's event records, hash-chained by the contract (independently of streams.domain.case):
+    hash = sha256(bytes.fromhex(prev_hash) + orjson.dumps(record without hash, OPT_SORT_KEYS)), `at` in epoch ms."""
+    prev_hash, assignee, events = GENESIS, first_unit, []
+    for seq, (kind, at, fields) in enumerate(steps, start=1):
+        assignee = fields.pop("assignee", assignee)
+        record = {"event_id": f"{case_id}:{seq}", "case_id": case_id, "seq": seq, "kind": kind, "at": ms(at),
+                  "cause_id": fields.pop("cause", f"act-{case_id}-{seq}"), "actor_unit_id": None,
+                  "assignee_unit_id": assignee[0], "assignee_tier": assignee[1], **where, "source": None, "report_id": None,
+                  "reason": None, "note": None, "rating": None, "policy_version": policy, "prev_hash": prev_hash}
+        record.update({"actor_unit_id" if key == "actor" else key: value for key, value in fields.items()})
+        prev_hash = hashlib.sha256(bytes.fromhex(prev_hash) + orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        events.append({**record, "hash": prev_hash})
+    return events
+
+
+S1 = place("S1", "D1", "G-S1-1", "C-S1-1")
+GRID_S1_1, GRID_S1_2, COMMUNITY_S1, STREET_S1 = ("G-S1-1", "grid"), ("G-S1-2", "grid"), ("C-S1-1", "community"), ("ST-S1", "street")
+
+C1 = case("C1", S1, GRID_S1_1, [
+    step("opened", "2025-03-03 09:00", cause="hotline:T1", source="hotline", report_id="hotline:T1"),
+    step("dispatched", "2025-03-03 09:00", cause="hotline:T1"),
+    step("report_merged", "2025-03-03 09:05", cause="camera:K1", source="camera", report_id="camera:K1"),
+    step("accepted", "2025-03-03 09:10", actor="G-S1-1"),
+    step("resolved", "2025-03-03 13:00", actor="G-S1-1", note="drain cleared"),
+    step("rated", "2025-03-04 09:00", actor="reporter", rating=5),
+    step("closed", "2025-03-04 09:00", reason="rated"),
+])
+C2 = case("C2", S1, GRID_S1_1, [
+    step("opened", "2025-03-05 10:00", cause="hotline:T2", source="hotline", report_id="hotline:T2"),
+    step("dispatched", "2025-03-05 10:00", cause="hotline:T2"),
+    step("transferred", "2025-03-05 10:20", actor="G-S1-1", assignee=GRID_S1_2, reason="outside our grid"),
+    step("escalated", "2025-03-05 12:00", cause="B2a", assignee=COMMUNITY_S1, reason="accept_overdue"),
+    step("accepted", "2025-03-05 12:30", actor="C-S1-1"),
+    step("escalated", "2025-03-06 08:30", cause="B2b", assignee=STREET_S1, reason="resolve_overdue"),
+    step("accepted", "2025-03-06 09:00", actor="ST-S1"),
+    step("resolved", "2025-03-06 10:00", actor="ST-S1"),
+    step("rated", "2025-03-06 10:30", actor="reporter", rating=3),
+    step("closed", "2025-03-06 10:30", reason="rated"),
+])
+C3 = case("C3", place("S1", "D2", "G-S1-2", "C-S1-1"), GRID_S1_2, [
+    step("opened", "2025-03-10 08:00", cause="app:R3", source="app", report_id="app:R3"),
+    step("dispatched", "2025-03-10 08:00", cause="app:R3"),
+    step("accepted", "2025-03-10 08:20", actor="G-S1-2"),
+    step("resolved", "2025-03-10 12:00", actor="G-S1-2"),
+    step("rated", "2025-03-10 13:00", actor="reporter", rating=1),
+    step("escalated", "2025-03-10 13:00", cause="B3", assignee=COMMUNITY_S1, reason="unsatisfied_rating"),
+    step("accepted", "2025-03-11 09:00", actor="C-S1-1"),
+    step("resolved", "2025-03-11 15:00", actor="C-S1-1"),
+    step("rated", "2025-03-11 16:00", actor="reporter", rating=4),
+    step("closed", "2025-03-11 16:00", reason="rated"),
+])
+C4 = case("C4", S1, GRID_S1_1, [
+    step("opened", "2025-03-20 14:00", cause="app:R4", source="app", report_id="app:R4"),
+    step("dispatched", "2025-03-20 14:00", cause="app:R4"),
+    step("accepted", "2025-03-20 14:05", actor="G-S1-1"),
+    step("escalated", "2025-03-25 14:05", cause="B4", assignee=COMMUNITY_S1, reason="resolve_overdue"),
+    step("accepted", "2025-03-25 15:00", actor="C-S1-1"),
+])
+S2 = place("S2", "D1", "G-S2-1", "C-S2-1")
+C5 = case("C5", S2, ("G-S2-1", "grid"), [
+    step("opened", "2025-03-12 09:00", cause="hotline:T5", source="hotline", report_id="hotline:T5"),
+    step("dispatched", "2025-03-12 09:00", cause="hotline:T5"),
+    step("escalated", "2025-03-12 11:00", cause="B5a", assignee=("C-S2-1", "community"), reason="accept_overdue"),
+    step("escalated", "2025-03-12 13:00", cause="B5b", assignee=("ST-S2", "street"), reason="accept_overdue"),
+])
+C6 = case("C6", place("S2", "D2", "G-S2-2", "C-S2-1"), ("G-S2-2", "grid"), [
+    step("opened", "2025-03-15 09:00", cause="app:R6", source="app", report_id="app:R6"),
+    step("dispatched", "2025-03-15 09:00", cause="app:R6"),
+    step("accepted", "2025-03-15 09:30", actor="G-S2-2"),
+    step("resolved", "2025-03-15 11:00", actor="G-S2-2"),
+    step("reopened", "2025-03-16 09:00", actor="reporter", reason="still blocked"),
+    step("escalated", "2025-03-16 09:00", cause="B6", assignee=("C-S2-1", "community"), reason="reopened"),
+])
+C7 = case("C7", place(None, "D2", None, None), ("D2", "department"), [
+    step("opened", "2025-03-18 10:00", cause="hotline:T7", source="hotline", report_id="hotline:T7", reason="address_unresolved"),
+    step("dispatched", "2025-03-18 10:00", cause="hotline:T7"),
+    step("accepted", "2025-03-18 10:15", actor="D2"),
+    step("resolved", "2025-03-18 12:00", actor="D2"),
+])
+C8 = case("C8", place("S3", "D1", "G-S3-1", "C-S3-1"), ("G-S3-1", "grid"), [
+    step("opened", "2025-03-31 23:30", cause="app:R8", source="app", report_id="app:R8"),
+    step("dispatched", "2025-03-31 23:30", cause="app:R8"),
+    step("accepted", "2025-04-01 00:10", actor="G-S3-1"),
+], policy="sla-v2")
+C9 = case("C9", place("S3", "D1", "G-S3-1", "C-S3-1"), ("G-S3-1", "grid"), [
+    step("opened", "2025-04-01 00:30", cause="app:R9", source="app", report_id="app:R9"),
+    step("dispatched", "2025-04-01 00:30", cause="app:R9"),
+])
+C10 = case("C10", place("S4", None, "G-S4-1", "C-S4-1"), ("G-S4-1", "grid"), [
+    step("opened", "2025-03-25 09:00", cause="camera:K10", source="camera", report_id="camera:K10"),
+    step("dispatched", "2025-03-25 09:00", cause="camera:K10"),
+    step("accepted", "2025-03-25 09:10", actor="G-S4-1"),
+    step("resolved", "2025-03-25 10:00", actor="G-S4-1"),
+])
+C11 = case("C11", place("S5", None, "G-S5-1", "C-S5-1"), ("G-S5-1", "grid"), [
+    step("opened", "2025-03-25 09:00", cause="camera:K11", source="camera", report_id="camera:K11"),
+    step("dispatched", "2025-03-25 09:00", cause="camera:K11"),
+    step("accepted", "2025-03-25 09:10", actor="G-S5-1"),
+    step("resolved", "2025-03-25 10:00", actor="G-S5-1"),
+])
+
+
+def breach(breach_id, case_events, kind, breach_type, tier, deadline, fired, responsible, target):
+    first = case_events[0]
+    return {"breach_id": breach_id, "case_id": first["case_id"], "kind": kind, "breach_type": breach_type, "tier": tier,
+            "deadline_ms": ms(deadline), "fired_at_ms": ms(fired), "overdue_ms": ms(fired) - ms(deadline),
+            "responsible_unit_id": responsible, "escalation_target_unit_id": target, "policy_version": first["policy_version"],
+            "category": first["category"], "urgency": first["urgency"], "street_id": first["street_id"],
+            "department_id": first["department_id"], "summary": f"{first['case_id']} {breach_type} by {responsible}"}
+
+
+B2a = breach("B2a", C2, "breach", "accept_overdue", "community", "2025-03-05 12:00", "2025-03-05 12:00", "G-S1-2", "C-S1-1")
+B2b = breach("B2b", C2, "breach", "resolve_overdue", "street", "2025-03-06 08:30", "2025-03-06 08:30", "C-S1-1", "ST-S1")
+B3 = breach("B3", C3, "breach", "unsatisfied_rating", "community", "2025-03-10 13:00", "2025-03-10 13:00", "G-S1-2", "C-S1-1")
+B4 = breach("B4", C4, "breach", "resolve_overdue", "community", "2025-03-25 14:05", "2025-03-25 14:05", "G-S1-1", "C-S1-1")
+W5 = breach("W5", C5, "warning", "accept_overdue", "grid", "2025-03-12 11:00", "2025-03-12 10:30", "G-S2-1", None)
+B5a = breach("B5a", C5, "breach", "accept_overdue", "community", "2025-03-12 11:00", "2025-03-12 11:00", "G-S2-1", "C-S2-1")
+B5b = breach("B5b", C5, "breach", "accept_overdue", "street", "2025-03-12 13:00", "2025-03-12 13:00", "C-S2-1", "ST-S2")
+B6 = breach("B6", C6, "breach", "reopened", "community", "2025-03-16 09:00", "2025-03-16 09:00", "G-S2-2", "C-S2-1")
+
+RETRIED = "retried"  # a producer retry: the same record again at the next offset, inserted by a later sink batch
+
+
+def kafka_log(topic, partitions):
+    """Rows with their Kafka position, offsets counted per partition in log order."""
+    rows = []
+    for partition, records in enumerate(partitions):
+        for offset, record in enumerate(records):
+            retried = record is RETRIED
+            record = records[offset - 1] if retried else record
+            rows.append({**record, "kafka_topic": topic, "kafka_partition": partition, "kafka_offset": offset,
+                         "ingest_ms": INGEST_MS, "later_batch": retried})
+    return rows
+
+
+def dataset():
+    """table -> rows. Offsets: events p0 C1 0-7 (C1:6 copied at 6), C3 8-17, C5 18-21, C7 22-25, C9 26-27, C11 28-31;
+    p1 C2 0-9, C4 10-14, C6 15-20, C8 21-23, C10 24-27. Breaches p0 B3 0, W5 1, B5a 2, B5b 3; p1 B2a 0, B2b 1, B4 2-3, B6 4."""
+    p0 = [*C1[:6], RETRIED, C1[6], *C3, *C5, *C7, *C9, *C11]
+    p1 = [*C2, *C4, *C6, *C8, *C10]
+    raw = [{"source": "hotline", "record_type": "HotlineTicket", "event_id": ticket, "event_ms": ms(at), "kafka_key": ticket,
+            "payload": orjson.dumps({"ticket_id": ticket, "caller_hash": "hmac:ab12"}).decode(), "raw_sha256": "00" * 32,
+            "raw_size": 120, "decode_error": "", "kafka_timestamp_ms": ms(at)}
+           for ticket, at in (("T1", "2025-03-03 08:59"), ("T2", "2025-03-05 09:59"), ("T5", "2025-03-12 08:59"))]
+    dead = [{"original_topic": "whistle.raw.app", "original_partition": 2, "original_offset": 41, "original_key": "R-bad",
+             "original_value_sha256": "ff" * 32, "original_value_size": 7, "stage": "decode", "error_class": "DecodeError",
+             "error_message": "not an Avro single-object record", "field": None, "failed_ms": ms("2025-03-07 10:00")}]
+    return {
+        "case_events": kafka_log(EVENTS_TOPIC, [p0, p1]),
+        "breaches": kafka_log(BREACHES_TOPIC, [[B3, W5, B5a, B5b], [B2a, B2b, B4, RETRIED, B6]]),
+        "raw_events": kafka_log("whistle.raw.hotline", [raw]),
+        "dead_letters": kafka_log("whistle.deadletter", [dead]),
+    }
+
+
+def event_row(record):
+    """A case event record as its case_events row (the contract's `at` is the column at_ms)."""
+    return {("at_ms" if key == "at" else key): value for key, value in record.items()}
+
+
+def load(engine, database, tamper=None):
+    """Migrate `database` and insert the data set the way the sink does: batches, a later batch for retried
+    records, sink_batches recording each batch's offsets. `tamper(tables)` edits the rows after the sink
+    recorded its batches (a fault between the log and the store). Merges are stopped so copies stay visible."""
+    migrate(engine, database)
+    tables = dataset()
+    tables["case_events"] = [event_row(r) for r in tables["case_events"]]
+    batches = []
+    for table, rows in tables.items():
+        engine.execute(f"SYSTEM STOP MERGES {database}.{table}")
+        for later in (False, True):
+            for partition in sorted({r["kafka_partition"] for r in rows if r["later_batch"] is later}):
+                offsets = [r["kafka_offset"] for r in rows if r["later_batch"] is later and r["kafka_partition"] == partition]
+                batches.append((table, rows[0]["kafka_topic"], partition, min(offsets), max(offsets), len(offsets), "sink-test", INGEST_MS))
+    if tamper:
+        tamper(tables)
+    for table, rows in tables.items():
+        for later in (False, True):
+            batch = [r for r in rows if r["later_batch"] is later]
+            if batch:
+                columns = [c for c in batch[0] if c != "later_batch"]
+                engine.insert(f"{database}.{table}", columns, [tuple(r[c] for c in columns) for r in batch])
+    engine.insert(f"{database}.sink_batches", ("table_name", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "rows",
+                                               "sink_id", "inserted_ms"), batches)
+
+
+@pytest.fixture
+def store(engine, database):
+    load(engine, database)
+    return engine, database
+
+
+RANKING_COLUMNS = ("unit_id", "rank", "received", "responded", "resolved", "resolved_on_time", "rated", "satisfied",
+                   "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct", "satisfaction_rate_pct",
+                   "avg_accept_s", "p90_accept_s", "avg_resolve_h", "p90_resolve_h",
+                   "breaches_community", "breaches_street", "breaches_department", "breaches_supervision",
+                   "breaches_discipline", "breaches_total")
+
+# By street, March 2025 (Beijing), everything stored. C7 has no street, C9 opened in April (Beijing).
+# S1 = C1 C2 C3 C4: responded in time C1 C3 C4 (C2 had accept_overdue) = 3/4 = 75.00; resolved C1 C2 C3 = 75.00;
+#    on time C1 C3 (C2 had resolve_overdue) = 2/4 = 50.00; rated C1(5) C2(3) C3(latest 4): >= 4 is 2/3 = 66.666 -> 66.67.
+#    accept s: 600, 9000, 1200, 300 -> avg 11100/4 = 2775, p90 = ceil(0.9*4) = 4th smallest = 9000.
+#    resolve h: 4, 24, 31 -> avg 59/3 = 19.666 -> 19.67, p90 = 3rd of 3 = 31.00.
+#    breaches: B2a community, B2b street, B3 community, B4 community (its copy counted once) -> 3 community, 1 street, 4.
+# S2 = C5 C6: responded C6 = 1/2 = 50.00; resolved none (C6 reopened) = 0.00; nobody rated -> NULL;
+#    accept 1800 s; breaches B5a community, B5b street, B6 community (the warning W5 does not count) -> 2, 1, 3.
+# S3 = C8: responded 1/1 = 100.00, resolved 0.00; accept 2400 s.   S4 = C10, S5 = C11: 100/100/100, accept 600 s, resolve 1 h.
+# Rank keys (resolution, satisfaction, response, on time, breaches): S4 = S5 (100, none, 100, 100, 0) rank 1 and 1;
+#    S1 (75, 66.67, ...) 3; S3 (0, none, 100, ...) before S2 (0, none, 50, ...): 4 and 5.
+BY_STREET = [
+    ("S4", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0),
+    ("S5", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0),
+    ("S1", 3, 4, 3, 3, 2, 3, 2, D("75.00"), D("75.00"), D("50.00"), D("66.67"), 2775, 9000, D("19.67"), D("31.00"), 3, 1, 0, 0, 0, 4),
+    ("S3", 4, 1, 1, 0, 0, 0, 0, D("100.00"), D("0.00"), D("0.00"), None, 2400, 2400, None, None, 0, 0, 0, 0, 0, 0),
+    ("S2", 5, 2, 1, 0, 0, 0, 0, D("50.00"), D("0.00"), D("0.00"), None, 1800, 1800, None, None, 2, 1, 0, 0, 0, 3),
+]
+
+
+def test_ranking_by_street(store):
+    result = audit.ranking(*store, "2025-03", "street")
+
+    assert result.columns == RANKING_COLUMNS
+    assert list(result.rows) == BY_STREET
+
+
+def test_ranking_by_department(store):
+    # D1 = C1 C2 C4 C5 C8 (C10, C11 have no department): responded C1 C4 C8 = 3/5 = 60.00; resolved C1 C2 = 40.00;
+    #    on time C1 = 20.00; rated C1(5) C2(3) -> 1/2 = 50.00; accept 600, 9000, 300, 2400 -> avg 12300/4 = 3075, p90 4th = 9000;
+    #    resolve 4 h, 24 h -> avg 14.00, p90 = ceil(1.8) = 2nd = 24.00; breaches C2 (community, street), C4 community,
+    #    C5 (community, street) -> 3, 2, total 5.
+    # D2 = C3 C6 C7: responded 3/3 = 100.00; resolved C3 C7 = 2/3 = 66.666 -> 66.67, on time the same; rated C3(4) = 100.00;
+    #    accept 1200, 1800, 900 -> avg 1300, p90 3rd = 1800; resolve 31 h, 2 h -> avg 16.50, p90 2nd = 31.00;
+    #    breaches B3, B6 community -> 2.
+    result = audit.ranking(*store, "2025-03", "department")
+
+    assert list(result.rows) == [
+        ("D2", 1, 3, 3, 2, 2, 1, 1, D("100.00"), D("66.67"), D("66.67"), D("100.00"), 1300, 1800, D("16.50"), D("31.00"), 2, 0, 0, 0, 0, 2),
+        ("D1", 2, 5, 3, 2, 1, 2, 1, D("60.00"), D("40.00"), D("20.00"), D("50.00"), 3075, 9000, D("14.00"), D("24.00"), 3, 2, 0, 0, 0, 5),
+    ]
+
+
+def test_units_below_min_cases_are_listed_unranked(store):
+    # Only S1 (4 cases) and S2 (2 cases) reach 2 cases; S3, S4, S5 follow unranked, by unit id.
+    result = audit.ranking(*store, "2025-03", "street", min_cases=2)
+
+    assert [(row[0], row[1]) for row in result.rows] == [("S1", 1), ("S2", 2), ("S3", None), ("S4", None), ("S5", None)]
+    assert [row[2:] for row in result.rows] == [BY_STREET[2][2:], BY_STREET[4][2:], BY_STREET[3][2:], BY_STREET[0][2:], BY_STREET[1][2:]]
+
+
+def test_ranking_as_of_ignores_what_happened_later(store):
+    # As of 03-06 09:30 only C1 and C2 were open. C1: accepted +600 s, resolved +4 h, rated 5. C2: accepted +9000 s after
+    # accept_overdue (B2a), resolve_overdue fired (B2b), the street accepted at 09:00, not resolved yet.
+    # S1: responded 1/2 = 50.00, resolved 1/2, on time 1/2, satisfied 1/1 = 100.00; accept avg (600+9000)/2 = 4800,
+    # p90 = ceil(1.8) = 2nd = 9000; resolve 4.00 h; breaches 1 community, 1 street.
+    result = audit.ranking(*store, "2025-03", "street", as_of=beijing("2025-03-06 09:30"))
+
+    assert list(result.rows) == [
+        ("S1", 1, 2, 1, 1, 1, 1, 1, D("50.00"), D("50.00"), D("50.00"), D("100.00"), 4800, 9000, D("4.00"), D("4.00"), 1, 1, 0, 0, 0, 2),
+    ]
+
+
+def test_ranking_provenance_names_offset_ranges_and_policies(store):
+    # Cases ranked by street in March: C1 C2 C3 C4 C5 C6 C8 C10 C11.
+    # events p0: C1 0-7 (8 rows with the retried copy), C3 8-17 (10), C5 18-21 (4), C11 28-31 (4) -> 0..31, 26 rows;
+    # events p1: C2 0-9 (10), C4 10-14 (5), C6 15-20 (6), C8 21-23 (3, sla-v2), C10 24-27 (4) -> 0..27, 28 rows;
+    # breaches and referrals p0: B3 0, B5a 2, B5b 3 (W5 is a warning) -> 0..3, 3 rows;
+    # p1: B2a 0, B2b 1, B4 2 and its copy 3, B6 4 -> 0..4, 5 rows.
+    result = audit.ranking_provenance(*store, "2025-03", "street")
+
+    assert result.columns == ("source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions")
+    assert list(result.rows) == [
+        ("breaches", BREACHES_TOPIC, 0, 0, 3, 3, "sla-v1"),
+        ("breaches", BREACHES_TOPIC, 1, 0, 4, 5, "sla-v1"),
+        ("case_events", EVENTS_TOPIC, 0, 0, 31, 26, "sla-v1"),
+        ("case_events", EVENTS_TOPIC, 1, 0, 27, 28, "sla-v1,sla-v2"),
+    ]
+
+
+def test_case_timeline_tells_the_whole_story_in_order(store):
+    result = audit.case_timeline(*store, "C2")
+    view = [(r["at_utc"], r["record"], r["seq"], r["kind"], r["unit_id"], r["assignee"], r["tier"], r["reason"] if r["record"] == "case_event" else None,
+             r["source"], r["rating"], r["kafka_offset"]) for r in result.as_dicts()]
+
+    # Beijing is UTC+8; at 12:00 and 08:30 the breach comes before the escalation it caused.
+    assert view == [
+        ("2025-03-05 02:00:00", "case_event", 1, "opened", None, "G-S1-1", "grid", None, "hotline", None, 0),
+        ("2025-03-05 02:00:00", "case_event", 2, "dispatched", None, "G-S1-1", "grid", None, None, None, 1),
+        ("2025-03-05 02:20:00", "case_event", 3, "transferred", "G-S1-1", "G-S1-2", "grid", "outside our grid", None, None, 2),
+        ("2025-03-05 04:00:00", "sla", None, "breach:accept_overdue", "G-S1-2", "C-S1-1", "community", None, None, None, 0),
+        ("2025-03-05 04:00:00", "case_event", 4, "escalated", None, "C-S1-1", "community", "accept_overdue", None, None, 3),
+        ("2025-03-05 04:30:00", "case_event", 5, "accepted", "C-S1-1", "C-S1-1", "community", None, None, None, 4),
+        ("2025-03-06 00:30:00", "sla", None, "breach:resolve_overdue", "C-S1-1", "ST-S1", "street", None, None, None, 1),
+        ("2025-03-06 00:30:00", "case_event", 6, "escalated", None, "ST-S1", "street", "resolve_overdue", None, None, 5),
+        ("2025-03-06 01:00:00", "case_event", 7, "accepted", "ST-S1", "ST-S1", "street", None, None, None, 6),
+        ("2025-03-06 02:00:00", "case_event", 8, "resolved", "ST-S1", "ST-S1", "street", None, None, None, 7),
+        ("2025-03-06 02:30:00", "case_event", 9, "rated", "reporter", "ST-S1", "street", None, None, 3, 8),
+        ("2025-03-06 02:30:00", "case_event", 10, "closed", None, "ST-S1", "street", "rated", None, None, 9),
+    ]
+    assert result.rows[3][result.columns.index("reason")] == "C2 accept_overdue by G-S1-2"
+    # C3 at 03-10 13:00: the rating 1, the unsatisfied_rating breach it triggered, the escalation the breach caused.
+    assert [r["kind"] for r in audit.case_timeline(*store, "C3").as_dicts()][4:7] == ["rated", "breach:unsatisfied_rating", "escalated"]
+    assert audit.case_timeline(*store, "C404").rows == ()
+
+
+def test_breaches_are_listed_once_and_filtered(store):
+    def ids(**filters):
+        return [row[0] for row in audit.breaches(*store, **filters).rows]
+
+    assert ids() == ["B2a", "B2b", "B3", "B5a", "B5b", "B6", "B4"]  # by fired_at; B4 once though stored twice; no warning
+    assert ids(tier="street") == ["B2b", "B5b"]
+    assert ids(unit="C-S1-1") == ["B2b"]
+    assert ids(since=beijing("2025-03-12 00:00"), until=beijing("2025-03-13 00:00")) == ["B5a", "B5b"]
+    assert ids(since=beijing("2025-03-12 00:00"), until=beijing("2025-03-13 00:00"), include_warnings=True) == ["W5", "B5a", "B5b"]
+
+
+def test_ranking_renders_to_csv_and_json_with_exact_decimals(store):
+    result = audit.ranking(*store, "2025-03", "department")
+
+    assert audit.to_csv(result).splitlines()[1:] == [
+        "D2,1,3,3,2,2,1,1,100.00,66.67,66.67,100.00,1300,1800,16.50,31.00,2,0,0,0,0,2",
+        "D1,2,5,3,2,1,2,1,60.00,40.00,20.00,50.00,3075,9000,14.00,24.00,3,2,0,0,0,5",
+    ]
+    assert orjson.loads(audit.to_json(result))[0]["resolution_rate_pct"] == "66.67"
+    assert audit.render_table(result).row_count == 2
+
+
+@pytest.mark.parametrize("month, by, error", [("2025-3", "street", "month must be YYYY-MM"), ("2025-13", "street", "month must be YYYY-MM"),
+                                               ("2025-03", "grid", "by must be one of street, department")])
+def test_ranking_refuses_bad_input(month, by, error):
+    with pytest.raises(ValidationError, match=error):
+        audit.ranking(None, "whistle", month, by)
+
+
+def test_month_bounds_are_local_midnights():
+    # 2025-03-01 00:00 Beijing = 2025-02-28 16:00 UTC = 1740758400000; 2025-04-01 00:00 Beijing = 1743436800000.
+    assert audit.month_bounds("2025-03") == (1_740_758_400_000, 1_743_436_800_000)
+    # December rolls over into the next year: 2025-12-01 00:00 UTC = 1764547200000, 2026-01-01 00:00 UTC = 1767225600000.
+    assert audit.month_bounds("2025-12", "UTC") == (1_764_547_200_000, 1_767_225_600_000)
