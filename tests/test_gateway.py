@@ -1,0 +1,383 @@
+"""The HTTP ingest gateway over real HTTP, against the real local Kafka broker and ClickHouse server."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import socket
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from infra.topics import load_topics, provision_topics
+from schemas.catalog import default_catalog
+from schemas.serde import Serde
+from sinks.clickhouse import ServerEngine
+from sinks.migrator import migrate
+from sinks.sink import CASE_EVENT_COLUMNS, RAW_COLUMNS, RowMaker
+from streams.pipeline import Position
+from whistle.errors import ConfigError
+from whistle import open311
+from whistle.gateway import build_app, find_requests, load_api_keys
+from whistle.pii import PersonalDataHasher
+from whistle.sdk import Publisher
+from whistle.settings import PROJECT_ROOT, Settings
+from whistle.topics import Topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+NOW = datetime(2025, 6, 12, 8, 0, tzinfo=timezone.utc)
+CAMERA_KEY, HOTLINE_KEY, APP_KEY, SLOW_KEY = (f"key-{name}-{uuid.uuid4().hex}" for name in ("camera", "hotline", "app", "slow"))
+PHONE = "+86 138 1234 5678"
+
+
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def gw_settings(settings: Settings, kafka_bootstrap: str, clickhouse_native):
+    """Settings with fresh raw topics (unique prefix) and a fresh audit database; both removed afterwards."""
+    prefix = f"tgw{uuid.uuid4().hex[:8]}-"
+    host, port = clickhouse_native
+    database = f"test_gateway_{uuid.uuid4().hex[:8]}"
+    kafka = dataclasses.replace(settings.kafka, bootstrap_servers=kafka_bootstrap)
+    raw_topics = [spec for spec in load_topics(prefix=prefix) if ".raw." in spec.name]
+    provision_topics(kafka, raw_topics)
+    admin_engine = ServerEngine(host, port, user=settings.clickhouse.admin_user, password=settings.clickhouse.admin_password.value)
+    migrate(admin_engine, database)
+    yield dataclasses.replace(settings, topic_prefix=prefix, kafka=kafka,
+                              clickhouse=dataclasses.replace(settings.clickhouse, host=host, port=port, database=database))
+    admin_engine.execute(f"DROP DATABASE IF EXISTS {database}")
+    admin_engine.close()
+    admin = AdminClient(kafka.librdkafka())
+    for future in admin.delete_topics([spec.name for spec in raw_topics]).values():
+        future.result(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def publisher(gw_settings: Settings):
+    with Publisher(gw_settings, delivery_timeout_s=10.0) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gateway") / "keys.yaml"
+    entries = [("camera-platform", CAMERA_KEY, ["camera"], 1000, 1000), ("hotline-12345", HOTLINE_KEY, ["hotline"], 1000, 1000),
+               ("resident-app", APP_KEY, ["app"], 1000, 1000), ("slow-camera", SLOW_KEY, ["camera"], 1, 2)]
+    path.write_text(orjson.dumps({"keys": [
+        {"integrator": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "sources": sources, "rate_per_second": rate, "burst": burst}
+        for name, key, sources, rate, burst in entries]}).decode())
+    return load_api_keys(path)
+
+
+def serve(app, scenario):
+    """Run `scenario(client)` against `app` on a real local HTTP server."""
+    async def main():
+        async with TestClient(TestServer(app)) as client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+def detection(**changes):
+    record = {"detection_id": f"det-{uuid.uuid4().hex}", "camera_id": "cam-0042", "detected_at": "2025-06-12T08:15:02.117+08:00",
+              "category": "garbage", "confidence": 0.91, "lat": 27.8251, "lon": 113.1336,
+              "snapshot_ref": "s3://whistle-evidence/cam-0042/1.jpg", "model_version": "yolo-grid-2.3.1"}
+    return {**record, **changes}
+
+
+def ticket(**changes):
+    record = {"ticket_id": f"12345-{uuid.uuid4().hex}", "received_at": "2025-06-12T09:03:41+08:00", "caller_phone": PHONE,
+              "address_text": "建设北路17号", "description": "楼道里有人给电动车充电", "operator_category": "ebike_charging_hazard",
+              "urgency": "urgent"}
+    return {**record, **changes}
+
+
+def topic_records(settings: Settings, publisher: Publisher, source: str) -> list[dict]:
+    """Every record on the source's topic so far, decoded."""
+    return [publisher.serde.decode(message.value()).record for message in topic_messages(settings, publisher, source)]
+
+
+def topic_messages(settings: Settings, publisher: Publisher, source: str) -> list:
+    """Every message on the source's topic so far (reads each partition up to its high watermark)."""
+    topic = publisher.topic(publisher.serde.catalog.topic_for_source(source).name)
+    consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"test-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        messages, deadline = [], time.monotonic() + 20
+        while len(messages) < sum(ends.values()) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None and message.offset() < ends[message.partition()]:
+                messages.append(message)
+    finally:
+        consumer.close()
+    return messages
+
+
+def test_a_detection_is_acknowledged_with_its_id_once_kafka_has_it(gw_settings, publisher, keys):
+    sent = detection()
+
+    async def scenario(client):
+        response = await client.post("/v1/camera/detections", json=sent, headers={"X-API-Key": CAMERA_KEY})
+        return response.status, await response.json()
+
+    status, body = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert status == 202 and body["event_id"] == sent["detection_id"]
+    stored = [r for r in topic_records(gw_settings, publisher, "camera") if r["detection_id"] == sent["detection_id"]]
+    assert len(stored) == 1 and stored[0]["confidence"] == 0.91
+    assert body["topic"] == f"{gw_settings.topic_prefix}whistle.raw.camera"
+
+
+def test_a_retried_post_creates_one_event_and_gets_the_same_answer(gw_settings, publisher, keys):
+    sent, call = detection(), ticket()
+
+    async def scenario(client):
+        camera = {"X-API-Key": CAMERA_KEY}
+        first = await client.post("/v1/camera/detections", json=sent, headers=camera)
+        retries = await asyncio.gather(*(client.post("/v1/camera/detections", json=sent, headers=camera) for _ in range(3)))
+        changed = await client.post("/v1/camera/detections", json={**sent, "confidence": 0.5}, headers=camera)
+        hotline = {"X-API-Key": HOTLINE_KEY, "Idempotency-Key": "call-77"}
+        concurrent = await asyncio.gather(*(client.post("/v1/hotline/tickets", json=call, headers=hotline) for _ in range(3)))
+        return ([await first.json()] + [await r.json() for r in retries], [r.status for r in retries], changed.status,
+                [(r.status, await r.json()) for r in concurrent])
+
+    answers, retry_statuses, changed_status, hotline_answers = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert retry_statuses == [202, 202, 202] and all(answer == answers[0] for answer in answers)
+    assert changed_status == 409
+    assert all(answer == hotline_answers[0] for answer in hotline_answers) and hotline_answers[0][0] == 202
+    assert sum(r["detection_id"] == sent["detection_id"] for r in topic_records(gw_settings, publisher, "camera")) == 1
+    assert sum(r["ticket_id"] == call["ticket_id"] for r in topic_records(gw_settings, publisher, "hotline")) == 1
+
+
+def test_every_invalid_field_is_named_and_nothing_is_published(gw_settings, publisher, keys):
+    sent = {name: value for name, value in detection(confidence=1.7, category="ufo").items() if name != "camera_id"}
+
+    async def scenario(client):
+        response = await client.post("/v1/camera/detections", json=sent, headers={"X-API-Key": CAMERA_KEY})
+        not_json = await client.post("/v1/camera/detections", data=b"{oops", headers={"X-API-Key": CAMERA_KEY})
+        return response.status, await response.json(), not_json.status
+
+    status, body, not_json_status = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert status == 400 and not_json_status == 400
+    assert {"field": "confidence", "message": "1.7 is above 1.0"} in body["errors"]
+    assert {error["field"] for error in body["errors"]} == {"confidence", "category", "camera_id"}
+    assert not [r for r in topic_records(gw_settings, publisher, "camera") if r["detection_id"] == sent["detection_id"]]
+
+
+def test_a_key_must_be_known_and_allowed_for_the_source(gw_settings, publisher, keys):
+    async def scenario(client):
+        statuses = []
+        for headers in ({}, {"X-API-Key": "guessed"}, {"X-API-Key": CAMERA_KEY}):
+            response = await client.post("/v1/hotline/tickets", json=ticket(), headers=headers)
+            statuses.append((response.status, (await response.json())["errors"][0]["field"]))
+        return statuses
+
+    assert serve(build_app(gw_settings, publisher, keys, Clock()), scenario) == [(401, "X-API-Key"), (401, "X-API-Key"), (403, "X-API-Key")]
+
+
+def test_a_body_over_the_size_limit_is_refused(gw_settings, publisher, keys):
+    big = detection(model_version="v" * 70_000)
+
+    async def scenario(client):
+        default = await client.post("/v1/camera/detections", json=big, headers={"X-API-Key": CAMERA_KEY})
+        return default.status, await default.json()
+
+    status, body = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert status == 413 and "65536" in body["errors"][0]["message"]
+
+    async def small_limit(client):
+        response = await client.post("/v1/camera/detections", json=detection(), headers={"X-API-Key": CAMERA_KEY})
+        return response.status
+
+    assert serve(build_app(gw_settings, publisher, keys, Clock(), max_body_bytes=100), small_limit) == 413
+
+
+def test_a_key_over_its_rate_gets_429_until_its_bucket_refills(gw_settings, publisher, keys):
+    clock = Clock()
+
+    async def scenario(client):
+        async def attempt():
+            response = await client.post("/v1/camera/detections", json={}, headers={"X-API-Key": SLOW_KEY})
+            return response.status, response.headers.get("Retry-After")
+
+        burst = [await attempt() for _ in range(3)]
+        clock.now += timedelta(seconds=1)
+        return burst, await attempt(), await attempt()
+
+    burst, refilled, empty_again = serve(build_app(gw_settings, publisher, keys, clock), scenario)
+    assert burst == [(400, None), (400, None), (429, "1")]  # a token is spent before the body is even read
+    assert refilled == (400, None) and empty_again == (429, "1")
+
+
+def test_when_kafka_cannot_take_the_write_nothing_is_acknowledged(gw_settings, publisher, keys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    unreachable = dataclasses.replace(gw_settings, kafka=dataclasses.replace(gw_settings.kafka, bootstrap_servers=f"127.0.0.1:{closed_port}"))
+    sent = detection()
+
+    async def post(client):
+        started = time.monotonic()
+        responses = [await client.post("/v1/camera/detections", json=sent, headers={"X-API-Key": CAMERA_KEY}) for _ in range(2)]
+        return [(r.status, r.headers.get("Retry-After")) for r in responses], time.monotonic() - started
+
+    with Publisher(unreachable, delivery_timeout_s=2.0) as dead:
+        refused, elapsed = serve(build_app(unreachable, dead, keys, Clock()), post)
+    assert refused == [(503, "1"), (503, "1")] and elapsed < 10
+    assert not [r for r in topic_records(gw_settings, publisher, "camera") if r["detection_id"] == sent["detection_id"]]
+
+    accepted, _ = serve(build_app(gw_settings, publisher, keys, Clock()), post)
+    assert [status for status, _ in accepted] == [202, 202]
+    assert sum(r["detection_id"] == sent["detection_id"] for r in topic_records(gw_settings, publisher, "camera")) == 1
+
+
+def test_open311_services_list_every_category(gw_settings, publisher, keys):
+    async def scenario(client):
+        response = await client.get("/open311/v2/services.json")
+        return response.status, await response.json()
+
+    status, services = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert status == 200 and [s["service_code"] for s in services] == list(default_catalog().categories)
+    assert all(s["metadata"] is False and s["type"] == "realtime" and s["group"] for s in services)
+
+
+def test_an_open311_request_lands_on_kafka_with_its_category_and_a_hashed_reporter(gw_settings, publisher, keys):
+    form = {"api_key": APP_KEY, "service_code": "drainage_blockage", "lat": "27.8307", "long": "113.1402",
+            "email": "li.wei@example.cn", "description": "下水道堵了，路口积水。", "media_url": "https://img.example.cn/1.jpg"}
+
+    async def scenario(client):
+        created = await client.post("/open311/v2/requests.json", data=form, headers={"Idempotency-Key": "app-42"})
+        answer = await created.json()
+        request_id = answer[0]["service_request_id"]
+        retried = await client.post("/open311/v2/requests.json", data=form, headers={"Idempotency-Key": "app-42"})
+        status = await client.get(f"/open311/v2/requests/{request_id}.json", headers={"X-API-Key": APP_KEY})
+        invalid = await client.post("/open311/v2/requests.json", data={**form, "lat": "north", "lon": "1"})
+        return created.status, answer, await retried.json(), status.status, await status.json(), invalid.status, await invalid.json()
+
+    status, answer, retried, get_status, progress, invalid_status, problems = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    request_id = answer[0]["service_request_id"]
+    assert status == 202 and retried == answer
+    reports = [r["event"][1] for r in topic_records(gw_settings, publisher, "app") if r["event"][1]["report_id"] == request_id]
+    assert len(reports) == 1 and reports[0]["category"] == "drainage_blockage" and reports[0]["reported_at"] == NOW
+    assert reports[0]["reporter_id"].startswith("o311-email-") and "li.wei" not in reports[0]["reporter_id"]
+    assert get_status == 200 and (progress[0]["status"], progress[0]["status_notes"]) == ("open", "received")
+    assert invalid_status == 400 and {p["field"] for p in problems} == {"lat", "lon"} and problems[0]["code"] == 400
+
+
+def test_open311_status_comes_from_the_audit_store(gw_settings, publisher, keys):
+    """POST two requests, store their Kafka records as the sink does, close one's case; GET reads it all back."""
+    form = {"service_code": "drainage_blockage", "lat": "27.8307", "long": "113.1402", "account_id": "u-7"}
+
+    async def post(client):
+        ids = []
+        for code in ("drainage_blockage", "garbage"):
+            response = await client.post("/open311/v2/requests.json", data={**form, "service_code": code}, headers={"X-API-Key": APP_KEY})
+            ids.append((await response.json())[0]["service_request_id"])
+        return ids
+
+    done, new = serve(build_app(gw_settings, publisher, keys, Clock()), post)
+    ch = gw_settings.clickhouse
+    admin = ServerEngine(ch.host, ch.port, user=ch.admin_user, password=ch.admin_password.value)
+    rows = RowMaker(publisher.serde, PersonalDataHasher(gw_settings.pii_hmac_key), Topics.with_prefix(gw_settings.topic_prefix))
+    stored = [rows.row(Position(m.topic(), m.partition(), m.offset()), m.key(), m.value(), m.timestamp()[1], 0).values
+              for m in topic_messages(gw_settings, publisher, "app") if publisher.serde.decode(m.value()).record["event"][1]["report_id"] in (done, new)]
+    admin.insert(f"{ch.database}.raw_events", RAW_COLUMNS, stored * 2)  # a redelivered batch: every row twice
+    admin.insert(f"{ch.database}.case_events", CASE_EVENT_COLUMNS, case_events("C-1", [("opened", f"app:{done}", "G-1"),
+                 ("dispatched", None, "DEP-WATER"), ("resolved", None, "DEP-WATER"), ("closed", None, "DEP-WATER")]))
+    admin.close()
+
+    async def scenario(client):
+        answers = []
+        for path in (f"/open311/v2/requests.json?service_request_id={done},{new}", "/open311/v2/requests.json?status=closed",
+                     "/open311/v2/requests.json?service_code=garbage", "/open311/v2/requests/o311-unknown.json",
+                     "/open311/v2/requests.json?start_date=2025-01-01T00:00:00Z"):
+            response = await client.get(path, headers={"X-API-Key": APP_KEY})
+            answers.append((response.status, await response.json()))
+        return answers
+
+    by_ids, closed, garbage, unknown, too_long = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    statuses = {r["service_request_id"]: (r["status"], r["status_notes"], r["agency_responsible"]) for r in by_ids[1]}
+    assert by_ids[0] == 200 and statuses == {done: ("closed", "closed", "清河区水务局"), new: ("open", "received", None)}
+    closed_request = next(r for r in by_ids[1] if r["service_request_id"] == done)
+    assert (closed_request["requested_datetime"], closed_request["updated_datetime"]) == ("2025-06-12T08:00:00Z", "2025-06-12T12:00:00Z")
+    assert [r["service_request_id"] for r in closed[1]] == [done]
+    assert [r["service_request_id"] for r in garbage[1]] == [new]
+    assert unknown[0] == 404 and too_long[0] == 400 and too_long[1][0]["field"] == "end_date"
+
+
+def case_events(case_id: str, events: list[tuple[str, str | None, str]]) -> list[tuple]:
+    """case_events rows (CASE_EVENT_COLUMNS) of one case: (kind, report id, assignee) each, an hour apart from NOW."""
+    start_ms = int(NOW.timestamp() * 1000)
+    return [(f"{case_id}:{seq}", case_id, seq, kind, start_ms + seq * 3_600_000, "cause", None, unit, "department", "garbage", "urgent",
+             "D01", None, None, None, None, "app", report, None, None, None, "v1", "", "", "whistle.cases.events", 0, seq, 0)
+            for seq, (kind, report, unit) in enumerate(events, start=1)]
+
+
+def test_the_status_query_gives_the_same_answers_on_clickhouse_18_and_modern(engine, database):
+    migrate(engine, database)
+    serde, topics, hasher = Serde(default_catalog()), Topics(), PersonalDataHasher("test-key")
+    rows = RowMaker(serde, hasher, topics)
+
+    def stored(report_id, code, offset):
+        record = open311.app_event({"service_code": code, "lat": "27.83", "long": "113.14", "device_id": "d-1", "address_string": "建设北路"},
+                                   report_id=report_id, received_at=NOW, hasher=hasher, jurisdiction_id="D01",
+                                   validate=lambda r: serde.validate("AppEvent", r))
+        return rows.row(Position(topics.app, 0, offset), report_id.encode(), serde.encode("AppEvent", record), 0, 0).values
+
+    engine.insert(f"{database}.raw_events", RAW_COLUMNS, [stored("o311-a", "garbage", 0), stored("o311-a", "garbage", 0),
+                                                          stored("o311-b", "garbage", 1), stored("o311-c", "noise", 2)])
+    engine.insert(f"{database}.case_events", CASE_EVENT_COLUMNS, case_events("C-1", [
+        ("opened", "app:o311-a", "G-1"), ("report_merged", "app:o311-b", "G-1"), ("accepted", None, "G-1"), ("closed", None, "G-1")]))
+
+    def found(**params):
+        query = open311.request_query(params, now=NOW + timedelta(days=1), service_codes=default_catalog().categories)
+        return [(p.report_id, p.case_id, p.own_kind, p.last_kind, p.address_text) for p in find_requests(engine, database, query)]
+
+    assert found(status="closed") == [("o311-a", "C-1", "opened", "closed", "建设北路"), ("o311-b", "C-1", "report_merged", "closed", "建设北路")]
+    assert found(status="open") == [("o311-c", None, None, None, "建设北路")]
+    assert found(service_request_id="o311-b,o311-x") == [("o311-b", "C-1", "report_merged", "closed", "建设北路")]
+    assert found(service_code="noise", end_date="2025-06-11T00:00:00Z") == []
+
+
+def test_the_access_log_names_the_integrator_but_never_keys_or_phone_numbers(gw_settings, publisher, keys, caplog):
+    call = ticket()
+
+    async def scenario(client):
+        await client.post("/v1/hotline/tickets", json=call, headers={"X-API-Key": HOTLINE_KEY})
+        await client.post("/v1/hotline/tickets", json={**call, "caller_phone": "call me"}, headers={"X-API-Key": HOTLINE_KEY})
+
+    with caplog.at_level(logging.INFO, logger="whistle.gateway.access"):
+        serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    lines = [orjson.loads(record.getMessage()) for record in caplog.records if record.name == "whistle.gateway.access"]
+    assert [(line["status"], line["integrator"], line.get("event_id")) for line in lines] == [
+        (202, "hotline-12345", call["ticket_id"]), (400, "hotline-12345", None)]
+    assert lines[1]["invalid"] == ["caller_phone"]
+    assert not any(secret in caplog.text for secret in (HOTLINE_KEY, "13812345678", "1234 5678", "call me"))
+
+
+def test_the_example_key_file_loads_and_a_bad_entry_is_named(tmp_path):
+    example = load_api_keys(PROJECT_ROOT / "infra" / "gateway-keys.example.yaml")
+    assert {key.integrator: sorted(key.sources) for key in example.by_sha256.values()} == {
+        "camera-platform": ["camera"], "hotline-12345": ["hotline"], "resident-app": ["app"]}
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("keys:\n  - {integrator: cams, sha256: abc, sources: [camera], rate_per_second: 1, burst: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_api_keys(bad)
+    assert caught.value.context["field"] == "keys[0].sha256"

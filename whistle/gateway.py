@@ -1,0 +1,551 @@
+"""`whistle gateway`: HTTP ingest for systems that cannot speak Kafka.
+
+Endpoints
+- POST /v1/camera/detections      a CameraDetection as JSON (camera platforms' webhooks)
+- POST /v1/hotline/tickets        a HotlineTicket as JSON (the 12345 call-centre system)
+- GET  /open311/v2/services.json  our categories as Open311 services (public)
+- POST /open311/v2/requests.json  Open311 GeoReport v2 service request (form-encoded or JSON) -> app report
+- GET  /open311/v2/requests.json and /open311/v2/requests/{id}.json   request status from the audit store
+
+Guarantees, in the order a request meets them:
+- 401 without a known API key (`X-API-Key` header; Open311 clients may send the `api_key` parameter),
+  403 when the key may not publish that source (camera | hotline | app; GET requests need app);
+- 429 when the key's token bucket is empty (per key: rate per second and burst, from the key file);
+- 413 over the body size limit (default 64 KiB; an Open311 POST is read first, as its key may be in the body);
+- 400 naming every invalid field at once: {"errors": [{"field", "message"}]} on /v1, and the Open311
+  error list [{"code", "description", "field"}] on /open311;
+- 202 with the event id only after Kafka acknowledged the write, 503 when Kafka did not take it
+  (refused, timed out): nothing is acknowledged that was not written.
+
+Idempotency: a retried POST never creates a second event. The client's id (the `Idempotency-Key`
+header, else the record's own id: detection_id, ticket_id) maps to the acknowledged response in a
+bounded LRU, and a retry gets that response again (`Idempotent-Replayed: true`); the same id with a
+different body is refused with 409. Concurrent retries wait for the first attempt. The LRU is per
+gateway process. Across several gateway instances (or after a restart, or when Kafka took a write
+whose acknowledgement timed out) a retry may write a second record, but with the same deterministic
+id: the record's id field equals the client's id (Open311: `o311-` + a hash of the integrator and
+its Idempotency-Key), and downstream deduplicates on it: report ids derive from it, the case deciders
+skip a report already applied, and audit queries collapse rows by id. An Open311 POST without an
+Idempotency-Key has no client id (the standard defines none), so each one is a new report.
+
+Access log: one JSON line per request on logger `whistle.gateway.access`: method, path (no query
+string), status, duration, integrator, source, event id, invalid field names. Never keys, bodies,
+phone numbers or problem messages (a message may quote the value it refuses).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping
+
+import orjson
+import yaml
+from aiohttp import web
+
+from schemas.serde import Serde
+from sinks.audit import run_query
+from sinks.clickhouse import Engine, ServerEngine
+from streams.domain.calendar import from_epoch_ms, to_epoch_ms
+from streams.domain.model import Source
+from streams.domain.reference import DistrictReference, load_reference
+from whistle import open311
+from whistle.errors import ConfigError, DeliveryError, StoreError, ValidationError, WhistleError
+from whistle.pii import PersonalDataHasher
+from whistle.sdk import Delivery, Publisher
+from whistle.settings import ClickHouseSettings, Settings
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
+DEFAULT_DELIVERY_TIMEOUT_S = 10.0  # run_gateway's producer: integrators' HTTP clients commonly give up after 30 s
+REQUESTS_QUERY = "open311_requests"  # sinks/queries/open311_requests.sql
+API_KEY_HEADER = "X-API-Key"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+SOURCES = tuple(source.value for source in Source)
+
+Clock = Callable[[], datetime]
+_log = logging.getLogger("whistle.gateway")
+_access_log = logging.getLogger("whistle.gateway.access")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
+_KEY_FIELDS = {"integrator", "sha256", "sources", "rate_per_second", "burst"}
+_OPEN311_PREFIX = "/open311/"
+_LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
+_RECEIVED_NOTICE = "Received. A case is opened once the report has been routed to the responsible unit."
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------- API keys
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One integrator's key: which sources it may publish and how fast (token bucket)."""
+
+    integrator: str
+    sha256: str  # hex SHA-256 of the key: the file never holds keys in clear
+    sources: frozenset[str]
+    rate_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeys:
+    by_sha256: Mapping[str, ApiKey]
+
+    def find(self, presented: str) -> ApiKey | None:
+        """The key whose hash matches `presented`, if any."""
+        return self.by_sha256.get(hashlib.sha256(presented.encode("utf-8")).hexdigest())
+
+
+def load_api_keys(path: Path | str) -> ApiKeys:
+    """Parse and check the key file (format: infra/gateway-keys.example.yaml); errors name the file and the field."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the gateway key file: {exc}", file=str(path)) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
+        raise ConfigError(f"{path}: expected a mapping with a non-empty `keys` list", file=str(path), field="keys")
+    keys: dict[str, ApiKey] = {}
+    integrators: set[str] = set()
+    for index, entry in enumerate(document["keys"]):
+        where = f"keys[{index}]"
+
+        def fail(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{path}: {where}.{name} {why}", file=str(path), field=f"{where}.{name}")
+
+        if not isinstance(entry, dict) or set(entry) != _KEY_FIELDS:
+            raise ConfigError(f"{path}: {where} needs exactly {', '.join(sorted(_KEY_FIELDS))}", file=str(path), field=where)
+        integrator, digest, sources = entry["integrator"], entry["sha256"], entry["sources"]
+        rate, burst = entry["rate_per_second"], entry["burst"]
+        if not isinstance(integrator, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", integrator) or integrator in integrators:
+            raise fail("integrator", f"{integrator!r} must be a new lowercase name (a-z, 0-9, _ . -)")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest) or digest in keys:
+            raise fail("sha256", "must be a new 64-character lowercase hex SHA-256 of the key (printf %s KEY | sha256sum)")
+        if not isinstance(sources, list) or not sources or not set(sources) <= set(SOURCES):
+            raise fail("sources", f"must be a non-empty list of {', '.join(SOURCES)}, got {sources!r}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+            raise fail("rate_per_second", f"must be a positive number, got {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise fail("burst", f"must be a whole number >= 1, got {burst!r}")
+        integrators.add(integrator)
+        keys[digest] = ApiKey(integrator, digest, frozenset(sources), float(rate), burst)
+    return ApiKeys(keys)
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`burst` tokens, refilled at `rate` per second of the injected clock; a request takes one."""
+
+    rate: float
+    burst: int
+    tokens: float
+    updated: datetime
+
+    def take(self, now: datetime) -> float:
+        """0.0 if a token was taken, else the seconds until one is available."""
+        elapsed = max(0.0, (now - self.updated).total_seconds())  # a clock stepping back refills nothing
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.updated = max(now, self.updated)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+class Refused(WhistleError):
+    """A request the gateway answers with an error status; `problems` are (field or None, message)."""
+
+    stage = "gateway"
+
+    def __init__(self, status: int, problems: list[tuple[str | None, str]], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__("; ".join(message for _, message in problems), status=status)
+        self.status = status
+        self.problems = problems
+        self.headers = dict(headers or {})
+
+
+def _invalid(exc: ValidationError) -> Refused:
+    return Refused(400, [(field or None, reason) for field, reason in exc.problems] or [(exc.context.get("field"), exc.message)])
+
+
+def _error_response(refusal: Refused, open311_format: bool) -> web.Response:
+    if open311_format:  # GeoReport v2 errors: a list of {code, description}; `field` added
+        body: Any = [{"code": refusal.status, "description": f"{name}: {message}" if name else message, "field": name}
+                     for name, message in refusal.problems]
+    else:
+        body = {"errors": [{"field": name, "message": message} for name, message in refusal.problems]}
+    return web.Response(status=refusal.status, body=orjson.dumps(body), content_type="application/json", headers=refusal.headers)
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------- idempotency
+
+
+class BoundedLru:
+    """A dict keeping the `capacity` most recently used entries."""
+
+    __slots__ = ("capacity", "_entries")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        self._entries.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Receipt:
+    """The first attempt of an idempotency key: its body digest and, once settled, the 202 body (None: failed)."""
+
+    digest: bytes
+    settled: asyncio.Future = field(repr=False)
+
+
+# ---------------------------------------------------------------------------------------------- audit store
+
+
+class RequestStatusReader:
+    """Open311 request progress from ClickHouse (sinks/queries/open311_requests.sql), as the read-only
+    auditor user: the gateway faces the internet and must not be able to change the audit store.
+    One connection per thread (clickhouse-driver clients are not thread-safe)."""
+
+    def __init__(self, clickhouse: ClickHouseSettings) -> None:
+        self._clickhouse = clickhouse
+        self._local = threading.local()
+
+    def lookup(self, query: open311.RequestQuery) -> list[open311.RequestProgress]:
+        """Reports matching `query`, newest first (blocking: call it in a thread). StoreError if ClickHouse fails."""
+        engine = getattr(self._local, "engine", None)
+        if engine is None:
+            ch = self._clickhouse
+            engine = self._local.engine = ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value,
+                                                       database=ch.database, secure=ch.secure, connect_timeout=5.0,
+                                                       send_receive_timeout=30.0)
+        return find_requests(engine, self._clickhouse.database, query)
+
+
+def find_requests(engine: Engine, database: str, query: open311.RequestQuery) -> list[open311.RequestProgress]:
+    """Run sinks/queries/open311_requests.sql for `query` on any engine (the server, or chdb in tests)."""
+    params = {
+        "by_id": int(bool(query.ids)),
+        "ids": query.ids or ("",),
+        "start_ms": to_epoch_ms(query.start, "start_date"),
+        "end_ms": to_epoch_ms(query.end, "end_date"),
+        "all_codes": int(not query.service_codes),
+        "codes": query.service_codes or ("",),
+        "want_open": int("open" in query.statuses),
+        "want_closed": int("closed" in query.statuses),
+        "closed_kinds": open311.CLOSED_KINDS,
+        "limit": query.limit,
+    }
+    return [_progress(row) for row in run_query(engine, database, REQUESTS_QUERY, params).rows]
+
+
+def _progress(row: tuple) -> open311.RequestProgress:
+    report_id, category, description, lat, lon, address, photos_json, requested_ms, case_id, own_kind, last_kind, updated_ms, unit = row
+    photos = orjson.loads(photos_json) if photos_json else []
+    return open311.RequestProgress(
+        report_id=report_id, category=category, description=description, lat=lat, lon=lon, address_text=address or None,
+        media_url=photos[0] if photos else None, requested_at=from_epoch_ms(requested_ms),
+        case_id=case_id or None, own_kind=own_kind or None, last_kind=last_kind or None,
+        updated_at=from_epoch_ms(updated_ms) if updated_ms else None, assignee_unit_id=unit or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+class Gateway:
+    """Request handlers and their state (keys, buckets, receipts). Build it with `build_app`."""
+
+    def __init__(self, settings: Settings, publisher: Publisher, keys: ApiKeys, clock: Clock, *, serde: Serde,
+                 reference: DistrictReference, reader: RequestStatusReader, max_body_bytes: int, idempotency_capacity: int) -> None:
+        self.publisher = publisher
+        self.keys = keys
+        self.clock = clock
+        self.serde = serde
+        self.reference = reference
+        self.reader = reader
+        self.hasher = PersonalDataHasher(settings.pii_hmac_key)
+        self.max_body_bytes = max_body_bytes
+        self._buckets: dict[str, TokenBucket] = {}
+        self._receipts = BoundedLru(idempotency_capacity)
+        self._received = BoundedLru(idempotency_capacity)  # Open311 reports this process published, by report id
+        services = open311.services(serde.catalog.categories.values(), reference)
+        self._services_body = orjson.dumps([service.as_json() for service in services])
+        self._service_names = {service.service_code: service.service_name for service in services}
+
+    # -- middleware ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def access_log(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Turn refusals into JSON error responses, and log one structured line per request."""
+        started = time.perf_counter()
+        entry: dict[str, Any] = {"method": request.method, "path": request.path}
+        request[_LOG_ENTRY] = entry
+        open311_format = request.path.startswith(_OPEN311_PREFIX)
+        try:
+            response = await handler(request)
+        except Refused as refusal:
+            entry["invalid"] = [name for name, _ in refusal.problems if name] or None
+            response = _error_response(refusal, open311_format)
+        except web.HTTPRequestEntityTooLarge:
+            response = _error_response(Refused(413, [("body", f"the body is larger than the limit of {self.max_body_bytes} bytes")]), open311_format)
+        except web.HTTPException as exc:  # routing: 404, 405
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            response = _error_response(Refused(exc.status, [(None, exc.reason)], allow), open311_format)
+        except Exception:  # a bug: the client gets a JSON 500, the log the traceback
+            _log.exception("unhandled error in %s %s", request.method, request.path)
+            response = _error_response(Refused(500, [(None, "internal error")]), open311_format)
+        entry["status"] = response.status
+        entry["ms"] = round((time.perf_counter() - started) * 1000, 2)
+        _access_log.info(orjson.dumps({"at": self.clock().isoformat(), **{k: v for k, v in entry.items() if v is not None}}).decode())
+        return response
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    async def post_camera(self, request: web.Request) -> web.Response:
+        return await self._post_record(request, Source.CAMERA.value, "detection_id")
+
+    async def post_hotline(self, request: web.Request) -> web.Response:
+        return await self._post_record(request, Source.HOTLINE.value, "ticket_id")
+
+    async def get_services(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._services_body, content_type="application/json")
+
+    async def post_open311_request(self, request: web.Request) -> web.Response:
+        fields = await self._open311_fields(request)
+        key = self._authenticate(request, Source.APP.value, fields)
+        fields = {name: value for name, value in fields.items() if name != "api_key"}
+        idempotency_key = self._idempotency_key(request)
+        if idempotency_key:
+            digest = hashlib.sha256(f"{key.integrator}\n{idempotency_key}".encode("utf-8")).hexdigest()[:32]
+            report_id = f"o311-{digest}"
+        else:  # Open311 has no client id: without Idempotency-Key every POST is a new report
+            report_id = f"o311-{uuid.uuid4().hex}"
+        try:
+            record = open311.app_event(fields, report_id=report_id, received_at=self.clock(), hasher=self.hasher,
+                                       jurisdiction_id=self.reference.district_id, validate=self._validator("AppEvent"))
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+
+        def acknowledged(delivery: Delivery) -> Any:
+            self._received.put(report_id, open311.received(record))
+            return [{"service_request_id": report_id, "service_notice": _RECEIVED_NOTICE, "account_id": None}]
+
+        return await self._publish_once(request, key, Source.APP.value, report_id, idempotency_key or report_id, fields, record, acknowledged)
+
+    async def get_open311_requests(self, request: web.Request) -> web.Response:
+        self._authenticate(request, Source.APP.value, request.query)
+        params = {name: ",".join(request.query.getall(name)) for name in request.query}
+        try:
+            query = open311.request_query(params, now=self.clock(), service_codes=self._service_names)
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        return _json([open311.service_request(p, self.reference, self._service_names) for p in await self._lookup(query)])
+
+    async def get_open311_request(self, request: web.Request) -> web.Response:
+        self._authenticate(request, Source.APP.value, request.query)
+        report_id = request.match_info["report_id"]
+        now = self.clock()
+        found = await self._lookup(open311.RequestQuery(ids=(report_id,), service_codes=(), start=now, end=now, statuses=open311.STATUSES))
+        if not found:
+            raise Refused(404, [("service_request_id", f"no service request {report_id!r}")])
+        return _json([open311.service_request(found[0], self.reference, self._service_names)])
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request, source: str, parameters: Mapping[str, Any]) -> ApiKey:
+        """The caller's key (401 unknown, 403 not for `source`), with one token taken from its bucket (429)."""
+        presented = request.headers.get(API_KEY_HEADER) or parameters.get("api_key")
+        if not presented or not isinstance(presented, str):
+            raise Refused(401, [(API_KEY_HEADER, f"an API key is required ({API_KEY_HEADER} header)")], {"WWW-Authenticate": API_KEY_HEADER})
+        key = self.keys.find(presented)
+        if key is None:
+            raise Refused(401, [(API_KEY_HEADER, "unknown API key")], {"WWW-Authenticate": API_KEY_HEADER})
+        entry = request[_LOG_ENTRY]
+        entry["integrator"], entry["source"] = key.integrator, source
+        if source not in key.sources:
+            raise Refused(403, [(API_KEY_HEADER, f"this key may not use the {source} channel")])
+        now = self.clock()
+        bucket = self._buckets.get(key.sha256)
+        if bucket is None:
+            bucket = self._buckets[key.sha256] = TokenBucket(key.rate_per_second, key.burst, float(key.burst), now)
+        wait_s = bucket.take(now)
+        if wait_s:
+            raise Refused(429, [(None, f"rate limit of {key.rate_per_second:g}/s (burst {key.burst}) exceeded")],
+                          {"Retry-After": str(max(1, math.ceil(wait_s)))})
+        return key
+
+    async def _open311_fields(self, request: web.Request) -> Mapping[str, Any]:
+        """The POSTed Open311 parameters: a JSON object, or form fields (url-encoded or multipart)."""
+        if request.content_type == "application/json":
+            return self._parse_json(await request.read())
+        form = await request.post()
+        return {name: form.getall(name)[-1] for name in form}
+
+    async def _post_record(self, request: web.Request, source: str, id_field: str) -> web.Response:
+        key = self._authenticate(request, source, {})
+        idempotency_key = self._idempotency_key(request)
+        body = self._parse_json(await request.read())
+        spec = self.serde.catalog.topic_for_source(source)
+        try:
+            record = self.serde.validate(spec.schema, body)
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        event_id = record[id_field]
+
+        def acknowledged(delivery: Delivery) -> Any:
+            return {"event_id": event_id, "topic": delivery.topic, "partition": delivery.partition, "offset": delivery.offset}
+
+        return await self._publish_once(request, key, source, event_id, idempotency_key or event_id, body, record, acknowledged)
+
+    async def _publish_once(self, request: web.Request, key: ApiKey, source: str, event_id: str, client_id: str,
+                            body: Any, record: Mapping[str, Any], acknowledged: Callable[[Delivery], Any]) -> web.Response:
+        """Publish `record` unless this client id already was: 202 after Kafka's ack, the first response on a retry."""
+        request[_LOG_ENTRY]["event_id"] = event_id
+        receipt_key = (key.integrator, source, client_id)
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        receipt: _Receipt | None = self._receipts.get(receipt_key)
+        if receipt is not None:
+            if receipt.digest != digest:
+                raise Refused(409, [(IDEMPOTENCY_HEADER, f"{client_id!r} was already used for a different request")])
+            answer = await asyncio.shield(receipt.settled)
+            if answer is None:
+                raise _kafka_unavailable()
+            request[_LOG_ENTRY]["replayed"] = True
+            return _json(answer, 202, {"Idempotent-Replayed": "true"})
+        receipt = _Receipt(digest, asyncio.get_running_loop().create_future())
+        self._receipts.put(receipt_key, receipt)
+        try:
+            # the SDK fails the write after its delivery timeout; the margin only guards against a lost report
+            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record), self.publisher.delivery_timeout_s + 5.0)
+        except BaseException as exc:  # not written (or not known to be): forget the attempt so a retry publishes again
+            self._receipts.pop(receipt_key)
+            receipt.settled.set_result(None)
+            if isinstance(exc, ValidationError):
+                raise _invalid(exc) from exc
+            if isinstance(exc, (DeliveryError, asyncio.TimeoutError)):
+                raise _kafka_unavailable() from exc
+            raise
+        answer = acknowledged(delivery)
+        receipt.settled.set_result(answer)
+        return _json(answer, 202)
+
+    async def _lookup(self, query: open311.RequestQuery) -> list[open311.RequestProgress]:
+        """Progress from the audit store; a query by id also finds reports this process published that the
+        sink has not stored yet (as received), so a client can read back its request at once."""
+        try:
+            found = await asyncio.to_thread(self.reader.lookup, query)
+        except StoreError as exc:
+            raise Refused(503, [(None, "the case status store is unavailable; retry later")], {"Retry-After": "5"}) from exc
+        if query.ids and "open" in query.statuses:
+            known = {progress.report_id for progress in found}
+            found.extend(p for p in map(self._received.get, query.ids) if p is not None and p.report_id not in known)
+        return found
+
+    def _idempotency_key(self, request: web.Request) -> str | None:
+        value = request.headers.get(IDEMPOTENCY_HEADER)
+        if value is not None and not _IDEMPOTENCY_KEY.fullmatch(value):
+            raise Refused(400, [(IDEMPOTENCY_HEADER, "must be 1 to 200 printable ASCII characters without spaces")])
+        return value
+
+    def _parse_json(self, raw: bytes) -> Any:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Refused(400, [("body", f"not valid JSON: {exc}")]) from exc
+        if not isinstance(body, dict):
+            raise Refused(400, [("body", f"expected a JSON object, got {type(body).__name__}")])
+        return body
+
+    def _validator(self, schema: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        return lambda record: self.serde.validate(schema, record)
+
+
+def _kafka_unavailable() -> Refused:
+    return Refused(503, [(None, "Kafka did not take the write; nothing was accepted, retry later")], {"Retry-After": "1"})
+
+
+def build_app(
+    settings: Settings,
+    publisher: Publisher,
+    keys: ApiKeys,
+    clock: Clock = utc_now,
+    *,
+    reader: RequestStatusReader | None = None,
+    reference: DistrictReference | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY,
+) -> web.Application:
+    """The gateway's aiohttp application. `clock` (UTC-aware) drives rate limits and Open311 report times.
+
+    A write is answered 503 once `publisher.delivery_timeout_s` passed without Kafka's acknowledgement.
+    `idempotency_capacity` bounds the per-process LRU of client ids.
+    """
+    if clock().utcoffset() is None:
+        raise ConfigError("the gateway clock returns naive datetimes; it must return UTC-aware ones", field="clock")
+    gateway = Gateway(settings, publisher, keys, clock, serde=publisher.serde, reference=reference or load_reference(),
+                      reader=reader or RequestStatusReader(settings.clickhouse), max_body_bytes=max_body_bytes,
+                      idempotency_capacity=idempotency_capacity)
+    app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
+    app.add_routes([
+        web.post("/v1/camera/detections", gateway.post_camera),
+        web.post("/v1/hotline/tickets", gateway.post_hotline),
+        web.get("/open311/v2/services.json", gateway.get_services),
+        web.post("/open311/v2/requests.json", gateway.post_open311_request),
+        web.get("/open311/v2/requests.json", gateway.get_open311_requests),
+        web.get("/open311/v2/requests/{report_id}.json", gateway.get_open311_request),
+    ])
+    return app
+
+
+def run_gateway(settings: Settings, host: str, port: int, keys_file: Path | str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit."""
+    keys = load_api_keys(keys_file)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    publisher = Publisher(settings, delivery_timeout_s=DEFAULT_DELIVERY_TIMEOUT_S)
+    app = build_app(settings, publisher, keys, max_body_bytes=max_body_bytes)
+
+    async def close_publisher(_app: web.Application) -> None:
+        try:
+            await asyncio.to_thread(publisher.close)
+        except DeliveryError as exc:  # their requests were cancelled by the shutdown: none was answered 202
+            _log.error("gateway stopped: %s", exc)
+
+    app.on_cleanup.append(close_publisher)
+    web.run_app(app, host=host, port=port, access_log=None, print=_log.info)

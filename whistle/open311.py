@@ -1,0 +1,374 @@
+"""Open311 GeoReport v2 <-> Whistle: pure mapping, no HTTP, Kafka or ClickHouse.
+
+The app channel speaks GeoReport v2 so that existing Open311 clients (resident apps, FixMyStreet-style
+front ends) can report without a Whistle SDK. This module owns everything standard-specific:
+
+- services: our incident categories (schemas/categories.yaml) as Open311 services, with keywords
+  (Chinese name and the call-centre labels) and group (the owning district department) taken from the
+  district reference data;
+- POST requests.json: Open311 fields -> one `AppEvent` (ResidentReport) record; problems are reported
+  under the *Open311* names the client sent (`long`, `media_url`, `service_code`), every one at once;
+- reporter identity: `email`, `phone`, `device_id` and `account_id` are personal data. They never
+  reach Kafka: the record's `reporter_id` is a keyed hash (whistle.pii) of the strongest identity given.
+  `first_name`/`last_name` are accepted (clients send them) and dropped;
+- GET requests: query parameters -> `RequestQuery` (at most 90 days, 1,000 results), and a case's
+  progress (as read from ClickHouse) -> an Open311 service request.
+
+Status: Open311 knows only open|closed; a request is closed when its case's latest lifecycle event is
+`closed`. `status_notes` carries the finer state ("received" until the report became a case).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+from schemas.catalog import Category as SchemaCategory
+from schemas.validation import invalid
+from streams.domain.case import Kind
+from streams.domain.reference import DistrictReference
+from whistle.errors import ValidationError
+from whistle.pii import PersonalDataHasher, normalize_phone
+
+MAX_QUERY_SPAN = timedelta(days=90)
+MAX_QUERY_RESULTS = 1000
+STATUSES = ("open", "closed")
+CLOSED_KINDS = (Kind.CLOSED,)  # case event kinds after which the request is closed
+RECEIVED_NOTE = "received"
+_IDENTITIES = ("account_id", "email", "phone", "device_id")  # strongest first
+_MAX_EMAIL_LENGTH = 254
+_MAX_IDENTITY_LENGTH = 200
+_MAX_MEDIA_URL_LENGTH = 2048
+
+# POST fields of GeoReport v2 this endpoint accepts (attribute[...] aside).
+_REQUEST_FIELDS = frozenset({
+    "api_key", "jurisdiction_id", "service_code", "lat", "long", "address_string", "address_id",
+    "email", "device_id", "account_id", "first_name", "last_name", "phone", "description", "media_url",
+})
+_QUERY_PARAMETERS = frozenset({"api_key", "jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status"})
+_MISNAMED = {"lon": "long", "lng": "long", "latitude": "lat", "longitude": "long", "address": "address_string", "category": "service_code"}
+# ResidentReport field (as the schema validator names it inside the AppEvent envelope) -> Open311 name.
+_OPEN311_NAME = {
+    "event.category": "service_code",
+    "event.lat": "lat",
+    "event.lon": "long",
+    "event.description": "description",
+    "event.address_text": "address_string",
+    "event.photo_refs": "media_url",
+    "event.photo_refs[0]": "media_url",
+}
+_STATUS_NOTES = {
+    Kind.OPENED: "case opened",
+    Kind.DISPATCHED: "dispatched to the responsible unit",
+    Kind.ACCEPTED: "accepted by the responsible unit",
+    Kind.TRANSFERRED: "returned as not the unit's responsibility; being dispatched again",
+    Kind.ESCALATED: "escalated to a higher level",
+    Kind.EXTENSION_GRANTED: "deadline extended",
+    Kind.RESOLVED: "resolved; awaiting the reporter's rating",
+    Kind.RATED: "rated by the reporter",
+    Kind.REOPENED: "reopened",
+    Kind.CLOSED: "closed",
+}
+_MERGED_NOTE = "merged with an earlier report of the same incident"
+_UTC = timezone.utc
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One Open311 service: an incident category."""
+
+    service_code: str
+    service_name: str
+    description: str
+    keywords: tuple[str, ...]
+    group: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The GeoReport v2 representation. metadata is false: no service defines extra attributes."""
+        return {
+            "service_code": self.service_code,
+            "service_name": self.service_name,
+            "description": self.description,
+            "metadata": False,
+            "type": "realtime",
+            "keywords": ",".join(self.keywords),
+            "group": self.group,
+        }
+
+
+def services(categories: Iterable[SchemaCategory], reference: DistrictReference) -> tuple[Service, ...]:
+    """Every category as a service, in file order; keywords and group from the responsibility matrix."""
+    listed = []
+    for category in categories:
+        matrix = reference.categories.get(category.code)
+        labels = matrix.hotline_labels if matrix else ()
+        department = reference.departments.get(matrix.owner_department_id) if matrix else None
+        keywords = tuple(dict.fromkeys((category.name_zh, *labels)))
+        listed.append(Service(category.code, category.name, category.description, keywords, department.name if department else ""))
+    return tuple(listed)
+
+
+def app_event(
+    fields: Mapping[str, Any],
+    *,
+    report_id: str,
+    received_at: datetime,
+    hasher: PersonalDataHasher,
+    jurisdiction_id: str,
+    validate: Callable[[Mapping[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """The validated AppEvent record (Python form) for an Open311 POST requests.json.
+
+    `fields` are the POSTed parameters (form or JSON); `validate` is the AppEvent schema validator.
+    Open311 has no report time, so the report is dated `received_at`. Raises ValidationError whose
+    problems name every invalid Open311 field.
+    """
+    problems: list[tuple[str, str]] = []
+    for name in fields:
+        if name.startswith("attribute["):
+            problems.append((name, "no service defines attributes (metadata is false)"))
+        elif name not in _REQUEST_FIELDS:
+            hint = f"; Open311 calls it {_MISNAMED[name]}" if name in _MISNAMED else ""
+            problems.append((name, f"unknown field{hint}"))
+    jurisdiction = fields.get("jurisdiction_id")
+    if jurisdiction not in (None, "", jurisdiction_id):
+        problems.append(("jurisdiction_id", f"{jurisdiction!r} is not served here; this endpoint serves {jurisdiction_id!r}"))
+    if fields.get("address_id") not in (None, ""):
+        problems.append(("address_id", "address ids are not supported; send lat and long"))
+    report: dict[str, Any] = {
+        "report_id": report_id,
+        "reporter_role": "resident",
+        "reported_at": received_at,
+        "description": _text(fields, "description", problems) or "",
+    }
+    if "service_code" in fields:
+        report["category"] = _text(fields, "service_code", problems)
+    for open311_name, schema_name in (("lat", "lat"), ("long", "lon")):
+        if open311_name in fields:
+            report[schema_name] = _number(fields, open311_name, problems)
+    address = _text(fields, "address_string", problems)
+    if address:
+        report["address_text"] = address
+    media_url = _media_url(fields, problems)
+    if media_url:
+        report["photo_refs"] = [media_url]
+    pseudonym = _reporter_pseudonym(fields, hasher, problems)
+    if pseudonym:
+        report["reporter_id"] = pseudonym
+    reported = {name for name, _ in problems}
+    try:
+        record = validate({"event": {"ResidentReport": {k: v for k, v in report.items() if v is not None}}})
+    except ValidationError as exc:
+        for field, reason in exc.problems:
+            name = _OPEN311_NAME.get(field, field)
+            if name not in reported and field != "event.reporter_id":  # identity problems are reported above
+                problems.append((name, reason))
+        raise invalid(problems or exc.problems, schema="AppEvent") from exc
+    if problems:
+        raise invalid(problems, schema="AppEvent")
+    return record
+
+
+def _text(fields: Mapping[str, Any], name: str, problems: list[tuple[str, str]]) -> str | None:
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value.strip() if value else value
+    problems.append((name, f"expected text, got {type(value).__name__}"))
+    return None
+
+
+def _number(fields: Mapping[str, Any], name: str, problems: list[tuple[str, str]]) -> float | None:
+    value = fields[name]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        try:
+            number = float(value) if isinstance(value, str) else math.nan
+        except ValueError:
+            number = math.nan
+    if math.isfinite(number):
+        return number
+    problems.append((name, f"{value!r} is not a number of decimal degrees"))
+    return None
+
+
+def _media_url(fields: Mapping[str, Any], problems: list[tuple[str, str]]) -> str | None:
+    url = _text(fields, "media_url", problems)
+    if not url:
+        return None
+    if not url.startswith(("https://", "http://")) or len(url) > _MAX_MEDIA_URL_LENGTH or any(c.isspace() for c in url):
+        problems.append(("media_url", f"must be one http(s) URL of at most {_MAX_MEDIA_URL_LENGTH} characters"))
+        return None
+    return url
+
+
+def _reporter_pseudonym(fields: Mapping[str, Any], hasher: PersonalDataHasher, problems: list[tuple[str, str]]) -> str | None:
+    """Keyed hash of the strongest identity given (account, email, phone, device), tagged with its kind.
+
+    None (with a problem) when none is given: a report must link to its reporter for ratings and repeats.
+
+    Each kind hashes in its own domain so that an email and an account id spelled alike never collide;
+    emails are compared case-insensitively and phones in their normalized national form, as pii does.
+    """
+    for kind in _IDENTITIES:
+        value = _text(fields, kind, problems)
+        if not value:
+            continue
+        if kind == "phone":
+            try:
+                value = normalize_phone(value)
+            except ValidationError as exc:
+                problems.append(("phone", exc.message))
+                return None
+        elif kind == "email":
+            local, at, domain = value.rpartition("@")
+            if not (at and local and "." in domain) or len(value) > _MAX_EMAIL_LENGTH or any(c.isspace() for c in value):
+                problems.append(("email", "is not an email address"))
+                return None
+            value = value.lower()
+        elif len(value) > _MAX_IDENTITY_LENGTH:
+            problems.append((kind, f"is {len(value)} characters long, the limit is {_MAX_IDENTITY_LENGTH}"))
+            return None
+        return f"o311-{kind}-{hasher.reporter(f'open311:{kind}:{value}')}"
+    if not any(name in _IDENTITIES for name, _ in problems):
+        problems.append(("email", "identify the reporter with email, phone, device_id or account_id"))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestQuery:
+    """A validated GET requests.json query. `ids` set: those requests only (the other filters are ignored, per the spec)."""
+
+    ids: tuple[str, ...]
+    service_codes: tuple[str, ...]
+    start: datetime
+    end: datetime
+    statuses: tuple[str, ...]
+    limit: int = MAX_QUERY_RESULTS
+
+
+def request_query(params: Mapping[str, str], *, now: datetime, service_codes: Iterable[str]) -> RequestQuery:
+    """Parse GET requests.json parameters; the window defaults to the 90 days before `end_date` (or now)."""
+    problems: list[tuple[str, str]] = []
+    for name in params:
+        if name not in _QUERY_PARAMETERS:
+            problems.append((name, "unknown parameter"))
+    ids = _comma_list(params.get("service_request_id"))
+    if len(ids) > MAX_QUERY_RESULTS:
+        problems.append(("service_request_id", f"at most {MAX_QUERY_RESULTS} ids per query"))
+    codes = _comma_list(params.get("service_code"))
+    known = frozenset(service_codes)
+    unknown_codes = [code for code in codes if code not in known]
+    if unknown_codes:
+        problems.append(("service_code", f"{', '.join(unknown_codes)} not listed in services.json"))
+    statuses = _comma_list(params.get("status"))
+    if any(status not in STATUSES for status in statuses):
+        problems.append(("status", f"must be {' or '.join(STATUSES)}, got {params['status']!r}"))
+    end = _datetime(params, "end_date", problems) or now
+    start = _datetime(params, "start_date", problems) or end - MAX_QUERY_SPAN
+    if start > end:
+        problems.append(("start_date", "is after end_date"))
+    elif end - start > MAX_QUERY_SPAN:
+        problems.append(("end_date", f"the range may span at most {MAX_QUERY_SPAN.days} days"))
+    if problems:
+        raise invalid(problems)
+    return RequestQuery(ids=ids, service_codes=codes, start=start, end=end, statuses=statuses or STATUSES)
+
+
+def _comma_list(raw: str | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip())) if raw else ()
+
+
+def _datetime(params: Mapping[str, str], name: str, problems: list[tuple[str, str]]) -> datetime | None:
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        problems.append((name, f"{raw!r} is not an ISO 8601 date-time"))
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        problems.append((name, f"{raw!r} has no time zone; add Z or an offset such as +08:00"))
+        return None
+    return value.astimezone(_UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestProgress:
+    """What the audit store knows of one app report and its case (a row of sinks/queries/open311_requests.sql).
+
+    `case_id` is None until the report has been processed into a case. `last_kind` is the case's latest
+    lifecycle event (merges of other reports aside); `own_kind` is opened or report_merged for this report.
+    """
+
+    report_id: str
+    category: str
+    description: str
+    lat: float | None
+    lon: float | None
+    address_text: str | None
+    media_url: str | None
+    requested_at: datetime
+    case_id: str | None = None
+    own_kind: str | None = None
+    last_kind: str | None = None
+    updated_at: datetime | None = None
+    assignee_unit_id: str | None = None
+    expected_at: datetime | None = None
+
+
+def status_of(progress: RequestProgress) -> str:
+    """open or closed."""
+    return "closed" if progress.last_kind in CLOSED_KINDS else "open"
+
+
+def service_request(progress: RequestProgress, reference: DistrictReference, service_names: Mapping[str, str]) -> dict[str, Any]:
+    """The GeoReport v2 service request for a report's progress; agency is the unit now responsible."""
+    if progress.case_id is None:
+        notes = RECEIVED_NOTE
+    else:
+        notes = _STATUS_NOTES.get(progress.last_kind, progress.last_kind or RECEIVED_NOTE)
+        if progress.own_kind == Kind.REPORT_MERGED:
+            notes = f"{notes}; {_MERGED_NOTE}"
+    unit = reference.units.get(progress.assignee_unit_id) if progress.assignee_unit_id else None
+    return {
+        "service_request_id": progress.report_id,
+        "status": status_of(progress),
+        "status_notes": notes,
+        "service_name": service_names.get(progress.category, progress.category),
+        "service_code": progress.category,
+        "description": progress.description,
+        "agency_responsible": unit.name if unit else progress.assignee_unit_id,
+        "service_notice": None,
+        "requested_datetime": _iso(progress.requested_at),
+        "updated_datetime": _iso(progress.updated_at or progress.requested_at),
+        "expected_datetime": _iso(progress.expected_at),
+        "address": progress.address_text,
+        "address_id": None,
+        "zipcode": None,
+        "lat": progress.lat,
+        "long": progress.lon,
+        "media_url": progress.media_url,
+    }
+
+
+def received(record: Mapping[str, Any]) -> RequestProgress:
+    """The progress of a report this gateway just published (not yet in the audit store): received."""
+    report = record["event"][1]
+    photos = report.get("photo_refs") or ()
+    return RequestProgress(
+        report_id=report["report_id"],
+        category=report["category"],
+        description=report["description"],
+        lat=report["lat"],
+        lon=report["lon"],
+        address_text=report.get("address_text"),
+        media_url=photos[0] if photos else None,
+        requested_at=report["reported_at"],
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(_UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
