@@ -1,18 +1,32 @@
-"""Provisioning that tests, the demo and production share: Kafka topics, then ClickHouse schema."""
+"""Provisioning that tests, the demo and production share: Kafka topics, then the ClickHouse schema.
+
+`whistle provision` (production) and `whistle stack up` (local) both call `provision_all`; both
+steps are idempotent, so it is safe to run on every deploy.
+"""
 from __future__ import annotations
+
+from dataclasses import replace
 
 from infra.stack import LocalStack
 from infra.topics import load_topics, provision_topics
+from sinks.clickhouse import ServerEngine
+from sinks.migrator import migrate
 from whistle.settings import Settings
 
 
 def provision_all(settings: Settings, stack: LocalStack | None = None) -> list[str]:
-    """Create/converge topics from infra/topics.yaml. Returns one line per change."""
-    kafka = settings.kafka
-    if stack is not None:
-        from dataclasses import replace
-
+    """Create/converge topics from infra/topics.yaml, then apply pending migrations. One line per change."""
+    kafka, clickhouse = settings.kafka, settings.clickhouse
+    if stack is not None:  # the local stack's own addresses and durability settings
         kafka = replace(kafka, bootstrap_servers=stack.bootstrap_servers,
                         replication_factor=stack.brokers, min_insync_replicas=2 if stack.brokers == 3 else 1)
-    changes = provision_topics(kafka, load_topics(prefix=settings.topic_prefix))
-    return changes or ["topics: up to date"]
+        clickhouse = replace(clickhouse, port=stack.cfg.clickhouse_tcp_port)
+    changes = provision_topics(kafka, load_topics(prefix=settings.topic_prefix)) or ["topics: up to date"]
+    admin = replace(clickhouse, user=clickhouse.admin_user, password=clickhouse.admin_password)
+    engine = ServerEngine.from_settings(admin, database="default")
+    try:
+        applied = migrate(engine, clickhouse.database)
+    finally:
+        engine.close()
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied)
+    return changes + [f"migrations: applied {names} to {clickhouse.database}" if applied else "migrations: up to date"]

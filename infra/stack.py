@@ -339,7 +339,7 @@ class LocalStack:
         fill = {
             "log_dir": self.ch_home / "log", "data_dir": self.ch_home / "data", "users_config": self.ch_home / "users.xml",
             "tcp_port": self.cfg.clickhouse_tcp_port, "http_port": self.cfg.clickhouse_http_port,
-            "ingest_user": ch.user, "ingest_password_sha256": hashlib.sha256(ch.password.value.encode()).hexdigest(),
+            "database": ch.database, "ingest_user": ch.user, "ingest_password_sha256": hashlib.sha256(ch.password.value.encode()).hexdigest(),
             "auditor_user": ch.auditor_user,
             "auditor_password_sha256": hashlib.sha256(ch.auditor_password.value.encode()).hexdigest(),
         }

@@ -1,7 +1,12 @@
 """The `whistle` command. Subcommands parse arguments, build Settings once, and call library code."""
 from __future__ import annotations
 
+import signal
 import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -9,6 +14,7 @@ from rich.table import Table
 
 from whistle.errors import WhistleError
 from whistle.settings import Settings
+from whistle.topics import Topics
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Whistle: the data backbone for city incident handling.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse stack (development, tests, demo).")
@@ -73,6 +79,193 @@ def _print_status(stack) -> None:
     for row in stack.status():
         table.add_row(row.name, str(row.pid or "-"), "[green]running[/green]" if row.running else "[red]stopped[/red]", row.address, str(row.log))
     Console().print(table)
+
+
+@app.command("provision")
+def provision() -> None:
+    """Create/converge Kafka topics and apply ClickHouse migrations (idempotent; run on every deploy)."""
+    from infra.provision import provision_all
+
+    for line in provision_all(_settings()):
+        _progress(line)
+
+
+@app.command("publish")
+def publish(source: str = typer.Option(..., "--source", help="camera | hotline | app"),
+            path: Path = typer.Argument(..., help="a JSON-lines file, one record per line")) -> None:
+    """Validate and publish a JSON-lines file; exits non-zero if any line was rejected."""
+    from whistle.publish import run_publish
+
+    raise typer.Exit(run_publish(_settings(), source, path, Console()))
+
+
+@app.command("worker")
+def worker(loglevel: str = typer.Option("warn", "--loglevel")) -> None:
+    """Run a stream-processing worker (set WHISTLE_WORKER_ID, unique per worker)."""
+    from streams.app import run_worker
+
+    run_worker(_settings(), loglevel=loglevel)
+
+
+clock_app = typer.Typer(no_args_is_help=True, help="The case stream's clock.")
+app.add_typer(clock_app, name="clock")
+
+
+@clock_app.command("run")
+def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
+              start: Optional[datetime] = typer.Option(None, help="pipeline time at start (default: now)"),
+              speed: float = typer.Option(1.0, help="pipeline seconds per wall second")) -> None:
+    """Write a tick into every case-stream partition every INTERVAL seconds."""
+    from streams.clock import Timeline, run_clock
+
+    settings, stop = _settings(), _stop_flag()
+    timeline = Timeline.real_time() if start is None else Timeline(_utc(start), time.time(), speed)
+    with _publisher(settings) as publisher:
+        run_clock(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), _inbox_partitions(settings), timeline,
+                  interval_s=interval, should_stop=stop)
+
+
+@clock_app.command("advance")
+def clock_advance(to: datetime = typer.Option(..., "--to", help="the time to move the case stream to (UTC if no zone)")) -> None:
+    """Move the case stream's time forward at once (tests, backfills): due deadlines fire."""
+    from streams.clock import write_ticks
+
+    settings = _settings()
+    with _publisher(settings) as publisher:
+        write_ticks(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), _inbox_partitions(settings), _utc(to))
+    _progress(f"case stream advanced to {_utc(to).isoformat()}")
+
+
+@app.command("sink")
+def sink(batch_rows: int = typer.Option(20_000), batch_seconds: float = typer.Option(0.5)) -> None:
+    """Consume the audited topics into ClickHouse (ClickHouse first, then Kafka offsets)."""
+    from sinks.sink import build_sink
+
+    runner = build_sink(_settings(), batch_rows=batch_rows, batch_seconds=batch_seconds)
+    _stop_flag(runner.stop)
+    runner.run()
+
+
+@app.command("gateway")
+def gateway(keys: Path = typer.Option(..., "--keys", help="API key file (see infra/gateway-keys.example.yaml)"),
+            host: str = typer.Option("127.0.0.1"), port: Optional[int] = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
+            max_body_bytes: int = typer.Option(65536)) -> None:
+    """Serve the HTTP ingest gateway: camera webhooks, the hotline, and Open311 GeoReport v2."""
+    from whistle.gateway import run_gateway
+
+    settings = _settings()
+    run_gateway(settings, host, port or settings.gateway_port, keys, max_body_bytes=max_body_bytes)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The auditors' queries (read-only user).")
+app.add_typer(audit_app, name="audit")
+FormatOption = typer.Option("table", "--format", help="table | csv | json")
+
+
+@audit_app.command("ranking")
+def audit_ranking(month: str = typer.Option(..., "--month", help="YYYY-MM (city time)"),
+                  by: str = typer.Option("street", "--by", help="street | department"),
+                  min_cases: int = typer.Option(5, "--min-cases", help="units with fewer cases are listed, not ranked"),
+                  fmt: str = FormatOption) -> None:
+    """Monthly ranking of streets or departments, with its provenance (offset ranges, policy versions)."""
+    from sinks import audit
+
+    with _auditor() as (engine, db):
+        _emit(audit.ranking(engine, db, month, by, min_cases), fmt, f"Ranking by {by}, {month}")
+        _emit(audit.ranking_provenance(engine, db, month, by), fmt, "Provenance")
+
+
+@audit_app.command("case")
+def audit_case(case_id: str = typer.Argument(...), fmt: str = FormatOption) -> None:
+    """A case's full timeline: reports and channels, dispatch, transfers, breaches, rating."""
+    from sinks import audit
+
+    with _auditor() as (engine, db):
+        _emit(audit.case_timeline(engine, db, case_id), fmt, f"Case {case_id}")
+
+
+@audit_app.command("breaches")
+def audit_breaches(tier: Optional[str] = typer.Option(None, "--tier"), unit: Optional[str] = typer.Option(None, "--unit"),
+                   since: Optional[datetime] = typer.Option(None, "--from"), until: Optional[datetime] = typer.Option(None, "--to"),
+                   warnings: bool = typer.Option(False, "--warnings", help="include warnings"), fmt: str = FormatOption) -> None:
+    """Breaches (and referrals), filtered by tier, unit and deadline time."""
+    from sinks import audit
+
+    with _auditor() as (engine, db):
+        _emit(audit.breaches(engine, db, tier=tier, unit=unit, since=since and _utc(since), until=until and _utc(until),
+                             include_warnings=warnings), fmt, "Breaches")
+
+
+@audit_app.command("verify")
+def audit_verify(fmt: str = FormatOption) -> None:
+    """Every audited offset exactly once, every hash chain intact; exits 1 listing each problem."""
+    from sinks import audit
+
+    with _auditor() as (engine, db):
+        problems = audit.verify(engine, db)
+        if problems:
+            _emit(audit.problems_result(problems), fmt, f"verify: {len(problems)} problem(s)")
+            raise typer.Exit(1)
+    console.print("[green]verify: every audited offset is present exactly once; every hash chain is intact[/green]")
+
+
+class _auditor:
+    """The read-only auditor connection, closed on exit."""
+
+    def __enter__(self):
+        from dataclasses import replace
+
+        from sinks.clickhouse import ServerEngine
+
+        ch = _settings().clickhouse
+        self.engine = ServerEngine.from_settings(replace(ch, user=ch.auditor_user, password=ch.auditor_password))
+        return self.engine, ch.database
+
+    def __exit__(self, *exc) -> None:
+        self.engine.close()
+
+
+def _emit(result, fmt: str, title: str) -> None:
+    from sinks import audit
+
+    if fmt == "csv":
+        sys.stdout.write(audit.to_csv(result))
+    elif fmt == "json":
+        sys.stdout.write(audit.to_json(result) + "\n")
+    elif fmt == "table":
+        Console().print(audit.render_table(result, title))
+    else:
+        raise typer.BadParameter(f"--format must be table, csv or json, not {fmt!r}")
+
+
+def _publisher(settings: Settings):
+    from whistle.sdk import Publisher
+
+    return Publisher(settings)
+
+
+def _inbox_partitions(settings: Settings) -> int:
+    from infra.topics import load_topics
+
+    return next(t.partitions for t in load_topics(prefix=settings.topic_prefix) if t.name == Topics.with_prefix(settings.topic_prefix).inbox)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _stop_flag(on_stop=None):
+    """Install SIGTERM/SIGINT handlers that ask a loop to stop; returns a `should_stop()` callable."""
+    stopped = []
+
+    def handle(signum, frame) -> None:
+        stopped.append(signum)
+        if on_stop is not None:
+            on_stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return lambda: bool(stopped)
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ class TransitionError(DomainError):
 
 
 class DeliveryError(WhistleError):
-    """Kafka did not acknowledge a write."""
+    """A write was not acknowledged: by Kafka, or by an alert receiver."""
 
     stage = "deliver"
 

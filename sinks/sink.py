@@ -1,0 +1,345 @@
+"""The sink: audited Kafka topics -> ClickHouse, each offset exactly once.
+
+Delivery order, per batch:
+  1. insert the rows into their audit table (one INSERT per run of rows that fall into one month
+     partition, in offset order, so every INSERT is a single atomic part);
+  2. record the batch in `sink_batches`;
+  3. commit the Kafka offsets (manual commits only).
+On (re)assignment a partition resumes after the highest offset ClickHouse already holds for it
+(sink_batches, then the table itself, since a crash can fall between 1 and 2), so redelivery after a
+crash never inserts a row twice; Kafka's committed offset is only the fallback.
+
+ClickHouse unreachable: the batch is held, partitions are paused, and the insert is retried with
+backoff until it succeeds; valid rows are never dead-lettered because the server was away.
+ClickHouse refusing rows (a data error): the batch is split until the refused row is alone; that row
+goes to the dead-letter topic with its original bytes and position, and the rest is inserted.
+
+`RowMaker.row` is pure (Kafka record -> table row); `Sink` is the one writer that talks to ClickHouse.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from schemas.serde import Serde
+from sinks.audit import run_query
+from sinks.clickhouse import Engine
+from streams.pipeline import Position, dead_letter
+from whistle.errors import StoreError, WhistleError
+from whistle.pii import PersonalDataHasher
+from whistle.topics import Topics
+
+log = logging.getLogger("whistle.sink")
+
+RAW_COLUMNS = ("source", "record_type", "event_id", "event_ms", "kafka_key", "payload", "raw_sha256", "raw_size", "decode_error",
+               "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp_ms", "ingest_ms")
+CASE_EVENT_COLUMNS = ("event_id", "case_id", "seq", "kind", "at_ms", "cause_id", "actor_unit_id", "assignee_unit_id", "assignee_tier",
+                      "category", "urgency", "district_id", "street_id", "community_id", "grid_id", "department_id", "source",
+                      "report_id", "reason", "note", "rating", "policy_version", "prev_hash", "hash",
+                      "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+BREACH_COLUMNS = ("breach_id", "case_id", "kind", "breach_type", "tier", "deadline_ms", "fired_at_ms", "overdue_ms",
+                  "responsible_unit_id", "escalation_target_unit_id", "policy_version", "category", "urgency", "street_id",
+                  "department_id", "summary", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+DEAD_LETTER_COLUMNS = ("original_topic", "original_partition", "original_offset", "original_key", "original_value_sha256",
+                       "original_value_size", "stage", "error_class", "error_message", "field", "failed_ms",
+                       "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+COLUMNS = {"raw_events": RAW_COLUMNS, "case_events": CASE_EVENT_COLUMNS, "breaches": BREACH_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS}
+# The column each table is partitioned by (month of an epoch-ms value): one INSERT must stay in one month.
+MONTH_COLUMN = {"raw_events": "kafka_timestamp_ms", "case_events": "at_ms", "breaches": "deadline_ms", "dead_letters": "failed_ms"}
+_ID_FIELDS = {"CameraDetection": "detection_id", "HotlineTicket": "ticket_id", "ResidentReport": "report_id",
+              "HandlingAction": "action_id"}
+_TIME_FIELDS = {"CameraDetection": "detected_at", "HotlineTicket": "received_at", "ResidentReport": "reported_at",
+                "HandlingAction": "at"}
+_TRANSIENT_CODES = {None, 159, 164, 202, 209, 210, 241, 242, 252, 319, 425}  # network, timeouts, overload, readonly replica
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    table: str
+    values: tuple
+    position: Position
+    key: bytes | None
+    value: bytes | None
+
+
+class RowMaker:
+    """Kafka records of the audited topics -> audit-table rows. Pure; personal data leaves as keyed hashes."""
+
+    def __init__(self, serde: Serde, hasher: PersonalDataHasher, topics: Topics) -> None:
+        self.serde, self.hasher, self.topics = serde, hasher, topics
+        self._sources = {topics.camera: "camera", topics.hotline: "hotline", topics.app: "app"}
+
+    def row(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int, ingest_ms: int) -> Row:
+        kafka = (where.topic, where.partition, where.offset)
+        if where.topic in self._sources:
+            return Row("raw_events", self._raw(where, key, value, timestamp_ms) + kafka + (timestamp_ms, ingest_ms), where, key, value)
+        record = self.serde.decode(value, validate=False).record  # derived topics: written by Whistle itself
+        if where.topic == self.topics.case_events:
+            values = tuple(_ms(record[c[:-3]]) if c == "at_ms" else record.get(c) for c in CASE_EVENT_COLUMNS[:-4])
+            return Row("case_events", values + kafka + (ingest_ms,), where, key, value)
+        if where.topic == self.topics.breaches:
+            values = tuple(_ms(record[c[:-3]]) if c in ("deadline_ms", "fired_at_ms") else record.get(c) for c in BREACH_COLUMNS[:-4])
+            return Row("breaches", values + kafka + (ingest_ms,), where, key, value)
+        if where.topic == self.topics.deadletter:
+            original = record["original_value"]
+            values = (record["original_topic"], record["original_partition"], record["original_offset"],
+                      None if record["original_key"] is None else record["original_key"].decode("utf-8", "replace"),
+                      None if original is None else hashlib.sha256(original).hexdigest(), len(original or b""),
+                      record["stage"], record["error_class"], record["error_message"], record["field"], _ms(record["failed_at"]))
+            return Row("dead_letters", values + kafka + (ingest_ms,), where, key, value)
+        raise StoreError(f"topic {where.topic} is not audited", topic=where.topic)
+
+    def _raw(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int) -> tuple:
+        source = self._sources[where.topic]
+        digest, size = hashlib.sha256(value or b"").hexdigest(), len(value or b"")
+        kafka_key = "" if key is None else key.decode("utf-8", "replace")
+        try:
+            decoded = self.serde.decode(value)
+        except WhistleError as exc:  # still one row per offset: the worker dead-letters it, the audit shows it
+            return (source, "", "", 0, kafka_key, "", digest, size, str(exc))
+        record_type, record = decoded.schema, decoded.record
+        if record_type == "AppEvent":
+            branch, record = record["event"]
+            record_type = branch.rsplit(".", 1)[-1]
+        record = self._without_personal_data(record_type, record)
+        event_ms = _ms(record.get(_TIME_FIELDS.get(record_type, ""))) or 0
+        payload = orjson.dumps(record, default=_json_default, option=orjson.OPT_SORT_KEYS).decode()
+        return (source, record_type, str(record.get(_ID_FIELDS.get(record_type, ""), "")), event_ms, kafka_key, payload, digest, size, "")
+
+    def _without_personal_data(self, record_type: str, record: dict[str, Any]) -> dict[str, Any]:
+        if record_type == "HotlineTicket" and record.get("caller_phone"):
+            record = {**record, "caller_phone": self.hasher.phone(record["caller_phone"])}
+        if record_type == "ResidentReport" and record.get("reporter_id"):
+            record = {**record, "reporter_id": self.hasher.reporter(record["reporter_id"])}
+        return record
+
+
+def _ms(value: Any) -> Any:
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+@dataclass
+class _Batch:
+    rows: list[Row] = field(default_factory=list)
+    started: float = 0.0
+
+
+class Sink:
+    """One writer: consume the audited topics, insert batches, then commit. See the module docstring for the order."""
+
+    def __init__(self, consumer_conf: dict[str, str], producer_conf: dict[str, str], engine: Engine, database: str,
+                 maker: RowMaker, serde: Serde, topics: Topics, *, sink_id: str = "sink-1", batch_rows: int = 20_000,
+                 batch_seconds: float = 0.5, clock: Callable[[], float] = time.time,
+                 on_batch: Callable[[str, int], None] | None = None) -> None:
+        self.engine, self.database, self.maker, self.serde, self.topics = engine, database, maker, serde, topics
+        self.sink_id, self.batch_rows, self.batch_seconds, self.clock = sink_id, batch_rows, batch_seconds, clock
+        self.on_batch = on_batch or (lambda table, rows: None)
+        self.consumer = Consumer({**consumer_conf, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                                  "auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky"})
+        self.producer = Producer({**producer_conf, "enable.idempotence": True, "acks": "all"})
+        self._batch = _Batch()
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self, max_idle_s: float | None = None) -> None:
+        """Consume until `stop()` (or `max_idle_s` without records, for tests and backfills)."""
+        self.consumer.subscribe(list(self.topics.audited), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping:
+                messages = self.consumer.consume(num_messages=5000, timeout=0.1)
+                if messages:
+                    idle_since = time.monotonic()
+                now_ms = int(self.clock() * 1000)
+                for message in messages:
+                    if message.error() is not None:
+                        if message.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", message.error())
+                        continue
+                    self._add(message, now_ms)
+                if self._batch.rows and (len(self._batch.rows) >= self.batch_rows or time.monotonic() - self._batch.started >= self.batch_seconds):
+                    self.flush()
+                if max_idle_s is not None and not self._batch.rows and time.monotonic() - idle_since > max_idle_s:
+                    break
+        finally:
+            if self._batch.rows:
+                self.flush()
+            self.producer.flush(30)
+            self.consumer.close()
+
+    def _add(self, message, now_ms: int) -> None:
+        where = Position(message.topic(), message.partition(), message.offset())
+        if not self._batch.rows:
+            self._batch.started = time.monotonic()
+        try:
+            row = self.maker.row(where, message.key(), message.value(), message.timestamp()[1], now_ms)
+        except Exception as exc:  # a derived record that does not decode: keep its bytes in the dead-letter topic
+            self._dead_letter(where, message.key(), message.value(), exc)
+            return
+        self._batch.rows.append(row)
+
+    def flush(self) -> None:
+        """Insert the held batch (retrying while ClickHouse is away), record it, then commit its offsets."""
+        rows, self._batch = self._batch.rows, _Batch()
+        by_table: dict[str, list[Row]] = {}
+        for row in rows:
+            by_table.setdefault(row.table, []).append(row)
+        for table, table_rows in by_table.items():
+            inserted = self._insert_resilient(table, table_rows)
+            self._record_batches(table, inserted)
+            self.on_batch(table, len(inserted))
+        self.producer.flush(30)  # dead letters written before their offsets are committed
+        offsets: dict[tuple[str, int], int] = {}
+        for row in rows:
+            offsets[(row.position.topic, row.position.partition)] = row.position.offset + 1
+        if offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+
+    def _insert_resilient(self, table: str, rows: list[Row]) -> list[Row]:
+        """Insert rows in single-month runs; returns the rows inserted (refused rows are dead-lettered)."""
+        inserted: list[Row] = []
+        month_at = COLUMNS[table].index(MONTH_COLUMN[table])
+        run: list[Row] = []
+        run_month = None
+        for row in rows:
+            month = _month_of(row.values[month_at])
+            if run and month != run_month:
+                inserted += self._insert_run(table, run)
+                run = []
+            run.append(row)
+            run_month = month
+        if run:
+            inserted += self._insert_run(table, run)
+        return inserted
+
+    def _insert_run(self, table: str, rows: list[Row]) -> list[Row]:
+        delay = 0.25
+        while True:
+            try:
+                self.engine.insert(f"{self.database}.{table}", COLUMNS[table], [r.values for r in rows])
+                return rows
+            except StoreError as exc:
+                if exc.context.get("code") not in _TRANSIENT_CODES:
+                    return self._split_refused(table, rows, exc)
+                log.warning("ClickHouse unavailable (%s); holding %d rows, retrying in %.1fs", exc, len(rows), delay)
+                self._hold(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _split_refused(self, table: str, rows: list[Row], error: StoreError) -> list[Row]:
+        if len(rows) == 1:
+            row = rows[0]
+            self._dead_letter(row.position, row.key, row.value, error.with_context(table=table))
+            return []
+        middle = len(rows) // 2
+        return self._insert_run(table, rows[:middle]) + self._insert_run(table, rows[middle:])
+
+    def _hold(self, seconds: float) -> None:
+        """Wait while keeping the group membership alive: pause the partitions and keep polling."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.consumer.poll(0.1)  # paused: serves rebalance callbacks only, returns no records
+        self.consumer.resume(assignment)
+
+    def _dead_letter(self, where: Position, key: bytes | None, value: bytes | None, error: BaseException) -> None:
+        if where.topic == self.topics.deadletter:  # never loop a dead letter back into its own topic
+            log.error("dead letter at %s/%d/%d cannot be stored: %s", where.topic, where.partition, where.offset, error)
+            return
+        out = dead_letter(self.serde, self.topics, where, key, value, error, datetime.now(timezone.utc))
+        self.producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers))
+
+    def _record_batches(self, table: str, rows: list[Row]) -> None:
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for row in rows:
+            span = ranges.setdefault((row.position.topic, row.position.partition), [row.position.offset, row.position.offset, 0])
+            span[0], span[1], span[2] = min(span[0], row.position.offset), max(span[1], row.position.offset), span[2] + 1
+        now_ms = int(self.clock() * 1000)
+        records = [(table, t, p, lo, hi, n, self.sink_id, now_ms) for (t, p), (lo, hi, n) in ranges.items()]
+        if records:
+            self._insert_run_plain("sink_batches", ("table_name", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "rows",
+                                                    "sink_id", "inserted_ms"), records)
+
+    def _insert_run_plain(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        delay = 0.25
+        while True:
+            try:
+                self.engine.insert(f"{self.database}.{table}", columns, rows)
+                return
+            except StoreError as exc:
+                if exc.context.get("code") not in _TRANSIENT_CODES:
+                    raise
+                self._hold(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition after the highest offset ClickHouse already holds for it."""
+        for tp in partitions:
+            stored = self._stored_through(tp.topic, tp.partition)
+            if stored is not None:
+                tp.offset = stored + 1
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+        if self._batch.rows:
+            self.flush()
+        consumer.incremental_unassign(partitions)
+
+    def _stored_through(self, topic: str, partition: int) -> int | None:
+        table = self._table_of(topic)
+        delay = 0.25
+        while True:
+            try:
+                result = run_query(self.engine, self.database, "sink_resume", {"table_name": table, "topic": topic, "partition": partition},
+                                   table=table)
+                break
+            except StoreError as exc:
+                if exc.context.get("code") not in _TRANSIENT_CODES:
+                    raise
+                log.warning("ClickHouse unavailable while resuming %s/%d: %s", topic, partition, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        through = result.rows[0][0] if result.rows else None
+        return None if through is None or through < 0 else int(through)
+
+    def _table_of(self, topic: str) -> str:
+        if topic in self.topics.sources:
+            return "raw_events"
+        return {self.topics.case_events: "case_events", self.topics.breaches: "breaches", self.topics.deadletter: "dead_letters"}[topic]
+
+
+def _month_of(epoch_ms: int) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
+    return moment.year, moment.month
+
+
+def build_sink(settings, **options) -> Sink:
+    """The sink for `settings`: the ingest user's ClickHouse connection, and the serializer and hasher of the pipeline."""
+    from sinks.clickhouse import ServerEngine
+
+    serde = Serde.from_settings(settings)
+    topics = Topics.with_prefix(settings.topic_prefix)
+    kafka = settings.kafka.librdkafka()
+    return Sink({**kafka, "group.id": f"{settings.topic_prefix}whistle-sink", "group.instance.id": f"sink-{settings.worker_id}"},
+                kafka, ServerEngine.from_settings(settings.clickhouse), settings.clickhouse.database,
+                RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics), serde, topics,
+                sink_id=settings.worker_id, **options)

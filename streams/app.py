@@ -1,0 +1,163 @@
+"""The Faust worker: two thin agents around `streams.pipeline`.
+
+Faust settings that matter (see REFERENCE.md, faust-streaming pitfalls):
+- agents run with concurrency=1 (higher values can commit past in-flight messages, faust #606);
+- processing_guarantee at_least_once: exactly-once mode is unreliable on aiokafka; instead outputs
+  are deterministic (event ids, breach ids) and state transitions idempotent;
+- static group membership (consumer_group_instance_id = WHISTLE_WORKER_ID) to avoid needless
+  rebalances; changelog replication factor from settings (Faust's default is 1);
+- topics are read as raw bytes and decoded inside the pipeline, so an undecodable record is
+  dead-lettered instead of being acked and thrown into the agent by Faust (faust #315, #527).
+
+Delivery order of the cases agent, per batch of case-stream records:
+  1. compute outputs and state writes (pure, in memory);
+  2. send the outputs (case events, breaches, dead letters) and wait until Kafka acknowledged them;
+  3. write the state to the changelog-backed table;
+  4. Faust acks the batch and later commits its offsets, after flushing the producer.
+A crash between 2 and 3 replays the batch against the old state, which re-emits the same
+deterministic events (duplicates that consumers drop by id); a crash can never persist a state
+whose events were not published.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Callable
+
+import faust
+
+from schemas.serde import Serde
+from streams.domain.calendar import load_calendar
+from streams.domain.reference import load_reference
+from streams.domain.sla import load_policies
+from streams.pipeline import CaseProcessor, Ingestor, Output, Position
+from whistle.pii import PersonalDataHasher
+from whistle.settings import Settings
+from whistle.topics import Topics
+
+TABLE_NAME = "case-state"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now, inbox_partitions: int = 6) -> faust.App:
+    """Build the worker app: reference data, policies and schemas are loaded (and validated) here, once."""
+    topics = Topics.with_prefix(settings.topic_prefix)
+    serde = Serde.from_settings(settings)
+    reference = load_reference()
+    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)
+    cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, inbox_partitions)
+    worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
+    worker_dir.mkdir(parents=True, exist_ok=True)
+
+    app = faust.App(
+        f"{settings.topic_prefix}whistle-cases",
+        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_replication_factor=settings.kafka.replication_factor,
+        topic_partitions=inbox_partitions,
+        topic_allow_declare=True,
+        consumer_group_instance_id=settings.worker_id,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        table_standby_replicas=0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        web_enabled=False,
+        datadir=str(worker_dir),
+    )
+    raw_in = app.topic(*topics.sources, key_serializer="raw", value_serializer="raw")
+    inbox_in = app.topic(topics.inbox, key_serializer="raw", value_serializer="raw", partitions=inbox_partitions)
+    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    state = app.Table(TABLE_NAME, default=None, partitions=inbox_partitions, schema=raw)
+    out_topics: dict[str, faust.TopicT] = {}
+
+    def out(name: str) -> faust.TopicT:
+        if name not in out_topics:
+            out_topics[name] = app.topic(name, key_serializer="raw", value_serializer="raw")
+        return out_topics[name]
+
+    async def send(outputs: list[Output]) -> list[asyncio.Future]:
+        return [await out(o.topic).send(key=o.key, value=o.value, headers=list(o.headers)) for o in outputs]
+
+    @app.agent(raw_in, concurrency=1)
+    async def ingest(stream):
+        async for batch in stream.take_events(1000, within=0.05):
+            now = clock()
+            await send([ingestor.process(_position(e), e.message.key, e.message.value, now) for e in batch])
+
+    @app.agent(inbox_in, concurrency=1)
+    async def case_stream(stream):
+        async for batch in stream.take_events(1000, within=0.05):
+            _recover_new_partitions(cases, state, {e.message.partition for e in batch}, inbox_partitions)
+            now = clock()
+            outputs, writes = [], []
+            for event in batch:
+                produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
+                outputs += produced
+                writes += written
+            await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
+            for write in writes:  # 3. ... before the state that follows from them is persisted
+                key = write.key.encode()
+                if write.value is None:
+                    state.data.pop(key, None)
+                else:
+                    state.data[key] = write.value
+                state.send_changelog(write.partition, key, write.value, value_serializer="raw")
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app_, revoked, **kwargs) -> None:
+        for tp in revoked:
+            if tp.topic == topics.inbox:
+                cases.release(tp.partition)
+
+    return app
+
+
+def _recover_new_partitions(cases: CaseProcessor, state, partitions: set[int], total: int) -> None:
+    """Rebuild partitions this worker has just been given from the recovered table: one scan for all of them."""
+    new = {p for p in partitions if not cases.owns(p)}
+    if not new:
+        return
+    stored: dict[int, list[tuple[str, bytes]]] = {p: [] for p in new}
+    for raw_key, value in state.data.items():
+        key = raw_key.decode()
+        partition = CaseProcessor.state_key_partition(key, total)
+        if partition in stored:
+            stored[partition].append((key, value))
+    for partition, entries in stored.items():
+        cases.recover(partition, entries)
+
+
+def _position(event) -> Position:
+    message = event.message
+    return Position(message.topic, message.partition, message.offset)
+
+
+def _credentials(settings: Settings):
+    kafka = settings.kafka
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password.value,
+                                     mechanism=kafka.sasl_mechanism,
+                                     ssl_context=_ssl_context(settings) if "SSL" in kafka.security_protocol else None)
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(_ssl_context(settings))
+    return None
+
+
+def _ssl_context(settings: Settings):
+    import ssl
+
+    return ssl.create_default_context(cafile=settings.kafka.ssl_ca_location)
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+    """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

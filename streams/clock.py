@@ -1,0 +1,64 @@
+"""The clock service: ticks written into every partition of the case stream.
+
+Breaches must fire on time even when no event arrives, yet be a pure function of the log. So time
+is part of the log: each case-stream partition's time is the largest event or tick time it has
+seen, and this service appends a tick to every partition every `interval` (the worker that owns a
+partition fires what is due when it reads the tick). Replaying the log replays the same ticks.
+
+`Timeline` maps wall-clock time to the pipeline's time: identity in production; a start and a
+speed-up for the demo's compressed day; `advance_to` jumps forward for tests and backfills.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from schemas.serde import Serde
+from whistle.sdk import Publisher
+from whistle.topics import Topics
+
+TICK = "org.whistle.v1.ClockTick"
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """pipeline time = start + (wall - wall_start) × speed."""
+
+    start: datetime
+    wall_start: float
+    speed: float = 1.0
+
+    @classmethod
+    def real_time(cls, wall: Callable[[], float] = time.time) -> "Timeline":
+        now = wall()
+        return cls(datetime.fromtimestamp(now, timezone.utc), now)
+
+    def at(self, wall: float) -> datetime:
+        return self.start + timedelta(seconds=(wall - self.wall_start) * self.speed)
+
+    def wall_for(self, moment: datetime) -> float:
+        return self.wall_start + (moment - self.start).total_seconds() / self.speed
+
+
+def tick_value(serde: Serde, partition: int, at: datetime) -> bytes:
+    ms = int(at.timestamp() * 1000)
+    return serde.encode("CaseInboxEvent", {"event": (TICK, {"tick_id": f"tick:{partition}:{ms}", "at": at})}, validate=False)
+
+
+def write_ticks(publisher: Publisher, serde: Serde, topics: Topics, partitions: int, at: datetime) -> None:
+    """One tick at `at` into every case-stream partition, acknowledged by Kafka before returning."""
+    futures = [publisher.produce_raw(topics.inbox, b"__clock__", tick_value(serde, p, at), partition=p) for p in range(partitions)]
+    for future in futures:
+        future.result(timeout=30)
+
+
+def run_clock(publisher: Publisher, serde: Serde, topics: Topics, partitions: int, timeline: Timeline, *,
+              interval_s: float = 0.2, wall: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+              should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Tick every `interval_s` of wall time until `should_stop()`."""
+    while not should_stop():
+        started = wall()
+        write_ticks(publisher, serde, topics, partitions, timeline.at(started))
+        sleep(max(0.0, interval_s - (wall() - started)))

@@ -1,0 +1,273 @@
+"""The stream processors' work, as functions of Kafka records: bytes in, records to send out.
+
+Nothing here touches Kafka or Faust: `streams.app` feeds consumed records in and sends what comes
+out. Every failure on the data path becomes a dead-letter record carrying the original bytes and
+the source topic/partition/offset, so a poison message never stops a worker and is never lost.
+
+- `Ingestor`: a raw source record -> decode -> normalize -> enrich -> one case-stream record keyed
+  by the case's partition key (its street, or the district desk). Handling actions are routed to
+  the partition of the case they name.
+- `CaseProcessor`: the case stream, one partition at a time -> case events (hash-chained) and
+  breaches, through `streams.domain.sla.CaseBook` and the merge index. `process` returns the
+  outputs and the state writes separately: the caller must have Kafka acknowledge the outputs
+  *before* it persists the state, so that a crash can only make a replay re-emit the same
+  deterministic events, never lose one.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from aiokafka.partitioner import murmur2
+
+from schemas.serde import Serde, from_record, to_record
+from streams.domain.calendar import BusinessCalendar
+from streams.domain.case import CaseState, Kind
+from streams.domain.enrich import Enricher, case_id_for, case_partition_key, common_parent
+from streams.domain.merge import MergeIndex, OpenCase
+from streams.domain.model import EnrichedReport, HandlingAction
+from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.reference import DistrictReference
+from streams.domain.sla import Breach, CaseBook, SlaPolicy
+from whistle.errors import ContractError, DecodeError, TransitionError, WhistleError
+from whistle.pii import PersonalDataHasher
+from whistle.topics import Topics
+
+ENRICHED = "org.whistle.v1.EnrichedReport"
+ACTION = "org.whistle.v1.HandlingAction"
+TICK = "org.whistle.v1.ClockTick"
+RESIDENT_REPORT = "org.whistle.v1.ResidentReport"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def dead_letter(serde: Serde, topics: Topics, where: Position, key: bytes | None, value: bytes | None,
+                error: BaseException, failed_at: datetime) -> Output:
+    """A dead-letter record: the original bytes and position, the stage and the error, as value and headers."""
+    if not isinstance(error, WhistleError):
+        error = WhistleError(f"unexpected {type(error).__name__}: {error}")
+    record = {
+        "original_topic": where.topic, "original_partition": where.partition, "original_offset": where.offset,
+        "original_key": key, "original_value": value, "stage": error.stage, "error_class": type(error).__name__,
+        "error_message": str(error), "field": error.context.get("field"), "failed_at": failed_at,
+    }
+    headers = {"whistle.original.topic": where.topic, "whistle.original.partition": str(where.partition),
+               "whistle.original.offset": str(where.offset), **error.as_headers()}
+    return Output(topics.deadletter, key, serde.encode("DeadLetter", record, validate=False),
+                  tuple((k, v.encode("utf-8", "replace")) for k, v in headers.items()))
+
+
+def partition_key_of_case(case_id: str) -> str:
+    """The case-stream key of a case, read from its id (`{partition key}-{yyyymmdd}-{digest}`)."""
+    head, _, _ = case_id.rpartition("-")
+    key, _, day = head.rpartition("-")
+    if not key or len(day) != 8 or not day.isdigit():
+        raise ContractError(f"case id {case_id!r} is not of the form <street>-<yyyymmdd>-<digest>", field="case_id")
+    return key
+
+
+def partition_for_key(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives `key`, as aiokafka, Java and our SDK do."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class Ingestor:
+    """Raw source records -> case-stream records (stateless; one per worker)."""
+
+    def __init__(self, serde: Serde, reference: DistrictReference, hasher: PersonalDataHasher, topics: Topics) -> None:
+        self.serde, self.reference, self.hasher, self.topics = serde, reference, hasher, topics
+        self.enricher = Enricher(reference)
+        self._expected = {topics.camera: "CameraDetection", topics.hotline: "HotlineTicket", topics.app: "AppEvent"}
+
+    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime) -> Output:
+        try:
+            return self._route(where, value)
+        except Exception as exc:  # any failure dead-letters this record; the worker goes on
+            return dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now)
+
+    def _route(self, where: Position, value: bytes | None) -> Output:
+        expected = self._expected.get(where.topic)
+        if expected is None:
+            raise DecodeError(f"topic {where.topic} is not a source topic")
+        decoded = self.serde.decode(value, expect=expected)
+        record = decoded.record
+        if expected == "CameraDetection":
+            report = normalize_camera(record, self.reference)
+        elif expected == "HotlineTicket":
+            report = normalize_hotline(record, self.reference, self.hasher.phone)
+        else:
+            branch, inner = record["event"]
+            if branch == ACTION:
+                action = from_record(HandlingAction, inner)
+                return self._inbox(partition_key_of_case(action.case_id), (ACTION, to_record(action)))
+            report = normalize_app_report(inner, self.reference, self.hasher.reporter)
+        enriched = self.enricher.enrich(report)
+        return self._inbox(case_partition_key(enriched), (ENRICHED, to_record(enriched)))
+
+    def _inbox(self, key: str, event: tuple[str, dict[str, Any]]) -> Output:
+        return Output(self.topics.inbox, key.encode(), self.serde.encode("CaseInboxEvent", {"event": event}, validate=False))
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A state change to persist (after the outputs are acknowledged): key and value bytes, None deletes."""
+
+    partition: int
+    key: str
+    value: bytes | None
+
+
+class PartitionCases:
+    """One case-stream partition's book, merge index and recovery bookkeeping."""
+
+    __slots__ = ("partition", "book", "merge")
+
+    def __init__(self, partition: int, book: CaseBook, merge: MergeIndex) -> None:
+        self.partition, self.book, self.merge = partition, book, merge
+
+
+class CaseProcessor:
+    """The case stream -> case events and breaches, partition by partition, deterministically.
+
+    State that is persisted (as `StateWrite`s, in a changelog-backed table): every case's
+    `CaseState`, every open case's merge entry (`open:<case id>`), and each partition's clock
+    (`clock:<partition>`). The merge and deadline indexes are derived from them on recovery.
+    """
+
+    def __init__(self, serde: Serde, reference: DistrictReference, policies: Mapping[str, SlaPolicy],
+                 calendar: BusinessCalendar, topics: Topics, partitions: int) -> None:
+        self.serde, self.reference, self.policies, self.calendar, self.topics = serde, reference, policies, calendar, topics
+        self.partitions = partitions
+        self._parts: dict[int, PartitionCases] = {}
+
+        def arbiter(unit_a: str, unit_b: str, category: str):
+            return common_parent(reference, unit_a, unit_b, category)
+
+        self._common_parent = arbiter
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def recover(self, partition: int, stored: Iterable[tuple[str, bytes]]) -> None:
+        """Rebuild a partition from its persisted state (the table's entries for that partition)."""
+        states: dict[str, CaseState] = {}
+        open_cases: list[OpenCase] = []
+        clock_ms = None
+        for key, value in stored:
+            if key.startswith("case:"):
+                states[key[5:]] = pickle.loads(value)
+            elif key.startswith("open:"):
+                open_cases.append(pickle.loads(value))
+            elif key == f"clock:{partition}":
+                clock_ms = int(value)
+        part = self._new_partition(partition, states, clock_ms)
+        for case in open_cases:
+            part.merge.add(case)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._parts
+
+    def release(self, partition: int) -> None:
+        self._parts.pop(partition, None)
+
+    def _new_partition(self, partition: int, states: dict[str, CaseState] | None = None, clock_ms: int | None = None) -> PartitionCases:
+        book = CaseBook(self.policies, self.calendar, self._common_parent, states=states, clock_ms=clock_ms)
+        part = PartitionCases(partition, book, MergeIndex(self.reference.gazetteer.normalize))
+        self._parts[partition] = part
+        return part
+
+    @staticmethod
+    def state_key_partition(key: str, partitions: int) -> int | None:
+        """Which case-stream partition a persisted key belongs to (None for keys of no partition)."""
+        if key.startswith(("case:", "open:")):
+            return partition_for_key(partition_key_of_case(key[5:]), partitions)
+        if key.startswith("clock:"):
+            return int(key[6:])
+        return None
+
+    # -- processing -------------------------------------------------------------------------------
+    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime) -> tuple[list[Output], list[StateWrite]]:
+        """Apply one case-stream record. Deadlines due by its time fire first, then the record itself."""
+        part = self._parts.get(where.partition) or self._new_partition(where.partition)
+        outputs: list[Output] = []
+        try:
+            branch, record = self.serde.decode(value, expect="CaseInboxEvent").record["event"]
+        except Exception as exc:  # undecodable case-stream record: dead-letter it, keep going
+            return [dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now)], []
+        events, breaches, opened = [], [], []
+        try:
+            if branch == TICK:
+                events, breaches = part.book.advance(record["at"])
+            elif branch == ENRICHED:
+                events, breaches = self._report(part, from_record(EnrichedReport, record), opened)
+            else:
+                action = from_record(HandlingAction, record)
+                events, breaches = part.book.advance(action.at)
+                try:
+                    acted, more = part.book.act(action)
+                except TransitionError as exc:
+                    outputs.append(dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now))
+                else:
+                    events, breaches = events + acted, breaches + more
+        except Exception as exc:  # a bug or bad data on this record: dead-letter it, keep the partition going
+            outputs.append(dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now))
+        return self._emit(part, outputs, events, breaches, opened)
+
+    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase]):
+        """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist."""
+        at = enriched.report.occurred_at
+        events, breaches = part.book.advance(at)
+        joined = part.merge.find_case_to_join(enriched, at)
+        if joined is not None:
+            merged, more = part.book.merge(joined, enriched, at)
+            opened.append(part.merge.touch(joined, at))  # the widened time window must survive recovery
+            return events + merged, breaches + more
+        case_id = case_id_for(enriched)
+        if case_id in part.book.states:  # this very report opened it already: a replay after a crash
+            return events, breaches
+        opening, more = part.book.open(enriched, case_id, at)
+        entry = part.merge.open_case(case_id, enriched)
+        part.merge.add(entry)
+        opened.append(entry)
+        return events + opening, breaches + more
+
+    def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
+              opened: list[OpenCase]) -> tuple[list[Output], list[StateWrite]]:
+        writes: dict[str, bytes | None] = {f"open:{entry.case_id}": pickle.dumps(entry) for entry in opened if entry is not None}
+        encode = self.serde.encode
+        for event in events:
+            outputs.append(Output(self.topics.case_events, event.case_id.encode(), encode("CaseEvent", to_record(event), validate=False)))
+            writes[f"case:{event.case_id}"] = None  # filled below with the final state
+            if event.kind in (Kind.RESOLVED, Kind.CLOSED) and event.case_id in part.merge:
+                part.merge.remove(event.case_id)
+                writes[f"open:{event.case_id}"] = None
+        for breach in breaches:
+            outputs.append(Output(self.topics.breaches, breach.case_id.encode(), encode("Breach", to_record(breach), validate=False),
+                                  (("whistle.breach.tier", breach.tier.encode()), ("whistle.breach.kind", breach.kind.encode()))))
+        states = part.book.states
+        for key in writes:
+            if key.startswith("case:"):
+                writes[key] = pickle.dumps(states[key[5:]], protocol=pickle.HIGHEST_PROTOCOL)
+        writes[f"clock:{part.partition}"] = str(part.book.index.clock_ms).encode()
+        return outputs, [StateWrite(part.partition, k, v) for k, v in writes.items()]
+
+
+def _with_position(exc: BaseException, where: Position) -> BaseException:
+    if isinstance(exc, WhistleError):
+        exc.with_context(topic=where.topic, partition=where.partition, offset=where.offset)
+    return exc
