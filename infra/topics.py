@@ -58,6 +58,14 @@ def load_topics(path: Path = TOPICS_FILE, prefix: str = "") -> list[TopicSpec]:
     return specs
 
 
+def partitions_of(name: str, prefix: str = "") -> int:
+    """The declared partition count of topic `name` (e.g. the case stream's, which workers and the clock need)."""
+    for spec in load_topics(prefix=prefix):
+        if spec.name == name:
+            return spec.partitions
+    raise ConfigError(f"topic {name} is not declared", file=str(TOPICS_FILE))
+
+
 def provision_topics(kafka: KafkaSettings, specs: list[TopicSpec], timeout_s: float = 30.0) -> list[str]:
     """Create missing topics, grow partitions, converge configs. Returns what changed, one line each."""
     admin = AdminClient({**kafka.librdkafka(), "log_level": 0})

@@ -160,7 +160,18 @@ class ServerEngine:
         code = getattr(exc, "code", None)
         message = getattr(exc, "message", None) or str(exc)
         return StoreError(f"ClickHouse at {self.where} failed {name}: {message.strip().splitlines()[0] if message else type(exc).__name__}",
-                          query=name, code=code, server=self.where)
+                          query=name, code=code, server=self.where, transient=_is_transient(exc, code))
+
+
+# Server error codes that mean "not now" rather than "not this data": timeouts, network, overload, shutdown.
+_TRANSIENT_CODES = frozenset({159, 202, 209, 210, 241, 242, 252, 319, 394, 425})
+
+
+def _is_transient(exc: Exception, code: int | None) -> bool:
+    """Whether retrying the same statement later may succeed (the server was away), as opposed to a refusal of the data."""
+    if isinstance(exc, (OSError, EOFError, socket.timeout, driver_errors.NetworkError, driver_errors.SocketTimeoutError)):
+        return True
+    return code in _TRANSIENT_CODES
 
 
 class ChdbEngine:

@@ -57,7 +57,6 @@ _ID_FIELDS = {"CameraDetection": "detection_id", "HotlineTicket": "ticket_id", "
               "HandlingAction": "action_id"}
 _TIME_FIELDS = {"CameraDetection": "detected_at", "HotlineTicket": "received_at", "ResidentReport": "reported_at",
                 "HandlingAction": "at"}
-_TRANSIENT_CODES = {None, 159, 164, 202, 209, 210, 241, 242, 252, 319, 425}  # network, timeouts, overload, readonly replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +146,10 @@ class Sink:
     def __init__(self, consumer_conf: dict[str, str], producer_conf: dict[str, str], engine: Engine, database: str,
                  maker: RowMaker, serde: Serde, topics: Topics, *, sink_id: str = "sink-1", batch_rows: int = 20_000,
                  batch_seconds: float = 0.5, clock: Callable[[], float] = time.time,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
+                 on_inserted: Callable[[str, int], None] | None = None) -> None:
         self.engine, self.database, self.maker, self.serde, self.topics = engine, database, maker, serde, topics
         self.sink_id, self.batch_rows, self.batch_seconds, self.clock = sink_id, batch_rows, batch_seconds, clock
-        self.on_batch = on_batch or (lambda table, rows: None)
+        self.on_inserted = on_inserted or (lambda table, rows: None)  # observers (progress, benchmarks, fault drills)
         self.consumer = Consumer({**consumer_conf, "enable.auto.commit": False, "enable.auto.offset.store": False,
                                   "auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky"})
         self.producer = Producer({**producer_conf, "enable.idempotence": True, "acks": "all"})
@@ -205,8 +204,8 @@ class Sink:
             by_table.setdefault(row.table, []).append(row)
         for table, table_rows in by_table.items():
             inserted = self._insert_resilient(table, table_rows)
+            self.on_inserted(table, len(inserted))
             self._record_batches(table, inserted)
-            self.on_batch(table, len(inserted))
         self.producer.flush(30)  # dead letters written before their offsets are committed
         offsets: dict[tuple[str, int], int] = {}
         for row in rows:
@@ -238,7 +237,7 @@ class Sink:
                 self.engine.insert(f"{self.database}.{table}", COLUMNS[table], [r.values for r in rows])
                 return rows
             except StoreError as exc:
-                if exc.context.get("code") not in _TRANSIENT_CODES:
+                if not exc.context.get("transient"):
                     return self._split_refused(table, rows, exc)
                 log.warning("ClickHouse unavailable (%s); holding %d rows, retrying in %.1fs", exc, len(rows), delay)
                 self._hold(delay)
@@ -286,7 +285,7 @@ class Sink:
                 self.engine.insert(f"{self.database}.{table}", columns, rows)
                 return
             except StoreError as exc:
-                if exc.context.get("code") not in _TRANSIENT_CODES:
+                if not exc.context.get("transient"):
                     raise
                 self._hold(delay)
                 delay = min(delay * 2, 10.0)
@@ -313,7 +312,7 @@ class Sink:
                                    table=table)
                 break
             except StoreError as exc:
-                if exc.context.get("code") not in _TRANSIENT_CODES:
+                if not exc.context.get("transient"):
                     raise
                 log.warning("ClickHouse unavailable while resuming %s/%d: %s", topic, partition, exc)
                 time.sleep(delay)

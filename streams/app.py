@@ -26,6 +26,7 @@ from typing import Callable
 
 import faust
 
+from infra.topics import partitions_of
 from schemas.serde import Serde
 from streams.domain.calendar import load_calendar
 from streams.domain.reference import load_reference
@@ -42,9 +43,10 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now, inbox_partitions: int = 6) -> faust.App:
+def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> faust.App:
     """Build the worker app: reference data, policies and schemas are loaded (and validated) here, once."""
     topics = Topics.with_prefix(settings.topic_prefix)
+    inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
     serde = Serde.from_settings(settings)
     reference = load_reference()
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)

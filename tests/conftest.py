@@ -1,6 +1,6 @@
 """Test fixtures: the real local Kafka and ClickHouse, started once per session by infra/stack.py.
 
-Tests run their own stack on their own ports and state folder (`.whistle/test`), so a running
+Tests run their own stack on their own ports and state folder (`.whistle/test-<port base>`), so a running
 demo stack is never touched. The stack is left running between local runs (fast re-runs) and
 stopped at the end of a CI run.
 """
@@ -13,19 +13,23 @@ import uuid
 
 import pytest
 
+from infra.provision import provision_all
 from infra.stack import LocalStack
 from sinks.clickhouse import ChdbEngine, ServerEngine
 from whistle.settings import PROJECT_ROOT, Settings
 
-TEST_STATE = PROJECT_ROOT / ".whistle" / "test"
+# Tests run their own stack; WHISTLE_TEST_PORT_BASE moves it (ports BASE, BASE+92, BASE+93, BASE+123)
+# so that several test runs can share one machine.
+PORT_BASE = int(os.environ.get("WHISTLE_TEST_PORT_BASE", "29000"))
+TEST_STATE = PROJECT_ROOT / ".whistle" / f"test-{PORT_BASE}"
 
 
 def make_test_settings() -> Settings:
     base = Settings.from_env({})
-    stack = dataclasses.replace(base.stack, state_dir=TEST_STATE, kafka_port=29092, controller_port=29093,
-                                clickhouse_tcp_port=29000, clickhouse_http_port=28123)
-    kafka = dataclasses.replace(base.kafka, bootstrap_servers="127.0.0.1:29092")
-    clickhouse = dataclasses.replace(base.clickhouse, port=29000, http_port=28123)
+    stack = dataclasses.replace(base.stack, state_dir=TEST_STATE, kafka_port=PORT_BASE + 92, controller_port=PORT_BASE + 93,
+                                clickhouse_tcp_port=PORT_BASE, clickhouse_http_port=PORT_BASE + 123)
+    kafka = dataclasses.replace(base.kafka, bootstrap_servers=f"127.0.0.1:{PORT_BASE + 92}")
+    clickhouse = dataclasses.replace(base.clickhouse, port=PORT_BASE, http_port=PORT_BASE + 123)
     return dataclasses.replace(base, stack=stack, kafka=kafka, clickhouse=clickhouse)
 
 
@@ -45,6 +49,16 @@ def local_stack(settings: Settings):
     yield stack
     if os.environ.get("CI"):
         stack.down()
+
+
+@pytest.fixture
+def isolated(settings: Settings, local_stack: LocalStack) -> Settings:
+    """Settings with a topic prefix and a ClickHouse database of this test's own, provisioned like production."""
+    tag = uuid.uuid4().hex[:8]
+    clickhouse = dataclasses.replace(settings.clickhouse, database=f"t_{tag}", user="default")
+    mine = dataclasses.replace(settings, topic_prefix=f"t{tag}.", clickhouse=clickhouse)
+    provision_all(mine)
+    return mine
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,9 @@ def _consume(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> l
 @pytest.fixture
 def spare_stack(settings, tmp_path):
     """A second stack on its own ports and state, for lifecycle tests that stop and restart it."""
-    stack_cfg = dataclasses.replace(settings.stack, state_dir=tmp_path, kafka_port=39092, controller_port=39093,
-                                    clickhouse_tcp_port=39000, clickhouse_http_port=38123)
+    spare = settings.stack.clickhouse_tcp_port + 10_000
+    stack_cfg = dataclasses.replace(settings.stack, state_dir=tmp_path, kafka_port=spare + 92, controller_port=spare + 93,
+                                    clickhouse_tcp_port=spare, clickhouse_http_port=spare + 123)
     stack = LocalStack(dataclasses.replace(settings, stack=stack_cfg))
     stack.libs = LocalStack(settings).libs  # share the Maven-resolved jars
     yield stack
@@ -56,7 +57,7 @@ def test_stack_starts_restarts_keeps_data_and_stops_only_its_own(spare_stack):
     producer.produce(topic, b"survives restart")
     assert producer.flush(30) == 0
     del producer
-    ch = Client("127.0.0.1", port=39000)
+    ch = Client("127.0.0.1", port=spare_stack.cfg.clickhouse_tcp_port)
     ch.execute("CREATE TABLE IF NOT EXISTS default.kept (x UInt32) ENGINE = MergeTree ORDER BY x")
     ch.execute("INSERT INTO default.kept VALUES", [(7,)])
 
@@ -68,16 +69,17 @@ def test_stack_starts_restarts_keeps_data_and_stops_only_its_own(spare_stack):
 
     spare_stack.up()
     assert _consume(spare_stack.bootstrap_servers, topic, 1) == [b"survives restart"]
-    assert Client("127.0.0.1", port=39000).execute("SELECT x FROM default.kept") == [(7,)]
+    assert Client("127.0.0.1", port=spare_stack.cfg.clickhouse_tcp_port).execute("SELECT x FROM default.kept") == [(7,)]
     bystander.close()
 
 
 def test_port_taken_is_a_clear_error(spare_stack):
     squatter = socket.socket()
-    squatter.bind(("127.0.0.1", 39092))
+    port = spare_stack.broker_port(1)
+    squatter.bind(("127.0.0.1", port))
     squatter.listen()
     try:
-        with pytest.raises(StackError, match="port 39092 is taken"):
+        with pytest.raises(StackError, match=f"port {port} is taken"):
             spare_stack.start_broker(1)
     finally:
         squatter.close()

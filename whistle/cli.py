@@ -245,9 +245,9 @@ def _publisher(settings: Settings):
 
 
 def _inbox_partitions(settings: Settings) -> int:
-    from infra.topics import load_topics
+    from infra.topics import partitions_of
 
-    return next(t.partitions for t in load_topics(prefix=settings.topic_prefix) if t.name == Topics.with_prefix(settings.topic_prefix).inbox)
+    return partitions_of(Topics.with_prefix(settings.topic_prefix).inbox, settings.topic_prefix)
 
 
 def _utc(moment: datetime) -> datetime:

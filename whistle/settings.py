@@ -89,6 +89,10 @@ class Settings:
     worker_id: str = "worker-1"  # static group membership: stable per worker process
     gateway_port: int = 18080
 
+    def to_env(self) -> dict[str, str]:
+        """The `WHISTLE_*` variables that rebuild these settings in a child process (secrets included: never log it)."""
+        return _flatten(self, "WHISTLE_")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Read every `WHISTLE_<SECTION>_<FIELD>` (or `WHISTLE_<FIELD>` for top-level fields)."""
@@ -108,6 +112,18 @@ def _build(cls, env: Mapping[str, str], prefix: str):
         raw = env[name]
         values[f.name] = _coerce(raw, f.type, name)
     return cls(**values)
+
+
+def _flatten(obj, prefix: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            env.update(_flatten(value, f"{prefix}{f.name.upper()}_"))
+        elif value is not None:
+            env[f"{prefix}{f.name.upper()}"] = (value.value if isinstance(value, Secret) else
+                                                 str(value).lower() if isinstance(value, bool) else str(value))
+    return env
 
 
 def _coerce(raw: str, annotation, name: str):

@@ -1,0 +1,123 @@
+"""Running Whistle's processes and watching its topics: shared by the demo, the benchmark and the tests.
+
+Processes are real `whistle …` commands in their own process groups, configured only through the
+`WHISTLE_*` environment built from a `Settings` object, logging to files. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from confluent_kafka import Consumer, TopicPartition
+
+from whistle.errors import StackError
+from whistle.settings import Settings
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll `check` until it is true; StackError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    raise StackError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@dataclass
+class WhistleProcess:
+    """A running `whistle` subcommand."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def spawn(settings: Settings, name: str, args: list[str], log_dir: Path, **overrides: str) -> WhistleProcess:
+    """Start `whistle ARGS` with `settings` (plus WHISTLE_* `overrides`) in its own process group."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, **settings.to_env(), **overrides, "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        popen = subprocess.Popen([sys.executable, "-m", "whistle", *args], stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    return WhistleProcess(name, popen, log)
+
+
+def spawn_worker(settings: Settings, worker_id: str, log_dir: Path) -> WhistleProcess:
+    return spawn(replace(settings, worker_id=worker_id), worker_id, ["worker"], log_dir)
+
+
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark of every partition of `topic`."""
+    consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"whistle-watch-{uuid.uuid4().hex[:8]}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: Settings, group: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """The consumer group's committed offset of every partition of `topic` (-1001 where none)."""
+    consumer = Consumer({**settings.kafka.librdkafka(), "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        done = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+        return {tp.partition: tp.offset for tp in done}
+    finally:
+        consumer.close()
+
+
+def read_all(settings: Settings, topics: Iterable[str], timeout_s: float = 30.0, quiet_s: float = 1.0) -> list:
+    """Every record now in `topics`, from the beginning to the end offsets read at the start (bounded by `timeout_s`)."""
+    topics = list(topics)
+    targets = {(t, p): end for t in topics for p, end in end_offsets(settings, t).items() if end > 0}
+    consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"whistle-read-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(t, p, 0) for (t, p) in targets])
+    records, positions = [], {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(positions.get(tp, -1) + 1 < end for tp, end in targets.items()):
+            if time.monotonic() > deadline:
+                raise StackError(f"timed out after {timeout_s:.0f}s reading {', '.join(topics)}")
+            for message in consumer.consume(1000, timeout=quiet_s):
+                if message.error() is None:
+                    records.append(message)
+                    positions[(message.topic(), message.partition())] = message.offset()
+    finally:
+        consumer.close()
+    return records
