@@ -159,12 +159,15 @@ def _frozen(units: Iterable[str] | None) -> frozenset[str] | None:
 # -- tail ---------------------------------------------------------------------------------------------
 
 
+ASSIGNMENT_GRACE_S = 30.0  # a new consumer group can take this long to be given partitions on a fresh broker
+
+
 def tail(settings: Settings, tiers: set[str] | None, units: set[str] | None, console: Console, *,
          from_beginning: bool = False, stop_after: int | None = None, idle_timeout_s: float | None = None) -> int:
     """Print breaches for the chosen tiers and/or units as they arrive; the number printed.
 
     Runs until interrupted, `stop_after` breaches were printed, or `idle_timeout_s` passed without a new
-    record (counted from the start or the last record). A record that cannot be read is reported with
+    record (counted from the partition assignment or the last record). A record that cannot be read is reported with
     its topic/partition/offset and skipped: a watcher never stops on bad data.
     """
     tier_filter, unit_filter = checked_tiers(tiers), _frozen(units)
@@ -177,14 +180,16 @@ def tail(settings: Settings, tiers: set[str] | None, units: set[str] | None, con
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
     })
-    consumer.subscribe([topic])
+    assigned: list[float] = []  # when the group gave this tail its partitions: idle time counts from then
+    consumer.subscribe([topic], on_assign=lambda _consumer, _partitions: assigned.append(time.monotonic()))
     printed = 0
-    last_record = time.monotonic()
+    last_record, started = None, time.monotonic()
     try:
         while stop_after is None or printed < stop_after:
             message = consumer.poll(POLL_S)
             if message is None:
-                if idle_timeout_s is not None and time.monotonic() - last_record > idle_timeout_s:
+                since = last_record or (assigned[0] if assigned else started + ASSIGNMENT_GRACE_S)
+                if idle_timeout_s is not None and time.monotonic() - since > idle_timeout_s:
                     break
                 continue
             if message.error() is not None:

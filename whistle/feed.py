@@ -1,0 +1,173 @@
+"""The send loop: simulated events into the real pipeline, paced, with the case stream's clock.
+
+Kept apart from the generator (`whistle.simulate`): the generator decides *what* happens and when
+(event time); the feed decides how fast it is replayed and by which way in:
+- `SdkWay`: the producer SDK (any channel);
+- `GatewayWay`: the HTTP ingest gateway (camera webhooks, hotline tickets, Open311 for the app);
+- `PublishWay`: JSON-lines files handed to `whistle publish` (its library function), chunk by chunk.
+
+Pacing: event time advances at `speed` simulated seconds per wall second, but no wait between two
+events is longer than `max_gap_s` (quiet nights pass quickly). The feed owns the pipeline's time:
+a background thread writes clock ticks at the feed's current simulated time every `tick_s`, so
+deadlines fire on the simulated timeline, without waiting in real time.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import httpx
+import orjson
+from rich.console import Console
+
+from whistle.errors import DeliveryError, WhistleError
+from whistle.sdk import Publisher
+from whistle.simulate import SimEvent
+from whistle.topics import Topics
+
+NAMESPACE = "org.whistle.v1"
+
+
+def source_record(event: SimEvent) -> dict:
+    """The record as its raw topic carries it: app events travel in the AppEvent envelope."""
+    if event.source == "app":
+        return {"event": (f"{NAMESPACE}.{event.record_type}", event.record)}
+    return event.record
+
+
+class Way(Protocol):
+    def send(self, event: SimEvent) -> None: ...
+    def drain(self) -> None: ...
+
+
+class SdkWay:
+    """Publish with the SDK; `drain` waits for every acknowledgement."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher, self._pending = publisher, []
+
+    def send(self, event: SimEvent) -> None:
+        self._pending.append(self.publisher.submit(event.source, source_record(event)))
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result(timeout=60)
+
+
+class GatewayWay:
+    """POST to the HTTP gateway (camera detections and hotline tickets), with the integrator's API key."""
+
+    PATHS = {"camera": "/v1/camera/detections", "hotline": "/v1/hotline/tickets"}
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.client = httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=30)
+
+    def send(self, event: SimEvent) -> None:
+        body = orjson.dumps(event.record, option=orjson.OPT_UTC_Z)
+        answer = self.client.post(self.PATHS[event.source], content=body, headers={"Content-Type": "application/json"})
+        if answer.status_code != 202:
+            raise DeliveryError(f"gateway answered {answer.status_code}: {answer.text[:200]}", source=event.source)
+
+    def drain(self) -> None:
+        pass
+
+
+class PublishWay:
+    """Collect records into JSON-lines files and publish each chunk with `whistle publish`'s own code."""
+
+    def __init__(self, publish: Callable[[str, Path], int], source: str, chunk: int = 200) -> None:
+        self.publish, self.source, self.chunk = publish, source, chunk
+        self._lines: list[bytes] = []
+
+    def send(self, event: SimEvent) -> None:
+        self._lines.append(orjson.dumps(source_record(event), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE))
+        if len(self._lines) >= self.chunk:
+            self.drain()
+
+    def drain(self) -> None:
+        if not self._lines:
+            return
+        with tempfile.NamedTemporaryFile("wb", suffix=f".{self.source}.jsonl", delete=False) as out:
+            out.writelines(self._lines)
+        self._lines = []
+        try:
+            if self.publish(self.source, Path(out.name)) != 0:
+                raise DeliveryError(f"whistle publish rejected lines of {out.name}", source=self.source)
+        finally:
+            Path(out.name).unlink(missing_ok=True)
+
+
+@dataclass
+class FeedReport:
+    sent: Counter = field(default_factory=Counter)
+    first: datetime | None = None
+    last: datetime | None = None
+    wall_s: float = 0.0
+
+
+class SimulatedClock:
+    """The pipeline's time during a feed: ticks at the feed's current simulated time, from a thread."""
+
+    def __init__(self, write_ticks: Callable[[datetime], None], tick_s: float = 0.2) -> None:
+        self.write_ticks, self.tick_s = write_ticks, tick_s
+        self.now: datetime | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="whistle-feed-clock", daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> "SimulatedClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            if self.now is not None:
+                try:
+                    self.write_ticks(self.now)
+                except WhistleError as exc:  # reported by feed(); the clock stops
+                    self.error = exc
+                    return
+
+
+def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock | None, *, speed: float = 600.0,
+         max_gap_s: float = 0.5, console: Console | None = None, progress: Callable[[FeedReport], None] | None = None) -> FeedReport:
+    """Send `events` (in event-time order) by the way of their channel, paced; returns what was sent."""
+    report = FeedReport()
+    started = time.monotonic()
+    previous: datetime | None = None
+    for event in events:
+        if previous is not None:
+            gap = (event.at - previous).total_seconds() / speed
+            if gap > 0:
+                time.sleep(min(gap, max_gap_s))
+        previous = event.at
+        if clock is not None:
+            if clock.error is not None:
+                raise clock.error
+            clock.now = event.at if clock.now is None else max(clock.now, event.at)
+        way = ways[event.source if event.record_type != "HandlingAction" else "actions"]
+        way.send(event)
+        report.sent[event.source if event.record_type != "HandlingAction" else "actions"] += 1
+        report.first = report.first or event.at
+        report.last = event.at
+        if progress is not None and sum(report.sent.values()) % 100 == 0:
+            progress(report)
+    for way in ways.values():
+        way.drain()
+    report.wall_s = time.monotonic() - started
+    return report
+
+
+def topics_for(settings) -> Topics:
+    return Topics.with_prefix(settings.topic_prefix)
