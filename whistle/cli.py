@@ -238,6 +238,57 @@ def _emit(result, fmt: str, title: str) -> None:
         raise typer.BadParameter(f"--format must be table, csv or json, not {fmt!r}")
 
 
+@app.command("demo")
+def demo(incidents: int = typer.Option(600, help="incidents in the simulated day"),
+         speed: float = typer.Option(1200.0, help="simulated seconds per wall second")) -> None:
+    """Run a simulated day of the sample district through the real pipeline and print the auditors' view."""
+    from whistle.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), Console(), incidents=incidents, speed=speed))
+
+
+@app.command("simulate")
+def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one JSON-lines file per channel, for `whistle publish`"),
+                     seed: int = typer.Option(7), days: float = typer.Option(1.0), incidents: float = typer.Option(2000.0, "--incidents"),
+                     start: Optional[datetime] = typer.Option(None, help="first simulated instant (UTC if no zone)")) -> None:
+    """Write a deterministic simulated period (same seed, same bytes) as camera/hotline/app JSON-lines files."""
+    from streams.domain.reference import load_reference
+    from whistle.feed import write_channel_files
+    from whistle.simulate import SimConfig, simulate
+
+    config = SimConfig(seed=seed, days=days, incidents_per_day=incidents, **({"start": _utc(start)} if start else {}))
+    for channel, count in write_channel_files(simulate(load_reference(), config), out).items():
+        _progress(f"{out / (channel + '.jsonl')}: {count:,} records")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Consumers of the breach topic.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("tail")
+def alerts_tail(tier: list[str] = typer.Option([], "--tier", help="only these tiers (repeatable)"),
+                unit: list[str] = typer.Option([], "--unit", help="only breaches of / escalated to these units"),
+                from_beginning: bool = typer.Option(False, "--from-beginning")) -> None:
+    """Print breaches and warnings as they happen."""
+    from whistle.alerts import tail
+
+    tail(_settings(), set(tier) or None, set(unit) or None, Console(), from_beginning=from_beginning)
+
+
+@alerts_app.command("webhook")
+def alerts_webhook(url: str = typer.Argument(...), tier: list[str] = typer.Option([], "--tier"),
+                   unit: list[str] = typer.Option([], "--unit")) -> None:
+    """POST each breach as JSON; its offset is committed only after a 2xx, so nothing is lost while the receiver is down."""
+    import threading
+
+    from whistle.alerts import run_webhook
+
+    stop = threading.Event()
+    _stop_flag(stop.set)
+    report = run_webhook(_settings(), url, tiers=set(tier) or None, units=set(unit) or None, stop=stop)
+    _progress(f"delivered {report.delivered}, dead-lettered {report.dead_lettered}, skipped {report.skipped}, retries {report.retries}")
+
+
 def _publisher(settings: Settings):
     from whistle.sdk import Publisher
 

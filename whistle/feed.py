@@ -6,6 +6,9 @@ Kept apart from the generator (`whistle.simulate`): the generator decides *what*
 - `GatewayWay`: the HTTP ingest gateway (camera webhooks, hotline tickets, Open311 for the app);
 - `PublishWay`: JSON-lines files handed to `whistle publish` (its library function), chunk by chunk.
 
+Order: events go out in event-time order; before switching to another way, the previous way is
+drained (acknowledged by Kafka), so no channel overtakes another.
+
 Pacing: event time advances at `speed` simulated seconds per wall second, but no wait between two
 events is longer than `max_gap_s` (quiet nights pass quickly). The feed owns the pipeline's time:
 a background thread writes clock ticks at the feed's current simulated time every `tick_s`, so
@@ -29,7 +32,6 @@ from rich.console import Console
 from whistle.errors import DeliveryError, WhistleError
 from whistle.sdk import Publisher
 from whistle.simulate import SimEvent
-from whistle.topics import Topics
 
 NAMESPACE = "org.whistle.v1"
 
@@ -39,6 +41,12 @@ def source_record(event: SimEvent) -> dict:
     if event.source == "app":
         return {"event": (f"{NAMESPACE}.{event.record_type}", event.record)}
     return event.record
+
+
+def json_line(event: SimEvent) -> bytes:
+    """The record as one line of a `whistle publish` file (JSON form: a union names its branch)."""
+    record = {"event": {event.record_type: event.record}} if event.source == "app" else event.record
+    return orjson.dumps(record, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
 
 
 class Way(Protocol):
@@ -87,7 +95,7 @@ class PublishWay:
         self._lines: list[bytes] = []
 
     def send(self, event: SimEvent) -> None:
-        self._lines.append(orjson.dumps(source_record(event), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE))
+        self._lines.append(json_line(event))
         if len(self._lines) >= self.chunk:
             self.drain()
 
@@ -146,6 +154,7 @@ def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock
     report = FeedReport()
     started = time.monotonic()
     previous: datetime | None = None
+    last_way: Way | None = None
     for event in events:
         if previous is not None:
             gap = (event.at - previous).total_seconds() / speed
@@ -156,9 +165,12 @@ def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock
             if clock.error is not None:
                 raise clock.error
             clock.now = event.at if clock.now is None else max(clock.now, event.at)
-        way = ways[event.source if event.record_type != "HandlingAction" else "actions"]
-        way.send(event)
-        report.sent[event.source if event.record_type != "HandlingAction" else "actions"] += 1
+        name = event.source if event.record_type != "HandlingAction" else "actions"
+        if last_way is not None and last_way is not ways[name]:
+            last_way.drain()  # keep event-time order across ways: what went before is in Kafka first
+        last_way = ways[name]
+        last_way.send(event)
+        report.sent[name] += 1
         report.first = report.first or event.at
         report.last = event.at
         if progress is not None and sum(report.sent.values()) % 100 == 0:
@@ -169,5 +181,16 @@ def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock
     return report
 
 
-def topics_for(settings) -> Topics:
-    return Topics.with_prefix(settings.topic_prefix)
+def write_channel_files(events: Iterable[SimEvent], folder: Path) -> Counter:
+    """One JSON-lines file per channel (camera, hotline, app — handling actions travel on app), ready for `whistle publish`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {channel: (folder / f"{channel}.jsonl").open("wb") for channel in ("camera", "hotline", "app")}
+    counts: Counter = Counter()
+    try:
+        for event in events:
+            files[event.source].write(json_line(event))
+            counts[event.source] += 1
+    finally:
+        for out in files.values():
+            out.close()
+    return counts

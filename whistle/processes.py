@@ -121,3 +121,23 @@ def read_all(settings: Settings, topics: Iterable[str], timeout_s: float = 30.0,
     finally:
         consumer.close()
     return records
+
+
+def group_members(settings: Settings, group: str, timeout_s: float = 10.0) -> int:
+    """How many members a consumer group has with partitions assigned (0 while it is rebalancing or empty)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**settings.kafka.librdkafka(), "log_level": 0})
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group].result(timeout=timeout_s)
+    except Exception:  # the group does not exist yet, or the coordinator is loading: not ready
+        return 0
+    if described.state != ConsumerGroupState.STABLE:
+        return 0
+    return sum(1 for member in described.members if member.assignment and member.assignment.topic_partitions)
+
+
+def wait_for_group(settings: Settings, group: str, members: int, timeout_s: float = 90.0) -> None:
+    """Wait until `members` processes of `group` hold partitions (a worker or sink has really started)."""
+    wait_until(lambda: group_members(settings, group) >= members, timeout_s, f"{members} member(s) of consumer group {group}", 0.5)

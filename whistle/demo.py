@@ -1,0 +1,209 @@
+"""`make demo`: a simulated working day of the sample district through the real pipeline, then the auditors' view.
+
+Steps (each shown as it runs): start the local stack and provision it; start a worker, the sink and
+the gateway as separate processes; replay a simulated Monday of this month — camera detections through
+the HTTP gateway, hotline tickets through `whistle publish`, app reports and handling actions through
+the SDK — compressed to a few minutes, with the case stream's clock following the simulated time; move
+the clock on to now (every deadline that has passed since is judged); wait until ClickHouse holds
+every record; then print the month's rankings, a breach summary by tier, three case timelines and
+`audit verify`. The stack, the worker, the sink, the gateway and a real-time clock keep running.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+import yaml
+from rich.console import Console
+from rich.panel import Panel
+
+from infra.provision import provision_all
+from infra.stack import LocalStack
+from infra.topics import partitions_of
+from sinks import audit
+from sinks.clickhouse import ServerEngine
+from streams.clock import write_ticks
+from streams.domain.reference import load_reference
+from whistle.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
+from whistle.processes import WhistleProcess, committed_offsets, end_offsets, spawn, spawn_worker, wait_for_group, wait_until
+from whistle.publish import run_publish
+from whistle.sdk import Publisher
+from whistle.settings import Settings
+from whistle.simulate import SimConfig, simulate
+from whistle.topics import Topics
+
+CITY = ZoneInfo("Asia/Shanghai")
+
+
+def demo_day(now: datetime) -> datetime:
+    """Midnight (city time) of the Monday 14-20 days before `now`: a full working day, in this month when it can be."""
+    day = (now.astimezone(CITY) - timedelta(days=14)).date()
+    monday = day - timedelta(days=day.weekday())
+    if monday.month != now.astimezone(CITY).month and (monday + timedelta(days=7)) < now.astimezone(CITY).date():
+        monday += timedelta(days=7)
+    return datetime(monday.year, monday.month, monday.day, tzinfo=CITY)
+
+
+def run_demo(settings: Settings, console: Console, *, incidents: int = 600, speed: float = 1200.0, seed: int = 2026,
+             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
+    step = _Steps(console)
+    stack = LocalStack(settings)
+    step("Starting Kafka and ClickHouse", lambda: stack.up(progress=step.detail))
+    settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=stack.bootstrap_servers))
+    for line in step("Provisioning topics and ClickHouse schema", lambda: provision_all(settings, stack)):
+        step.detail(line)
+    topics = Topics.with_prefix(settings.topic_prefix)
+    logs = settings.stack.state_dir / "demo"
+    api_key = _gateway_keys(logs / "gateway-keys.yaml")
+
+    processes = step("Starting a worker, the sink and the gateway", lambda: _start(settings, logs))
+    step("Waiting for the worker and the sink to join their groups", lambda: (
+        wait_for_group(settings, f"{settings.topic_prefix}whistle-cases", 1),
+        wait_for_group(settings, f"{settings.topic_prefix}whistle-sink", 1),
+        wait_until(lambda: _gateway_up(settings), 30, "the gateway")))
+
+    start = demo_day(now())
+    events = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(timezone.utc), days=1.0,
+                                                       incidents_per_day=incidents)))
+    partitions = partitions_of(topics.inbox, settings.topic_prefix)
+    quiet = Console(file=io.StringIO())
+    with Publisher(settings) as publisher:
+        ways = {"camera": GatewayWay(f"http://127.0.0.1:{settings.gateway_port}", api_key),
+                "hotline": PublishWay(lambda source, path: run_publish(settings, source, path, quiet), "hotline", chunk=5),
+                "app": SdkWay(publisher), "actions": SdkWay(publisher)}
+        ticks = lambda at: write_ticks(publisher, publisher.serde, topics, partitions, at)  # noqa: E731
+        step.note(f"Simulated day: {start:%A %Y-%m-%d} (city time), {len(events):,} events from {incidents} incidents, "
+                  f"replayed at {speed:.0f}x")
+        with SimulatedClock(ticks) as clock, step.bar("Replaying the day", len(events)) as advance:
+            report = feed(events, ways, clock, speed=speed, max_gap_s=0.2, progress=lambda r: advance(sum(r.sent.values())))
+            advance(len(events))
+        step.detail("sent " + ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.sent.items())) + f" in {report.wall_s:.0f}s")
+        step(f"Moving the case stream's clock to now ({now():%Y-%m-%d %H:%M} UTC): deadlines since the day are judged",
+             lambda: ticks(now()))
+    processes.append(spawn(settings, "clock", ["clock", "run"], logs))
+    step("Waiting until ClickHouse holds every record", lambda: _wait_for_sink(settings, topics))
+
+    auditor = replace(settings.clickhouse, user=settings.clickhouse.auditor_user, password=settings.clickhouse.auditor_password)
+    engine = ServerEngine.from_settings(auditor)
+    try:
+        return _auditors_view(console, engine, settings.clickhouse.database, start, now())
+    finally:
+        engine.close()
+        _how_to_go_on(console, settings, processes)
+
+
+def _start(settings: Settings, logs: Path) -> list[WhistleProcess]:
+    return [spawn_worker(settings, "worker-1", logs), spawn(settings, "sink", ["sink"], logs),
+            spawn(settings, "gateway", ["gateway", "--keys", str(logs / "gateway-keys.yaml")], logs)]
+
+
+def _gateway_keys(path: Path) -> str:
+    """A fresh demo key file: one key for every channel (kept in the file only as its SHA-256)."""
+    key = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"keys": [{"integrator": "demo", "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                                              "sources": ["camera", "hotline", "app"], "rate_per_second": 1000, "burst": 2000}]}))
+    return key
+
+
+def _gateway_up(settings: Settings) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{settings.gateway_port}/open311/v2/services.json", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for_sink(settings: Settings, topics: Topics) -> None:
+    group = f"{settings.topic_prefix}whistle-sink"
+
+    def caught_up() -> bool:
+        for topic in topics.audited:
+            ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
+            if any(end > 0 and done.get(p, -1) < end for p, end in ends.items()):
+                return False
+        return True
+
+    time.sleep(3)  # let the worker finish the last ticks' breaches before judging "caught up"
+    wait_until(caught_up, 180, "the sink to store every audited record", 1.0)
+
+
+def _auditors_view(console: Console, engine, db: str, day: datetime, now: datetime) -> int:
+    month = f"{day:%Y-%m}"
+    console.rule(f"[bold]The auditors' view (ClickHouse, read-only user) — {month}")
+    for by in ("street", "department"):
+        console.print(audit.render_table(audit.ranking(engine, db, month, by, min_cases=5), f"Ranking of {by}s, {month}"))
+    console.print(audit.render_table(audit.ranking_provenance(engine, db, month, "street"), "Provenance of the rankings"))
+    summary = audit.run_query(engine, db, "breach_summary", {"from_ms": 0, "to_ms": int(now.timestamp() * 1000) + 86_400_000})
+    console.print(audit.render_table(summary, "Warnings, breaches and referrals by tier"))
+    titles = {"merged": "A case merged from several channels", "bounced": "A case bounced at a street boundary and escalated",
+              "late": "A case resolved late and rated unsatisfied"}
+    for example, case_id in audit.run_query(engine, db, "example_cases", {}).rows:
+        if case_id:
+            console.print(audit.render_table(audit.case_timeline(engine, db, case_id), f"{titles[example]}: {case_id}"))
+        else:
+            console.print(f"[yellow]{titles[example]}: none in this run[/yellow]")
+    problems = audit.verify(engine, db)
+    if problems:
+        console.print(audit.render_table(audit.problems_result(problems), f"audit verify: {len(problems)} problem(s)"))
+        return 1
+    console.print("[green]audit verify: every audited Kafka offset is in ClickHouse exactly once; every hash chain is intact[/green]")
+    return 0
+
+
+def _how_to_go_on(console: Console, settings: Settings, processes: list[WhistleProcess]) -> None:
+    running = ", ".join(f"{p.name} (pid {p.popen.pid})" for p in processes if p.alive())
+    ch = settings.clickhouse
+    console.print(Panel.fit(
+        f"Still running: Kafka at {settings.kafka.bootstrap_servers}, ClickHouse at 127.0.0.1:{settings.stack.clickhouse_tcp_port}, {running}.\n"
+        f"Logs: {settings.stack.state_dir / 'demo'}\n\n"
+        f"Query ClickHouse as an auditor:  clickhouse-client --port {settings.stack.clickhouse_tcp_port} --user {ch.auditor_user} "
+        f"--database {ch.database}\n"
+        f"  e.g. SELECT tier, count() FROM breaches FINAL GROUP BY tier\n"
+        f"Tail breaches as they happen:     .venv/bin/whistle alerts tail   (--tier discipline for referrals only)\n"
+        f"Rankings and timelines:           .venv/bin/whistle audit ranking --month {datetime.now(CITY):%Y-%m} --by street\n"
+        f"Stop everything:                  .venv/bin/whistle stack down   (plus: pkill -f 'python -m whistle')",
+        title="Whistle demo"))
+
+
+class _Steps:
+    """Numbered progress lines for a long command."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.number = console, 0
+
+    def __call__(self, title: str, action: Callable):
+        self.number += 1
+        started = time.monotonic()
+        with self.console.status(f"[bold]{self.number}. {title}…"):
+            result = action()
+        self.console.print(f"[green]✓[/green] {self.number}. {title} [dim]({time.monotonic() - started:.1f}s)[/dim]")
+        return result
+
+    def detail(self, message: str) -> None:
+        self.console.print(f"   [dim]{message}[/dim]")
+
+    def note(self, message: str) -> None:
+        self.console.print(f"   {message}")
+
+    def bar(self, title: str, total: int):
+        from contextlib import contextmanager
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        @contextmanager
+        def running():
+            self.number += 1
+            with Progress(f"{self.number}. {title}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console) as progress:
+                task = progress.add_task(title, total=total)
+                yield lambda done: progress.update(task, completed=done)
+
+        return running()
