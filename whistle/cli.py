@@ -139,8 +139,11 @@ def clock_advance(to: datetime = typer.Option(..., "--to", help="the time to mov
 @app.command("sink")
 def sink(batch_rows: int = typer.Option(20_000), batch_seconds: float = typer.Option(0.5)) -> None:
     """Consume the audited topics into ClickHouse (ClickHouse first, then Kafka offsets)."""
+    import logging
+
     from sinks.sink import build_sink
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
     runner = build_sink(_settings(), batch_rows=batch_rows, batch_seconds=batch_seconds)
     _stop_flag(runner.stop)
     runner.run()

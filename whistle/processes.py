@@ -21,14 +21,23 @@ from whistle.errors import StackError
 from whistle.settings import Settings
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
-    """Poll `check` until it is true; StackError after `timeout_s`."""
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2,
+               tolerate: tuple[type[BaseException], ...] = ()) -> None:
+    """Poll `check` until it is true; StackError after `timeout_s`.
+
+    Exceptions of the `tolerate` types count as "not yet" (e.g. Kafka errors while a broker restarts);
+    the last one is named if time runs out.
+    """
     deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
     while time.monotonic() < deadline:
-        if check():
-            return
+        try:
+            if check():
+                return
+        except tolerate as exc:
+            last_error = exc
         time.sleep(interval_s)
-    raise StackError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    raise StackError(f"timed out after {timeout_s:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
 
 
 @dataclass
