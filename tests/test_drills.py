@@ -32,7 +32,7 @@ from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
 from streams.pipeline import CaseProcessor, Ingestor, Position, partition_for_key
 from whistle.pii import PersonalDataHasher
-from whistle.processes import committed_offsets, end_offsets, read_all, spawn, spawn_worker, wait_for_group, wait_until
+from whistle.processes import Pipeline, read_all, sink_caught_up, wait_until
 from whistle.errors import StackError
 from whistle.sdk import Publisher
 from whistle.topics import Topics
@@ -98,34 +98,13 @@ def expected_breaches(settings, records: list[dict]) -> set[str]:
     return breach_ids
 
 
-class Pipeline:
-    """A worker and the sink as processes; `supervise` restarts a crashed one, as a production restart policy would."""
-
-    def __init__(self, settings, logs) -> None:
-        self.settings, self.logs = settings, logs
-        self.worker = spawn_worker(settings, "worker-1", logs)
-        self.sink = spawn(settings, "sink", ["sink", "--batch-seconds", "0.3"], logs)
-        self.restarts = 0
-
-    def supervise(self) -> None:
-        if not self.worker.alive():
-            self.worker, self.restarts = spawn_worker(self.settings, "worker-1", self.logs), self.restarts + 1
-        if not self.sink.alive():
-            self.sink, self.restarts = spawn(self.settings, "sink", ["sink", "--batch-seconds", "0.3"], self.logs), self.restarts + 1
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.sink.stop()
-
-
 def run_drill(settings, tmp_path, fault, records: list[dict] | None = None, send_seconds: float = 8.0) -> Pipeline:
     """Start the pipeline, send the load while `fault(pipeline)` runs, judge, and check the outcome."""
     records = records or drill_reports()
     topics = Topics.with_prefix(settings.topic_prefix)
     pipeline = Pipeline(settings, tmp_path / "logs")
     try:
-        wait_for_group(settings, f"{settings.topic_prefix}whistle-cases", 1)
-        wait_for_group(settings, f"{settings.topic_prefix}whistle-sink", 1)
+        pipeline.wait_ready()
         sent = threading.Event()
 
         def send() -> None:
@@ -160,7 +139,7 @@ def run_drill(settings, tmp_path, fault, records: list[dict] | None = None, send
             return {serde.decode(r.value()).record["breach_id"] for r in read_all(settings, [topics.breaches], timeout_s=60)} >= expected
 
         wait_until(breaches_published, 180, f"{len(expected)} breaches", 2.0, TRANSIENT)
-        wait_until(lambda: _sink_caught_up(settings, topics, pipeline), 180, "the sink to store every record", 1.0, TRANSIENT)
+        wait_until(lambda: pipeline.supervise() or sink_caught_up(settings), 180, "the sink to store every record", 1.0, TRANSIENT)
         engine = ServerEngine.from_settings(settings.clickhouse)
         try:
             assert audit.verify(engine, settings.clickhouse.database) == []
@@ -175,16 +154,6 @@ def run_drill(settings, tmp_path, fault, records: list[dict] | None = None, send
         return pipeline
     finally:
         pipeline.stop()
-
-
-def _sink_caught_up(settings, topics, pipeline) -> bool:
-    pipeline.supervise()
-    group = f"{settings.topic_prefix}whistle-sink"
-    for topic in topics.audited:
-        done = committed_offsets(settings, group, topic)
-        if any(end > 0 and done.get(p, -1) < end for p, end in end_offsets(settings, topic).items()):
-            return False
-    return True
 
 
 def after_a_third(action):

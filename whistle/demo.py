@@ -32,7 +32,7 @@ from sinks.clickhouse import ServerEngine
 from streams.clock import write_ticks
 from streams.domain.reference import load_reference
 from whistle.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
-from whistle.processes import WhistleProcess, committed_offsets, end_offsets, spawn, spawn_worker, wait_for_group, wait_until
+from whistle.processes import WhistleProcess, sink_caught_up, spawn, spawn_worker, wait_for_group, wait_until
 from whistle.publish import run_publish
 from whistle.sdk import Publisher
 from whistle.settings import Settings
@@ -88,7 +88,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
         step(f"Moving the case stream's clock to now ({now():%Y-%m-%d %H:%M} UTC): deadlines since the day are judged",
              lambda: ticks(now()))
     processes.append(spawn(settings, "clock", ["clock", "run"], logs))
-    step("Waiting until ClickHouse holds every record", lambda: _wait_for_sink(settings, topics))
+    step("Waiting until ClickHouse holds every record", lambda: _wait_for_sink(settings))
 
     auditor = replace(settings.clickhouse, user=settings.clickhouse.auditor_user, password=settings.clickhouse.auditor_password)
     engine = ServerEngine.from_settings(auditor)
@@ -122,18 +122,9 @@ def _gateway_up(settings: Settings) -> bool:
         return False
 
 
-def _wait_for_sink(settings: Settings, topics: Topics) -> None:
-    group = f"{settings.topic_prefix}whistle-sink"
-
-    def caught_up() -> bool:
-        for topic in topics.audited:
-            ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
-            if any(end > 0 and done.get(p, -1) < end for p, end in ends.items()):
-                return False
-        return True
-
+def _wait_for_sink(settings: Settings) -> None:
     time.sleep(3)  # let the worker finish the last ticks' breaches before judging "caught up"
-    wait_until(caught_up, 180, "the sink to store every audited record", 1.0)
+    wait_until(lambda: sink_caught_up(settings), 180, "the sink to store every record", 1.0)
 
 
 def _auditors_view(console: Console, engine, db: str, day: datetime, now: datetime) -> int:

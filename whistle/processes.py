@@ -150,3 +150,40 @@ def group_members(settings: Settings, group: str, timeout_s: float = 10.0) -> in
 def wait_for_group(settings: Settings, group: str, members: int, timeout_s: float = 90.0) -> None:
     """Wait until `members` processes of `group` hold partitions (a worker or sink has really started)."""
     wait_until(lambda: group_members(settings, group) >= members, timeout_s, f"{members} member(s) of consumer group {group}", 0.5)
+
+
+def sink_caught_up(settings: Settings) -> bool:
+    """Whether the sink has stored and committed every record of every audited topic."""
+    from whistle.topics import Topics
+
+    group = f"{settings.topic_prefix}whistle-sink"
+    for topic in Topics.with_prefix(settings.topic_prefix).audited:
+        done = committed_offsets(settings, group, topic)
+        if any(end > 0 and done.get(p, -1) < end for p, end in end_offsets(settings, topic).items()):
+            return False
+    return True
+
+
+class Pipeline:
+    """A worker and the sink as processes; `supervise` restarts a crashed one, as a production restart policy would."""
+
+    def __init__(self, settings: Settings, logs: Path, sink_args: tuple[str, ...] = ("--batch-seconds", "0.3")) -> None:
+        self.settings, self.logs, self.sink_args = settings, logs, sink_args
+        self.worker = spawn_worker(settings, "worker-1", logs)
+        self.sink = spawn(settings, "sink", ["sink", *sink_args], logs)
+        self.restarts = 0
+
+    def wait_ready(self, timeout_s: float = 90.0) -> "Pipeline":
+        wait_for_group(self.settings, f"{self.settings.topic_prefix}whistle-cases", 1, timeout_s)
+        wait_for_group(self.settings, f"{self.settings.topic_prefix}whistle-sink", 1, timeout_s)
+        return self
+
+    def supervise(self) -> None:
+        if not self.worker.alive():
+            self.worker, self.restarts = spawn_worker(self.settings, "worker-1", self.logs), self.restarts + 1
+        if not self.sink.alive():
+            self.sink, self.restarts = spawn(self.settings, "sink", ["sink", *self.sink_args], self.logs), self.restarts + 1
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.sink.stop()
