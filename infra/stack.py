@@ -59,7 +59,8 @@ def _pid_alive(pid: int, marker: str) -> bool:
     except OSError:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and marker in cmdline
+    # A process that has just been started can show an empty command line for a moment (still exec'ing).
+    return not zombie and (marker in cmdline or not cmdline.strip())
 
 
 class _Process:

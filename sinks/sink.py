@@ -4,15 +4,22 @@ Delivery order, per batch:
   1. insert the rows into their audit table (one INSERT per run of rows that fall into one month
      partition, in offset order, so every INSERT is a single atomic part);
   2. record the batch in `sink_batches`;
-  3. commit the Kafka offsets (manual commits only).
+  3. commit the Kafka offsets (manual commits only) of every record consumed, dead-lettered ones too.
+A dead letter is acknowledged by Kafka before any later offset of its partition is inserted.
 On (re)assignment a partition resumes after the highest offset ClickHouse already holds for it
 (sink_batches, then the table itself, since a crash can fall between 1 and 2), so redelivery after a
-crash never inserts a row twice; Kafka's committed offset is only the fallback.
+crash never inserts a row twice; Kafka's committed offset wins only when it is further on (the
+records after the last stored row were dead-lettered), and is moved up to ClickHouse's position
+when it lags behind it, so consumer lag stays true.
 
 ClickHouse unreachable: the batch is held, partitions are paused, and the insert is retried with
-backoff until it succeeds; valid rows are never dead-lettered because the server was away.
+backoff until it succeeds; valid rows are never dead-lettered because the server was away. Before
+each retry the sink asks whether the failed INSERT landed after all (its answer can be lost after
+the part was written): inserting it again would store every row twice.
 ClickHouse refusing rows (a data error): the batch is split until the refused row is alone; that row
 goes to the dead-letter topic with its original bytes and position, and the rest is inserted.
+ClickHouse refusing the statement (no such table, no permission): the sink stops, dead-lettering
+nothing; restarted once the setup is fixed, it resumes where it stopped.
 
 `RowMaker.row` is pure (Kafka record -> table row); `Sink` is the one writer that talks to ClickHouse.
 """
@@ -32,7 +39,7 @@ from schemas.serde import Serde
 from sinks.audit import run_query
 from sinks.clickhouse import Engine
 from streams.pipeline import Position, dead_letter
-from whistle.errors import StoreError, WhistleError
+from whistle.errors import DeliveryError, StoreError, WhistleError
 from whistle.pii import PersonalDataHasher
 from whistle.topics import Topics
 
@@ -55,6 +62,7 @@ COLUMNS = {"raw_events": RAW_COLUMNS, "case_events": CASE_EVENT_COLUMNS, "breach
 MONTH_COLUMN = {"raw_events": "kafka_timestamp_ms", "case_events": "at_ms", "breaches": "deadline_ms", "dead_letters": "failed_ms"}
 _ID_FIELDS = {"CameraDetection": "detection_id", "HotlineTicket": "ticket_id", "ResidentReport": "report_id",
               "HandlingAction": "action_id"}
+_PERSONAL_FIELDS = {"HotlineTicket": "caller_phone", "ResidentReport": "reporter_id"}  # x-personal in schemas/avro
 _TIME_FIELDS = {"CameraDetection": "detected_at", "HotlineTicket": "received_at", "ResidentReport": "reported_at",
                 "HandlingAction": "at"}
 
@@ -92,6 +100,7 @@ class RowMaker:
                       None if record["original_key"] is None else record["original_key"].decode("utf-8", "replace"),
                       None if original is None else hashlib.sha256(original).hexdigest(), len(original or b""),
                       record["stage"], record["error_class"], record["error_message"], record["field"], _ms(record["failed_at"]))
+            values = values[:8] + (self._without_personal_values(values[8], original),) + values[9:]
             return Row("dead_letters", values + kafka + (ingest_ms,), where, key, value)
         raise StoreError(f"topic {where.topic} is not audited", topic=where.topic)
 
@@ -102,7 +111,7 @@ class RowMaker:
         try:
             decoded = self.serde.decode(value)
         except WhistleError as exc:  # still one row per offset: the worker dead-letters it, the audit shows it
-            return (source, "", "", 0, kafka_key, "", digest, size, str(exc))
+            return (source, "", "", 0, kafka_key, "", digest, size, self._without_personal_values(str(exc), value))
         record_type, record = decoded.schema, decoded.record
         if record_type == "AppEvent":
             branch, record = record["event"]
@@ -118,6 +127,26 @@ class RowMaker:
         if record_type == "ResidentReport" and record.get("reporter_id"):
             record = {**record, "reporter_id": self.hasher.reporter(record["reporter_id"])}
         return record
+
+    def _without_personal_values(self, message: str, value: bytes | None) -> str:
+        """An error message about raw record `value`, its personal values blanked out.
+
+        WHY: validation errors quote the value they refuse ("caller_phone: '139 0731 2288 转 6' is not a phone
+        number"); such a value cannot be hashed (it does not normalize), so it must not reach ClickHouse at all.
+        """
+        try:
+            decoded = self.serde.decode(value, validate=False)
+        except WhistleError:  # not readable: the message cannot quote a value of it
+            return message
+        record_type, record = decoded.schema, decoded.record
+        if record_type == "AppEvent":
+            branch, record = record["event"]
+            record_type = branch.rsplit(".", 1)[-1]
+        personal = record.get(_PERSONAL_FIELDS.get(record_type, ""))
+        if personal:
+            for form in (personal, repr(personal)[1:-1]):
+                message = message.replace(form, "<personal data>")
+        return message
 
 
 def _ms(value: Any) -> Any:
@@ -138,6 +167,14 @@ def _json_default(value: Any) -> Any:
 class _Batch:
     rows: list[Row] = field(default_factory=list)
     started: float = 0.0
+    consumed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per topic/partition, dead-lettered records too
+
+
+# ClickHouse error codes that refuse the values of a row: parse and conversion errors, type mismatch, out of range. A
+# refusal without a code is the driver's own (a value that does not fit its column type). Only these dead-letter a row;
+# any other refusal (unknown table or column, no permission, read-only user) is the setup's, not the data's: the sink
+# stops instead of dead-lettering every record, and resumes where it stopped once the setup is fixed.
+_DATA_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 248, 321, 407})
 
 
 class Sink:
@@ -154,6 +191,9 @@ class Sink:
                                   "auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky"})
         self.producer = Producer({**producer_conf, "enable.idempotence": True, "acks": "all"})
         self._batch = _Batch()
+        self._catch_up: dict[tuple[str, int], int] = {}  # resume positions ClickHouse is ahead of Kafka's commit with
+        self._dead_letters_pending = 0
+        self._dead_letter_failures: list[str] = []
         self._stopping = False
 
     def stop(self) -> None:
@@ -166,29 +206,32 @@ class Sink:
         try:
             while not self._stopping:
                 messages = self.consumer.consume(num_messages=5000, timeout=0.1)
+                if self._catch_up:
+                    self._commit({})
                 if messages:
                     idle_since = time.monotonic()
                 now_ms = int(self.clock() * 1000)
                 for message in messages:
-                    if message.error() is not None:
-                        if message.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", message.error())
-                        continue
                     self._add(message, now_ms)
-                if self._batch.rows and (len(self._batch.rows) >= self.batch_rows or time.monotonic() - self._batch.started >= self.batch_seconds):
+                if self._batch.consumed and (len(self._batch.rows) >= self.batch_rows or time.monotonic() - self._batch.started >= self.batch_seconds):
                     self.flush()
-                if max_idle_s is not None and not self._batch.rows and time.monotonic() - idle_since > max_idle_s:
+                if max_idle_s is not None and not self._batch.consumed and time.monotonic() - idle_since > max_idle_s:
                     break
         finally:
-            if self._batch.rows:
+            if self._batch.consumed:
                 self.flush()
             self.producer.flush(30)
             self.consumer.close()
 
     def _add(self, message, now_ms: int) -> None:
+        if message.error() is not None:
+            if message.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", message.error())
+            return
         where = Position(message.topic(), message.partition(), message.offset())
-        if not self._batch.rows:
+        if not self._batch.consumed:
             self._batch.started = time.monotonic()
+        self._batch.consumed[(where.topic, where.partition)] = where.offset + 1
         try:
             row = self.maker.row(where, message.key(), message.value(), message.timestamp()[1], now_ms)
         except Exception as exc:  # a derived record that does not decode: keep its bytes in the dead-letter topic
@@ -198,18 +241,22 @@ class Sink:
 
     def flush(self) -> None:
         """Insert the held batch (retrying while ClickHouse is away), record it, then commit its offsets."""
-        rows, self._batch = self._batch.rows, _Batch()
+        batch, self._batch = self._batch, _Batch()
+        self._deliver_dead_letters()  # records dead-lettered while batching precede the rows inserted after them
         by_table: dict[str, list[Row]] = {}
-        for row in rows:
+        for row in batch.rows:
             by_table.setdefault(row.table, []).append(row)
         for table, table_rows in by_table.items():
             inserted = self._insert_resilient(table, table_rows)
+            log.info("inserted %d rows into %s", len(inserted), table)
             self.on_inserted(table, len(inserted))
             self._record_batches(table, inserted)
-        self.producer.flush(30)  # dead letters written before their offsets are committed
-        offsets: dict[tuple[str, int], int] = {}
-        for row in rows:
-            offsets[(row.position.topic, row.position.partition)] = row.position.offset + 1
+        self._deliver_dead_letters()
+        self._commit(batch.consumed)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit `offsets` (next offset per topic/partition) and any resume position Kafka has not caught up with."""
+        offsets, self._catch_up = {**self._catch_up, **offsets}, {}
         if offsets:
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
 
@@ -238,15 +285,26 @@ class Sink:
                 return rows
             except StoreError as exc:
                 if not exc.context.get("transient"):
+                    if exc.context.get("code") is not None and exc.context["code"] not in _DATA_ERROR_CODES:
+                        raise
                     return self._split_refused(table, rows, exc)
                 log.warning("ClickHouse unavailable (%s); holding %d rows, retrying in %.1fs", exc, len(rows), delay)
                 self._hold(delay)
                 delay = min(delay * 2, 10.0)
+                if self._landed(rows[-1]):  # the insert succeeded but its answer was lost: inserting again would duplicate it
+                    return rows
+
+    def _landed(self, row: Row) -> bool:
+        """Whether ClickHouse holds `row`. A run is one INSERT of one block into one month partition: one part,
+        stored entirely or not at all, so its last row answers for the whole run."""
+        stored = self._stored_through(row.position.topic, row.position.partition, wait=self._hold)
+        return stored is not None and stored >= row.position.offset
 
     def _split_refused(self, table: str, rows: list[Row], error: StoreError) -> list[Row]:
         if len(rows) == 1:
             row = rows[0]
             self._dead_letter(row.position, row.key, row.value, error.with_context(table=table))
+            self._deliver_dead_letters()  # before any later offset of its partition is stored
             return []
         middle = len(rows) // 2
         return self._insert_run(table, rows[:middle]) + self._insert_run(table, rows[middle:])
@@ -257,7 +315,9 @@ class Sink:
         self.consumer.pause(assignment)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.consumer.poll(0.1)  # paused: serves rebalance callbacks only, returns no records
+            message = self.consumer.poll(0.1)  # paused partitions return nothing; serves rebalance callbacks
+            if message is not None:  # a partition assigned meanwhile: its records join the next batch
+                self._add(message, int(self.clock() * 1000))
         self.consumer.resume(assignment)
 
     def _dead_letter(self, where: Position, key: bytes | None, value: bytes | None, error: BaseException) -> None:
@@ -265,7 +325,27 @@ class Sink:
             log.error("dead letter at %s/%d/%d cannot be stored: %s", where.topic, where.partition, where.offset, error)
             return
         out = dead_letter(self.serde, self.topics, where, key, value, error, datetime.now(timezone.utc))
-        self.producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers))
+        self.producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers), on_delivery=self._on_dead_letter_delivery)
+        self._dead_letters_pending += 1
+
+    def _on_dead_letter_delivery(self, error, message) -> None:
+        if error is not None:
+            self._dead_letter_failures.append(error.str())
+
+    def _deliver_dead_letters(self) -> None:
+        """Wait until Kafka acknowledged every dead letter produced; DeliveryError if one was not written.
+
+        WHY before storing later offsets: the sink resumes after the highest offset ClickHouse holds, so a
+        dead letter lost in a crash after a later row was stored would never be written again.
+        """
+        if not self._dead_letters_pending:
+            return
+        still_queued = self.producer.flush(30)
+        failures, self._dead_letter_failures = self._dead_letter_failures, []
+        if still_queued or failures:
+            raise DeliveryError(f"{still_queued + len(failures)} dead letter(s) not acknowledged by Kafka"
+                                + (f": {failures[0]}" if failures else " within 30s"), topic=self.topics.deadletter)
+        self._dead_letters_pending = 0
 
     def _record_batches(self, table: str, rows: list[Row]) -> None:
         ranges: dict[tuple[str, int], list[int]] = {}
@@ -291,19 +371,23 @@ class Sink:
                 delay = min(delay * 2, 10.0)
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition after the highest offset ClickHouse already holds for it."""
+        """Start each partition after the highest offset ClickHouse already holds for it, unless Kafka's committed
+        offset is further on (records after the last stored row were dead-lettered). A position ClickHouse is
+        ahead with (a crash between insert and commit) is committed at the next poll, so Kafka's lag stays true."""
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
             stored = self._stored_through(tp.topic, tp.partition)
-            if stored is not None:
+            if stored is not None and stored + 1 > committed[(tp.topic, tp.partition)]:
                 tp.offset = stored + 1
+                self._catch_up[(tp.topic, tp.partition)] = stored + 1
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
-        if self._batch.rows:
+        if self._batch.consumed:
             self.flush()
         consumer.incremental_unassign(partitions)
 
-    def _stored_through(self, topic: str, partition: int) -> int | None:
+    def _stored_through(self, topic: str, partition: int, wait: Callable[[float], None] = time.sleep) -> int | None:
         table = self._table_of(topic)
         delay = 0.25
         while True:
@@ -314,8 +398,8 @@ class Sink:
             except StoreError as exc:
                 if not exc.context.get("transient"):
                     raise
-                log.warning("ClickHouse unavailable while resuming %s/%d: %s", topic, partition, exc)
-                time.sleep(delay)
+                log.warning("ClickHouse unavailable while reading what it holds of %s/%d: %s", topic, partition, exc)
+                wait(delay)
                 delay = min(delay * 2, 10.0)
         through = result.rows[0][0] if result.rows else None
         return None if through is None or through < 0 else int(through)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -60,8 +61,7 @@ class District:
 
     def publish_raw(self, events: list[SimEvent]) -> list[Output]:
         """Publish the raw records (acknowledged); return the case events, breaches and dead letters they lead to."""
-        futures = [self.publisher.submit(e.source, e.record if e.source != "app" else {"event": (f"org.whistle.v1.{e.record_type}", e.record)})
-                   for e in events]
+        futures = [self.publisher.submit(event.source, self._raw_record(event)) for event in events]
         derived = []
         for event, future in zip(events, futures):
             where = future.result(timeout=30)
@@ -100,6 +100,53 @@ class District:
         return outputs
 
 
+class AnswerCuttingProxy:
+    """A TCP relay to ClickHouse that lets one INSERT whose query text holds `marker` reach the server, then cuts
+    the connection instead of passing the server's answer on: the rows are stored, the client sees the network fail."""
+
+    def __init__(self, target_port: int, marker: bytes) -> None:
+        self.target_port, self.marker, self.cuts = target_port, marker, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, server]
+            insert = {"phase": "idle"}  # idle -> query sent -> sample block answered -> data sent -> (answer cut)
+            threading.Thread(target=self._relay, args=(client, server, insert, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(server, client, insert, False), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket, insert: dict, upstream: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if upstream and not self.cuts and self.marker in chunk:
+                    insert["phase"] = "query sent"
+                elif upstream and insert["phase"] == "answered":
+                    insert["phase"] = "data sent"
+                elif not upstream and insert["phase"] == "query sent":
+                    insert["phase"] = "answered"
+                elif not upstream and insert["phase"] == "data sent":  # the server stored the block and answers: drop it
+                    self.cuts += 1
+                    insert["phase"] = "idle"
+                    for sock in (source, target):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+                target.sendall(chunk)
+        except OSError:  # the other side went away
+            pass
+
+
 def district_day(incidents: int, seed: int = 5) -> list[SimEvent]:
     return list(simulate(load_reference(), SimConfig(seed=seed, start=START, days=1, incidents_per_day=incidents)))
 
@@ -136,16 +183,16 @@ def committed(settings: Settings) -> dict[tuple[str, int], int]:
             for p, offset in committed_offsets(settings, group, topic).items() if offset >= 0}
 
 
-def run_sink(settings: Settings, **options) -> None:
-    build_sink(settings, batch_rows=options.pop("batch_rows", 1000), batch_seconds=options.pop("batch_seconds", 0.3),
-               **options).run(max_idle_s=4)
+def run_sink(settings: Settings) -> None:
+    """A sink run over everything on the topics, in batches of 1,000 rows; it ends 4 s after the last record."""
+    build_sink(settings, batch_rows=1000, batch_seconds=0.3).run(max_idle_s=4)
 
 
 def sink_dead_letters(settings: Settings, serde: Serde) -> list[dict]:
-    """Dead letters the sink wrote: those whose original record is on an audited derived topic."""
+    """Dead letters the sink wrote: of records on the derived topics, or of rows ClickHouse refused."""
     topics = Topics.with_prefix(settings.topic_prefix)
     records = [serde.decode(m.value()).record for m in read_all(settings, [topics.deadletter])]
-    return [r for r in records if r["original_topic"] in (topics.case_events, topics.breaches)]
+    return [r for r in records if r["original_topic"] in (topics.case_events, topics.breaches) or r["error_class"] == "StoreError"]
 
 
 # -- every record, exactly once ----------------------------------------------------------------------
@@ -237,6 +284,7 @@ def test_clickhouse_away_mid_stream_loses_nothing_and_dead_letters_nothing(isola
             time.sleep(10)
         finally:
             local_stack.start_clickhouse()
+            time.sleep(1)  # until exec has set up the server's command line, infra/stack.py's liveness check reads it as exited
             local_stack.wait_clickhouse()
         ends = log_ends(isolated)
         wait_until(lambda: stored_rows(store, db) == ends, 60, "every record stored after ClickHouse came back")
@@ -247,6 +295,20 @@ def test_clickhouse_away_mid_stream_loses_nothing_and_dead_letters_nothing(isola
     assert verify(store, db) == []
     assert sink_dead_letters(isolated, district.serde) == []
     assert committed(isolated) == ends
+
+
+def test_an_insert_whose_answer_is_lost_is_not_stored_twice(isolated, district, store):
+    district.send(district_day(100))
+    db = isolated.clickhouse.database
+    proxy = AnswerCuttingProxy(isolated.clickhouse.port, f"INSERT INTO {db}.case_events (".encode())
+    try:
+        run_sink(dataclasses.replace(isolated, clickhouse=dataclasses.replace(isolated.clickhouse, port=proxy.port)))
+    finally:
+        proxy.close()
+
+    assert proxy.cuts == 1
+    assert stored_rows(store, db) == log_ends(isolated)
+    assert verify(store, db) == []
 
 
 def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_rows_after_it_are_stored(isolated, district, store):
@@ -289,17 +351,23 @@ def test_a_derived_record_that_does_not_decode_is_dead_lettered_and_its_offset_c
 
 # -- the auditors' access ----------------------------------------------------------------------------
 
-def test_the_auditor_user_reads_but_cannot_insert_or_alter(settings, local_stack):
+def audit_database(settings: Settings) -> str:
+    """The deployment's own database (the only one the auditor user may use: infra/clickhouse/users.xml), migrated."""
     clickhouse = settings.clickhouse
     admin = ServerEngine.from_settings(dataclasses.replace(clickhouse, user=clickhouse.admin_user, password=clickhouse.admin_password),
                                        database="default")
     try:
-        migrate(admin, clickhouse.database)  # the auditor may use this database only (infra/clickhouse/users.xml)
+        migrate(admin, clickhouse.database)
     finally:
         admin.close()
+    return clickhouse.database
+
+
+def test_the_auditor_user_reads_but_cannot_insert_or_alter(settings, local_stack):
+    db = audit_database(settings)
+    clickhouse = settings.clickhouse
     auditor = ServerEngine(clickhouse.host, clickhouse.port, user=clickhouse.auditor_user, password=clickhouse.auditor_password.value,
-                           database=clickhouse.database)
-    db = clickhouse.database
+                           database=db)
     try:
         before = auditor.execute(f"SELECT count() FROM {db}.dead_letters")
         refusals = []
@@ -313,3 +381,17 @@ def test_the_auditor_user_reads_but_cannot_insert_or_alter(settings, local_stack
         assert auditor.execute(f"SELECT count() FROM {db}.dead_letters") == before
     finally:
         auditor.close()
+
+
+def test_a_sink_that_may_not_write_stops_instead_of_dead_lettering_everything(settings, isolated, district):
+    district.send(district_day(50))
+    clickhouse = isolated.clickhouse
+    read_only = dataclasses.replace(isolated, clickhouse=dataclasses.replace(
+        clickhouse, user=clickhouse.auditor_user, password=clickhouse.auditor_password, database=audit_database(settings)))
+
+    with pytest.raises(StoreError) as stopped:
+        run_sink(read_only)
+
+    assert stopped.value.context["code"] == 164  # READONLY
+    assert sink_dead_letters(isolated, district.serde) == []
+    assert committed(isolated) == {}
