@@ -59,8 +59,13 @@ def _pid_alive(pid: int, marker: str) -> bool:
     except OSError:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    # A process that has just been started can show an empty command line for a moment (still exec'ing).
-    return not zombie and (marker in cmdline or not cmdline.strip())
+    if zombie:
+        return False
+    if marker in cmdline:
+        return True
+    # A process just started can show an empty command line for a moment (still exec'ing); kernel threads
+    # have one too, but no executable.
+    return not cmdline.strip() and os.path.exists(f"/proc/{pid}/exe")
 
 
 class _Process:
