@@ -116,10 +116,7 @@ class _Process:
             if _pid_alive(pid, self.marker):
                 os.kill(pid, signal.SIGKILL)
                 _wait(lambda: not _pid_alive(pid, self.marker), 10, f"{self.name} (pid {pid}) to exit after SIGKILL")
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it, so no zombie lingers
-        except ChildProcessError:
-            pass
+        _reap(pid)
         self.pid_file.unlink(missing_ok=True)
 
     def tail(self, lines: int = 20) -> str:
@@ -127,6 +124,19 @@ class _Process:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _reap(pid: int, timeout_s: float = 10.0) -> None:
+    """Collect the exit status when this process started `pid`, so no zombie lingers (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: its own parent reaps it
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, failed: Callable[[], str | None] | None = None) -> None:
