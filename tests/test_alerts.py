@@ -44,10 +44,10 @@ def test_backoff_doubles_up_to_its_cap_but_never_undercuts_retry_after():
     assert backoff_delay(0, 1.0, at_least_s=3.0) == 3.0
 
 
-def test_only_a_2xx_delivers_and_only_a_4xx_other_than_408_429_refuses():
-    assert [verdict_of(s) for s in (200, 204, 400, 404, 408, 429, 500, 503, 302)] == [
+def test_only_a_2xx_delivers_and_only_a_refusal_of_the_record_dead_letters_it():
+    assert [verdict_of(s) for s in (200, 204, 400, 422, 401, 403, 404, 408, 429, 500, 503, 302)] == [
         Verdict.DELIVERED, Verdict.DELIVERED, Verdict.REFUSED, Verdict.REFUSED, Verdict.RETRY, Verdict.RETRY, Verdict.RETRY,
-        Verdict.RETRY, Verdict.RETRY]
+        Verdict.RETRY, Verdict.RETRY, Verdict.RETRY, Verdict.RETRY, Verdict.RETRY]
 
 
 def test_an_unknown_tier_is_refused_by_name(settings: Settings):

@@ -15,12 +15,12 @@ Webhook delivery order, per record (one record in flight at a time, so each part
   2. POST it; header `Idempotency-Key: <breach_id>`, so a receiver can drop the redeliveries that
      at-least-once delivery brings (after a crash or a rebalance);
      - 2xx: delivered -> step 4;
-     - connection error, timeout, 408, 429, 5xx (or any other unexpected answer): commit the progress
+     - connection error, timeout, 401, 403, 404, 408, 429, 5xx (or any other unexpected answer): commit the progress
        made so far, pause every assigned partition and keep polling (staying in the group, serving
        rebalances) for an exponential backoff capped at `max_backoff_s`, at least the receiver's
        `Retry-After`; then resume and POST the same record again. Stopping, or losing the record's
        partition, during a backoff leaves the record uncommitted: the next run or owner delivers it;
-     - any other 4xx: a permanent refusal -> step 3;
+     - any other 4xx (e.g. 400, 422): the receiver refuses this record -> step 3;
      (an undecodable record cannot be POSTed -> step 3)
   3. write it to the dead-letter topic (`streams.pipeline.dead_letter`, stage "alert-webhook", with the
      original bytes and position) and wait for Kafka's acknowledgement, retrying like step 2 meanwhile;
@@ -91,12 +91,13 @@ class Verdict(Enum):
 def verdict_of(status: int) -> Verdict:
     """What an HTTP status means for the record: taken, try again later, or refused for good.
 
-    408 and 429 are the receiver asking to come back later, like 5xx. 1xx/3xx answers are a receiver
-    misconfiguration, not a verdict on the record: it is held (and retried, loudly) rather than refused.
+    408 and 429 are the receiver asking to come back later, like 5xx. 1xx/3xx answers, and 401, 403 and
+    404 (wrong credentials or path), are a misconfiguration, not a verdict on the record: it is held (and
+    retried, loudly) rather than refused, or one expired token would dead-letter every breach.
     """
     if 200 <= status < 300:
         return Verdict.DELIVERED
-    if 400 <= status < 500 and status not in (408, 429):
+    if 400 <= status < 500 and status not in (401, 403, 404, 408, 429):
         return Verdict.REFUSED
     return Verdict.RETRY
 
