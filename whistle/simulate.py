@@ -13,16 +13,31 @@ What it models:
 - quirks the pipeline must absorb: address variants (district prefix, full-width digits, spaces,
   號, "附近"), vague addresses, road-only addresses, unknown cameras, low-confidence detections,
   GPS outside the district or (0, 0);
-- handling: units that accept or resolve late, units that never act, grid teams on a street
-  boundary that return the case as the other street's ("not ours"), the next holder returning it
-  too, until the unit both answer to (enrich.common_parent) takes it; extensions for complex
-  cases; residents who rate unsatisfied.
+- handling: units that accept or resolve late (the SLA engine escalates the case, the unit's late
+  action is recorded as such, and the unit above takes the case over, possibly late again), units
+  that never act, grid teams on a street boundary that return the case as the other street's ("not
+  ours"), the next holder returning it too, until the unit both answer to (enrich.common_parent)
+  takes it; extensions for complex cases; residents who rate unsatisfied, more often when the case
+  missed its resolve deadline, after which the unit above settles the case again.
 
-Case ids and actors: the simulator replays the pipeline's own rules (normalize, enrich, merge,
-case_id_for) in time order, so an action names the case its incident's first report opened, and
-the acting unit is the case's holder under the case engine's rules for returns (_Custody). This
-assumes the case processor sees reports in `at` order (the send loop should keep it) and that an
-SLA escalation has not moved the case first: a late unit's action then lands as a late action.
+Who acts, and when: the simulator runs the pipeline's own case engine (streams.domain.sla.CaseBook
+with the SLA policies and the business calendar, and the merge index) over its reports and actions
+in event-time order, as streams.pipeline.CaseProcessor does, so it knows at every instant which unit
+holds each case and what the case waits for. Each case's next action is decided from that state and
+scheduled for the unit holding the case; when a breach escalates the case, the new holder's actions
+are planned afresh. So every action is one the engine accepts, or (a unit acting after losing the
+case to a breach) one it records as a late action.
+
+Both engines judge a deadline at the first event after it falls due, but the pipeline's clock may run
+up to CLOCK_TOLERANCE behind or ahead of the simulator's, so a breach may escalate the case a little
+sooner or later there, and the next holder's deadline follows; near a lunch break or the end of the
+working day, on working time, minutes become hours. So the simulator keeps for each holder the
+earliest and the latest time the pipeline may put its deadline at: steps meant to be in time come
+CLOCK_TOLERANCE before the earliest, late steps (and the first step of a unit a breach gave the case)
+CLOCK_TOLERANCE after the latest, and the pipeline judges every step as the simulator did. It also
+takes each street's records to reach the case processor in event-time order: an incident's report
+overtaken by a later one opens no case of its own there, and the actions naming that case are refused.
+
 Incidents arrive during [start, start + days); their handling may run past the end.
 Pacing (speed) is the send loop's business: every event carries its event time `at`.
 """
@@ -31,25 +46,33 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from random import Random
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import orjson
 
+from streams.domain.calendar import BusinessCalendar, from_epoch_ms, load_calendar, to_epoch_ms
+from streams.domain.case import CaseEvent, CaseState, Kind, Status
 from streams.domain.enrich import Enricher, case_id_for, common_parent, haversine_m
 from streams.domain.merge import MergeIndex
-from streams.domain.model import ActionKind, Source, Urgency
+from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.reference import DistrictReference, Grid
+from streams.domain.sla import ACCEPT_OVERDUE, FINAL_OVERDUE, RESOLVE_OVERDUE, CaseBook, SlaPolicy, deadlines_for, load_policies, policy_in_force
 from whistle.errors import ConfigError
 
 BEIJING = timezone(timedelta(hours=8))
 _HOUR_MS = 3_600_000
 _MINUTE_MS = 60_000
-
-# Relative arrival rate per local hour (mean 1.0 over the day), by channel.
+# How far the pipeline's case-stream clock may run behind or ahead of the simulator's: in a replay its
+# ticks carry the times of the events sent (whistle.feed) a few simulated minutes apart, and can overtake
+# records still on their way through ingestion.
+CLOCK_TOLERANCE = timedelta(minutes=5)
+REACTION_TIME = timedelta(minutes=3)  # the least time between a change of a case and its next step
+REPORTER = "RESIDENT"  # the unit_id of ratings: they come from the reporter, never from a handling unit
 HOURLY_PROFILE = {
     "camera": (0.3, 0.2, 0.2, 0.2, 0.3, 0.5, 0.9, 1.6, 2.0, 1.6, 1.3, 1.2, 1.1, 1.1, 1.2, 1.3, 1.5, 1.9, 2.0, 1.5, 1.0, 0.8, 0.6, 0.4),
     "hotline": (0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.9, 1.8, 2.2, 2.2, 1.8, 1.2, 1.4, 1.9, 2.0, 1.8, 1.4, 1.0, 0.9, 0.8, 0.6, 0.5, 0.4),
@@ -80,23 +103,26 @@ VAGUE_ADDRESSES = ("菜市场旁边", "我家楼下", "公交站附近那个小�
 ADDRESS_DETAILS = ("附近", "门口", "3栋2单元", "旁边巷子里", "对面")
 
 
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """Knobs of a simulated run. Shares are probabilities in [0, 1]."""
+    """Knobs of a simulated run. Shares are probabilities in [0, 1]. The period must lie where an SLA
+    policy is in force and the business calendar has the year's holidays (2025 and 2026 as shipped)."""
 
     seed: int = 7
-    start: datetime = datetime(2024, 6, 2, 16, 0, tzinfo=timezone.utc)  # Monday 2024-06-03 00:00 Beijing time
+    start: datetime = datetime(2026, 5, 31, 16, 0, tzinfo=timezone.utc)  # Monday 2026-06-01 00:00 Beijing time
     days: float = 1.0
     incidents_per_day: float = 2000.0
     multi_channel_share: float = 0.3  # incidents also reported by one or two other channels within minutes
     repeat_call_share: float = 0.1  # incidents a second caller reports hours later
-    late_accept_share: float = 0.03  # after the accept deadline: breach, escalation, then a late action
+    late_accept_share: float = 0.03  # of holders: accept after the deadline (breach, escalation, then their late action)
     late_resolve_share: float = 0.06
-    silent_share: float = 0.005  # the responsible unit never acts: escalates rung by rung to discipline
+    silent_share: float = 0.005  # no unit ever acts on the case: it escalates rung by rung to discipline
     boundary_bounce_share: float = 0.1  # of territorial cases in a grid on a street boundary
     extension_share: float = 0.2  # of complex cases
     rated_share: float = 0.7  # of cases reported by people (return visit after resolution)
     unsatisfied_share: float = 0.08
+    late_unsatisfied_share: float = 0.5  # of ratings of a case that missed a resolve deadline
     unknown_camera_share: float = 0.01
     outside_gps_share: float = 0.01  # app reports with a bad fix, often outside the district
     no_gps_fix_share: float = 0.01  # app reports sent with (0, 0) and a typed address
@@ -127,9 +153,15 @@ class SimEvent:
     record: dict[str, Any] = field(hash=False)
 
 
-def simulate(reference: DistrictReference, config: SimConfig) -> Iterator[SimEvent]:
-    """All events of the simulated period, in event-time order (ties in generation order)."""
-    return _Simulation(reference, config).run()
+def simulate(reference: DistrictReference, config: SimConfig, *, policies: Mapping[str, SlaPolicy] | None = None,
+             calendar: BusinessCalendar | None = None) -> Iterator[SimEvent]:
+    """All events of the simulated period, in event-time order (ties in generation order).
+
+    `policies` and `calendar` are the case engine's (default: the shipped SLA policies and calendar);
+    they must be the pipeline's for its verdicts to match the simulator's.
+    """
+    return _Simulation(reference, config, load_policies() if policies is None else policies,
+                       load_calendar() if calendar is None else calendar).run()
 
 
 def write_jsonl(events: Iterable[SimEvent], out: BinaryIO) -> int:
@@ -142,43 +174,47 @@ def write_jsonl(events: Iterable[SimEvent], out: BinaryIO) -> int:
     return count
 
 
-_HOLDER = "holder"  # the unit holding the case when the action is emitted
-_ARBITER = "arbiter"  # the common parent of the two units that returned the case
-_REPORTER = "RESIDENT"  # ratings come from the reporter, never from a handling unit
-_ABOVE = "above"  # the unit one rung above the holder (where an unsatisfied rating escalates the case)
 _PACE = {"emergency": 0.1, "ordinary": 1.0, "complex": 3.0}  # handling-time scale by complexity class
-TRANSFERS_BEFORE_ESCALATION = 2  # the case engine's limit: the 2nd return goes to the common parent
+_TOLERANCE_MS = CLOCK_TOLERANCE // timedelta(milliseconds=1)
+_REACTION_MS = REACTION_TIME // timedelta(milliseconds=1)
+_OVERDUE = (ACCEPT_OVERDUE, RESOLVE_OVERDUE)
+_DEADLINE_BREACHES = (ACCEPT_OVERDUE, RESOLVE_OVERDUE, FINAL_OVERDUE)  # escalations a deadline caused (not an input)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One action planned for a case. `token` None: a deliberately late action, carried out whatever
+    happens to the case meanwhile (the engine records it as late); otherwise the step is dropped once
+    the case's plan has moved on (`_Handling.token`)."""
+
+    case_id: str
+    kind: ActionKind
+    unit_id: str
+    at_ms: int
+    token: int | None
+    reason: str | None = None
+    note: str | None = None
+    rating: int | None = None
+    extension_hours: int | None = None
 
 
 @dataclass(slots=True)
-class _Custody:
-    """Who holds a case, by the case engine's rules for returns (streams.domain.case, HandlingRules):
-    a returned case goes to the first unit of another report's chain that has not returned it yet,
-    else one rung up the chain; at the transfer limit the holder keeps it until the SLA engine hands
-    it to the common parent of the first two units that returned it.
-    """
+class _Handling:
+    """How the people around one case behave, drawn when it opens; acted out one step at a time
+    against the case's state in the engine."""
 
-    category: str
-    chains: list[tuple[str, ...]]  # the first report's chain, then merged reports' chains with another first unit
-    holder: str
-    returned: list[str] = field(default_factory=list)
-
-    def returned_by(self, unit_id: str) -> None:
-        if len(self.returned) + 1 < TRANSFERS_BEFORE_ESCALATION:
-            others = [chain[0] for chain in self.chains if chain[0] != unit_id and chain[0] not in self.returned]
-            self.holder = others[0] if others else self.above(unit_id)
-        self.returned.append(unit_id)
-
-    def arbiter(self, reference: DistrictReference) -> str:
-        first, second = list(dict.fromkeys(self.returned))[:2]
-        return common_parent(reference, first, second, self.category).unit_id
-
-    def above(self, unit_id: str) -> str:
-        """The next unit up the first chain that holds `unit_id` (the top of the first chain if none does)."""
-        for chain in self.chains:
-            if unit_id in chain[:-1]:
-                return chain[chain.index(unit_id) + 1]
-        return self.chains[0][-1]
+    pace: float  # handling-time scale
+    silent: bool  # nobody ever acts
+    bounce_to: str | None  # the grid across the street boundary that the first holder says the case belongs to
+    extension: bool  # the holder asks once for more time (complex cases)
+    rating_due: bool  # the reporter rates the first resolution (people-reported cases only)
+    resolve_breached: bool = False  # a holder missed the resolve deadline: the reporter is likelier unsatisfied
+    token: int = 0  # the plan's current version; in-time steps of older versions are dropped
+    pending: _Step | None = None  # the in-time step of the current version, if one is scheduled
+    earliest_ms: int = 0  # the current version's steps come no sooner
+    lead_ms: int = 0  # the pipeline may have started the holder's clock this much sooner than the simulator
+    lag_ms: int = _TOLERANCE_MS  # ... or this much later
+    window: tuple[int, int] | None = None  # the earliest and the latest deadline of the holder in the pipeline; None: no limit
 
 
 @dataclass(slots=True)
@@ -192,15 +228,20 @@ class _Incident:
 
 
 class _Simulation:
-    """One run's state: the random stream, the pending-event heap and a replica of the merge index."""
+    """One run's state: the random stream, the pending-event heap, the case engine and its merge index."""
 
-    def __init__(self, reference: DistrictReference, config: SimConfig) -> None:
+    def __init__(self, reference: DistrictReference, config: SimConfig, policies: Mapping[str, SlaPolicy],
+                 calendar: BusinessCalendar) -> None:
         self.ref = reference
         self.config = config
         self.rng = Random(config.seed)
         self.enricher = Enricher(reference)
         self.merge = MergeIndex(reference.gazetteer.normalize)
-        self.start_ms = _epoch_ms(config.start)
+        self.policies, self.calendar = policies, calendar
+        policy_in_force(policies, config.start)  # a period no policy judges is refused now, not midway
+        self.book = CaseBook(policies, calendar, partial(common_parent, reference))
+        self.handling: dict[str, _Handling] = {}
+        self.start_ms = to_epoch_ms(config.start)
         self.heap: list[tuple[int, int, str, Any]] = []
         self.sequence = 0
         self.grids = list(reference.grids.values())
@@ -219,7 +260,6 @@ class _Simulation:
         self.callers = [f"1{self.rng.choice('3456789')}{self.rng.randrange(10**9):09d}" for _ in range(max(50, int(config.incidents_per_day // 3)))]
         self.residents = [f"resident-{i:06d}" for i in range(max(50, int(config.incidents_per_day // 3)))]
         self.counters = {"detection": 0, "ticket": 0, "app": 0, "action": 0}
-        self.custody: dict[str, _Custody] = {}
 
     # -- the main loop ---------------------------------------------------------------------------
 
@@ -234,13 +274,15 @@ class _Simulation:
         yield from self._release(until_ms=None)
 
     def _release(self, until_ms: int | None) -> Iterator[SimEvent]:
-        """Pop pending events in time order; a report popped here is routed, which may schedule actions."""
+        """Pop pending events in time order; each goes through the case engine, which may plan further actions."""
         while self.heap and (until_ms is None or self.heap[0][0] < until_ms):
             at_ms, _, kind, payload = heapq.heappop(self.heap)
             if kind == "report":
                 yield self._emit_report(at_ms, payload)
             else:
-                yield self._emit_action(at_ms, payload)
+                event = self._emit_action(at_ms, payload)
+                if event is not None:
+                    yield event
 
     def _push(self, at_ms: int, kind: str, payload: Any) -> None:
         self.sequence += 1
@@ -379,100 +421,186 @@ class _Simulation:
                 "lat": lat, "lon": lon, "category": incident.category, "description": rng.choice(DESCRIPTIONS[incident.category]) if rng.random() < 0.8 else "",
                 "photo_refs": photos, "address_text": address}
 
-    # -- routing and handling --------------------------------------------------------------------
+    # -- the case engine, as the case processor drives it ------------------------------------------
 
     def _emit_report(self, at_ms: int, payload: tuple[str, dict[str, Any]]) -> SimEvent:
+        """Route the report, then (as CaseProcessor does) let due deadlines fire, merge it into an open case or open one."""
         channel, record = payload
-        at = self._time(at_ms)
         time_field, record_type, key_field = _RECORD_SHAPES[channel]
-        record[time_field] = at
+        record[time_field] = from_epoch_ms(at_ms)
         report = (normalize_camera(record, self.ref) if channel == "camera"
                   else normalize_hotline(record, self.ref, _identity_not_needed) if channel == "hotline"
                   else normalize_app_report(record, self.ref, _identity_not_needed))
         enriched = self.enricher.enrich(report)
-        chain = tuple(unit.unit_id for unit in enriched.chain)
-        joined = self.merge.find_case_to_join(enriched)
+        at = report.occurred_at
+        self._advance(to_epoch_ms(at))
+        joined = self.merge.find_case_to_join(enriched, at)
         if joined is not None:
-            self.merge.touch(joined, report.occurred_at)
-            custody = self.custody[joined]
-            if not any(known[0] == chain[0] for known in custody.chains):
-                custody.chains.append(chain)
+            events, _ = self.book.merge(joined, enriched, at)
+            self.merge.touch(joined, at)
         else:
             case_id = case_id_for(enriched)
+            self.handling[case_id] = self._draw_handling(enriched)
+            events, _ = self.book.open(enriched, case_id, at)
             self.merge.add(self.merge.open_case(case_id, enriched))
-            self.custody[case_id] = _Custody(enriched.report.category, [chain], chain[0])
-            self._plan_handling(case_id, enriched, at_ms)
-        return SimEvent(at, channel, record_type, record[key_field], record)
+        self._react(events, at_ms)
+        return SimEvent(record[time_field], channel, record_type, record[key_field], record)
 
-    def _plan_handling(self, case_id: str, enriched, opened_ms: int) -> None:
-        """Schedule the life of a new case: accept, maybe bounce or extend, resolve, maybe a rating.
-
-        Who acts is settled when the action is emitted (see _Custody), because it depends on the
-        reports merged into the case by then.
-        """
-        rng, config = self.rng, self.config
-        category = self.ref.categories[enriched.report.category]
-        if rng.random() < config.silent_share:
-            return
-        scale = 0.1 if Urgency.EMERGENCY in (category.default_urgency, enriched.report.urgency) else _PACE[category.complexity]
-        t = opened_ms
-        across = self.across_boundary.get(enriched.chain[0].unit_id)
-        if across and category.territorial and rng.random() < config.boundary_bounce_share:
-            other = rng.choice(across)
-            t += int(rng.uniform(5, 30) * _MINUTE_MS)  # returns are quick; the accept clock keeps running through them
-            self._action(t, case_id, ActionKind.TRANSFER, _HOLDER, reason="outside_jurisdiction", note=f"位置属于{other}，非本网格辖区")
-            t += int(rng.uniform(10, 45) * _MINUTE_MS)
-            self._action(t, case_id, ActionKind.TRANSFER, _HOLDER, reason="outside_jurisdiction", note=f"争议位置在与{other[2:5]}交界处，非本单位辖区")
-            t += int(rng.uniform(10, 40) * _MINUTE_MS)  # the common parent, handed the dispute, takes it
-            self._action(t, case_id, ActionKind.ACCEPT, _ARBITER)
-        else:
-            late = rng.random() < config.late_accept_share
-            t += int(min(rng.lognormvariate(math.log(20 * scale), 0.6) * (rng.uniform(10, 40) if late else 1), 3 * 24 * 60) * _MINUTE_MS)
-            self._action(t, case_id, ActionKind.ACCEPT, _HOLDER)
-        if category.complexity == "complex" and rng.random() < config.extension_share:
-            t += int(rng.uniform(4, 48) * _HOUR_MS)
-            self._action(t, case_id, ActionKind.REQUEST_EXTENSION, _HOLDER, reason="需协调多个部门联合处置", extension_hours=72)
-        late_resolve = rng.random() < config.late_resolve_share
-        t += int(min(rng.lognormvariate(math.log(6 * scale), 0.8) * (rng.uniform(3, 8) if late_resolve else 1), 10 * 24) * _HOUR_MS)
-        self._action(t, case_id, ActionKind.RESOLVE, _HOLDER, note=rng.choice(RESOLUTION_NOTES))
-        if enriched.report.source is not Source.CAMERA and rng.random() < config.rated_share:
-            unsatisfied = rng.random() < (config.unsatisfied_share * (3 if late_resolve else 1))
-            rating = rng.choice((1, 2)) if unsatisfied else rng.choice((4, 5, 5, 5))
-            t += int(rng.uniform(2, 30) * _HOUR_MS)
-            self._action(t, case_id, ActionKind.RATE, _REPORTER, rating=rating, note="处理不及时，问题没解决" if unsatisfied else None)
-            if unsatisfied:  # the rating escalates the case one rung: that unit takes it and settles it
-                t += int(rng.uniform(0.1, 0.5) * _HOUR_MS)
-                self._action(t, case_id, ActionKind.ACCEPT, _ABOVE)
-                t += int(min(rng.lognormvariate(math.log(4 * scale), 0.6), 3 * 24) * _HOUR_MS)
-                self._action(t, case_id, ActionKind.RESOLVE, _HOLDER, note="上级督办后已重新处置。")
-
-    def _action(self, at_ms: int, case_id: str, kind: ActionKind, actor: str, *, reason: str | None = None,
-                note: str | None = None, rating: int | None = None, extension_hours: int | None = None) -> None:
+    def _emit_action(self, at_ms: int, step: _Step) -> SimEvent | None:
+        """Carry out a planned step (None: the plan has moved on since), applying it to the engine as the pipeline will."""
+        handling = self.handling[step.case_id]
+        if step.token is not None and step.token != handling.token:
+            return None  # dropped before the engine advances: the pipeline sees no event at this instant
+        self._advance(at_ms)
+        if handling.pending is step:
+            handling.pending = None
         self.counters["action"] += 1
-        record = {"action_id": f"act-{self.counters['action']:08d}", "case_id": case_id, "kind": kind.value, "unit_id": None,
-                  "at": None, "reason": reason, "note": note, "rating": rating, "extension_hours": extension_hours}
-        self._push(at_ms, "action", (record, actor))
+        at = from_epoch_ms(at_ms)
+        action = HandlingAction(f"act-{self.counters['action']:08d}", step.case_id, step.kind, step.unit_id, at,
+                                step.reason, step.note, step.rating, step.extension_hours)
+        events, _ = self.book.act(action)  # refused (TransitionError) only if the plan broke the engine's rules: a bug here
+        self._react(events, at_ms)
+        record = {"action_id": action.action_id, "case_id": step.case_id, "kind": step.kind.value, "unit_id": step.unit_id, "at": at,
+                  "reason": step.reason, "note": step.note, "rating": step.rating, "extension_hours": step.extension_hours}
+        return SimEvent(at, "app", "HandlingAction", step.case_id, record)
 
-    def _emit_action(self, at_ms: int, payload: tuple[dict[str, Any], str]) -> SimEvent:
-        record, actor = payload
-        record["at"] = self._time(at_ms)
-        custody = self.custody[record["case_id"]]
-        if actor == _ARBITER:
-            custody.holder = custody.arbiter(self.ref)
-        elif actor == _ABOVE:
-            custody.holder = custody.above(custody.holder)
-        record["unit_id"] = _REPORTER if actor == _REPORTER else custody.holder
-        if record["kind"] == ActionKind.TRANSFER.value:
-            custody.returned_by(custody.holder)
-        elif record["kind"] == ActionKind.RESOLVE.value:
-            self.merge.remove(record["case_id"])  # a resolved case takes no more duplicates (nor once reopened)
-        return SimEvent(record["at"], "app", "HandlingAction", record["case_id"], record)
+    def _advance(self, at_ms: int) -> None:
+        events, _ = self.book.advance(from_epoch_ms(at_ms))
+        self._react(events, at_ms)
 
-    def _time(self, at_ms: int) -> datetime:
-        return _EPOCH + timedelta(milliseconds=at_ms)
+    def _react(self, events: list[CaseEvent], now_ms: int) -> None:
+        """Follow the engine's case events: drop resolved and closed cases from the merge index (as the
+        pipeline does), plan the next step of every case whose holder or status changed, and keep a
+        pending step in time when a merged report brought its deadline forward."""
+        changed: dict[str, int | None] = {}  # case id -> earliest time of its next step, None: only merged reports or late actions
+        for event in events:
+            case_id, kind = event.case_id, event.kind
+            handling = self.handling[case_id]
+            if kind in (Kind.RESOLVED, Kind.CLOSED):
+                self.merge.remove(case_id)
+            if kind == Kind.ESCALATED and event.reason in _DEADLINE_BREACHES:
+                # the pipeline escalates between the earliest deadline and a tolerance after the latest
+                handling.resolve_breached = handling.resolve_breached or event.reason == RESOLVE_OVERDUE
+                earliest, latest = handling.window
+                handling.lead_ms, handling.lag_ms = max(0, now_ms - earliest), max(0, latest + _TOLERANCE_MS - now_ms)
+                changed[case_id] = now_ms + max(handling.lag_ms, _REACTION_MS)
+            elif kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION):  # an input's own time: the same in the pipeline
+                handling.lead_ms, handling.lag_ms = 0, _TOLERANCE_MS
+                changed[case_id] = max(changed.get(case_id) or 0, now_ms + _REACTION_MS)
+            else:
+                changed.setdefault(case_id, None)
+        for case_id, earliest_ms in changed.items():
+            state, handling = self.book.states[case_id], self.handling[case_id]
+            handling.window = self._window(state, handling)
+            if earliest_ms is not None:
+                self._plan(state, handling, earliest_ms)
+            else:
+                self._retime(handling, now_ms)
+
+    def _window(self, state: CaseState, handling: _Handling) -> tuple[int, int] | None:
+        """The earliest and the latest time the holder's deadline (to accept or to resolve) may fall in the
+        pipeline, its clock having started up to `lead_ms` sooner or `lag_ms` later; None: no limit."""
+        deadline = self._deadline(state, 0)
+        if deadline is None:
+            return None
+        earliest = self._deadline(state, -handling.lead_ms) if handling.lead_ms else deadline
+        return earliest, self._deadline(state, handling.lag_ms)
+
+    def _deadline(self, state: CaseState, shift_ms: int) -> int | None:
+        """When the holder's time to accept or resolve runs out (epoch ms) if its clock had started `shift_ms` later."""
+        if shift_ms:
+            state = replace(state, stage_start_ms=state.stage_start_ms + shift_ms, holder_since_ms=state.holder_since_ms + shift_ms,
+                            status_since_ms=state.status_since_ms + shift_ms)
+        for deadline in deadlines_for(state, self.policies[state.policy_version], self.calendar):
+            if deadline.kind in _OVERDUE:
+                return deadline.deadline_ms
+        return None
+
+    # -- handling --------------------------------------------------------------------------------
+
+    def _draw_handling(self, enriched: EnrichedReport) -> _Handling:
+        rng, config, report = self.rng, self.config, enriched.report
+        category = self.ref.categories[report.category]
+        across = self.across_boundary.get(enriched.chain[0].unit_id)
+        emergency = Urgency.EMERGENCY in (category.default_urgency, report.urgency)
+        return _Handling(
+            pace=_PACE["emergency" if emergency else category.complexity],
+            silent=rng.random() < config.silent_share,
+            bounce_to=rng.choice(across) if across and category.territorial and rng.random() < config.boundary_bounce_share else None,
+            extension=category.complexity == "complex" and rng.random() < config.extension_share,
+            rating_due=report.source is not Source.CAMERA and rng.random() < config.rated_share,
+        )
+
+    def _plan(self, state: CaseState, handling: _Handling, earliest_ms: int) -> None:
+        """Schedule the case's next step, by whoever must take it now, no sooner than `earliest_ms`;
+        an in-time step planned before is dropped."""
+        handling.token += 1
+        handling.pending = None
+        handling.earliest_ms = earliest_ms
+        if handling.silent:
+            return
+        rng, config, holder = self.rng, self.config, state.assignee.unit_id
+
+        def schedule(kind: ActionKind, unit_id: str, delay_ms: float, late: bool, **fields: Any) -> None:
+            self._schedule(handling, state.case_id, kind, unit_id, earliest_ms + int(delay_ms), late, **fields)
+
+        if state.status == Status.DISPATCHED:
+            if handling.bounce_to is not None and state.escalations == 0:  # the 2nd return escalates (transfer limit)
+                other = handling.bounce_to
+                if not state.rejected_by:  # returns are quick; the accept clock keeps running through them
+                    schedule(ActionKind.TRANSFER, holder, rng.uniform(5, 30) * _MINUTE_MS, False, reason="outside_jurisdiction",
+                             note=f"位置属于{other}，非本网格辖区")
+                else:
+                    schedule(ActionKind.TRANSFER, holder, rng.uniform(10, 45) * _MINUTE_MS, False, reason="outside_jurisdiction",
+                             note=f"争议位置在与{other[2:5]}交界处，非本单位辖区")
+            else:  # the common parent handed a boundary dispute takes it quickly
+                minutes = rng.uniform(10, 40) if state.arbitration else min(rng.lognormvariate(math.log(20 * handling.pace), 0.6), 3 * 24 * 60)
+                schedule(ActionKind.ACCEPT, holder, minutes * _MINUTE_MS, rng.random() < config.late_accept_share)
+        elif state.status == Status.ACCEPTED:
+            if handling.extension:
+                handling.extension = False
+                schedule(ActionKind.REQUEST_EXTENSION, holder, rng.uniform(4, 48) * _HOUR_MS, False, reason="需协调多个部门联合处置",
+                         extension_hours=72)
+            else:
+                hours = min(rng.lognormvariate(math.log(6 * handling.pace), 0.8), 10 * 24)
+                note = "上级督办后已重新处置。" if state.lost_by_breach else rng.choice(RESOLUTION_NOTES)
+                schedule(ActionKind.RESOLVE, holder, hours * _HOUR_MS, rng.random() < config.late_resolve_share, note=note)
+        elif state.status == Status.RESOLVED and handling.rating_due:
+            handling.rating_due = False
+            unsatisfied = rng.random() < (config.late_unsatisfied_share if handling.resolve_breached else config.unsatisfied_share)
+            schedule(ActionKind.RATE, REPORTER, rng.uniform(2, 30) * _HOUR_MS, False, rating=rng.choice((1, 2)) if unsatisfied else rng.choice((4, 5, 5, 5)),
+                     note="处理不及时，问题没解决" if unsatisfied else None)
+
+    def _schedule(self, handling: _Handling, case_id: str, kind: ActionKind, unit_id: str, wanted_ms: int, late: bool, **fields: Any) -> None:
+        """Put a step on the timeline, no sooner than the plan's earliest time: in time, that is
+        CLOCK_TOLERANCE before the holder's earliest deadline (sooner than wished if need be), or late,
+        from CLOCK_TOLERANCE to six hours after its latest deadline, when `late` or when there is no
+        time left to be in time. A late step survives later plans: the engine records it as late."""
+        at_ms = max(wanted_ms, handling.earliest_ms)
+        if handling.window is None:
+            late = False
+        elif late or handling.window[0] - _TOLERANCE_MS < handling.earliest_ms:
+            late = True
+            at_ms = max(handling.window[1] + _TOLERANCE_MS + int(self.rng.uniform(0, 6) * _HOUR_MS), handling.earliest_ms)
+        else:
+            at_ms = min(at_ms, handling.window[0] - _TOLERANCE_MS)
+        step = _Step(case_id, kind, unit_id, at_ms, None if late else handling.token, **fields)
+        if not late:
+            handling.pending = step
+        self._push(at_ms, "action", step)
+
+    def _retime(self, handling: _Handling, now_ms: int) -> None:
+        """A merged report can make the case more urgent, so its deadline sooner: keep the pending step in time if it can be."""
+        step = handling.pending
+        if step is None or handling.window is None or step.at_ms <= handling.window[0] - _TOLERANCE_MS:
+            return
+        handling.token += 1
+        handling.pending = None
+        handling.earliest_ms = max(handling.earliest_ms, now_ms + _REACTION_MS)
+        self._schedule(handling, step.case_id, step.kind, step.unit_id, step.at_ms, False, reason=step.reason,
+                       note=step.note, rating=step.rating, extension_hours=step.extension_hours)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _RECORD_SHAPES = {  # channel -> (time field, Avro record type, key field)
     "camera": ("detected_at", "CameraDetection", "camera_id"),
     "hotline": ("received_at", "HotlineTicket", "ticket_id"),
@@ -484,10 +612,6 @@ _FULL_WIDTH_DIGITS = str.maketrans("0123456789", "０１２３４５６７８９
 def _identity_not_needed(value: str) -> str:
     """The simulator routes reports but never stores who made them: no identity hash is computed."""
     return ""
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _cumulative(weights: list[int]) -> list[int]:
