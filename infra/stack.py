@@ -195,6 +195,10 @@ class LocalStack:
         return self.status()
 
     def down(self, wipe: bool = False, progress: Progress = lambda _msg: None) -> None:
+        from whistle.processes import stop_recorded
+
+        for pid in stop_recorded(self.state / "demo" / "pids"):
+            progress(f"stopped demo process {pid}")
         for proc in [*self._nodes, self._clickhouse]:
             if proc.running():
                 progress(f"stopping {proc.name} (pid {proc.pid()})")

@@ -271,3 +271,19 @@ def _case_chain_problems(rows: list[tuple]) -> list[Problem]:
         chain.append(event)
     problems.extend(Problem("chain", f"case {case_id}", line) for line in verify_chain(chain))
     return problems
+
+
+def timeline_view(result: Result, tz: str = LOCAL_TIMEZONE) -> Result:
+    """`case_timeline` narrowed to five columns for a terminal: when (city time), what, by whom, holder, detail."""
+    zone = ZoneInfo(tz)
+    rows = []
+    for row in result.as_dicts():
+        shown = ("source", "report_id") if row["kind"] in ("opened", "report_merged") else ("reason", "note")  # (notes there: the chain)
+        detail = " · ".join(str(row[k]) for k in shown if row.get(k))
+        if row.get("rating") is not None:
+            detail = f"rating {row['rating']}" + (f" · {detail}" if detail else "")
+        holder = f"{row['assignee']} ({row['tier']})" if row.get("assignee") else ""
+        rows.append((from_epoch_ms(row["at_ms"]).astimezone(zone).strftime("%m-%d %H:%M"),
+                     row["kind"] if row["record"] == "case_event" else f"SLA {row['kind']}", row.get("unit_id") or "",
+                     holder, detail[:90]))
+    return Result(result.name, ("time", "event", "by", "holder after", "detail"), tuple(rows))

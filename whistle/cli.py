@@ -184,7 +184,8 @@ def audit_case(case_id: str = typer.Argument(...), fmt: str = FormatOption) -> N
     from sinks import audit
 
     with _auditor() as (engine, db):
-        _emit(audit.case_timeline(engine, db, case_id), fmt, f"Case {case_id}")
+        timeline = audit.case_timeline(engine, db, case_id)
+        _emit(audit.timeline_view(timeline) if fmt == "table" else timeline, fmt, f"Case {case_id}")
 
 
 @audit_app.command("breaches")

@@ -1,6 +1,7 @@
 """`make demo`: a simulated working day of the sample district through the real pipeline, then the auditors' view.
 
-Steps (each shown as it runs): start the local stack and provision it; start a worker, the sink and
+Steps (each shown as it runs): clear an earlier demo's stack (a demo starts from nothing), start the
+local stack and provision it; start a worker, the sink and
 the gateway as separate processes; replay a simulated Monday of this month — camera detections through
 the HTTP gateway, hotline tickets through `whistle publish`, app reports and handling actions through
 the SDK — compressed to a few minutes, with the case stream's clock following the simulated time; move
@@ -32,7 +33,7 @@ from sinks.clickhouse import ServerEngine
 from streams.clock import write_ticks
 from streams.domain.reference import load_reference
 from whistle.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
-from whistle.processes import WhistleProcess, sink_caught_up, spawn, spawn_worker, wait_for_group, wait_until
+from whistle.processes import WhistleProcess, record_pids, sink_caught_up, spawn, spawn_worker, wait_for_group, wait_until
 from whistle.publish import run_publish
 from whistle.sdk import Publisher
 from whistle.settings import Settings
@@ -55,6 +56,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
     step = _Steps(console)
     stack = LocalStack(settings)
+    step("Clearing an earlier demo (its processes, topics and tables)", lambda: stack.down(wipe=True, progress=step.detail))
     step("Starting Kafka and ClickHouse", lambda: stack.up(progress=step.detail))
     settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=stack.bootstrap_servers))
     for line in step("Provisioning topics and ClickHouse schema", lambda: provision_all(settings, stack)):
@@ -86,8 +88,9 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
             advance(len(events))
         step.detail("sent " + ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.sent.items())) + f" in {report.wall_s:.0f}s")
         step(f"Moving the case stream's clock to now ({now():%Y-%m-%d %H:%M} UTC): deadlines since the day are judged",
-             lambda: ticks(now()))
+             lambda: (time.sleep(clock.lag_s), ticks(now())))  # after the last reports are through ingestion
     processes.append(spawn(settings, "clock", ["clock", "run"], logs))
+    record_pids(logs / "pids", processes)
     step("Waiting until ClickHouse holds every record", lambda: _wait_for_sink(settings))
 
     auditor = replace(settings.clickhouse, user=settings.clickhouse.auditor_user, password=settings.clickhouse.auditor_password)
@@ -139,7 +142,8 @@ def _auditors_view(console: Console, engine, db: str, day: datetime, now: dateti
               "late": "A case resolved late and rated unsatisfied"}
     for example, case_id in audit.run_query(engine, db, "example_cases", {}).rows:
         if case_id:
-            console.print(audit.render_table(audit.case_timeline(engine, db, case_id), f"{titles[example]}: {case_id}"))
+            console.print(audit.render_table(audit.timeline_view(audit.case_timeline(engine, db, case_id)),
+                                             f"{titles[example]}: {case_id}"))
         else:
             console.print(f"[yellow]{titles[example]}: none in this run[/yellow]")
     problems = audit.verify(engine, db)
@@ -161,7 +165,7 @@ def _how_to_go_on(console: Console, settings: Settings, processes: list[WhistleP
         f"  e.g. SELECT tier, count() FROM breaches FINAL GROUP BY tier\n"
         f"Tail breaches as they happen:     .venv/bin/whistle alerts tail   (--tier discipline for referrals only)\n"
         f"Rankings and timelines:           .venv/bin/whistle audit ranking --month {datetime.now(CITY):%Y-%m} --by street\n"
-        f"Stop everything:                  .venv/bin/whistle stack down   (plus: pkill -f 'python -m whistle')",
+        f"Stop everything:                  .venv/bin/whistle stack down",
         title="Whistle demo"))
 
 

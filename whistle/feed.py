@@ -12,14 +12,15 @@ drained (acknowledged by Kafka), so no channel overtakes another.
 Pacing: event time advances at `speed` simulated seconds per wall second, but no wait between two
 events is longer than `max_gap_s` (quiet nights pass quickly). The feed owns the pipeline's time:
 a background thread writes clock ticks at the feed's current simulated time every `tick_s`, so
-deadlines fire on the simulated timeline, without waiting in real time.
+deadlines fire on the simulated timeline, without waiting in real time (trailing what was sent by a
+couple of wall seconds, so a tick never overtakes a report still passing through ingestion).
 """
 from __future__ import annotations
 
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -121,14 +122,23 @@ class FeedReport:
 
 
 class SimulatedClock:
-    """The pipeline's time during a feed: ticks at the feed's current simulated time, from a thread."""
+    """The pipeline's time during a feed: ticks from a thread, trailing what was sent by `lag_s` of wall time.
 
-    def __init__(self, write_ticks: Callable[[datetime], None], tick_s: float = 0.2) -> None:
-        self.write_ticks, self.tick_s = write_ticks, tick_s
-        self.now: datetime | None = None
+    Ticks go straight into the case stream, while reports still pass through the ingest stage; ticking
+    at the simulated time of what was sent at least `lag_s` ago keeps a tick from overtaking them.
+    """
+
+    def __init__(self, write_ticks: Callable[[datetime], None], tick_s: float = 0.2, lag_s: float = 2.0) -> None:
+        self.write_ticks, self.tick_s, self.lag_s = write_ticks, tick_s, lag_s
+        self._sent: deque[tuple[float, datetime]] = deque()  # (wall time sent, simulated time), oldest first
+        self.now: datetime | None = None  # the simulated time ticked last
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="whistle-feed-clock", daemon=True)
         self.error: BaseException | None = None
+
+    def sent(self, at: datetime) -> None:
+        """The feed has just sent an event of simulated time `at`."""
+        self._sent.append((time.monotonic(), at))
 
     def __enter__(self) -> "SimulatedClock":
         self._thread.start()
@@ -140,6 +150,10 @@ class SimulatedClock:
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
+            settled = time.monotonic() - self.lag_s
+            while self._sent and self._sent[0][0] <= settled:
+                at = self._sent.popleft()[1]
+                self.now = at if self.now is None else max(self.now, at)
             if self.now is not None:
                 try:
                     self.write_ticks(self.now)
@@ -161,15 +175,15 @@ def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock
             if gap > 0:
                 time.sleep(min(gap, max_gap_s))
         previous = event.at
-        if clock is not None:
-            if clock.error is not None:
-                raise clock.error
-            clock.now = event.at if clock.now is None else max(clock.now, event.at)
+        if clock is not None and clock.error is not None:
+            raise clock.error
         name = event.source if event.record_type != "HandlingAction" else "actions"
         if last_way is not None and last_way is not ways[name]:
             last_way.drain()  # keep event-time order across ways: what went before is in Kafka first
         last_way = ways[name]
         last_way.send(event)
+        if clock is not None:
+            clock.sent(event.at)
         report.sent[name] += 1
         report.first = report.first or event.at
         report.last = event.at

@@ -85,6 +85,39 @@ def spawn(settings: Settings, name: str, args: list[str], log_dir: Path, **overr
     return WhistleProcess(name, popen, log)
 
 
+def record_pids(path: Path, processes: list[WhistleProcess]) -> None:
+    """Remember which processes a command left running, so `whistle stack down` can stop them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{p.popen.pid}\n" for p in processes))
+
+
+def stop_recorded(path: Path, timeout_s: float = 30.0) -> list[int]:
+    """Stop (SIGTERM, then SIGKILL) the recorded processes that are still Whistle processes; returns their pids."""
+    stopped = []
+    try:
+        pids = [int(line) for line in path.read_text().split()]
+    except (OSError, ValueError):
+        return stopped
+    for pid in pids:
+        try:
+            if b"whistle" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # gone, or the pid now belongs to someone else
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            continue
+        stopped.append(pid)
+    deadline = time.monotonic() + timeout_s
+    while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in stopped:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    path.unlink(missing_ok=True)
+    return stopped
+
+
 def spawn_worker(settings: Settings, worker_id: str, log_dir: Path) -> WhistleProcess:
     return spawn(replace(settings, worker_id=worker_id), worker_id, ["worker"], log_dir)
 
