@@ -287,3 +287,11 @@ def timeline_view(result: Result, tz: str = LOCAL_TIMEZONE) -> Result:
                      row["kind"] if row["record"] == "case_event" else f"SLA {row['kind']}", row.get("unit_id") or "",
                      holder, detail[:90]))
     return Result(result.name, ("time", "event", "by", "holder after", "detail"), tuple(rows))
+
+
+def ranking_view(result: Result) -> Result:
+    """`ranking` narrowed for a terminal: the rates, breaches and average times (CSV/JSON keep every column)."""
+    keep = ("unit_id", "rank", "received", "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct",
+            "satisfaction_rate_pct", "breaches_total", "avg_accept_s", "avg_resolve_h")
+    names = ("unit", "rank", "cases", "resp %", "resolved %", "on time %", "satisf %", "breaches", "accept s", "resolve h")
+    return Result(result.name, names, tuple(tuple(row[k] for k in keep) for row in result.as_dicts()))

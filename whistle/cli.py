@@ -174,7 +174,8 @@ def audit_ranking(month: str = typer.Option(..., "--month", help="YYYY-MM (city 
     from sinks import audit
 
     with _auditor() as (engine, db):
-        _emit(audit.ranking(engine, db, month, by, min_cases), fmt, f"Ranking by {by}, {month}")
+        ranking = audit.ranking(engine, db, month, by, min_cases)
+        _emit(audit.ranking_view(ranking) if fmt == "table" else ranking, fmt, f"Ranking by {by}, {month}")
         _emit(audit.ranking_provenance(engine, db, month, by), fmt, "Provenance")
 
 
@@ -229,6 +230,11 @@ class _auditor:
         self.engine.close()
 
 
+def _wide_console() -> Console:
+    """A console as wide as the terminal, or 140 columns when the output goes to a file or a pipe."""
+    return Console() if sys.stdout.isatty() else Console(width=140)
+
+
 def _emit(result, fmt: str, title: str) -> None:
     from sinks import audit
 
@@ -237,7 +243,7 @@ def _emit(result, fmt: str, title: str) -> None:
     elif fmt == "json":
         sys.stdout.write(audit.to_json(result) + "\n")
     elif fmt == "table":
-        Console().print(audit.render_table(result, title))
+        _wide_console().print(audit.render_table(result, title))
     else:
         raise typer.BadParameter(f"--format must be table, csv or json, not {fmt!r}")
 
@@ -248,7 +254,7 @@ def demo(incidents: int = typer.Option(600, help="incidents in the simulated day
     """Run a simulated day of the sample district through the real pipeline and print the auditors' view."""
     from whistle.demo import run_demo
 
-    raise typer.Exit(run_demo(_settings(), Console(), incidents=incidents, speed=speed))
+    raise typer.Exit(run_demo(_settings(), _wide_console(), incidents=incidents, speed=speed))
 
 
 @app.command("simulate")

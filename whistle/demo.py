@@ -134,7 +134,8 @@ def _auditors_view(console: Console, engine, db: str, day: datetime, now: dateti
     month = f"{day:%Y-%m}"
     console.rule(f"[bold]The auditors' view (ClickHouse, read-only user) — {month}")
     for by in ("street", "department"):
-        console.print(audit.render_table(audit.ranking(engine, db, month, by, min_cases=5), f"Ranking of {by}s, {month}"))
+        console.print(audit.render_table(audit.ranking_view(audit.ranking(engine, db, month, by, min_cases=5)),
+                                         f"Ranking of {by}s, {month} (fewer than 5 cases: listed, not ranked)"))
     console.print(audit.render_table(audit.ranking_provenance(engine, db, month, "street"), "Provenance of the rankings"))
     summary = audit.run_query(engine, db, "breach_summary", {"from_ms": 0, "to_ms": int(now.timestamp() * 1000) + 86_400_000})
     console.print(audit.render_table(summary, "Warnings, breaches and referrals by tier"))
