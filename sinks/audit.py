@@ -29,6 +29,8 @@ from whistle.errors import ConfigError, ValidationError
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters")
+# Tables keyed by business id, whose offsets are accounted in the sink's ledger (migration 004): (ledger view, key column).
+LEDGERED = {"case_events": ("case_event_offsets", "event_id"), "breaches": ("breach_offsets", "breach_id")}
 RANKING_UNITS = ("street", "department")
 LOCAL_TIMEZONE = "Asia/Shanghai"  # the city's months (streams/reference/sla/calendar-cn.yaml)
 _END_OF_TIME_MS = 2**63 - 1
@@ -121,6 +123,7 @@ def verify(engine: Engine, database: str, *, events_per_pass: int = 200_000) -> 
     for table in AUDITED_TABLES:
         problems.extend(_offset_problems(engine, database, table))
         problems.extend(_batch_problems(engine, database, table))
+        problems.extend(_ledger_problems(engine, database, table))
     problems.extend(_chain_problems(engine, database, events_per_pass))
     return problems
 
@@ -199,27 +202,43 @@ def _json_default(value: Any) -> Any:
 # -- verify ---------------------------------------------------------------------------------------
 
 
+def _offsets_of(table: str) -> str:
+    """Where `table`'s Kafka offsets are accounted: the table itself, or its ledger view (LEDGERED)."""
+    return LEDGERED[table][0] if table in LEDGERED else table
+
+
 def _offset_problems(engine: Engine, database: str, table: str) -> list[Problem]:
     problems = []
-    summary = run_query(engine, database, "verify_offsets", {}, table=table)
+    source = _offsets_of(table)
+    summary = run_query(engine, database, "verify_offsets", {}, table=source)
     for topic, partition, row_count, offset_count, min_offset, max_offset in summary.rows:
         subject = f"{table} {topic}[{partition}]"
         scope = {"topic": topic, "partition": partition, "limit": _MAX_LISTED}
         missing = max_offset - min_offset + 1 - offset_count
         if missing:
-            gaps = run_query(engine, database, "verify_offset_gaps", scope, table=table).rows
+            gaps = run_query(engine, database, "verify_offset_gaps", scope, table=source).rows
             listed = ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps)
             problems.append(Problem("offsets", subject, f"{missing} offset(s) missing between {min_offset} and {max_offset}: {listed}"))
         if row_count > offset_count:
-            copies = run_query(engine, database, "verify_offset_duplicates", scope, table=table).rows
+            copies = run_query(engine, database, "verify_offset_duplicates", scope, table=source).rows
             listed = ", ".join(f"{offset} x{count}" for offset, count in copies)
             problems.append(Problem("offsets", subject, f"{row_count - offset_count} duplicate row(s): {listed}"))
     return problems
 
 
+def _ledger_problems(engine: Engine, database: str, table: str) -> list[Problem]:
+    """Offsets the sink stored whose key has no row in the table any more (LEDGERED tables only)."""
+    if table not in LEDGERED:
+        return []
+    offsets, key = LEDGERED[table]
+    lost = run_query(engine, database, "verify_ledger_rows", {"limit": _MAX_LISTED}, table=table, offsets=offsets, key=key)
+    return [Problem("rows", f"{table} {topic}[{partition}]", f"offset {offset} ({record_key}) was stored, its row is gone")
+            for topic, partition, offset, record_key in lost.rows]
+
+
 def _batch_problems(engine: Engine, database: str, table: str) -> list[Problem]:
     problems = []
-    coverage = run_query(engine, database, "verify_batches", {"table": table}, table=table)
+    coverage = run_query(engine, database, "verify_batches", {"table": table}, table=_offsets_of(table))
     for topic, partition, first, last, table_rows, table_min, table_max in coverage.rows:
         subject = f"{table} {topic}[{partition}]"
         if not table_rows:

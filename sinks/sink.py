@@ -36,7 +36,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas.serde import Serde
-from sinks.audit import run_query
+from sinks.audit import LEDGERED, run_query
 from sinks.clickhouse import Engine
 from streams.pipeline import Position, dead_letter
 from whistle.errors import DeliveryError, StoreError, WhistleError
@@ -269,12 +269,12 @@ class Sink:
         for row in rows:
             month = _month_of(row.values[month_at])
             if run and month != run_month:
-                inserted += self._insert_run(table, run)
+                inserted += self._ledger(table, self._insert_run(table, run))
                 run = []
             run.append(row)
             run_month = month
         if run:
-            inserted += self._insert_run(table, run)
+            inserted += self._ledger(table, self._insert_run(table, run))
         return inserted
 
     def _insert_run(self, table: str, rows: list[Row]) -> list[Row]:
@@ -294,10 +294,24 @@ class Sink:
                 if self._landed(rows[-1]):  # the insert succeeded but its answer was lost: inserting again would duplicate it
                     return rows
 
+    def _ledger(self, table: str, rows: list[Row]) -> list[Row]:
+        """Account the stored offsets of a table keyed by business id in the offset ledger (after the data insert).
+
+        A merge may later collapse a re-emitted copy into its twin; the ledger keeps its offset (sinks/audit.py).
+        """
+        if table in LEDGERED and rows:
+            key = COLUMNS[table].index(LEDGERED[table][1])
+            now_ms = int(self.clock() * 1000)
+            last = rows[-1].position
+            self._insert_run_plain("offset_ledger", ("table_name", "kafka_topic", "kafka_partition", "kafka_offset", "record_key", "ingest_ms"),
+                                   [(table, r.position.topic, r.position.partition, r.position.offset, r.values[key], now_ms) for r in rows],
+                                   landed=lambda: (self._stored_through(last.topic, last.partition, wait=self._hold) or -1) >= last.offset)
+        return rows
+
     def _landed(self, row: Row) -> bool:
         """Whether ClickHouse holds `row`. A run is one INSERT of one block into one month partition: one part,
         stored entirely or not at all, so its last row answers for the whole run."""
-        stored = self._stored_through(row.position.topic, row.position.partition, wait=self._hold)
+        stored = self._stored_through(row.position.topic, row.position.partition, wait=self._hold, source=row.table)
         return stored is not None and stored >= row.position.offset
 
     def _split_refused(self, table: str, rows: list[Row], error: StoreError) -> list[Row]:
@@ -358,7 +372,9 @@ class Sink:
             self._insert_run_plain("sink_batches", ("table_name", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "rows",
                                                     "sink_id", "inserted_ms"), records)
 
-    def _insert_run_plain(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    def _insert_run_plain(self, table: str, columns: tuple[str, ...], rows: list[tuple],
+                          landed: Callable[[], bool] = lambda: False) -> None:
+        """Insert bookkeeping rows, retrying while ClickHouse is away; `landed` tells whether a failed attempt was stored."""
         delay = 0.25
         while True:
             try:
@@ -369,6 +385,8 @@ class Sink:
                     raise
                 self._hold(delay)
                 delay = min(delay * 2, 10.0)
+                if landed():
+                    return
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
         """Start each partition after the highest offset ClickHouse already holds for it, unless Kafka's committed
@@ -387,13 +405,16 @@ class Sink:
             self.flush()
         consumer.incremental_unassign(partitions)
 
-    def _stored_through(self, topic: str, partition: int, wait: Callable[[float], None] = time.sleep) -> int | None:
+    def _stored_through(self, topic: str, partition: int, wait: Callable[[float], None] = time.sleep,
+                        source: str | None = None) -> int | None:
+        """The highest offset of the partition ClickHouse holds: in `source`, by default where its offsets are
+        accounted (the table, or its offset ledger for tables keyed by business id)."""
         table = self._table_of(topic)
         delay = 0.25
         while True:
             try:
                 result = run_query(self.engine, self.database, "sink_resume", {"table_name": table, "topic": topic, "partition": partition},
-                                   table=table)
+                                   table=source or (LEDGERED[table][0] if table in LEDGERED else table))
                 break
             except StoreError as exc:
                 if not exc.context.get("transient"):

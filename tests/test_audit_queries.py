@@ -242,6 +242,9 @@ def load(engine, database, tamper=None):
             if batch:
                 columns = [c for c in batch[0] if c != "later_batch"]
                 engine.insert(f"{database}.{table}", columns, [tuple(r[c] for c in columns) for r in batch])
+    for table, key in (("case_events", "event_id"), ("breaches", "breach_id")):  # the sink's offset ledger (migration 004)
+        engine.insert(f"{database}.offset_ledger", ("table_name", "kafka_topic", "kafka_partition", "kafka_offset", "record_key", "ingest_ms"),
+                      [(table, r["kafka_topic"], r["kafka_partition"], r["kafka_offset"], r[key], INGEST_MS) for r in tables[table]])
     engine.insert(f"{database}.sink_batches", ("table_name", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "rows",
                                                "sink_id", "inserted_ms"), batches)
 

@@ -75,3 +75,25 @@ def test_a_conflicting_copy_of_an_event_is_caught(engine, database):
         Problem("chain", "case C2", "C2:8: copy at whistle.cases.events[1]@28 differs from the first copy; "
                                     "its hash does not match its content (altered)"),
     ]
+
+
+def test_a_reemitted_copy_merged_into_its_twin_is_accounted_by_the_ledger(engine, database):
+    def reemit(tables):  # after a crash the worker published C3:2 (events p0 offset 9) again, at the partition's next offset
+        rows = tables["case_events"]
+        next_offset = max(r["kafka_offset"] for r in rows if r["kafka_partition"] == 0) + 1
+        rows.append({**at(rows, 0, 9), "kafka_offset": next_offset, "later_batch": True})
+
+    load(engine, database, reemit)
+    engine.execute(f"SYSTEM START MERGES {database}.case_events")
+    engine.execute(f"OPTIMIZE TABLE {database}.case_events FINAL")
+
+    assert engine.execute(f"SELECT count() FROM {database}.case_events WHERE event_id = 'C3:2'") == [(1,)]
+    assert verify(engine, database) == []
+
+
+def test_a_stored_row_that_is_gone_is_caught_by_the_ledger(engine, database):
+    load(engine, database)
+    engine.insert(f"{database}.offset_ledger", ("table_name", "kafka_topic", "kafka_partition", "kafka_offset", "record_key", "ingest_ms"),
+                  [("breaches", "whistle.sla.breaches", 1, 5, "B-vanished", 0)])
+
+    assert Problem("rows", "breaches whistle.sla.breaches[1]", "offset 5 (B-vanished) was stored, its row is gone") in verify(engine, database)
