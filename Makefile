@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test test-fast bench stack-up stack-down clean
+.PHONY: bootstrap demo test test-fast stack-up stack-down clean
 
 bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server
 
@@ -32,9 +32,6 @@ test: bootstrap
 
 test-fast: bootstrap
 	$(BIN)/python -m pytest -m "not drill" $(PYTEST_ARGS)
-
-bench: bootstrap
-	$(BIN)/whistle bench
 
 stack-up: bootstrap
 	$(BIN)/whistle stack up
