@@ -201,7 +201,7 @@ class Pipeline:
     def wait_for_events(self, count: int, timeout_s: float = 40.0) -> None:
         self.wait(lambda: self.count(self.topics.case_events) >= count, f"{count} case events", timeout_s)
 
-    def settle(self, timeout_s: float = 40.0) -> None:
+    def settle(self, timeout_s: float = 120.0) -> None:  # two workers rebalancing on a loaded 2-core machine
         """Wait until the workers committed every source and case-stream record: all their outputs are in Kafka.
 
         Faust flushes the producer before it commits, and the case agent waits for its outputs'
