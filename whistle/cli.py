@@ -271,6 +271,27 @@ def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one 
         _progress(f"{out / (channel + '.jsonl')}: {count:,} records")
 
 
+@app.command("bench")
+def bench(events: int = typer.Option(50_000, help="simulated events, generated and encoded once, used by every phase"),
+          workers: int = typer.Option(1, help="`whistle worker` processes"),
+          phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery"),
+          latency_seconds: float = typer.Option(20.0, help="how long the half-rate latency phase publishes"),
+          latency_rate: Optional[float] = typer.Option(None, help="events/s of the latency phase (default: half the e2e rate)"),
+          breach_cases: int = typer.Option(200, help="emergency cases whose accept deadline falls during the breach phase"),
+          open_cases: int = typer.Option(100_000, help="open cases held by the recovered worker"),
+          million: bool = typer.Option(False, "--million", help="the recovered worker holds 1,000,000 open cases"),
+          json_path: Optional[Path] = typer.Option(None, "--json", help="where to write the figures (default: .whistle/bench/<run id>.json)"),
+          keep: bool = typer.Option(False, "--keep", help="keep the bench's topics and databases")) -> None:
+    """Measure throughput, latency, breach timeliness, per-process CPU/RSS and recovery against the running local stack."""
+    from whistle.bench import MILLION, PHASES, BenchOptions, run_bench
+
+    options = BenchOptions(events=events, workers=workers, phases=tuple(phase) or PHASES, latency_seconds=latency_seconds,
+                           latency_rate=latency_rate, breach_cases=breach_cases, open_cases=MILLION if million else open_cases,
+                           json_path=json_path, keep=keep)
+    report = run_bench(_settings(), options, _wide_console())
+    raise typer.Exit(1 if report["errors"] else 0)
+
+
 alerts_app = typer.Typer(no_args_is_help=True, help="Consumers of the breach topic.")
 app.add_typer(alerts_app, name="alerts")
 
