@@ -54,8 +54,9 @@ class Output:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None  # None: the default (murmur2) partitioner places it by key
 
 
 def dead_letter(serde: Serde, topics: Topics, where: Position, key: bytes | None, value: bytes | None,

@@ -13,7 +13,8 @@ that phases and runs never mix:
             share ends at the broker append time of the last case event;
 - backlog   the same N events preloaded into fresh raw topics: first a plain confluent-kafka
             consume -> produce passthrough (one process) copies them (the machine's ceiling), then
-            whistle worker(s) drain them (the stream stage alone); ratio whistle / passthrough;
+            whistle worker(s) drain them (the stream stage alone); ratio whistle / passthrough, in
+            events/s and in events per CPU-second;
 - latency   the same events at half the e2e rate: produced (the producer's timestamp) -> visible in
             ClickHouse, for the raw row and for the case events each event caused;
 - breach    emergency cases whose accept deadline falls during the run, with the clock service
@@ -431,7 +432,8 @@ class _Bench:
         whistle_cpu = sum(v["cpu_s"] for k, v in usage.figures().items() if k.startswith("bench-backlog"))
         return {"events": count, "workers": len(workers), "stream_s": round(last - first, 3), "stream_events_per_s": round(stream_rate),
                 "stream_events_per_cpu_s": round(count / whistle_cpu) if whistle_cpu else None,
-                "passthrough": passthrough, "ratio": round(stream_rate / passthrough["events_per_s"], 3),
+                "passthrough": passthrough, "ratio": round(stream_rate / passthrough["events_per_s"], 4),
+                "cpu_ratio": round(count / whistle_cpu / passthrough["events_per_cpu_s"], 4) if whistle_cpu and passthrough["events_per_cpu_s"] else None,
                 "processes": usage.figures()}
 
     def _passthrough(self, settings: Settings, topics: Topics, target: str, count: int) -> dict[str, Any]:
@@ -458,11 +460,10 @@ class _Bench:
 
             self._wait(copied, f"the passthrough to copy {count:,} records", [child], 0.5)
             popen.wait(60)
-        first = edge_timestamp(settings, target, last=False) / 1000
-        last = edge_timestamp(settings, target, last=True) / 1000
+        seconds = json.loads(log.read_text().splitlines()[-1])["seconds"]
         figures = usage.figures()
         cpu = figures["passthrough"]["cpu_s"]
-        return {"events": count, "seconds": round(last - first, 3), "events_per_s": round(count / (last - first)),
+        return {"events": count, "seconds": round(seconds, 3), "events_per_s": round(count / seconds),
                 "events_per_cpu_s": round(count / cpu) if cpu else None, "processes": figures}
 
     # -- latency at half rate ----------------------------------------------------------------------
@@ -730,11 +731,13 @@ def passthrough_main(conf: dict[str, str], sources: list[str], target: str, coun
     consumer = Consumer({**conf, "group.id": f"{target}-copier", "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({**conf, **PRODUCER_DEFAULTS})
     consumer.subscribe(sources)
-    copied = 0
+    copied, first = 0, None
     deadline = time.monotonic() + timeout_s
     try:
         while copied < count and time.monotonic() < deadline:
             batch = consumer.consume(1000, timeout=0.5)
+            if batch and first is None:
+                first = time.monotonic()
             for message in batch:
                 if message.error() is not None:
                     continue
@@ -754,6 +757,7 @@ def passthrough_main(conf: dict[str, str], sources: list[str], target: str, coun
         consumer.close()
     if copied < count:
         raise SystemExit(1)
+    print(json.dumps({"seconds": time.monotonic() - first}), flush=True)  # first record consumed -> every copy acknowledged
 
 
 # -- the recovery changelog ----------------------------------------------------------------------------
@@ -1196,7 +1200,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         pt = b["passthrough"]
         rates.add_row("plain confluent-kafka passthrough (1 process)", f"{pt['events_per_s']:,}", f"{pt['seconds']}",
                       f"{pt['events_per_cpu_s'] or '-'} events per CPU-second")
-        rates.add_row("ratio whistle stream stage / passthrough", f"{b['ratio']:.2f}", "", "")
+        rates.add_row("ratio whistle stream stage / passthrough", f"{b['ratio']:.3f}", "",
+                      f"per CPU-second: {_fmt(b['cpu_ratio'])}")
     console.print(rates)
     if "latency" in report or "breach" in report:
         latency = Table(title="Latency (ms)")
