@@ -16,7 +16,7 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -147,7 +147,7 @@ class PartitionCases:
 class CaseProcessor:
     """The case stream -> case events and breaches, partition by partition, deterministically.
 
-    State that is persisted (as `StateWrite`s, in a changelog-backed table): every case's
+    State that is persisted (as `StateWrite`s, to the changelog of `streams.changelog`): every case's
     `CaseState`, every open case's merge entry (`open:<case id>`), and each partition's clock
     (`clock:<partition>`). The merge and deadline indexes are derived from them on recovery.
     """
@@ -165,23 +165,26 @@ class CaseProcessor:
 
     # -- recovery ---------------------------------------------------------------------------------
     def recover(self, partition: int, stored: Iterable[tuple[str, bytes]]) -> None:
-        """Rebuild a partition from its persisted state (the table's entries for that partition)."""
+        """Rebuild a partition from its persisted state (its changelog partition's last value per key)."""
         states: dict[str, CaseState] = {}
         open_cases: list[OpenCase] = []
         clock_ms = None
         for key, value in stored:
             if key.startswith("case:"):
-                states[key[5:]] = pickle.loads(value)
+                state = pickle.loads(value)
+                states[state.case_id] = state  # keyed by the state's own id string, not a copy
             elif key.startswith("open:"):
                 open_cases.append(pickle.loads(value))
             elif key == f"clock:{partition}":
                 clock_ms = int(value)
         part = self._new_partition(partition, states, clock_ms)
         for case in open_cases:
-            part.merge.add(case)
+            state = states.get(case.case_id)
+            part.merge.add(case if state is None else replace(case, case_id=state.case_id))  # one id string per case, not two
 
-    def owns(self, partition: int) -> bool:
-        return partition in self._parts
+    def owned(self) -> set[int]:
+        """The case-stream partitions this processor holds state for."""
+        return set(self._parts)
 
     def release(self, partition: int) -> None:
         self._parts.pop(partition, None)
@@ -191,15 +194,6 @@ class CaseProcessor:
         part = PartitionCases(partition, book, MergeIndex(self.reference.gazetteer.normalize))
         self._parts[partition] = part
         return part
-
-    @staticmethod
-    def state_key_partition(key: str, partitions: int) -> int | None:
-        """Which case-stream partition a persisted key belongs to (None for keys of no partition)."""
-        if key.startswith(("case:", "open:")):
-            return partition_for_key(partition_key_of_case(key[5:]), partitions)
-        if key.startswith("clock:"):
-            return int(key[6:])
-        return None
 
     # -- processing -------------------------------------------------------------------------------
     def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime) -> tuple[list[Output], list[StateWrite]]:

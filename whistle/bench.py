@@ -33,7 +33,7 @@ The recovery changelog is written by the bench, not by running M reports through
 this scale, and duplicate merging would fold nearby reports into one case): each case's state comes
 from the domain functions the case processor uses (`open_case`, `evolve`, `handle_action`, `MergeIndex.open_case`),
 and it is written as the three records `CaseProcessor` writes when it opens a case (`open:`, `case:`,
-`clock:`), to the changelog topic Faust itself declared, at the partition of the case's key.
+`clock:`), to the changelog topic the worker declared, at the partition of the case's key.
 
 Machine: all processes (Kafka, ClickHouse, workers, sink, this process) share the machine; the
 report names it and its load average, and lists each process's CPU seconds and peak RSS
@@ -70,7 +70,7 @@ from infra.stack import LocalStack
 from infra.topics import partitions_of
 from schemas.serde import Serde
 from sinks.clickhouse import ServerEngine
-from streams.app import TABLE_NAME
+from streams.changelog import changelog_topic
 from streams.clock import Timeline, run_clock, write_ticks
 from streams.domain.calendar import load_calendar, to_epoch_ms
 from streams.domain.case import Status, evolve, handle_action, open_case
@@ -577,7 +577,7 @@ class _Bench:
         self._wait_groups(settings, first, None)
         idle_rss = psutil.Process(first[0].popen.pid).memory_info().rss
         first[0].kill()  # a crash: the state below is what the next worker must recover
-        changelog = f"{settings.topic_prefix}whistle-cases-{TABLE_NAME}-changelog"
+        changelog = changelog_topic(settings)
         if changelog not in AdminClient({**settings.kafka.librdkafka(), "log_level": 0}).list_topics(timeout=30).topics:
             raise StackError(f"the worker did not declare its changelog topic {changelog}")
         partitions = partitions_of(topics.inbox, settings.topic_prefix)

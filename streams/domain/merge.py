@@ -19,7 +19,8 @@ and columns wrap round the antimeridian: exact at every latitude, poles included
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
@@ -44,6 +45,15 @@ class OpenCase:
     lat: float | None
     lon: float | None
     place_key: str | None  # only for cases without coordinates
+
+    def __setstate__(self, state: tuple) -> None:
+        """Unpickle (recovery) with the partition and category strings shared: a million open cases hold
+        a dozen distinct values of each, not two million copies."""
+        for name, value in zip(_OPEN_CASE_FIELDS, state):
+            object.__setattr__(self, name, sys.intern(value) if name in ("partition", "category") else value)
+
+
+_OPEN_CASE_FIELDS = tuple(f.name for f in fields(OpenCase))
 
 
 class MergeIndex:
