@@ -34,7 +34,7 @@ class KafkaSettings:
     sasl_username: str | None = None
     sasl_password: Secret = Secret("")
     ssl_ca_location: str | None = None
-    replication_factor: int = 1  # for topics and Faust changelogs; 3 in production
+    replication_factor: int = 1  # for topics and the workers' state changelog; 3 in production
     min_insync_replicas: int = 1  # 2 in production
     schema_registry_url: str | None = None  # Confluent framing when set
 
