@@ -44,7 +44,7 @@ from whistle.pii import PersonalDataHasher
 from whistle.settings import Settings
 from whistle.topics import Topics
 
-RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases took 48 s: `whistle bench --million`)
+RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases: 48 s, `whistle bench --million`)
 
 
 def utc_now() -> datetime:
@@ -107,7 +107,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     async def case_stream(stream):
         async for batch in stream.take_events(1000, within=0.05):
             for partition in sorted({e.message.partition for e in batch} - cases.owned()):
-                cases.recover(partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S).items())
+                cases.recover(partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
             now = clock()
             outputs, writes = [], {}
             for event in batch:

@@ -16,7 +16,7 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -164,23 +164,33 @@ class CaseProcessor:
         self._common_parent = arbiter
 
     # -- recovery ---------------------------------------------------------------------------------
-    def recover(self, partition: int, stored: Iterable[tuple[str, bytes]]) -> None:
-        """Rebuild a partition from its persisted state (its changelog partition's last value per key)."""
+    def recover(self, partition: int, records: Iterable[tuple[str, bytes | None]]) -> None:
+        """Rebuild a partition from its changelog records in log order: a key's last record wins, None deletes it.
+
+        Records are decoded as they stream in (a superseded state is decoded and dropped), so that no
+        copy of the partition's bytes is held while the live objects are built.
+        """
         states: dict[str, CaseState] = {}
-        open_cases: list[OpenCase] = []
+        open_cases: dict[str, OpenCase] = {}
         clock_ms = None
-        for key, value in stored:
-            if key.startswith("case:"):
-                state = pickle.loads(value)
-                states[state.case_id] = state  # keyed by the state's own id string, not a copy
-            elif key.startswith("open:"):
-                open_cases.append(pickle.loads(value))
-            elif key == f"clock:{partition}":
+        for key, value in records:
+            kind, _, name = key.partition(":")
+            if kind == "case":
+                if value is None:
+                    states.pop(name, None)
+                else:
+                    state = pickle.loads(value)
+                    states[state.case_id] = state  # keyed by the state's own id string, not a copy
+            elif kind == "open":
+                if value is None:
+                    open_cases.pop(name, None)
+                else:
+                    open_cases[name] = pickle.loads(value)
+            elif kind == "clock" and name == str(partition) and value is not None:
                 clock_ms = int(value)
         part = self._new_partition(partition, states, clock_ms)
-        for case in open_cases:
-            state = states.get(case.case_id)
-            part.merge.add(case if state is None else replace(case, case_id=state.case_id))  # one id string per case, not two
+        for case in open_cases.values():
+            part.merge.add(case)
 
     def owned(self) -> set[int]:
         """The case-stream partitions this processor holds state for."""
