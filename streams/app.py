@@ -20,14 +20,17 @@ Delivery order of the cases agent, per batch of case-stream records:
   4. Faust acks the batch and later commits its offsets, after flushing the producer.
 A crash between 2 and 3 replays the batch against the old state, which re-emits the same
 deterministic events (duplicates that consumers drop by id); a crash can never persist a state
-whose events were not published.
+whose events were not published. A record Kafka refuses, or any failure that is not a bad record,
+ends the process before another commit (`exit_at_once`).
 """
 from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
+import os
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, NoReturn
 
 import faust
 from faust.tables import TableManager
@@ -44,6 +47,8 @@ from whistle.pii import PersonalDataHasher
 from whistle.settings import Settings
 from whistle.topics import Topics
 
+EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: restart me
+logger = logging.getLogger("whistle.worker")
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases: 48 s, `whistle bench --million`)
 
 
@@ -94,29 +99,41 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
         by 27 %, `whistle bench` backlog phase). Faust still flushes this producer before it commits
         offsets, so at-least-once holds.
         """
-        producer = app.producer
-        return [await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None) for o in outputs]
+        producer, futures = app.producer, []
+        for o in outputs:
+            future = await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)
+            future.add_done_callback(_exit_unless_delivered)
+            futures.append(future)
+        return futures
 
     @app.agent(raw_in, concurrency=1)
     async def ingest(stream):
-        async for batch in stream.take_events(1000, within=0.05):
-            now = clock()
-            await send([ingestor.process(_position(e), e.message.key, e.message.value, now) for e in in_produce_order(batch)])
+        try:
+            async for batch in stream.take_events(1000, within=0.05):
+                now = clock()
+                await send([ingestor.process(_position(e), e.message.key, e.message.value, now) for e in in_produce_order(batch)])
+        except Exception as exc:  # not a bad record (those are dead-lettered): Kafka or a bug
+            exit_at_once("the ingest agent failed", exc)
 
     @app.agent(inbox_in, concurrency=1)
     async def case_stream(stream):
-        async for batch in stream.take_events(1000, within=0.05):
-            for partition in sorted({e.message.partition for e in batch} - cases.owned()):
-                cases.recover(partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
-            now = clock()
-            outputs, writes = [], {}
-            for event in batch:
-                produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
-                outputs += produced
-                writes.update((write.key, write) for write in written)  # only a key's last state is persisted
-            await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
-            # 3. ... before the state that follows from them is persisted
-            await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])
+        try:
+            async for batch in stream.take_events(1000, within=0.05):
+                for partition in sorted({e.message.partition for e in batch} - cases.owned()):
+                    # in a thread, so that the producer and the consumer's fetches go on meanwhile; a revocation
+                    # waits for this batch (Faust's wait_empty), so no partition is released under the reader
+                    await asyncio.to_thread(cases.recover, partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
+                now = clock()
+                outputs, writes = [], {}
+                for event in batch:
+                    produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
+                    outputs += produced
+                    writes.update((write.key, write) for write in written)  # only a key's last state is persisted
+                await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
+                # 3. ... before the state that follows from them is persisted
+                await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])
+        except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
+            exit_at_once("the cases agent failed", exc)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app_, revoked, **kwargs) -> None:
@@ -125,6 +142,24 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                 cases.release(tp.partition)
 
     return app
+
+
+def exit_at_once(what: str, error: BaseException) -> NoReturn:
+    """End the worker process now, committing nothing more.
+
+    Faust would restart a crashed agent and ack the batch it dropped, and it commits offsets after a
+    flush even if a record failed to deliver: either way a record's effects would be lost while its
+    offset is committed. Exiting leaves the committed offsets where every output is acknowledged; the
+    orchestrator restarts the worker (same WHISTLE_WORKER_ID) and it resumes from there.
+    """
+    logger.critical("%s: %s: exiting without committing, to be restarted", what, error, exc_info=error)
+    logging.shutdown()
+    os._exit(EXIT_UNDELIVERED)
+
+
+def _exit_unless_delivered(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        exit_at_once("Kafka did not acknowledge a record", future.exception())
 
 
 def in_produce_order(batch: list) -> list:

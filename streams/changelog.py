@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from whistle.errors import ConfigError, StackError
@@ -42,6 +42,8 @@ def ensure_changelog(settings: Settings, partitions: int, timeout_s: float = 30.
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another worker starting at the same time
                     raise
+            except TimeoutError as exc:
+                raise StackError(f"Kafka did not create the changelog within {timeout_s:.0f} s", topic=name) from exc
         elif len(existing[name].partitions) != partitions:
             raise ConfigError(f"the changelog has {len(existing[name].partitions)} partitions, the case stream {partitions}: "
                               "a case's state would be read from the wrong partition", topic=name)
@@ -51,26 +53,29 @@ def ensure_changelog(settings: Settings, partitions: int, timeout_s: float = 30.
 
 
 def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iterator[tuple[str, bytes | None]]:
-    """Changelog partition `partition` as (key, value) in log order (None: deleted), from the beginning to the
-    end offset read at the start. StackError if that end is not reached within `timeout_s`."""
+    """Changelog partition `partition` as (key, value) in log order (None: deleted), from the beginning to its
+    end. Transient errors (a broker restarting) are waited out; StackError on a fatal one, or if the end is
+    not reached within `timeout_s`."""
     topic = changelog_topic(settings)
     consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"{topic}-reader", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": False})
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
     try:
-        _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-        if end <= 0:
+        low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        if end <= low:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline, last = time.monotonic() + timeout_s, -1
-        while last + 1 < end:
+        while last + 1 < end:  # or until the end of the partition is reported (compaction may leave holes at the end)
             if time.monotonic() > deadline:
                 raise StackError(f"reading the changelog timed out at offset {last} of {end}", topic=topic, partition=partition)
             for message in consumer.consume(10_000, timeout=0.5):
-                if message.error() is not None:
-                    raise StackError(f"reading the changelog failed: {message.error()}", topic=topic, partition=partition)
-                yield message.key().decode(), message.value()
-                last = message.offset()
-            if last + 1 < end:  # compaction can remove the offsets just below the end: ask where the reader stands
-                last = max(last, consumer.position([TopicPartition(topic, partition)])[0].offset - 1)
+                error = message.error()
+                if error is None:
+                    yield message.key().decode(), message.value()
+                    last = message.offset()
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    return
+                elif error.fatal():
+                    raise StackError(f"reading the changelog failed: {error}", topic=topic, partition=partition)
     finally:
         consumer.close()

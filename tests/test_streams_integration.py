@@ -16,11 +16,12 @@ from typing import Any, Callable, NamedTuple
 
 import pytest
 from confluent_kafka import ConsumerGroupState, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from infra.provision import provision_all
 from infra.topics import partitions_of
 from schemas.serde import SINGLE_OBJECT_MARKER, Serde, from_record
+from streams.app import EXIT_UNDELIVERED
 from streams.clock import write_ticks
 from streams.domain.case import CaseEvent, Kind, verify_chain
 from streams.domain.enrich import Enricher, case_id_for, haversine_m
@@ -511,3 +512,40 @@ def test_a_worker_killed_and_restarted_recovers_its_cases_and_their_deadlines(pi
         assert (escalated.kind, escalated.assignee_unit_id) == (Kind.ESCALATED, case.chain[1])
     assert sorted((b.case_id, b.breach_type, b.kind) for _, b in pipeline.breaches()) == sorted(
         (case.case_id, "accept_overdue", "breach") for case in left)
+
+
+def set_topic_config(settings: Settings, topic: str, name: str, value: str | None) -> None:
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[ConfigEntry(name, value or "", incremental_operation=op)])
+    admin = AdminClient(settings.kafka.librdkafka())
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+@pytest.mark.kafka
+def test_a_case_event_kafka_refuses_stops_the_worker_before_the_record_is_committed(pipeline: Pipeline):
+    """The case-events topic refuses the worker's records (max.message.bytes too small): the worker must exit
+    rather than commit past a record whose events were never written; restarted once the topic accepts them,
+    it writes them."""
+    worker = pipeline.start("worker-1")
+    first, second = spread_spots(pipeline.reference, 2)
+    opened = pipeline.report("app", resident_report("rep-1", first))
+    pipeline.wait_for_events(2)
+    pipeline.settle()
+    set_topic_config(pipeline.settings, pipeline.topics.case_events, "max.message.bytes", "64")
+
+    refused = pipeline.report("app", resident_report("rep-2", second))
+    pipeline.wait(lambda: not worker.alive(), "the worker to exit", timeout_s=60)
+    assert worker.popen.returncode == EXIT_UNDELIVERED
+    assert "exiting without committing" in worker.tail(40)
+    committed = committed_offsets(pipeline.settings, pipeline.group, pipeline.topics.inbox)
+    assert sum(max(offset, 0) for offset in committed.values()) < pipeline.count(pipeline.topics.inbox)
+    assert pipeline.count(pipeline.topics.case_events) == 2
+
+    set_topic_config(pipeline.settings, pipeline.topics.case_events, "max.message.bytes", None)
+    pipeline.start("worker-1")
+    pipeline.wait_for_events(4)
+    pipeline.settle()
+    events = pipeline.case_events()
+    assert [e.kind for _, e in events[refused.case_id]] == [Kind.OPENED, Kind.DISPATCHED]
+    assert [e.kind for _, e in events[opened.case_id]] == [Kind.OPENED, Kind.DISPATCHED]
