@@ -38,7 +38,7 @@ def _consume(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> l
 @pytest.fixture
 def spare_stack(settings, tmp_path):
     """A second stack on its own ports and state, for lifecycle tests that stop and restart it."""
-    spare = settings.stack.clickhouse_tcp_port + 10_000
+    spare = settings.stack.clickhouse_tcp_port - 2_000  # below Linux's ephemeral ports (32768+): no client socket holds them
     stack_cfg = dataclasses.replace(settings.stack, state_dir=tmp_path, kafka_port=spare + 92, controller_port=spare + 93,
                                     clickhouse_tcp_port=spare, clickhouse_http_port=spare + 123)
     stack = LocalStack(dataclasses.replace(settings, stack=stack_cfg))
