@@ -47,7 +47,7 @@ from whistle.pii import PersonalDataHasher
 from whistle.settings import Settings
 from whistle.topics import Topics
 
-EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: restart me
+EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases: 48 s, `whistle bench --million`)
 
@@ -154,7 +154,7 @@ def exit_at_once(what: str, error: BaseException) -> NoReturn:
     """
     logger.critical("%s: %s: exiting without committing, to be restarted", what, error, exc_info=error)
     logging.shutdown()
-    os._exit(EXIT_UNDELIVERED)
+    os._exit(EXIT_TO_BE_RESTARTED)
 
 
 def _exit_unless_delivered(future: asyncio.Future) -> None:
@@ -232,6 +232,6 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     app = create_app(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     # Faust's start-up spinner sets the root logger to DEBUG (whatever the log level), so every send
-    # built a debug record in aiokafka and Faust: ~8 % of a busy worker's CPU (py-spy, `whistle bench`).
+    # built a debug record in aiokafka and Faust: about 5 % of a busy worker's samples (py-spy, `whistle bench`).
     worker.spinner = None
     worker.execute_from_commandline()

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from infra.provision import provision_all
 from infra.topics import partitions_of
 from schemas.serde import SINGLE_OBJECT_MARKER, Serde, from_record
-from streams.app import EXIT_UNDELIVERED
+from streams.app import EXIT_TO_BE_RESTARTED
 from streams.clock import write_ticks
 from streams.domain.case import CaseEvent, Kind, verify_chain
 from streams.domain.enrich import Enricher, case_id_for, haversine_m
@@ -536,7 +536,7 @@ def test_a_case_event_kafka_refuses_stops_the_worker_before_the_record_is_commit
 
     refused = pipeline.report("app", resident_report("rep-2", second))
     pipeline.wait(lambda: not worker.alive(), "the worker to exit", timeout_s=60)
-    assert worker.popen.returncode == EXIT_UNDELIVERED
+    assert worker.popen.returncode == EXIT_TO_BE_RESTARTED
     assert "exiting without committing" in worker.tail(40)
     committed = committed_offsets(pipeline.settings, pipeline.group, pipeline.topics.inbox)
     assert sum(max(offset, 0) for offset in committed.values()) < pipeline.count(pipeline.topics.inbox)
