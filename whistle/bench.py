@@ -259,6 +259,14 @@ class _Bench:
             workers.append(worker)
         return workers
 
+    def _running_pipeline(self, phase: str) -> tuple[Settings, Topics, list[WhistleProcess], WhistleProcess]:
+        """A phase's own deployment with its worker(s) and sink started, in their groups and warmed up."""
+        settings = self._phase(phase)
+        workers, sink = self._workers(settings, phase), self._spawn(settings, f"sink-{phase}", ["sink"])
+        self._wait_groups(settings, workers, sink)
+        self._warm_up(settings, workers)
+        return settings, Topics.with_prefix(settings.topic_prefix), workers, sink
+
     def _wait(self, check: Callable[[], bool], what: str, processes: list[WhistleProcess], interval_s: float = 0.2) -> None:
         """Wait for `check` (bounded); fail at once with its log when a process of the phase died."""
 
@@ -330,11 +338,7 @@ class _Bench:
     # -- e2e ---------------------------------------------------------------------------------------
 
     def _e2e(self, messages: list[Message]) -> dict[str, Any]:
-        settings = self._phase("e2e")
-        workers, sink = self._workers(settings, "e2e"), self._spawn(settings, "sink-e2e", ["sink"])
-        self._wait_groups(settings, workers, sink)
-        self._warm_up(settings, workers)
-        topics = Topics.with_prefix(settings.topic_prefix)
+        settings, topics, workers, sink = self._running_pipeline("e2e")
         with self._usage(settings, workers + [sink]) as usage, ClickHouseWatch(settings, poll_s=0.2) as watch:
             with Publisher(settings) as publisher:
                 sent = self._publish(publisher, topics, messages, "e2e: publishing at full speed")
@@ -472,11 +476,7 @@ class _Bench:
         rate = self.options.latency_rate or _half_rate(self.report)
         count = max(1, min(len(messages), int(rate * self.options.latency_seconds)))
         chosen = messages[:count]
-        settings = self._phase("latency")
-        workers, sink = self._workers(settings, "latency"), self._spawn(settings, "sink-latency", ["sink"])
-        self._wait_groups(settings, workers, sink)
-        self._warm_up(settings, workers)
-        topics = Topics.with_prefix(settings.topic_prefix)
+        settings, topics, workers, sink = self._running_pipeline("latency")
         with self._usage(settings, workers + [sink]) as usage, ClickHouseWatch(settings, poll_s=0.05) as watch:
             with Publisher(settings) as publisher:
                 sent = self._publish(publisher, topics, chosen, f"latency: publishing at {rate:,.0f} events/s", rate=rate)
@@ -489,7 +489,7 @@ class _Bench:
         sent_at_of_cause = {message.cause_id: at for message, at in zip(chosen, sent.sent_at)}
         effect_seen: dict[str, float] = {}
         effect_appended: dict[str, float] = {}
-        for record in read_records(settings, topics.case_events, self.options.timeout_s):
+        for record in read_all(settings, [topics.case_events], timeout_s=self.options.timeout_s):
             cause = self.serde.decode(record.value(), validate=False).record["cause_id"]
             if cause in sent_at_of_cause:
                 seen = watch.visible_at("case_events", record.topic(), record.partition(), record.offset())
@@ -553,10 +553,10 @@ class _Bench:
         if errors:
             raise StackError(f"the clock service failed: {errors[0]}") from errors[0]
         self._stop(workers)
-        opened = sum(1 for r in read_records(settings, topics.case_events, self.options.timeout_s)
+        opened = sum(1 for r in read_all(settings, [topics.case_events], timeout_s=self.options.timeout_s)
                      if self.serde.decode(r.value(), validate=False).record["kind"] == "opened")
         late_ms, warnings = [], 0
-        for record in read_records(settings, topics.breaches, self.options.timeout_s):
+        for record in read_all(settings, [topics.breaches], timeout_s=self.options.timeout_s):
             breach = self.serde.decode(record.value(), validate=False).record
             if breach["kind"] == "warning":
                 warnings += 1
@@ -1078,11 +1078,6 @@ def edge_timestamp(settings: Settings, topic: str, *, last: bool) -> int:
     finally:
         consumer.close()
     return max(stamps.values()) if last else min(stamps.values())
-
-
-def read_records(settings: Settings, topic: str, timeout_s: float) -> list:
-    """Every record of `topic` (bounded by `timeout_s`)."""
-    return read_all(settings, [topic], timeout_s=timeout_s)
 
 
 def set_log_append_time(settings: Settings, topics: list[str]) -> None:
