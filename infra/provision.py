@@ -11,7 +11,7 @@ from infra.stack import LocalStack
 from infra.topics import load_topics, provision_topics
 from sinks.clickhouse import ServerEngine
 from sinks.migrator import migrate
-from whistle.settings import Settings
+from whistle.ground.settings import Settings
 
 
 def provision_all(settings: Settings, stack: LocalStack | None = None) -> list[str]:

@@ -20,12 +20,12 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from whistle.errors import StackError
-from whistle.settings import Settings
+from whistle.ground.errors import StackError
+from whistle.ground.settings import Settings
 
 INFRA = Path(__file__).resolve().parent
 CLICKHOUSE_BINARY = "/usr/sbin/clickhouse-server"
@@ -195,7 +195,7 @@ class LocalStack:
         return self.status()
 
     def down(self, wipe: bool = False, progress: Progress = lambda _msg: None) -> None:
-        from whistle.processes import stop_recorded
+        from infra.processes import stop_recorded
 
         for pid in stop_recorded(self.state / "demo" / "pids"):
             progress(f"stopped demo process {pid}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
-from whistle.errors import ConfigError, StackError
-from whistle.settings import KafkaSettings
+from whistle.ground.datafiles import read_yaml
+from whistle.ground.errors import ConfigError, StackError
+from whistle.ground.settings import KafkaSettings
 
 TOPICS_FILE = Path(__file__).resolve().parent / "topics.yaml"
 
@@ -31,10 +31,7 @@ class TopicSpec:
 
 def load_topics(path: Path = TOPICS_FILE, prefix: str = "") -> list[TopicSpec]:
     """Parse and validate the declarative topic file; errors name the file, the topic and the field."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read topic file: {exc}", file=str(path)) from exc
+    raw = read_yaml(path)
     specs = []
     for index, entry in enumerate(raw.get("topics") or []):
         where = f"{path.name}: topics[{index}]"

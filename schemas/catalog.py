@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import fastavro
-import yaml
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from whistle.errors import ConfigError
+from whistle.ground.datafiles import read_json, read_yaml
+from whistle.ground.errors import ConfigError
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
 NAMESPACE = "org.whistle.v1"
@@ -237,24 +237,10 @@ def full_name(node: Mapping[str, Any], namespace: str) -> str:
     return name if "." in name else f"{node.get('namespace', namespace)}.{name}"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read JSON: {exc}", field=path.name) from exc
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}", field=path.name) from exc
-
-
 def _load_avro_sources(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     sources: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in sorted(directory.glob("*.avsc")):
-        definition = _read_json(path)
+        definition = read_json(path)
         if not isinstance(definition, dict) or definition.get("type") not in NAMED_TYPES:
             raise ConfigError(f"{path}: a schema file must hold one named type (record, enum or fixed)", field="type")
         if definition.get("namespace") != NAMESPACE or definition.get("name") != path.stem:
@@ -271,7 +257,7 @@ def _load_releases(directory: Path, topic_schemas: set[str]) -> dict[str, tuple[
         match = _HISTORY_FILE.match(path.name)
         if not match:
             raise ConfigError(f"{path}: released schemas are named <Name>.v<N>.avsc", field=path.name)
-        definition = _read_json(path)
+        definition = read_json(path)
         if not isinstance(definition, dict) or definition.get("name") != match["name"]:
             raise ConfigError(f"{path}: holds {definition.get('name')!r}, not {match['name']!r}", field="name")
         _check_docs(definition, path)
@@ -288,7 +274,7 @@ def _load_releases(directory: Path, topic_schemas: set[str]) -> dict[str, tuple[
 
 
 def _load_categories(path: Path) -> dict[str, Category]:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
         raise ConfigError(f"{path}: expected a mapping with a `categories` list", field="categories")
     categories: dict[str, Category] = {}
@@ -309,7 +295,7 @@ _TOPIC_KEYS = {"topic", "schema", "doc", "producers", "consumers", "key", "examp
 def _load_topics(directory: Path, schemas: Mapping[str, SchemaVersion]) -> dict[str, TopicSpec]:
     topics: dict[str, TopicSpec] = {}
     for path in sorted(directory.glob("*.yaml")):
-        data = _read_yaml(path)
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping", field="topic")
         missing = _TOPIC_KEYS - {"source"} - set(data)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from schemas.catalog import NAMED_TYPES, PRIMITIVES, SCHEMAS_DIR, Catalog, SchemaVersion, full_name, load_catalog
 

@@ -18,8 +18,8 @@ import urllib.request
 from typing import Any, Protocol
 
 from schemas.catalog import Catalog, schema_fingerprint
-from whistle.errors import ConfigError, ContractError, DecodeError, StackError
-from whistle.settings import Settings
+from whistle.ground.errors import ConfigError, ContractError, DecodeError, StackError
+from whistle.ground.settings import Settings
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

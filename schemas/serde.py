@@ -20,10 +20,11 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable, Mapping
 from enum import Enum
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -31,8 +32,8 @@ from schemas.catalog import NAMESPACE, Catalog, SchemaVersion, default_catalog, 
 from schemas.registry import SchemaRegistry, registry_from_settings
 from schemas.validation import RecordValidator
 from streams.domain.model import EnrichedReport
-from whistle.errors import ConfigError, ContractError, DecodeError, ValidationError
-from whistle.settings import Settings
+from whistle.ground.errors import ConfigError, ContractError, DecodeError, ValidationError
+from whistle.ground.settings import Settings
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -59,7 +60,7 @@ class Serde:
         self._writers_by_id: dict[int, SchemaVersion] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, catalog: Catalog | None = None) -> "Serde":
+    def from_settings(cls, settings: Settings, catalog: Catalog | None = None) -> Serde:
         catalog = catalog or default_catalog()
         return cls(catalog, registry_from_settings(settings, catalog))
 

@@ -8,7 +8,7 @@ The rules live next to the fields they constrain, as `x-*` attributes in `schema
 - `x-max-length: n`          a string of at most n characters
 - `x-vocabulary: categories` a code from `schemas/categories.yaml`
 - `x-pattern: regex`         a string matching the regex
-- `x-format: phone`          a phone number `whistle.pii.normalize_phone` accepts
+- `x-format: phone`          a phone number `streams.domain.pii.normalize_phone` accepts
 - `x-required-if: {f: [v]}`  a nullable field that must be set when field f holds one of the values
 - `x-personal: true`         documents personal data (checked by the schema tests, not here)
 Date-times must be timezone-aware in every mode: a naive datetime is refused, never guessed.
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from schemas.catalog import PRIMITIVES, full_name
-from whistle.errors import ConfigError, ValidationError
-from whistle.pii import normalize_phone
+from streams.domain.pii import normalize_phone
+from whistle.ground.errors import ConfigError, ValidationError
 
 Problems = list[tuple[str, str]]
 Check = Callable[[Any, Problems], Any]
@@ -41,7 +42,7 @@ Check = Callable[[Any, Problems], Any]
 _INT_LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _PYTHON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
 _FIELD_RULES = frozenset({"x-nonempty", "x-range", "x-max-length", "x-vocabulary", "x-pattern", "x-format", "x-required-if", "x-personal"})
-_UTC = timezone.utc
+_UTC = UTC
 
 
 class RecordValidator:

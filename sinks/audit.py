@@ -11,21 +11,22 @@ import csv
 import functools
 import io
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from rich.table import Table
 
 from sinks.clickhouse import Engine, check_identifier, render_identifiers, strip_comment_lines
-from streams.domain.calendar import from_epoch_ms, to_epoch_ms
 from streams.domain.case import CaseEvent, event_hash, verify_chain
 from streams.domain.model import Tier
-from whistle.errors import ConfigError, ValidationError
+from whistle.ground.errors import ConfigError, ValidationError
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import orjson
 from clickhouse_driver import Client
@@ -29,8 +30,8 @@ from clickhouse_driver.connection import ServerInfo
 from clickhouse_driver.context import Context
 from clickhouse_driver.util.escape import escape_param, escape_params
 
-from whistle.errors import StoreError
-from whistle.settings import ClickHouseSettings
+from whistle.ground.errors import StoreError
+from whistle.ground.settings import ClickHouseSettings
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -125,7 +126,7 @@ class ServerEngine:
                               sync_request_timeout=connect_timeout)
 
     @classmethod
-    def from_settings(cls, clickhouse: ClickHouseSettings, *, database: str | None = None) -> "ServerEngine":
+    def from_settings(cls, clickhouse: ClickHouseSettings, *, database: str | None = None) -> ServerEngine:
         """An engine for `settings.clickhouse`. `database` overrides the session's default database
         (the migrator connects to `default` because it may have to create Whistle's)."""
         return cls(clickhouse.host, clickhouse.port, user=clickhouse.user, password=clickhouse.password.value,
@@ -138,7 +139,7 @@ class ServerEngine:
                              name: str | None = None) -> tuple[list[str], list[tuple]]:
         try:
             rows, types = self._client.execute(sql, None if params is None else dict(params), with_column_types=True)
-        except (driver_errors.Error, OSError, EOFError, socket.timeout, KeyError, ValueError, TypeError) as exc:
+        except (TimeoutError, driver_errors.Error, OSError, EOFError, KeyError, ValueError, TypeError) as exc:
             raise self._error(exc, name or _first_words(sql)) from exc
         quantizers = [_quantizer(type_name) for _, type_name in types]
         if any(quantizers):
@@ -150,7 +151,7 @@ class ServerEngine:
         rows = rows if isinstance(rows, list) else list(rows)
         try:
             return self._client.execute(statement, rows) or 0
-        except (driver_errors.Error, OSError, EOFError, socket.timeout, KeyError, ValueError, TypeError) as exc:
+        except (TimeoutError, driver_errors.Error, OSError, EOFError, KeyError, ValueError, TypeError) as exc:
             raise self._error(exc, f"insert into {table}") from exc
 
     def close(self) -> None:

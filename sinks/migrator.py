@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sinks.clickhouse import Engine, check_identifier, render_identifiers, strip_comment_lines
-from whistle.errors import ConfigError
+from whistle.ground.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")

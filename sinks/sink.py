@@ -28,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -38,10 +39,12 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from schemas.serde import Serde
 from sinks.audit import LEDGERED, run_query
 from sinks.clickhouse import Engine
-from streams.pipeline import Position, dead_letter
-from whistle.errors import DeliveryError, StoreError, WhistleError
-from whistle.pii import PersonalDataHasher
-from whistle.topics import Topics
+from streams.domain.pii import PersonalDataHasher
+from streams.pipeline import dead_letter
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import DeliveryError, StoreError, WhistleError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.times import utc_now
 
 log = logging.getLogger("whistle.sink")
 
@@ -338,7 +341,7 @@ class Sink:
         if where.topic == self.topics.deadletter:  # never loop a dead letter back into its own topic
             log.error("dead letter at %s/%d/%d cannot be stored: %s", where.topic, where.partition, where.offset, error)
             return
-        out = dead_letter(self.serde, self.topics, where, key, value, error, datetime.now(timezone.utc))
+        out = dead_letter(self.serde, self.topics, where, key, value, error, utc_now())
         self.producer.produce(out.topic, key=out.key, value=out.value, headers=list(out.headers), on_delivery=self._on_dead_letter_delivery)
         self._dead_letters_pending += 1
 
@@ -432,7 +435,7 @@ class Sink:
 
 
 def _month_of(epoch_ms: int) -> tuple[int, int]:
-    moment = datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
     return moment.year, moment.month
 
 
@@ -443,7 +446,7 @@ def build_sink(settings, **options) -> Sink:
     serde = Serde.from_settings(settings)
     topics = Topics.with_prefix(settings.topic_prefix)
     kafka = settings.kafka.librdkafka()
-    return Sink({**kafka, "group.id": f"{settings.topic_prefix}whistle-sink", "group.instance.id": f"sink-{settings.worker_id}"},
+    return Sink({**kafka, "group.id": Groups.with_prefix(settings.topic_prefix).sink, "group.instance.id": f"sink-{settings.worker_id}"},
                 kafka, ServerEngine.from_settings(settings.clickhouse), settings.clickhouse.database,
                 RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics), serde, topics,
                 sink_id=settings.worker_id, **options)

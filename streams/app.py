@@ -29,8 +29,9 @@ import asyncio
 import heapq
 import logging
 import os
-from datetime import datetime, timezone
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from datetime import datetime
+from typing import NoReturn
 
 import faust
 from faust.tables import TableManager
@@ -40,20 +41,19 @@ from infra.topics import partitions_of
 from schemas.serde import Serde
 from streams.changelog import ensure_changelog, read_partition
 from streams.domain.calendar import load_calendar
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Output, Position
-from whistle.pii import PersonalDataHasher
-from whistle.settings import Settings
-from whistle.topics import Topics
+from streams.pipeline import CaseProcessor, Ingestor, Output
+from whistle.ground.deadletter import Position
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
+from whistle.ground.times import utc_now
 
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases: 48 s, `whistle bench --million`)
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> faust.App:
@@ -68,7 +68,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     worker_dir.mkdir(parents=True, exist_ok=True)
 
     app = faust.App(
-        f"{settings.topic_prefix}whistle-cases",
+        Groups.with_prefix(settings.topic_prefix).cases,
         broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
         store="memory://",

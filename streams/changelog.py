@@ -14,18 +14,18 @@ never read by anyone else.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from whistle.errors import ConfigError, StackError
-from whistle.settings import Settings
+from whistle.ground.errors import ConfigError, StackError
+from whistle.ground.names import Groups
+from whistle.ground.settings import Settings
 
 
 def changelog_topic(settings: Settings) -> str:
-    """The name Faust gave the table's changelog before, kept so that existing deployments keep their state."""
-    return f"{settings.topic_prefix}whistle-cases-case-state-changelog"
+    return Groups.with_prefix(settings.topic_prefix).changelog
 
 
 def ensure_changelog(settings: Settings, partitions: int, timeout_s: float = 30.0) -> str:

@@ -16,9 +16,10 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 
@@ -29,23 +30,17 @@ from streams.domain.enrich import Enricher, case_id_for, case_partition_key, com
 from streams.domain.merge import MergeIndex, OpenCase
 from streams.domain.model import EnrichedReport, HandlingAction
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import Breach, CaseBook, SlaPolicy
-from whistle.errors import ContractError, DecodeError, TransitionError, WhistleError
-from whistle.pii import PersonalDataHasher
-from whistle.topics import Topics
+from whistle.ground.deadletter import Position, envelope, with_position
+from whistle.ground.errors import ContractError, DecodeError, TransitionError
+from whistle.ground.names import Topics
 
 ENRICHED = "org.whistle.v1.EnrichedReport"
 ACTION = "org.whistle.v1.HandlingAction"
 TICK = "org.whistle.v1.ClockTick"
 RESIDENT_REPORT = "org.whistle.v1.ResidentReport"
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    topic: str
-    partition: int
-    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +56,9 @@ class Output:
 
 def dead_letter(serde: Serde, topics: Topics, where: Position, key: bytes | None, value: bytes | None,
                 error: BaseException, failed_at: datetime) -> Output:
-    """A dead-letter record: the original bytes and position, the stage and the error, as value and headers."""
-    if not isinstance(error, WhistleError):
-        error = WhistleError(f"unexpected {type(error).__name__}: {error}")
-    record = {
-        "original_topic": where.topic, "original_partition": where.partition, "original_offset": where.offset,
-        "original_key": key, "original_value": value, "stage": error.stage, "error_class": type(error).__name__,
-        "error_message": str(error), "field": error.context.get("field"), "failed_at": failed_at,
-    }
-    headers = {"whistle.original.topic": where.topic, "whistle.original.partition": str(where.partition),
-               "whistle.original.offset": str(where.offset), **error.as_headers()}
-    return Output(topics.deadletter, key, serde.encode("DeadLetter", record, validate=False),
-                  tuple((k, v.encode("utf-8", "replace")) for k, v in headers.items()))
+    """The dead-letter record (the ground's envelope, encoded) for the record at `where`."""
+    record, headers = envelope(where, key, value, error, failed_at)
+    return Output(topics.deadletter, key, serde.encode("DeadLetter", record, validate=False), headers)
 
 
 def partition_key_of_case(case_id: str) -> str:
@@ -101,7 +87,7 @@ class Ingestor:
         try:
             return self._route(where, value)
         except Exception as exc:  # any failure dead-letters this record; the worker goes on
-            return dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now)
+            return dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)
 
     def _route(self, where: Position, value: bytes | None) -> Output:
         expected = self._expected.get(where.topic)
@@ -213,7 +199,7 @@ class CaseProcessor:
         try:
             branch, record = self.serde.decode(value, expect="CaseInboxEvent").record["event"]
         except Exception as exc:  # undecodable case-stream record: dead-letter it, keep going
-            return [dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now)], []
+            return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         events, breaches, opened = [], [], []
         try:
             if branch == TICK:
@@ -226,11 +212,11 @@ class CaseProcessor:
                 try:
                     acted, more = part.book.act(action)
                 except TransitionError as exc:
-                    outputs.append(dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now))
+                    outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
                 else:
                     events, breaches = events + acted, breaches + more
         except Exception as exc:  # a bug or bad data on this record: dead-letter it, keep the partition going
-            outputs.append(dead_letter(self.serde, self.topics, where, key, value, _with_position(exc, where), now))
+            outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
         return self._emit(part, outputs, events, breaches, opened)
 
     def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase]):
@@ -270,9 +256,3 @@ class CaseProcessor:
                 writes[key] = pickle.dumps(states[key[5:]], protocol=pickle.HIGHEST_PROTOCOL)
         writes[f"clock:{part.partition}"] = str(part.book.index.clock_ms).encode()
         return outputs, [StateWrite(part.partition, k, v) for k, v in writes.items()]
-
-
-def _with_position(exc: BaseException, where: Position) -> BaseException:
-    if isinstance(exc, WhistleError):
-        exc.with_context(topic=where.topic, partition=where.partition, offset=where.offset)
-    return exc

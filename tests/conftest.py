@@ -16,7 +16,7 @@ import pytest
 from infra.provision import provision_all
 from infra.stack import LocalStack
 from sinks.clickhouse import ChdbEngine, ServerEngine
-from whistle.settings import PROJECT_ROOT, Settings
+from whistle.ground.settings import PROJECT_ROOT, Settings
 
 # Tests run their own stack; WHISTLE_TEST_PORT_BASE moves it (ports BASE, BASE+92, BASE+93, BASE+123)
 # so that several test runs can share one machine.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from sinks.sink import build_sink
-from whistle.settings import Settings
+from whistle.ground.settings import Settings
 
 
 def die(table: str, rows: int) -> None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
@@ -20,13 +20,13 @@ from rich.console import Console
 from infra.topics import load_topics, provision_topics
 from schemas.serde import Serde, to_record
 from streams.domain.sla import Breach, breach_id
-from whistle.alerts import Verdict, backoff_delay, retry_after_seconds, run_webhook, tail, verdict_of
-from whistle.errors import ConfigError
-from whistle.sdk import Publisher
-from whistle.settings import Settings
-from whistle.topics import Topics
+from whistle.edges.alerts import Verdict, backoff_delay, retry_after_seconds, run_webhook, tail, verdict_of
+from whistle.edges.sdk import Publisher
+from whistle.ground.errors import ConfigError
+from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
-BASE = datetime(2025, 6, 12, 8, 0, tzinfo=timezone.utc)
+BASE = datetime(2025, 6, 12, 8, 0, tzinfo=UTC)
 PARTITIONS = 6  # whistle.sla.breaches in infra/topics.yaml
 
 

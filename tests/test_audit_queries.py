@@ -32,7 +32,7 @@ import pytest
 
 from sinks import audit
 from sinks.migrator import migrate
-from whistle.errors import ValidationError
+from whistle.ground.errors import ValidationError
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 EVENTS_TOPIC = "whistle.cases.events"

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from sinks.clickhouse import ServerEngine
-from whistle.bench import BenchOptions, run_bench
+from whistle.devtools.bench import BenchOptions, run_bench
 
 EVENTS = 600
 

@@ -1,12 +1,13 @@
 """Business calendar: China's 2026 holiday schedule, working-time deadlines, pauses, and data-file validation."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
-from streams.domain.calendar import Duration, load_calendar, to_epoch_ms
-from whistle.errors import ConfigError, ValidationError
+from streams.domain.calendar import Duration, load_calendar
+from whistle.ground.errors import ConfigError, ValidationError
+from whistle.ground.times import to_epoch_ms
 
 CALENDAR = load_calendar()
 
@@ -104,8 +105,8 @@ def test_deadlines_beyond_the_calendar_name_the_missing_year():
 
 def test_naive_datetimes_are_refused():
     with pytest.raises(ValidationError, match="no time zone"):
-        to_epoch_ms(datetime(2026, 3, 9, 9, 0))
-    assert to_epoch_ms(datetime(2026, 3, 9, 1, 0, tzinfo=timezone.utc)) == ms("2026-03-09 09:00")
+        to_epoch_ms(datetime(2026, 3, 9, 9, 0))  # noqa: DTZ001 (a naive datetime is the input under test)
+    assert to_epoch_ms(datetime(2026, 3, 9, 1, 0, tzinfo=UTC)) == ms("2026-03-09 09:00")
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -4,17 +4,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from streams.domain.case import (GENESIS_HASH, WAITING_ON_RESIDENT, HandlingRules, Kind, Link, Status, close_unrated, escalate, event_hash, evolve,
-                                 fold, handle_action, merge_report, open_case, verify_chain)
+from streams.domain.case import (
+    GENESIS_HASH,
+    WAITING_ON_RESIDENT,
+    HandlingRules,
+    Kind,
+    Link,
+    Status,
+    close_unrated,
+    escalate,
+    event_hash,
+    evolve,
+    fold,
+    handle_action,
+    merge_report,
+    open_case,
+    verify_chain,
+)
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Location, Report, Source, Tier, Unit, Urgency
-from whistle.errors import DomainError, TransitionError, ValidationError
+from whistle.ground.errors import DomainError, TransitionError, ValidationError
 
-T0 = datetime(2026, 3, 9, 1, 0, tzinfo=timezone.utc)  # Monday 09:00 China time
+T0 = datetime(2026, 3, 9, 1, 0, tzinfo=UTC)  # Monday 09:00 China time
 CASE = "S01-20260309-0123456789"
 GRID, COMMUNITY, STREET = "G-S01-C02-007", "C-S01-02", "S01"
 RULES = HandlingRules()
@@ -235,7 +250,7 @@ def test_the_same_action_id_on_another_kind_is_still_a_duplicate():
 
 def test_naive_times_are_refused():
     state, _ = opened()
-    naive = HandlingAction("act:n", CASE, ActionKind.ACCEPT, GRID, datetime(2026, 3, 9, 9, 30))
+    naive = HandlingAction("act:n", CASE, ActionKind.ACCEPT, GRID, datetime(2026, 3, 9, 9, 30))  # noqa: DTZ001 (a naive datetime is the input under test)
     with pytest.raises(ValidationError, match="no time zone"):
         handle_action(state, naive, RULES)
 

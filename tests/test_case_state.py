@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 
+from test_audit_queries import C1, C2, C3, C7, COMMUNITY_S1, EVENTS_TOPIC, GRID_S1_1, INGEST_MS, S1, case, event_row, load, ms, step
+
 from sinks.migrator import MIGRATIONS_DIR, migrate
-from test_audit_queries import (C1, C2, C3, C7, COMMUNITY_S1, EVENTS_TOPIC, GRID_S1_1, INGEST_MS, S1, case, event_row, load, ms,
-                                step)
 
 REDELIVERED = ("C2:3", "C2:4", "C3:5", "C6:5")
 URGENT = {"urgency": "urgent"}

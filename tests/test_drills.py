@@ -15,32 +15,34 @@ import signal
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from conftest import PORT_BASE, make_test_settings
 
+from infra.processes import wait_until
 from infra.provision import provision_all
 from infra.stack import LocalStack
 from schemas.serde import Serde
 from sinks import audit
 from sinks.clickhouse import ServerEngine
-from streams.clock import tick_value, write_ticks
 from streams.domain.calendar import load_calendar
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Position, partition_for_key
-from whistle.pii import PersonalDataHasher
-from whistle.processes import Pipeline, read_all, sink_caught_up, wait_until
-from whistle.errors import StackError
-from whistle.sdk import Publisher
-from whistle.topics import Topics
-from conftest import PORT_BASE, make_test_settings
+from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
+from whistle.devtools.harness import Pipeline, read_all, sink_caught_up
+from whistle.edges.clock import tick_value, write_ticks
+from whistle.edges.sdk import Publisher
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import StackError
+from whistle.ground.names import Topics
 
 pytestmark = pytest.mark.drill
 
-REPORTED_AT = datetime(2026, 11, 2, 1, 30, tzinfo=timezone.utc)  # Monday 09:30 in the city
+REPORTED_AT = datetime(2026, 11, 2, 1, 30, tzinfo=UTC)  # Monday 09:30 in the city
 JUDGED_AT = REPORTED_AT + timedelta(days=3)
 MERGE_CLEARANCE_KM = 0.3  # reports of one category merge within 250 m
 REPORTS = 400

@@ -5,27 +5,28 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from confluent_kafka import KafkaException
 
+from infra.processes import wait_until
 from infra.provision import provision_all
 from schemas.serde import Serde
 from sinks import audit
 from sinks.clickhouse import ServerEngine
-from streams.clock import write_ticks
 from streams.domain.enrich import Enricher, case_id_for
 from streams.domain.model import Report, Source, Urgency
 from streams.domain.reference import load_reference
-from whistle.errors import StackError
-from whistle.feed import SdkWay, feed
-from whistle.processes import Pipeline, read_all, sink_caught_up, wait_until
-from whistle.sdk import Publisher
-from whistle.simulate import SimConfig, simulate
-from whistle.topics import Topics
+from whistle.devtools.feed import SdkWay, feed
+from whistle.devtools.harness import Pipeline, read_all, sink_caught_up
+from whistle.devtools.simulate import SimConfig, simulate
+from whistle.edges.clock import write_ticks
+from whistle.edges.sdk import Publisher
+from whistle.ground.errors import StackError
+from whistle.ground.names import Topics
 
-T0 = datetime(2026, 11, 2, 1, 30, tzinfo=timezone.utc)  # Monday 09:30 in the city
+T0 = datetime(2026, 11, 2, 1, 30, tzinfo=UTC)  # Monday 09:30 in the city
 TRANSIENT = (KafkaException, StackError)
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from streams.domain.enrich import (CAMERA_RANGE_M, Enricher, case_id_for, case_partition_key, common_parent, haversine_m)
+from streams.domain.enrich import CAMERA_RANGE_M, Enricher, case_id_for, case_partition_key, common_parent, haversine_m
 from streams.domain.model import LADDER, Report, Source, Tier, Urgency
 from streams.domain.reference import Grid, load_reference
-from whistle.errors import DomainError, ValidationError
+from whistle.ground.errors import DomainError, ValidationError
 
-AT = datetime(2024, 6, 3, 2, 30, tzinfo=timezone.utc)
+AT = datetime(2024, 6, 3, 2, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -22,18 +22,18 @@ from schemas.serde import Serde
 from sinks.clickhouse import ServerEngine
 from sinks.migrator import migrate
 from sinks.sink import CASE_EVENT_COLUMNS, RAW_COLUMNS, RowMaker
-from streams.pipeline import Position
-from whistle.errors import ConfigError
-from whistle import open311
-from whistle.gateway import build_app, find_requests, load_api_keys
-from whistle.pii import PersonalDataHasher
-from whistle.sdk import Publisher
-from whistle.settings import PROJECT_ROOT, Settings
-from whistle.topics import Topics
+from streams.domain.pii import PersonalDataHasher
+from whistle.edges import open311
+from whistle.edges.gateway import build_app, find_requests, load_api_keys
+from whistle.edges.sdk import Publisher
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import ConfigError
+from whistle.ground.names import Topics
+from whistle.ground.settings import PROJECT_ROOT, Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
-NOW = datetime(2025, 6, 12, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 12, 8, 0, tzinfo=UTC)
 CAMERA_KEY, HOTLINE_KEY, APP_KEY, SLOW_KEY = (f"key-{name}-{uuid.uuid4().hex}" for name in ("camera", "hotline", "app", "slow"))
 PHONE = "+86 138 1234 5678"
 
@@ -363,9 +363,9 @@ def test_the_access_log_names_the_integrator_but_never_keys_or_phone_numbers(gw_
         await client.post("/v1/hotline/tickets", json=call, headers={"X-API-Key": HOTLINE_KEY})
         await client.post("/v1/hotline/tickets", json={**call, "caller_phone": "call me"}, headers={"X-API-Key": HOTLINE_KEY})
 
-    with caplog.at_level(logging.INFO, logger="whistle.gateway.access"):
+    with caplog.at_level(logging.INFO, logger="whistle.edges.gateway.access"):
         serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
-    lines = [orjson.loads(record.getMessage()) for record in caplog.records if record.name == "whistle.gateway.access"]
+    lines = [orjson.loads(record.getMessage()) for record in caplog.records if record.name == "whistle.edges.gateway.access"]
     assert [(line["status"], line["integrator"], line.get("event_id")) for line in lines] == [
         (202, "hotline-12345", call["ticket_id"]), (400, "hotline-12345", None)]
     assert lines[1]["invalid"] == ["caller_phone"]

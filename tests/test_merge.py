@@ -1,9 +1,10 @@
 """Duplicate merging: same incident, same open case; everything else opens its own case."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,9 +12,9 @@ from streams.domain.enrich import haversine_m
 from streams.domain.merge import MergeIndex
 from streams.domain.model import EnrichedReport, Location, Report, Source, Urgency
 from streams.domain.reference import Gazetteer
-from whistle.errors import ConfigError
+from whistle.ground.errors import ConfigError
 
-T0 = datetime(2024, 6, 3, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 6, 3, 2, 0, tzinfo=UTC)
 BASE = (28.19, 113.10)
 NORMALIZE = Gazetteer([], ["湖南省", "湘江市", "清河区"], {}).normalize
 
@@ -22,9 +23,12 @@ def offset(lat: float, lon: float, north_m: float = 0.0, east_m: float = 0.0) ->
     return lat + north_m / 111_195.0, lon + east_m / (111_195.0 * math.cos(math.radians(lat)))
 
 
-def report(lat=None, lon=None, *, category="garbage", at=T0, street="S01", grid=None, address=None, camera=None, n=[0]) -> EnrichedReport:
-    n[0] += 1
-    base = Report(f"app:{n[0]}", Source.APP, at, category, Urgency.NORMAL, "", lat=lat, lon=lon, address_text=address, camera_id=camera)
+_REPORT_NUMBERS = itertools.count(1)
+
+
+def report(lat=None, lon=None, *, category="garbage", at=T0, street="S01", grid=None, address=None, camera=None) -> EnrichedReport:
+    number = next(_REPORT_NUMBERS)
+    base = Report(f"app:{number}", Source.APP, at, category, Urgency.NORMAL, "", lat=lat, lon=lon, address_text=address, camera_id=camera)
     location = Location("D01", street, None, grid, lat, lon, "point" if lat is not None else "dispatch_desk")
     return EnrichedReport(base, location, ())
 

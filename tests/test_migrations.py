@@ -10,7 +10,7 @@ from sinks.clickhouse import render_identifiers
 from sinks.migrator import MIGRATIONS_DIR, load_migrations, migrate, status
 from streams.domain.case import CaseEvent
 from streams.domain.sla import Breach
-from whistle.errors import ConfigError, StoreError
+from whistle.ground.errors import ConfigError, StoreError
 
 KAFKA_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms"]
 

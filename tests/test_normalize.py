@@ -1,17 +1,17 @@
 """Each channel's raw record becomes one canonical Report; personal data only as keyed hashes."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from streams.domain.model import Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
-from whistle.errors import ValidationError
-from whistle.pii import PersonalDataHasher
+from whistle.ground.errors import ValidationError
 
-AT = datetime(2024, 6, 3, 1, 2, 3, 456000, tzinfo=timezone.utc)
+AT = datetime(2024, 6, 3, 1, 2, 3, 456000, tzinfo=UTC)
 HASHER = PersonalDataHasher("test-key")
 
 
@@ -59,7 +59,7 @@ def test_a_geolocating_camera_keeps_the_object_position(ref):
     ({"confidence": 1.2}, "confidence"), ({"confidence": None}, "confidence"), ({"confidence": True}, "confidence"),
     ({"category": "ufo"}, "category"), ({"camera_id": " "}, "camera_id"), ({"detection_id": None}, "detection_id"),
     ({"lat": 28.2}, "lon"), ({"lat": float("nan"), "lon": 113.1}, "lat"), ({"lat": 28.2, "lon": 200.0}, "lon"),
-    ({"detected_at": datetime(2024, 6, 3, 1, 2)}, "detected_at"), ({"detected_at": "2024-06-03"}, "detected_at"),
+    ({"detected_at": datetime(2024, 6, 3, 1, 2)}, "detected_at"), ({"detected_at": "2024-06-03"}, "detected_at"),  # noqa: DTZ001 (a naive datetime is the input under test)
     ({"snapshot_ref": ""}, "snapshot_ref"),
 ])
 def test_a_broken_detection_is_refused_naming_the_field(ref, changes, field):

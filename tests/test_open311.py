@@ -1,17 +1,17 @@
 """Open311 GeoReport v2 mapping: services, service requests -> app reports, queries, case progress -> status."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
-from whistle import open311
-from whistle.errors import ValidationError
-from whistle.pii import PersonalDataHasher
+from streams.domain.pii import PersonalDataHasher
+from whistle.edges import open311
+from whistle.ground.errors import ValidationError
 
-NOW = datetime(2025, 6, 12, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 12, 8, 0, tzinfo=UTC)
 HASHER = PersonalDataHasher("test-key")
 SERDE = Serde(default_catalog())
 
@@ -83,7 +83,7 @@ def test_a_query_defaults_to_the_last_90_days_and_may_not_span_more():
     assert (query.start, query.end, query.statuses, query.limit) == (NOW - timedelta(days=90), NOW, ("open", "closed"), 1000)
     narrowed = open311.request_query({"service_code": "garbage", "status": "closed", "start_date": "2025-06-01T00:00:00+08:00"},
                                      now=NOW, service_codes={"garbage"})
-    assert narrowed.start == datetime(2025, 5, 31, 16, tzinfo=timezone.utc) and narrowed.statuses == ("closed",)
+    assert narrowed.start == datetime(2025, 5, 31, 16, tzinfo=UTC) and narrowed.statuses == ("closed",)
     with pytest.raises(ValidationError) as caught:
         open311.request_query({"start_date": "2025-01-01T00:00:00Z", "end_date": "2025-06-01", "status": "pending",
                                "service_code": "potholes", "page": "2"}, now=NOW, service_codes={"garbage"})

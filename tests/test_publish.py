@@ -7,11 +7,11 @@ import re
 
 import pytest
 from rich.console import Console
+from test_sdk import kafka_settings, message_count, read_back  # noqa: F401 (kafka_settings is a fixture)
 
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
-from test_sdk import kafka_settings, message_count, read_back  # noqa: F401 (kafka_settings is a fixture)
-from whistle.publish import run_publish
+from whistle.edges.publish import run_publish
 
 pytestmark = pytest.mark.kafka
 

@@ -7,20 +7,21 @@ and both take the afternoon: their case events and breaches must be identical.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from schemas.serde import Serde
-from streams.clock import tick_value
 from streams.domain.calendar import load_calendar
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Position, partition_for_key
-from whistle.feed import source_record
-from whistle.pii import PersonalDataHasher
-from whistle.simulate import SimConfig, simulate
-from whistle.topics import Topics
+from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
+from whistle.devtools.feed import source_record
+from whistle.devtools.simulate import SimConfig, simulate
+from whistle.edges.clock import tick_value
+from whistle.ground.deadletter import Position
+from whistle.ground.names import Topics
 
-START = datetime(2026, 6, 7, 16, 0, tzinfo=timezone.utc)  # Monday 2026-06-08 00:00 Beijing time
+START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)  # Monday 2026-06-08 00:00 Beijing time
 NOON = START + timedelta(hours=12)
 PARTITIONS = 6
 SCHEMAS = {"camera": ("whistle.raw.camera", "CameraDetection"), "hotline": ("whistle.raw.hotline", "HotlineTicket"),

@@ -11,9 +11,9 @@ import shapely
 import yaml
 
 from streams.domain.model import Tier
-from streams.domain.reference import REFERENCE_ROOT, DEFAULT_VERSION, Grid, PolygonIndex, UngriddedArea, load_reference
-from streams.reference.build_district import build
-from whistle.errors import ConfigError
+from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, Grid, PolygonIndex, UngriddedArea, load_reference
+from whistle.devtools.build_district import build
+from whistle.ground.errors import ConfigError
 
 DATA = REFERENCE_ROOT / DEFAULT_VERSION
 
@@ -236,7 +236,7 @@ def test_a_camera_whose_grid_disagrees_with_the_map_is_refused(tmp_path):
     root = _copy(tmp_path)
     lines = (root / "cameras.csv").read_text(encoding="utf-8").splitlines()
     first = lines[1].split(",")
-    other = next(l.split(",")[4] for l in lines[2:] if l.split(",")[4] not in ("", first[4]))
+    other = next(row.split(",")[4] for row in lines[2:] if row.split(",")[4] not in ("", first[4]))
     lines[1] = ",".join(first[:4] + [other])
     (root / "cameras.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="its position lies in"):

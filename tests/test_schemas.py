@@ -14,7 +14,7 @@ from infra.topics import load_topics
 from schemas.catalog import SCHEMAS_DIR, default_catalog, load_catalog
 from schemas.compat import check_catalog, release_changed, resolution_problems
 from schemas.serde import Serde
-from whistle.errors import ConfigError
+from whistle.ground.errors import ConfigError
 
 ISSUE_CATEGORIES = {
     "garbage", "drainage_blockage", "illegal_construction", "illegal_parking", "illegal_lpg_refilling",

@@ -14,9 +14,9 @@ from confluent_kafka.admin import AdminClient
 from infra.topics import load_topics, provision_topics
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
-from whistle.errors import DeliveryError, ValidationError
-from whistle.sdk import Delivery, Publisher
-from whistle.settings import Settings
+from whistle.edges.sdk import Delivery, Publisher
+from whistle.ground.errors import DeliveryError, ValidationError
+from whistle.ground.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

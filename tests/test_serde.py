@@ -1,7 +1,7 @@
 """The wire format, validation messages, domain conversion and personal-data hashing."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -9,15 +9,15 @@ from schemas.catalog import default_catalog, schema_fingerprint
 from schemas.registry import LocalSchemaRegistry
 from schemas.serde import Serde, from_record, record_name, to_branch, to_record
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Location, Report, Source, Tier, Unit, Urgency
-from whistle.errors import ConfigError, DecodeError, ValidationError
-from whistle.pii import PersonalDataHasher, normalize_phone
-from whistle.settings import Secret
+from streams.domain.pii import PersonalDataHasher, normalize_phone
+from whistle.ground.errors import ConfigError, DecodeError, ValidationError
+from whistle.ground.settings import Secret
 
 CATALOG = default_catalog()
 SERDE = Serde(CATALOG)
 CONFLUENT = Serde(CATALOG, LocalSchemaRegistry(CATALOG))
 EXAMPLES = [(spec.schema, example) for spec in CATALOG.topics.values() for example in spec.examples]
-AT = datetime(2025, 6, 12, 1, 2, 3, 456000, tzinfo=timezone.utc)
+AT = datetime(2025, 6, 12, 1, 2, 3, 456000, tzinfo=UTC)
 
 
 def camera(**changes):
@@ -140,7 +140,7 @@ def test_a_union_value_must_name_its_record_type():
 
 def test_times_become_utc_milliseconds_whatever_the_input_offset():
     record = SERDE.validate("CameraDetection", camera(detected_at="2025-06-12T08:15:02.117999+08:00"))
-    assert record["detected_at"] == datetime(2025, 6, 12, 0, 15, 2, 117000, tzinfo=timezone.utc)
+    assert record["detected_at"] == datetime(2025, 6, 12, 0, 15, 2, 117000, tzinfo=UTC)
 
 
 def test_out_of_range_bytes_on_a_topic_fail_decoding_as_invalid_not_silently():
@@ -171,7 +171,7 @@ def test_enriched_report_travels_flat_with_location_prefixed():
 
 
 def test_a_naive_datetime_in_a_domain_object_is_refused():
-    action = HandlingAction("a-1", "c-1", ActionKind.ACCEPT, "u-1", datetime(2025, 6, 12, 9, 0))
+    action = HandlingAction("a-1", "c-1", ActionKind.ACCEPT, "u-1", datetime(2025, 6, 12, 9, 0))  # noqa: DTZ001 (a naive datetime is the input under test)
     with pytest.raises(ValidationError, match="event.at: 2025-06-12T09:00:00 has no time zone"):
         SERDE.encode("AppEvent", {"event": to_branch(action)})
 

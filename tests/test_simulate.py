@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -12,19 +12,20 @@ import pytest
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
 from schemas.validation import RecordValidator
-from streams.clock import tick_value
 from streams.domain.calendar import load_calendar
 from streams.domain.enrich import common_parent
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Position, partition_for_key
-from whistle.errors import ConfigError
-from whistle.feed import source_record
-from whistle.pii import PersonalDataHasher
-from whistle.simulate import BEIJING, SimConfig, simulate, write_jsonl
-from whistle.topics import Topics
+from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
+from whistle.devtools.feed import source_record
+from whistle.devtools.simulate import BEIJING, SimConfig, simulate, write_jsonl
+from whistle.edges.clock import tick_value
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import ConfigError
+from whistle.ground.names import Topics
 
-START = datetime(2026, 6, 7, 16, 0, tzinfo=timezone.utc)  # Monday 2026-06-08 00:00 Beijing time
+START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)  # Monday 2026-06-08 00:00 Beijing time
 PARTITIONS = 6
 TICK_EVERY = timedelta(minutes=4)  # the demo's feed: a tick every 0.2 s at 1,200 simulated seconds per second
 
@@ -220,7 +221,7 @@ def test_raw_records_carry_the_quirks_the_pipeline_must_absorb(ref, events):
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"start": datetime(2026, 6, 8)}, "start"), ({"late_accept_share": 1.5}, "late_accept_share"), ({"days": 0}, "days"),
+    ({"start": datetime(2026, 6, 8)}, "start"), ({"late_accept_share": 1.5}, "late_accept_share"), ({"days": 0}, "days"),  # noqa: DTZ001 (a naive datetime is the input under test)
 ])
 def test_a_bad_configuration_is_refused_naming_the_knob(changes, field):
     with pytest.raises(ConfigError) as caught:
@@ -230,5 +231,5 @@ def test_a_bad_configuration_is_refused_naming_the_knob(changes, field):
 
 def test_a_period_no_sla_policy_judges_is_refused(ref):
     with pytest.raises(ConfigError) as caught:
-        simulate(ref, SimConfig(start=datetime(2024, 6, 2, 16, 0, tzinfo=timezone.utc)))
+        simulate(ref, SimConfig(start=datetime(2024, 6, 2, 16, 0, tzinfo=UTC)))
     assert caught.value.context["field"] == "effective_from"

@@ -16,31 +16,33 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
+from infra.processes import wait_until
 from schemas.serde import Serde
 from sinks.audit import AUDITED_TABLES, Problem, verify
 from sinks.clickhouse import ServerEngine
 from sinks.migrator import migrate
 from sinks.sink import build_sink
-from streams.clock import tick_value
 from streams.domain.calendar import load_calendar
+from streams.domain.pii import PersonalDataHasher, normalize_phone
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Output, Position, partition_for_key
-from whistle.errors import StoreError
-from whistle.pii import PersonalDataHasher, normalize_phone
-from whistle.processes import committed_offsets, end_offsets, read_all, wait_until
-from whistle.sdk import Delivery, Publisher
-from whistle.settings import Settings
-from whistle.simulate import SimConfig, SimEvent, simulate
-from whistle.topics import Topics
+from streams.pipeline import CaseProcessor, Ingestor, Output, partition_for_key
+from whistle.devtools.harness import committed_offsets, end_offsets, read_all
+from whistle.devtools.simulate import SimConfig, SimEvent, simulate
+from whistle.edges.clock import tick_value
+from whistle.edges.sdk import Delivery, Publisher
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import StoreError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
 
-START = datetime(2025, 6, 8, 16, 0, tzinfo=timezone.utc)  # Monday 2025-06-09 00:00 Beijing time, under SLA policy-v1
+START = datetime(2025, 6, 8, 16, 0, tzinfo=UTC)  # Monday 2025-06-09 00:00 Beijing time, under SLA policy-v1
 RAW_SCHEMAS = {"camera": "CameraDetection", "hotline": "HotlineTicket", "app": "AppEvent"}
 CRASHING_SINK = Path(__file__).with_name("sink_crash.py")
 
@@ -178,7 +180,7 @@ def stored_rows(engine: ServerEngine, database: str) -> dict[tuple[str, int], in
 
 
 def committed(settings: Settings) -> dict[tuple[str, int], int]:
-    group = f"{settings.topic_prefix}whistle-sink"
+    group = Groups.with_prefix(settings.topic_prefix).sink
     return {(topic, p): offset for topic in Topics.with_prefix(settings.topic_prefix).audited
             for p, offset in committed_offsets(settings, group, topic).items() if offset >= 0}
 

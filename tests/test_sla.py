@@ -8,13 +8,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from test_case import COMMUNITY, GRID, STREET, report, unit_chain
 
-from streams.domain.calendar import load_calendar, to_epoch_ms
+from streams.domain.calendar import load_calendar
 from streams.domain.case import WAITING_ON_RESIDENT, Kind, Status, fold, verify_chain
 from streams.domain.model import ActionKind, HandlingAction, Tier, Unit, Urgency
 from streams.domain.sla import CaseBook, Deadline, DeadlineIndex, breach_id, load_policies, policy_in_force, rebuild_index
-from test_case import COMMUNITY, GRID, STREET, report, unit_chain
-from whistle.errors import ConfigError, TransitionError
+from whistle.ground.errors import ConfigError, TransitionError
+from whistle.ground.times import to_epoch_ms
 
 CALENDAR = load_calendar()
 POLICIES = {**load_policies(), **load_policies(Path(__file__).parent / "data" / "sla")}  # v1 + a later v2 for version tests
@@ -119,7 +120,10 @@ def test_extensions_and_waiting_on_the_resident_push_the_resolve_deadline_back()
     cases = book()
     open_at(cases, "2026-03-09T09:00")
     act(cases, ActionKind.ACCEPT, GRID, "2026-03-09T09:10")
-    due = lambda: CALENDAR.local_time(cases.index.pending("C1")[-1].due_ms).strftime("%Y-%m-%d %H:%M")
+
+    def due() -> str:
+        return CALENDAR.local_time(cases.index.pending("C1")[-1].due_ms).strftime("%Y-%m-%d %H:%M")
+
     assert due() == "2026-03-16 18:00"  # 5 working days
     act(cases, ActionKind.REQUEST_EXTENSION, GRID, "2026-03-10T10:00", extension_hours=24)
     assert due() == "2026-03-19 18:00"  # + 3 working days

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta
 
 import pytest
 from confluent_kafka import ConsumerGroupState
-
-from streams.domain.calendar import from_epoch_ms, load_calendar, to_epoch_ms
-from streams.domain.case import Kind
-from streams.domain.sla import ACCEPT_OVERDUE, breach_id, load_policies, policy_in_force
 from test_streams_integration import T0, Pipeline, chain_problems, inbox_partition_of, pipeline, resident_report, spread_spots  # noqa: F401  (pipeline: fixture)
+
+from streams.domain.calendar import load_calendar
+from streams.domain.case import Kind
+from streams.domain.sla import DeadlineKind, breach_id, load_policies, policy_in_force
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 MINUTE = timedelta(minutes=1)
 
@@ -48,7 +49,7 @@ def accept_in_time(pipeline: Pipeline, cases) -> None:
 
 def overdue_breach_id(case) -> str:
     """The id of the breach that escalates an unaccepted case from its grid team to its community."""
-    return breach_id(case.case_id, ACCEPT_OVERDUE, "community", to_epoch_ms(DUE))
+    return breach_id(case.case_id, DeadlineKind.ACCEPT_OVERDUE, "community", to_epoch_ms(DUE))
 
 
 @pytest.mark.kafka
@@ -62,7 +63,7 @@ def test_an_unaccepted_case_breaches_once_and_escalates_while_an_accepted_case_d
 
     breaches = [b for _, b in pipeline.breaches()]
     assert [(b.case_id, b.kind, b.breach_type, b.tier) for b in breaches] == [
-        (late.case_id, "warning", ACCEPT_OVERDUE, "grid"), (late.case_id, "breach", ACCEPT_OVERDUE, "community")]
+        (late.case_id, "warning", DeadlineKind.ACCEPT_OVERDUE, "grid"), (late.case_id, "breach", DeadlineKind.ACCEPT_OVERDUE, "community")]
     overdue = breaches[1]
     assert (overdue.breach_id, overdue.deadline, overdue.fired_at) == (overdue_breach_id(late), DUE, DUE + MINUTE)
     assert (overdue.responsible_unit_id, overdue.escalation_target_unit_id) == (late.holder, late.chain[1])
@@ -93,8 +94,8 @@ def test_two_workers_sharing_the_case_stream_never_both_fire_a_breach(pipeline: 
         per_case[b.case_id].append((b.kind, b.breach_type, b.tier))
     assert set(per_case) == {case.case_id for case in late}
     for case in late:  # warned, escalated to the community, which did not accept either: escalated to the street
-        assert per_case[case.case_id] == [("warning", ACCEPT_OVERDUE, "grid"), ("breach", ACCEPT_OVERDUE, "community"),
-                                          ("breach", ACCEPT_OVERDUE, "street")]
+        assert per_case[case.case_id] == [("warning", DeadlineKind.ACCEPT_OVERDUE, "grid"), ("breach", DeadlineKind.ACCEPT_OVERDUE, "community"),
+                                          ("breach", DeadlineKind.ACCEPT_OVERDUE, "street")]
     firing_partitions = {inbox_partition_of(case_id, pipeline.inbox_partitions) for case_id in per_case}
     assert all(firing_partitions & mine for mine in owners.values())  # both workers fired breaches
     events = pipeline.case_events()

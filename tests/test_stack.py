@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.stack import LocalStack
 from infra.topics import load_topics, provision_topics
-from whistle.errors import StackError
+from whistle.ground.errors import StackError
 
 
 def _new_topic(bootstrap: str, partitions: int = 1) -> str:

@@ -1,6 +1,6 @@
 """The stream processors end to end: real Kafka, real `whistle worker` processes, records fed with the SDK.
 
-Time is driven by clock ticks written into the case stream (`streams.clock.write_ticks`), never by
+Time is driven by clock ticks written into the case stream (`whistle.edges.clock.write_ticks`), never by
 waiting: every case opens at T0 (a working morning) and deadlines pass when a tick says so.
 Case ids are computed the way producers of handling actions compute them: normalize, enrich, `case_id_for`.
 """
@@ -10,33 +10,35 @@ import dataclasses
 import itertools
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from infra.processes import WhistleProcess, wait_until
 from infra.provision import provision_all
 from infra.topics import partitions_of
 from schemas.serde import SINGLE_OBJECT_MARKER, Serde, from_record
 from streams.app import EXIT_TO_BE_RESTARTED
-from streams.clock import write_ticks
 from streams.domain.case import CaseEvent, Kind, verify_chain
 from streams.domain.enrich import Enricher, case_id_for, haversine_m
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, Grid, load_reference
 from streams.domain.sla import Breach
 from streams.pipeline import partition_for_key, partition_key_of_case
-from whistle.errors import StackError
-from whistle.pii import PersonalDataHasher
-from whistle.processes import WhistleProcess, committed_offsets, end_offsets, read_all, spawn_worker, wait_until
-from whistle.sdk import Delivery, Publisher
-from whistle.settings import Settings
-from whistle.topics import Topics
+from whistle.devtools.harness import committed_offsets, end_offsets, read_all, spawn_worker
+from whistle.edges.clock import write_ticks
+from whistle.edges.sdk import Delivery, Publisher
+from whistle.ground.errors import StackError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
 
-T0 = datetime(2025, 6, 4, 1, 30, tzinfo=timezone.utc)  # Wednesday 09:30 in Beijing: a working day, office hours
+T0 = datetime(2025, 6, 4, 1, 30, tzinfo=UTC)  # Wednesday 09:30 in Beijing: a working day, office hours
 REPORT = "org.whistle.v1.ResidentReport"
 ACTION = "org.whistle.v1.HandlingAction"
 SPOT_SPACING_M = 400.0  # farther apart than the merge distance (250 m): no two test reports merge
@@ -116,7 +118,7 @@ class Pipeline:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings, self.log_dir = settings, log_dir
         self.topics = Topics.with_prefix(settings.topic_prefix)
-        self.group = f"{settings.topic_prefix}whistle-cases"  # the Faust app id (streams.app.create_app)
+        self.group = Groups.with_prefix(settings.topic_prefix).cases  # the Faust app id (streams.app.create_app)
         self.inbox_partitions = partitions_of(self.topics.inbox, settings.topic_prefix)
         self.serde = Serde.from_settings(settings)
         self.publisher = Publisher(settings, serde=self.serde)

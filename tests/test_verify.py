@@ -2,8 +2,9 @@
 clean data passes; a lost row, a redelivered row, an altered row, a lost tail and a conflicting copy are each caught."""
 from __future__ import annotations
 
-from sinks.audit import Problem, verify
 from test_audit_queries import load
+
+from sinks.audit import Problem, verify
 
 
 def at(rows, partition, offset):

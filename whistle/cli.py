@@ -4,17 +4,16 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from whistle.errors import WhistleError
-from whistle.settings import Settings
-from whistle.topics import Topics
+from whistle.ground.errors import WhistleError
+from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Whistle: the data backbone for city incident handling.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse stack (development, tests, demo).")
@@ -94,7 +93,7 @@ def provision() -> None:
 def publish(source: str = typer.Option(..., "--source", help="camera | hotline | app"),
             path: Path = typer.Argument(..., help="a JSON-lines file, one record per line")) -> None:
     """Validate and publish a JSON-lines file; exits non-zero if any line was rejected."""
-    from whistle.publish import run_publish
+    from whistle.edges.publish import run_publish
 
     raise typer.Exit(run_publish(_settings(), source, path, Console()))
 
@@ -113,10 +112,10 @@ app.add_typer(clock_app, name="clock")
 
 @clock_app.command("run")
 def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
-              start: Optional[datetime] = typer.Option(None, help="pipeline time at start (default: now)"),
+              start: datetime | None = typer.Option(None, help="pipeline time at start (default: now)"),
               speed: float = typer.Option(1.0, help="pipeline seconds per wall second")) -> None:
     """Write a tick into every case-stream partition every INTERVAL seconds."""
-    from streams.clock import Timeline, run_clock
+    from whistle.edges.clock import Timeline, run_clock
 
     settings, stop = _settings(), _stop_flag()
     timeline = Timeline.real_time() if start is None else Timeline(_utc(start), time.time(), speed)
@@ -128,7 +127,7 @@ def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
 @clock_app.command("advance")
 def clock_advance(to: datetime = typer.Option(..., "--to", help="the time to move the case stream to (UTC if no zone)")) -> None:
     """Move the case stream's time forward at once (tests, backfills): due deadlines fire."""
-    from streams.clock import write_ticks
+    from whistle.edges.clock import write_ticks
 
     settings = _settings()
     with _publisher(settings) as publisher:
@@ -151,10 +150,10 @@ def sink(batch_rows: int = typer.Option(20_000), batch_seconds: float = typer.Op
 
 @app.command("gateway")
 def gateway(keys: Path = typer.Option(..., "--keys", help="API key file (see infra/gateway-keys.example.yaml)"),
-            host: str = typer.Option("127.0.0.1"), port: Optional[int] = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
+            host: str = typer.Option("127.0.0.1"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
             max_body_bytes: int = typer.Option(65536)) -> None:
     """Serve the HTTP ingest gateway: camera webhooks, the hotline, and Open311 GeoReport v2."""
-    from whistle.gateway import run_gateway
+    from whistle.edges.gateway import run_gateway
 
     settings = _settings()
     run_gateway(settings, host, port or settings.gateway_port, keys, max_body_bytes=max_body_bytes)
@@ -190,8 +189,8 @@ def audit_case(case_id: str = typer.Argument(...), fmt: str = FormatOption) -> N
 
 
 @audit_app.command("breaches")
-def audit_breaches(tier: Optional[str] = typer.Option(None, "--tier"), unit: Optional[str] = typer.Option(None, "--unit"),
-                   since: Optional[datetime] = typer.Option(None, "--from"), until: Optional[datetime] = typer.Option(None, "--to"),
+def audit_breaches(tier: str | None = typer.Option(None, "--tier"), unit: str | None = typer.Option(None, "--unit"),
+                   since: datetime | None = typer.Option(None, "--from"), until: datetime | None = typer.Option(None, "--to"),
                    warnings: bool = typer.Option(False, "--warnings", help="include warnings"), fmt: str = FormatOption) -> None:
     """Breaches (and referrals), filtered by tier, unit and deadline time."""
     from sinks import audit
@@ -252,7 +251,7 @@ def _emit(result, fmt: str, title: str) -> None:
 def demo(incidents: int = typer.Option(600, help="incidents in the simulated day"),
          speed: float = typer.Option(1200.0, help="simulated seconds per wall second")) -> None:
     """Run a simulated day of the sample district through the real pipeline and print the auditors' view."""
-    from whistle.demo import run_demo
+    from whistle.devtools.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(), _wide_console(), incidents=incidents, speed=speed))
 
@@ -260,11 +259,11 @@ def demo(incidents: int = typer.Option(600, help="incidents in the simulated day
 @app.command("simulate")
 def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one JSON-lines file per channel, for `whistle publish`"),
                      seed: int = typer.Option(7), days: float = typer.Option(1.0), incidents: float = typer.Option(2000.0, "--incidents"),
-                     start: Optional[datetime] = typer.Option(None, help="first simulated instant (UTC if no zone)")) -> None:
+                     start: datetime | None = typer.Option(None, help="first simulated instant (UTC if no zone)")) -> None:
     """Write a deterministic simulated period (same seed, same bytes) as camera/hotline/app JSON-lines files."""
     from streams.domain.reference import load_reference
-    from whistle.feed import write_channel_files
-    from whistle.simulate import SimConfig, simulate
+    from whistle.devtools.feed import write_channel_files
+    from whistle.devtools.simulate import SimConfig, simulate
 
     config = SimConfig(seed=seed, days=days, incidents_per_day=incidents, **({"start": _utc(start)} if start else {}))
     for channel, count in write_channel_files(simulate(load_reference(), config), out).items():
@@ -276,14 +275,14 @@ def bench(events: int = typer.Option(50_000, help="simulated events, generated a
           workers: int = typer.Option(1, help="`whistle worker` processes"),
           phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery"),
           latency_seconds: float = typer.Option(20.0, help="how long the half-rate latency phase publishes"),
-          latency_rate: Optional[float] = typer.Option(None, help="events/s of the latency phase (default: half the e2e rate)"),
+          latency_rate: float | None = typer.Option(None, help="events/s of the latency phase (default: half the e2e rate)"),
           breach_cases: int = typer.Option(200, help="emergency cases whose accept deadline falls during the breach phase"),
           open_cases: int = typer.Option(100_000, help="open cases held by the recovered worker"),
           million: bool = typer.Option(False, "--million", help="the recovered worker holds 1,000,000 open cases"),
-          json_path: Optional[Path] = typer.Option(None, "--json", help="where to write the figures (default: .whistle/bench/<run id>.json)"),
+          json_path: Path | None = typer.Option(None, "--json", help="where to write the figures (default: .whistle/bench/<run id>.json)"),
           keep: bool = typer.Option(False, "--keep", help="keep the bench's topics and databases")) -> None:
     """Measure throughput, latency, breach timeliness, per-process CPU/RSS and recovery against the running local stack."""
-    from whistle.bench import MILLION, PHASES, BenchOptions, run_bench
+    from whistle.devtools.bench import MILLION, PHASES, BenchOptions, run_bench
 
     options = BenchOptions(events=events, workers=workers, phases=tuple(phase) or PHASES, latency_seconds=latency_seconds,
                            latency_rate=latency_rate, breach_cases=breach_cases, open_cases=MILLION if million else open_cases,
@@ -301,7 +300,7 @@ def alerts_tail(tier: list[str] = typer.Option([], "--tier", help="only these ti
                 unit: list[str] = typer.Option([], "--unit", help="only breaches of / escalated to these units"),
                 from_beginning: bool = typer.Option(False, "--from-beginning")) -> None:
     """Print breaches and warnings as they happen."""
-    from whistle.alerts import tail
+    from whistle.edges.alerts import tail
 
     tail(_settings(), set(tier) or None, set(unit) or None, Console(), from_beginning=from_beginning)
 
@@ -312,7 +311,7 @@ def alerts_webhook(url: str = typer.Argument(...), tier: list[str] = typer.Optio
     """POST each breach as JSON; its offset is committed only after a 2xx, so nothing is lost while the receiver is down."""
     import threading
 
-    from whistle.alerts import run_webhook
+    from whistle.edges.alerts import run_webhook
 
     stop = threading.Event()
     _stop_flag(stop.set)
@@ -321,7 +320,7 @@ def alerts_webhook(url: str = typer.Argument(...), tier: list[str] = typer.Optio
 
 
 def _publisher(settings: Settings):
-    from whistle.sdk import Publisher
+    from whistle.edges.sdk import Publisher
 
     return Publisher(settings)
 
@@ -333,7 +332,7 @@ def _inbox_partitions(settings: Settings) -> int:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _stop_flag(on_stop=None):

@@ -8,7 +8,7 @@
 --   start_ms, end_ms reported_at window, epoch ms, inclusive
 --   all_codes        1: every category; 0: those in `codes` (('') when all_codes = 1)
 --   want_open, want_closed  1/0: which Open311 statuses to return
---   closed_kinds     tuple of case event kinds after which a request is closed (whistle.open311.CLOSED_KINDS)
+--   closed_kinds     tuple of case event kinds after which a request is closed (whistle.edges.open311.CLOSED_KINDS)
 --   limit            at most this many rows, newest first
 --
 -- One row per report. A report that has not become a case yet has case_id '' (and last_kind '', i.e. open).

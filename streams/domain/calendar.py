@@ -11,55 +11,26 @@ together with the working time elapsed before it, so "N working hours after t" i
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
-from whistle.errors import ConfigError, ValidationError
+from whistle.ground.datafiles import config_error, read_yaml
+from whistle.ground.errors import ConfigError
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 SLA_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference" / "sla"
 DEFAULT_CALENDAR_FILE = SLA_REFERENCE_DIR / "calendar-cn.yaml"
 
-UTC = timezone.utc
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 _DAY_MS = 86_400_000
 
 ELAPSED_UNIT_MS = {"minutes": 60_000, "hours": 3_600_000, "days": _DAY_MS}
 WORKING_UNITS = ("working_hours", "working_days")
 SAME_DAY = "same_day"
 UNITS = (*ELAPSED_UNIT_MS, *WORKING_UNITS, SAME_DAY)
-
-
-def to_epoch_ms(value: datetime, field: str = "at") -> int:
-    """Exact epoch milliseconds of a timezone-aware datetime. Naive datetimes are refused: their zone would be a guess."""
-    if value.utcoffset() is None:
-        raise ValidationError(f"{field}={value.isoformat()} has no time zone: Whistle only takes timezone-aware (UTC) datetimes", field=field)
-    return (value - EPOCH) // _ONE_MS
-
-
-def from_epoch_ms(ms: int) -> datetime:
-    """The UTC datetime of epoch milliseconds (exact, no float rounding)."""
-    return EPOCH + timedelta(milliseconds=ms)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse one YAML data file; a missing or malformed file is a ConfigError naming it."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise config_error(path, "-", "file is missing") from exc
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise config_error(path, "-", f"unreadable YAML: {exc}") from exc
-
-
-def config_error(path: Path, field: str, message: str) -> ConfigError:
-    """The one shape of a data-file error: file, path inside it, what is wrong."""
-    return ConfigError(f"{path}: {field}: {message}", file=str(path), field=field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +47,7 @@ class Duration:
     unit: str
 
     @classmethod
-    def parse(cls, text: Any) -> "Duration":
+    def parse(cls, text: Any) -> Duration:
         """Raises ValueError saying what is wrong; loaders turn it into a ConfigError naming file and field."""
         if not isinstance(text, str):
             raise ValueError(f"must be a string like '2 working_hours', got {text!r}")

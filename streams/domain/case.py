@@ -32,19 +32,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
+from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
 import orjson
 
-from streams.domain.calendar import from_epoch_ms, to_epoch_ms
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Tier, Urgency
-from whistle.errors import DomainError, TransitionError, ValidationError
+from whistle.ground.errors import DomainError, TransitionError, ValidationError
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 GENESIS_HASH = "0" * 64
 
 
-class Kind:
+class Kind(StrEnum):
     """Case event kinds (the contract's vocabulary)."""
 
     OPENED = "opened"
@@ -61,7 +62,7 @@ class Kind:
     LATE_ACTION = "late_action"
 
 
-class Status:
+class Status(StrEnum):
     """What a case is waiting for.
 
     RATED and REOPENED are waiting for the SLA engine to escalate (an unsatisfied rating or a reopened
@@ -263,6 +264,9 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
     if event.seq != state.seq + 1 or bytes.fromhex(event.prev_hash) != state.head:
         raise DomainError(f"event {event.event_id} does not continue case {state.case_id} (at seq {state.seq})",
                           case_id=state.case_id, event_id=event.event_id, field="seq")
+    evolver = _EVOLVERS.get(kind)
+    if evolver is None:
+        raise DomainError(f"unknown case event kind {kind!r}", case_id=state.case_id, event_id=event.event_id, field="kind")
     seen = state.seen
     digest = _digest(event.cause_id)
     if not seen.endswith(digest):
@@ -270,44 +274,77 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
     changes: dict = {"seq": event.seq, "head": bytes.fromhex(event.hash), "seen": seen}
     pauses = state.pauses
     if pauses and pauses[-1][1] is None and kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION):
-        pauses = changes["pauses"] = pauses[:-1] + ((pauses[-1][0], at),)
-    if kind == Kind.ACCEPTED:
-        changes.update(status=Status.ACCEPTED, status_since_ms=at, rejected_by=())
-    elif kind == Kind.RESOLVED:
-        changes.update(status=Status.RESOLVED, status_since_ms=at)
-    elif kind == Kind.REPORT_MERGED:
-        chain = decode_chain(event.note, event.event_id)
-        changes["urgency"] = _intern(event.urgency)
-        if not any(c[0].unit_id == chain[0].unit_id for c in state.chains):
-            changes["chains"] = state.chains + (chain,)
-    elif kind == Kind.DISPATCHED:
-        changes.update(status=Status.DISPATCHED, assignee=_link(state, event), stage_start_ms=at, holder_since_ms=at, status_since_ms=at)
-    elif kind == Kind.TRANSFERRED:
-        changes.update(assignee=_link(state, event), holder_since_ms=at, rejected_by=state.rejected_by + (_intern(event.actor_unit_id),))
-    elif kind == Kind.ESCALATED:
-        lost = state.lost_by_breach
-        if event.reason != TRANSFER_LIMIT and state.assignee.unit_id not in lost:
-            lost = lost + (state.assignee.unit_id,)
-        changes.update(status=Status.DISPATCHED, assignee=_link(state, event), stage_start_ms=at, holder_since_ms=at, status_since_ms=at,
-                       escalations=state.escalations + 1, arbitration=event.reason == TRANSFER_LIMIT, rejected_by=(), lost_by_breach=lost,
-                       extensions=0, pauses=(), rating=None)
-    elif kind == Kind.EXTENSION_GRANTED:
-        if event.reason == WAITING_ON_RESIDENT:
-            changes["pauses"] = pauses + ((at, None),)
-        else:
-            changes["extensions"] = state.extensions + 1
-    elif kind == Kind.RATED:
-        changes.update(status=Status.RATED, status_since_ms=at, rating=event.rating)
-    elif kind == Kind.REOPENED:
-        changes.update(status=Status.REOPENED, status_since_ms=at, rating=None)
-    elif kind == Kind.CLOSED:
-        changes.update(status=Status.CLOSED, status_since_ms=at)
-    elif kind != Kind.LATE_ACTION:
-        raise DomainError(f"unknown case event kind {kind!r}", case_id=state.case_id, event_id=event.event_id, field="kind")
+        pauses = changes["pauses"] = pauses[:-1] + ((pauses[-1][0], at),)  # any handling ends a waiting-on-resident pause
+    changes.update(evolver(state, event, at, pauses))
     values = list(_read_state(state))
     for name, value in changes.items():
         values[_STATE_POSITION[name]] = value
     return _new_state(values)
+
+
+# One small function per event kind: what the event changes, given the state before it, the event's
+# epoch ms and the pauses as the common step left them.
+
+def _accepted(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.ACCEPTED, "status_since_ms": at, "rejected_by": ()}
+
+
+def _resolved(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.RESOLVED, "status_since_ms": at}
+
+
+def _report_merged(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    chain = decode_chain(event.note, event.event_id)
+    changes: dict = {"urgency": _intern(event.urgency)}
+    if not any(c[0].unit_id == chain[0].unit_id for c in state.chains):
+        changes["chains"] = state.chains + (chain,)
+    return changes
+
+
+def _dispatched(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.DISPATCHED, "assignee": _link(state, event), "stage_start_ms": at, "holder_since_ms": at, "status_since_ms": at}
+
+
+def _transferred(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"assignee": _link(state, event), "holder_since_ms": at, "rejected_by": state.rejected_by + (_intern(event.actor_unit_id),)}
+
+
+def _escalated(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    lost = state.lost_by_breach
+    if event.reason != TRANSFER_LIMIT and state.assignee.unit_id not in lost:
+        lost = lost + (state.assignee.unit_id,)
+    return {"status": Status.DISPATCHED, "assignee": _link(state, event), "stage_start_ms": at, "holder_since_ms": at, "status_since_ms": at,
+            "escalations": state.escalations + 1, "arbitration": event.reason == TRANSFER_LIMIT, "rejected_by": (), "lost_by_breach": lost,
+            "extensions": 0, "pauses": (), "rating": None}
+
+
+def _extension_granted(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    if event.reason == WAITING_ON_RESIDENT:
+        return {"pauses": pauses + ((at, None),)}
+    return {"extensions": state.extensions + 1}
+
+
+def _rated(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.RATED, "status_since_ms": at, "rating": event.rating}
+
+
+def _reopened(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.REOPENED, "status_since_ms": at, "rating": None}
+
+
+def _closed(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"status": Status.CLOSED, "status_since_ms": at}
+
+
+def _late_action(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {}  # recorded for the auditors; it changes nothing
+
+
+_EVOLVERS = {
+    Kind.ACCEPTED: _accepted, Kind.RESOLVED: _resolved, Kind.REPORT_MERGED: _report_merged, Kind.DISPATCHED: _dispatched,
+    Kind.TRANSFERRED: _transferred, Kind.ESCALATED: _escalated, Kind.EXTENSION_GRANTED: _extension_granted, Kind.RATED: _rated,
+    Kind.REOPENED: _reopened, Kind.CLOSED: _closed, Kind.LATE_ACTION: _late_action,
+}
 
 
 def fold(events) -> dict[str, CaseState]:
@@ -498,7 +535,7 @@ class _EventWriter:
         self._at_ms, self._at = None, None
 
     @classmethod
-    def after(cls, state: CaseState, urgency: str | None = None) -> "_EventWriter":
+    def after(cls, state: CaseState, urgency: str | None = None) -> _EventWriter:
         return cls(state.case_id, state.seq, state.head.hex(), state.category, urgency or state.urgency, state.policy_version, state.place)
 
     def emit(self, kind: str, at_ms: int, cause_id: str, assignee: Link, *, actor: str | None = None, source: str | None = None,

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import timezone
+from datetime import UTC
 
 from streams.domain.model import EnrichedReport, Location, Report, Source, Unit
 from streams.domain.reference import DistrictReference, Grid
-from whistle.errors import DomainError, ValidationError
+from whistle.ground.errors import DomainError, ValidationError
 
 OUTSIDE_GRID = "outside_grid"
 CAMERA_UNKNOWN = "camera_unknown"
@@ -168,7 +168,7 @@ def case_id_for(enriched: EnrichedReport) -> str:
     """
     report = enriched.report
     digest = hashlib.sha256(report.report_id.encode("utf-8")).hexdigest()[:10]
-    return f"{case_partition_key(enriched)}-{report.occurred_at.astimezone(timezone.utc):%Y%m%d}-{digest}"
+    return f"{case_partition_key(enriched)}-{report.occurred_at.astimezone(UTC):%Y%m%d}-{digest}"
 
 
 def common_parent(reference: DistrictReference, unit_a: str, unit_b: str, category: str | None = None) -> Unit:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Callable, Iterator
 
 from streams.domain.enrich import EARTH_RADIUS_M, case_partition_key, haversine_m
 from streams.domain.model import EnrichedReport
-from whistle.errors import ConfigError
+from whistle.ground.errors import ConfigError
 
 DEFAULT_MAX_DISTANCE_M = 250.0
 DEFAULT_WINDOW = timedelta(hours=24)

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     CAMERA = "camera"
     HOTLINE = "hotline"
     APP = "app"
 
 
-class Urgency(str, Enum):
+class Urgency(StrEnum):
     NORMAL = "normal"
     URGENT = "urgent"
     EMERGENCY = "emergency"
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     """Rungs of the escalation ladder, lowest first."""
 
     GRID = "grid"
@@ -109,7 +109,7 @@ class EnrichedReport:
         return self.chain[0]
 
 
-class ActionKind(str, Enum):
+class ActionKind(StrEnum):
     ACCEPT = "accept"
     TRANSFER = "transfer"  # returned as not ours, with a reason
     RESOLVE = "resolve"

@@ -10,7 +10,7 @@ camera   report id "camera:<detection_id>"; the snapshot is the evidence (media)
 hotline  report id "hotline:<ticket_id>"; the operator's category may be a code or one of the
          operator labels listed in the reference data (垃圾清运 -> garbage); an empty address
          becomes None (enrich sends it to the district desk, flagged); the caller's phone leaves
-         only as a keyed hash (`hash_phone`, whistle.pii).
+         only as a keyed hash (`hash_phone`, streams.domain.pii).
 app      report id "app:<report_id>"; the account id leaves only as a keyed hash (`hash_reporter`);
          (0, 0) coordinates are a phone's "no fix" and count as absent, so the typed address (if
          any) is used instead.
@@ -23,17 +23,18 @@ naive datetimes are refused.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from streams.domain.model import Report, Source, Urgency
 from streams.domain.reference import DistrictReference
-from whistle.errors import ValidationError
+from whistle.ground.errors import ValidationError
 
 HashPii = Callable[[str], str]
 _URGENCY_RANK = {urgency: rank for rank, urgency in enumerate(Urgency)}
 _URGENCIES = {urgency.value: urgency for urgency in Urgency}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def normalize_camera(record: Mapping[str, Any], reference: DistrictReference) -> Report:
@@ -148,7 +149,7 @@ def _instant(record: Mapping[str, Any], field: str, source: str) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise _invalid(source, field, f"{value.isoformat()} has no time zone; Whistle only takes UTC-aware times")
-        return value if value.tzinfo is timezone.utc else value.astimezone(timezone.utc)
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
     if isinstance(value, int) and not isinstance(value, bool):
         return _EPOCH + timedelta(milliseconds=value)
     raise _invalid(source, field, f"must be a UTC-aware datetime or epoch milliseconds, got {value!r}")

@@ -8,17 +8,17 @@ wrong grid worker.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from streams.domain.model import Tier, Unit, Urgency
-from whistle.errors import ConfigError
+from whistle.ground.datafiles import config_error, read_csv, read_json
+from whistle.ground.errors import ConfigError
 
 REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"
 DEFAULT_VERSION = "district-v1"
@@ -343,7 +343,7 @@ class _Loader:
         self.root = root
 
     def fail(self, file: str, field: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.root / file}: {field}: {message}", file=str(self.root / file), field=field)
+        return config_error(self.root / file, field, message)
 
     def load(self) -> DistrictReference:
         org = self._read_json("district.json")
@@ -548,26 +548,10 @@ class _Loader:
     # -- small typed readers ------------------------------------------------------------------
 
     def _read_json(self, file: str) -> Any:
-        path = self.root / file
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise self.fail(file, "-", "file is missing") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self.fail(file, "-", f"unreadable JSON: {exc}") from exc
+        return read_json(self.root / file)
 
     def _read_csv(self, file: str, columns: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
-        path = self.root / file
-        try:
-            with path.open(encoding="utf-8", newline="") as handle:
-                reader = csv.DictReader(handle)
-                if tuple(reader.fieldnames or ()) != columns:
-                    raise self.fail(file, "header", f"columns must be {','.join(columns)}, got {reader.fieldnames}")
-                return [(reader.line_num, row) for row in reader]
-        except FileNotFoundError as exc:
-            raise self.fail(file, "-", "file is missing") from exc
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise self.fail(file, "-", f"unreadable CSV: {exc}") from exc
+        return read_csv(self.root / file, columns)
 
     def _mapping(self, parent: Any, key: str, file: str, field: str) -> dict:
         value = parent.get(key) if isinstance(parent, dict) else None

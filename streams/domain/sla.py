@@ -20,33 +20,66 @@ breaches and escalation events, with deterministic breach ids.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from heapq import heapify, heappop, heappush
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, MutableMapping, NamedTuple
+from typing import Any, NamedTuple
 
-from streams.domain.calendar import SLA_REFERENCE_DIR, BusinessCalendar, Duration, config_error, from_epoch_ms, read_yaml, to_epoch_ms
-from streams.domain.case import (TRANSFER_LIMIT, CaseEvent, CaseState, HandlingRules, Link, Status, close_unrated, escalate, escalation_target,
-                                 evolve, find_link, handle_action, merge_report, open_case)
+from streams.domain.calendar import SLA_REFERENCE_DIR, BusinessCalendar, Duration
+from streams.domain.case import (
+    TRANSFER_LIMIT,
+    CaseEvent,
+    CaseState,
+    HandlingRules,
+    Link,
+    Status,
+    close_unrated,
+    escalate,
+    escalation_target,
+    evolve,
+    find_link,
+    handle_action,
+    merge_report,
+    open_case,
+)
 from streams.domain.model import EnrichedReport, HandlingAction, Tier, Unit, Urgency
-from whistle.errors import ConfigError
+from whistle.ground.datafiles import config_error, read_yaml
+from whistle.ground.errors import ConfigError
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 INITIAL_STAGE = "initial"
 ESCALATION_STAGES = (Tier.COMMUNITY.value, Tier.STREET.value, Tier.DEPARTMENT.value, Tier.SUPERVISION.value)
 TRANSFER_CLOCKS = ("keep", "restart")
 
-# Deadline kinds. The overdue kinds and the immediate triggers are also breach types.
-ACCEPT_WARNING = "accept_warning"
-RESOLVE_WARNING = "resolve_warning"
-ACCEPT_OVERDUE = "accept_overdue"
-RESOLVE_OVERDUE = "resolve_overdue"
-UNSATISFIED_RATING = "unsatisfied_rating"
-REOPENED = "reopened"
-AUTO_CLOSE = "auto_close"
+
+
+class DeadlineKind(StrEnum):
+    """What a pending deadline checks. The overdue kinds and the immediate triggers are also breach types."""
+
+    ACCEPT_WARNING = "accept_warning"
+    RESOLVE_WARNING = "resolve_warning"
+    ACCEPT_OVERDUE = "accept_overdue"
+    RESOLVE_OVERDUE = "resolve_overdue"
+    UNSATISFIED_RATING = "unsatisfied_rating"
+    REOPENED = "reopened"
+    AUTO_CLOSE = "auto_close"
+    TRANSFER_LIMIT = TRANSFER_LIMIT
+
+
+class BreachKind(StrEnum):
+    """What a breach record is: a warning before the deadline, a breach, or a referral to the discipline commission."""
+
+    WARNING = "warning"
+    BREACH = "breach"
+    REFERRAL = "referral"
+
+
 FINAL_OVERDUE = "final_overdue"  # breach type of an overdue case escalating into the discipline commission
-_WARNED = {ACCEPT_WARNING: ACCEPT_OVERDUE, RESOLVE_WARNING: RESOLVE_OVERDUE}
+_WARNED = {DeadlineKind.ACCEPT_WARNING: DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_WARNING: DeadlineKind.RESOLVE_OVERDUE}
 
 # common_parent(unit_a_id, unit_b_id, category) -> the unit that settles their dispute
 # (streams.domain.enrich.common_parent with the reference bound).
@@ -261,7 +294,7 @@ class Deadline(NamedTuple):
 
     due_ms: int
     case_id: str
-    kind: str
+    kind: DeadlineKind
     seq: int
     deadline_ms: int
 
@@ -280,14 +313,14 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
     case_id, seq = state.case_id, state.seq
     if status == Status.DISPATCHED:
         if len(state.rejected_by) >= policy.rules.transfers_before_escalation:
-            return [Deadline(state.holder_since_ms, case_id, TRANSFER_LIMIT, seq, state.holder_since_ms)]
+            return [Deadline(state.holder_since_ms, case_id, DeadlineKind.TRANSFER_LIMIT, seq, state.holder_since_ms)]
         limits = policy.limits_for(state)
         if limits is None:
             return []
         start = state.holder_since_ms if policy.transfer_clock == "restart" else state.stage_start_ms
         due = calendar.add(start, limits.accept)
         warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.accept.on_working_time)
-        return [Deadline(warn, case_id, ACCEPT_WARNING, seq, due), Deadline(due, case_id, ACCEPT_OVERDUE, seq, due)]
+        return [Deadline(warn, case_id, DeadlineKind.ACCEPT_WARNING, seq, due), Deadline(due, case_id, DeadlineKind.ACCEPT_OVERDUE, seq, due)]
     if status == Status.ACCEPTED:
         limits = policy.limits_for(state)
         if limits is None:
@@ -301,14 +334,14 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
         for _ in range(state.extensions):
             due = calendar.add(due, policy.extension_grant)
         warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.resolve.on_working_time)
-        return [Deadline(warn, case_id, RESOLVE_WARNING, seq, due), Deadline(due, case_id, RESOLVE_OVERDUE, seq, due)]
+        return [Deadline(warn, case_id, DeadlineKind.RESOLVE_WARNING, seq, due), Deadline(due, case_id, DeadlineKind.RESOLVE_OVERDUE, seq, due)]
     if status == Status.RESOLVED:
         due = calendar.add(state.status_since_ms, policy.auto_close_after)
-        return [Deadline(due, case_id, AUTO_CLOSE, seq, due)]
+        return [Deadline(due, case_id, DeadlineKind.AUTO_CLOSE, seq, due)]
     if status == Status.RATED:
-        return [Deadline(state.status_since_ms, case_id, UNSATISFIED_RATING, seq, state.status_since_ms)]
+        return [Deadline(state.status_since_ms, case_id, DeadlineKind.UNSATISFIED_RATING, seq, state.status_since_ms)]
     if status == Status.REOPENED:
-        return [Deadline(state.status_since_ms, case_id, REOPENED, seq, state.status_since_ms)]
+        return [Deadline(state.status_since_ms, case_id, DeadlineKind.REOPENED, seq, state.status_since_ms)]
     return []
 
 
@@ -386,7 +419,7 @@ class Breach:
 
     breach_id: str
     case_id: str
-    kind: str  # warning | breach | referral
+    kind: BreachKind
     breach_type: str
     tier: str  # the tier the case escalates to (a warning: the current tier)
     deadline: datetime
@@ -408,8 +441,8 @@ def breach_id(case_id: str, breach_type: str, tier: str, deadline_ms: int) -> st
 
 
 def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPolicy, calendar: BusinessCalendar,
-         common_parent: CommonParent) -> tuple[list[Breach], list[CaseEvent]]:
-    """What a due deadline produces: breach records and case events; nothing if the deadline is stale.
+         common_parent: CommonParent) -> tuple[list[CaseEvent], list[Breach]]:
+    """What a due deadline produces: case events and breach records (in CaseBook's order); nothing if the deadline is stale.
 
     Warnings produce a breach record of kind warning only (none once the deadline itself has passed,
     e.g. when catching up after downtime). auto_close produces a closed event.
@@ -421,9 +454,9 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
         return [], []
     kind = deadline.kind
     holder = state.assignee
-    if kind == AUTO_CLOSE:
-        return [], close_unrated(state, from_epoch_ms(now_ms), f"{AUTO_CLOSE}:{state.case_id}:{deadline.deadline_ms}",
-                                 f"{AUTO_CLOSE}: not rated within {policy.auto_close_after}")
+    if kind == DeadlineKind.AUTO_CLOSE:
+        return close_unrated(state, from_epoch_ms(now_ms), f"{DeadlineKind.AUTO_CLOSE}:{state.case_id}:{deadline.deadline_ms}",
+                                 f"{DeadlineKind.AUTO_CLOSE}: not rated within {policy.auto_close_after}"), []
     if kind in _WARNED:
         if deadline.deadline_ms <= now_ms:
             return [], []  # the breach itself is due now: a warning would only be noise
@@ -431,17 +464,17 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
         left_min = (deadline.deadline_ms - now_ms) // 60_000
         summary = (f"warning: {holder.unit_id} ({holder.tier}) has {left_min} min left before {breach_type} "
                    f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}")
-        return [_breach(state, "warning", breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, summary)], []
-    target = _arbiter(state, common_parent) if kind == TRANSFER_LIMIT else escalation_target(state)
+        return [], [_breach(state, BreachKind.WARNING, breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, summary)]
+    target = _arbiter(state, common_parent) if kind == DeadlineKind.TRANSFER_LIMIT else escalation_target(state)
     referral = target is not None and target.tier == Tier.DISCIPLINE.value
-    breach_type = FINAL_OVERDUE if referral and kind in (ACCEPT_OVERDUE, RESOLVE_OVERDUE) else kind
+    breach_type = FINAL_OVERDUE if referral and kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE) else kind
     tier = target.tier if target is not None else holder.tier
     where = f"escalated to {target.unit_id} ({target.tier})" if target is not None else "no unit above to escalate to"
     summary = f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}"
-    breach = _breach(state, "referral" if referral else "breach", breach_type, tier, deadline.deadline_ms, now_ms, target, policy, summary)
+    breach = _breach(state, BreachKind.REFERRAL if referral else BreachKind.BREACH, breach_type, tier, deadline.deadline_ms, now_ms, target, policy, summary)
     if target is None:
-        return [breach], []
-    return [breach], escalate(state, target, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary)
+        return [], [breach]
+    return escalate(state, target, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary), [breach]
 
 
 def _arbiter(state: CaseState, common_parent: CommonParent) -> Link | None:
@@ -457,12 +490,12 @@ def _arbiter(state: CaseState, common_parent: CommonParent) -> Link | None:
     return find_link(state, parent.unit_id) or Link(parent.unit_id, Tier(parent.tier).value)
 
 
-def _breach(state: CaseState, kind: str, breach_type: str, tier: str, deadline_ms: int, now_ms: int, target: Link | None,
+def _breach(state: CaseState, kind: BreachKind, breach_type: str, tier: str, deadline_ms: int, now_ms: int, target: Link | None,
             policy: SlaPolicy, summary: str) -> Breach:
     return Breach(
         breach_id=breach_id(state.case_id, breach_type, tier, deadline_ms), case_id=state.case_id, kind=kind, breach_type=breach_type,
         tier=tier, deadline=from_epoch_ms(deadline_ms), fired_at=from_epoch_ms(now_ms),
-        overdue_ms=0 if kind == "warning" else max(0, now_ms - deadline_ms), responsible_unit_id=state.assignee.unit_id,
+        overdue_ms=0 if kind == BreachKind.WARNING else max(0, now_ms - deadline_ms), responsible_unit_id=state.assignee.unit_id,
         escalation_target_unit_id=None if target is None else target.unit_id, policy_version=policy.version,
         category=state.category, urgency=state.urgency, street_id=state.place.street_id, department_id=state.place.department_id,
         summary=summary,
@@ -537,7 +570,7 @@ class CaseBook:
                 state = self.states.get(deadline.case_id)
                 if state is None:
                     continue
-                fired_breaches, fired_events = fire(state, deadline, now_ms, _policy_of(self.policies, state), self.calendar, self.common_parent)
+                fired_events, fired_breaches = fire(state, deadline, now_ms, _policy_of(self.policies, state), self.calendar, self.common_parent)
                 breaches.extend(fired_breaches)
                 events.extend(self._apply(fired_events))
             due = self.index.pop_due(now_ms)

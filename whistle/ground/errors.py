@@ -25,7 +25,7 @@ class WhistleError(Exception):
         where = ", ".join(f"{k}={v}" for k, v in self.context.items())
         return f"{self.message} ({where})"
 
-    def with_context(self, **context: Any) -> "WhistleError":
+    def with_context(self, **context: Any) -> WhistleError:
         """Attach more context (e.g. the Kafka position) as the error travels outwards."""
         self.context.update({k: v for k, v in context.items() if v is not None})
         return self

@@ -1,6 +1,6 @@
 """Generate the sample district's reference data (streams/reference/district-v1/) deterministically.
 
-    python -m streams.reference.build_district [OUT_DIR]
+    python -m whistle.devtools.build_district [OUT_DIR]
 
 The district is invented but shaped like a real one: a jittered lattice of ~300 m cells around
 28.19 N 113.10 E, trimmed to an irregular outline; 232 grids of ~400 households; 10 streets and
@@ -251,7 +251,7 @@ def _road_lines(vertices) -> list[tuple[str, list[tuple[float, float]], bool]]:
 def _gazetteer(rng: random.Random, vertices, kept, parks, lanes, place: _Placer) -> list[list[str]]:
     """House numbers along every road, road-name entries, a short lane per street, landmarks and parks."""
     rows = []
-    for name, line, east_west in _road_lines(vertices):
+    for name, line, _east_west in _road_lines(vertices):
         streets_on_road = set()
         travelled, number = 0.0, 0
         for (x1, y1), (x2, y2) in zip(line, line[1:]):

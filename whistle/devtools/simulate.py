@@ -46,29 +46,31 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from random import Random
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import orjson
 
-from streams.domain.calendar import BusinessCalendar, from_epoch_ms, load_calendar, to_epoch_ms
+from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent, CaseState, Kind, Status
 from streams.domain.enrich import Enricher, case_id_for, common_parent, haversine_m
 from streams.domain.merge import MergeIndex
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.reference import DistrictReference, Grid
-from streams.domain.sla import ACCEPT_OVERDUE, FINAL_OVERDUE, RESOLVE_OVERDUE, CaseBook, SlaPolicy, deadlines_for, load_policies, policy_in_force
-from whistle.errors import ConfigError
+from streams.domain.sla import FINAL_OVERDUE, CaseBook, DeadlineKind, SlaPolicy, deadlines_for, load_policies, policy_in_force
+from whistle.ground.errors import ConfigError
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 BEIJING = timezone(timedelta(hours=8))
 _HOUR_MS = 3_600_000
 _MINUTE_MS = 60_000
 # How far the pipeline's case-stream clock may run behind or ahead of the simulator's: in a replay its
-# ticks carry the times of the events sent (whistle.feed) a few simulated minutes apart, and can overtake
+# ticks carry the times of the events sent (whistle.devtools.feed) a few simulated minutes apart, and can overtake
 # records still on their way through ingestion.
 CLOCK_TOLERANCE = timedelta(minutes=5)
 REACTION_TIME = timedelta(minutes=3)  # the least time between a change of a case and its next step
@@ -110,7 +112,7 @@ class SimConfig:
     policy is in force and the business calendar has the year's holidays (2025 and 2026 as shipped)."""
 
     seed: int = 7
-    start: datetime = datetime(2026, 5, 31, 16, 0, tzinfo=timezone.utc)  # Monday 2026-06-01 00:00 Beijing time
+    start: datetime = datetime(2026, 5, 31, 16, 0, tzinfo=UTC)  # Monday 2026-06-01 00:00 Beijing time
     days: float = 1.0
     incidents_per_day: float = 2000.0
     multi_channel_share: float = 0.3  # incidents also reported by one or two other channels within minutes
@@ -177,8 +179,8 @@ def write_jsonl(events: Iterable[SimEvent], out: BinaryIO) -> int:
 _PACE = {"emergency": 0.1, "ordinary": 1.0, "complex": 3.0}  # handling-time scale by complexity class
 _TOLERANCE_MS = CLOCK_TOLERANCE // timedelta(milliseconds=1)
 _REACTION_MS = REACTION_TIME // timedelta(milliseconds=1)
-_OVERDUE = (ACCEPT_OVERDUE, RESOLVE_OVERDUE)
-_DEADLINE_BREACHES = (ACCEPT_OVERDUE, RESOLVE_OVERDUE, FINAL_OVERDUE)  # escalations a deadline caused (not an input)
+_OVERDUE = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE)
+_DEADLINE_BREACHES = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE, FINAL_OVERDUE)  # escalations a deadline caused (not an input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +482,7 @@ class _Simulation:
                 self.merge.remove(case_id)
             if kind == Kind.ESCALATED and event.reason in _DEADLINE_BREACHES:
                 # the pipeline escalates between the earliest deadline and a tolerance after the latest
-                handling.resolve_breached = handling.resolve_breached or event.reason == RESOLVE_OVERDUE
+                handling.resolve_breached = handling.resolve_breached or event.reason == DeadlineKind.RESOLVE_OVERDUE
                 earliest, latest = handling.window
                 handling.lead_ms, handling.lag_ms = max(0, now_ms - earliest), max(0, latest + _TOLERANCE_MS - now_ms)
                 changed[case_id] = now_ms + max(handling.lag_ms, _REACTION_MS)

@@ -9,7 +9,7 @@ front ends) can report without a Whistle SDK. This module owns everything standa
 - POST requests.json: Open311 fields -> one `AppEvent` (ResidentReport) record; problems are reported
   under the *Open311* names the client sent (`long`, `media_url`, `service_code`), every one at once;
 - reporter identity: `email`, `phone`, `device_id` and `account_id` are personal data. They never
-  reach Kafka: the record's `reporter_id` is a keyed hash (whistle.pii) of the strongest identity given.
+  reach Kafka: the record's `reporter_id` is a keyed hash (streams.domain.pii) of the strongest identity given.
   `first_name`/`last_name` are accepted (clients send them) and dropped;
 - GET requests: query parameters -> `RequestQuery` (at most 90 days, 1,000 results), and a case's
   progress (as read from ClickHouse) -> an Open311 service request.
@@ -20,16 +20,17 @@ Status: Open311 knows only open|closed; a request is closed when its case's late
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from schemas.catalog import Category as SchemaCategory
 from schemas.validation import invalid
 from streams.domain.case import Kind
+from streams.domain.pii import PersonalDataHasher, normalize_phone
 from streams.domain.reference import DistrictReference
-from whistle.errors import ValidationError
-from whistle.pii import PersonalDataHasher, normalize_phone
+from whistle.ground.errors import ValidationError
 
 MAX_QUERY_SPAN = timedelta(days=90)
 MAX_QUERY_RESULTS = 1000
@@ -71,7 +72,7 @@ _STATUS_NOTES = {
     Kind.CLOSED: "closed",
 }
 _MERGED_NOTE = "merged with an earlier report of the same incident"
-_UTC = timezone.utc
+_UTC = UTC
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ import hashlib
 import hmac
 import unicodedata
 
-from whistle.errors import ConfigError, ValidationError
-from whistle.settings import Secret
+from whistle.ground.errors import ConfigError, ValidationError
+from whistle.ground.settings import Secret
 
 _SEPARATORS = str.maketrans("", "", " -().\t")
 _COUNTRY_CODE = "86"

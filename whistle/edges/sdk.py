@@ -20,17 +20,18 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.serde import Serde
-from whistle.errors import DeliveryError, ValidationError
-from whistle.settings import Settings
+from whistle.ground.errors import DeliveryError, ValidationError
+from whistle.ground.settings import Settings
 
-_log = logging.getLogger("whistle.sdk")
+_log = logging.getLogger("whistle.edges.sdk")
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
@@ -162,7 +163,7 @@ class Publisher:
             self._producer.flush(0)  # runs the purged records' delivery reports: their futures fail
             raise DeliveryError(f"{pending} records were not acknowledged before close and were dropped", pending=pending)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,6 +1,6 @@
 """The send loop: simulated events into the real pipeline, paced, with the case stream's clock.
 
-Kept apart from the generator (`whistle.simulate`): the generator decides *what* happens and when
+Kept apart from the generator (`whistle.devtools.simulate`): the generator decides *what* happens and when
 (event time); the feed decides how fast it is replayed and by which way in:
 - `SdkWay`: the producer SDK (any channel);
 - `GatewayWay`: the HTTP ingest gateway (camera webhooks, hotline tickets, Open311 for the app);
@@ -21,18 +21,19 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 import httpx
 import orjson
 from rich.console import Console
 
-from whistle.errors import DeliveryError, WhistleError
-from whistle.sdk import Publisher
-from whistle.simulate import SimEvent
+from whistle.devtools.simulate import SimEvent
+from whistle.edges.sdk import Publisher
+from whistle.ground.errors import DeliveryError, WhistleError
 
 NAMESPACE = "org.whistle.v1"
 
@@ -140,7 +141,7 @@ class SimulatedClock:
         """The feed has just sent an event of simulated time `at`."""
         self._sent.append((time.monotonic(), at))
 
-    def __enter__(self) -> "SimulatedClock":
+    def __enter__(self) -> SimulatedClock:
         self._thread.start()
         return self
 

@@ -35,12 +35,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -51,13 +52,15 @@ from rich.text import Text
 
 from schemas.serde import Serde
 from streams.domain.model import Tier
-from streams.pipeline import Position, dead_letter
-from whistle.errors import ConfigError, DeliveryError, StackError, WhistleError
-from whistle.sdk import Publisher
-from whistle.settings import Settings
-from whistle.topics import Topics
+from streams.pipeline import dead_letter
+from whistle.edges.sdk import Publisher
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import ConfigError, DeliveryError, StackError, WhistleError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
+from whistle.ground.times import utc_now
 
-log = logging.getLogger("whistle.alerts")
+log = logging.getLogger("whistle.edges.alerts")
 
 TIER_HEADER = "whistle.breach.tier"
 LOCAL_TIMEZONE = ZoneInfo("Asia/Shanghai")  # the city's clock, for people reading alerts
@@ -115,7 +118,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:  # "-0000": UTC with no claim about the local zone (RFC 5322)
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = (when - now).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
@@ -273,9 +276,9 @@ class _Abandoned(Exception):
     """Stopping, or the record's partition was revoked, during a backoff: leave the record uncommitted."""
 
 
-def run_webhook(settings: Settings, url: str, *, group_id: str = "whistle-alerts-webhook", tiers: set[str] | None = None,
+def run_webhook(settings: Settings, url: str, *, group_id: str | None = None, tiers: set[str] | None = None,
                 units: set[str] | None = None, max_backoff_s: float = 30.0, timeout_s: float = 10.0,
-                stop: threading.Event | None = None, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                stop: threading.Event | None = None, clock: Callable[[], datetime] = utc_now,
                 sleep: Callable[[float], None] = time.sleep) -> WebhookReport:
     """POST every breach (for the chosen tiers/units) to `url` until `stop` is set; see the module docstring for the order.
 
@@ -284,6 +287,7 @@ def run_webhook(settings: Settings, url: str, *, group_id: str = "whistle-alerts
     """
     if clock().tzinfo is None:
         raise ConfigError("the webhook's clock must return UTC-aware datetimes, got a naive one", field="clock")
+    group_id = group_id or Groups.with_prefix(settings.topic_prefix).alerts_webhook
     relay = _WebhookRelay(settings, _checked_url(url), group_id, checked_tiers(tiers), _frozen(units), max_backoff_s,
                           timeout_s, stop or threading.Event(), clock, sleep)
     return relay.run()

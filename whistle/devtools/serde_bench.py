@@ -1,4 +1,4 @@
-"""`python -m schemas.bench`: microseconds per record to validate, encode and decode each topic's example.
+"""`python -m whistle.devtools.serde_bench`: microseconds per record to validate, encode and decode each topic's example.
 
 A budget check for the hot path (~20k events/s end to end on 2 cores leaves ~50 us per event for
 everything): run it after changing schemas, validation or serde.

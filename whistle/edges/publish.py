@@ -17,9 +17,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from schemas.serde import Serde
-from whistle.errors import ConfigError, DeliveryError, ValidationError
-from whistle.sdk import Delivery, Publisher
-from whistle.settings import Settings
+from whistle.edges.sdk import Delivery, Publisher
+from whistle.ground.errors import ConfigError, DeliveryError, ValidationError
+from whistle.ground.settings import Settings
 
 SHOWN_REJECTIONS = 200  # the summary lists this many rejected lines; the count covers them all
 _PROGRESS_EVERY = 500

@@ -11,13 +11,13 @@ speed-up for the demo's compressed day; `advance_to` jumps forward for tests and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 from schemas.serde import Serde
-from whistle.sdk import Publisher
-from whistle.topics import Topics
+from whistle.edges.sdk import Publisher
+from whistle.ground.names import Topics
 
 TICK = "org.whistle.v1.ClockTick"
 
@@ -31,9 +31,9 @@ class Timeline:
     speed: float = 1.0
 
     @classmethod
-    def real_time(cls, wall: Callable[[], float] = time.time) -> "Timeline":
+    def real_time(cls, wall: Callable[[], float] = time.time) -> Timeline:
         now = wall()
-        return cls(datetime.fromtimestamp(now, timezone.utc), now)
+        return cls(datetime.fromtimestamp(now, UTC), now)
 
     def at(self, wall: float) -> datetime:
         return self.start + timedelta(seconds=(wall - self.wall_start) * self.speed)

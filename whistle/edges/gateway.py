@@ -28,7 +28,7 @@ its Idempotency-Key), and downstream deduplicates on it: report ids derive from 
 skip a report already applied, and audit queries collapse rows by id. An Open311 POST without an
 Idempotency-Key has no client id (the standard defines none), so each one is a new report.
 
-Access log: one JSON line per request on logger `whistle.gateway.access`: method, path (no query
+Access log: one JSON line per request on logger `whistle.edges.gateway.access`: method, path (no query
 string), status, duration, integrator, source, event id, invalid field names. Never keys, bodies,
 phone numbers or problem messages (a message may quote the value it refuses).
 """
@@ -43,26 +43,27 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
-import yaml
 from aiohttp import web
 
 from schemas.serde import Serde
 from sinks.audit import run_query
 from sinks.clickhouse import Engine, ServerEngine
-from streams.domain.calendar import from_epoch_ms, to_epoch_ms
 from streams.domain.model import Source
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_reference
-from whistle import open311
-from whistle.errors import ConfigError, DeliveryError, StoreError, ValidationError, WhistleError
-from whistle.pii import PersonalDataHasher
-from whistle.sdk import Delivery, Publisher
-from whistle.settings import ClickHouseSettings, Settings
+from whistle.edges import open311
+from whistle.edges.sdk import Delivery, Publisher
+from whistle.ground.datafiles import read_yaml
+from whistle.ground.errors import ConfigError, DeliveryError, StoreError, ValidationError, WhistleError
+from whistle.ground.settings import ClickHouseSettings, Settings
+from whistle.ground.times import from_epoch_ms, to_epoch_ms, utc_now
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
@@ -73,8 +74,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 SOURCES = tuple(source.value for source in Source)
 
 Clock = Callable[[], datetime]
-_log = logging.getLogger("whistle.gateway")
-_access_log = logging.getLogger("whistle.gateway.access")
+_log = logging.getLogger("whistle.edges.gateway")
+_access_log = logging.getLogger("whistle.edges.gateway.access")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
 _KEY_FIELDS = {"integrator", "sha256", "sources", "rate_per_second", "burst"}
@@ -82,9 +83,6 @@ _OPEN311_PREFIX = "/open311/"
 _LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
 _RECEIVED_NOTICE = "Received. A case is opened once the report has been routed to the responsible unit."
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # ---------------------------------------------------------------------------------------------- API keys
@@ -113,10 +111,7 @@ class ApiKeys:
 def load_api_keys(path: Path | str) -> ApiKeys:
     """Parse and check the key file (format: infra/gateway-keys.example.yaml); errors name the file and the field."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the gateway key file: {exc}", file=str(path)) from exc
+    document = read_yaml(path)
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
         raise ConfigError(f"{path}: expected a mapping with a non-empty `keys` list", file=str(path), field="keys")
     keys: dict[str, ApiKey] = {}
@@ -124,7 +119,7 @@ def load_api_keys(path: Path | str) -> ApiKeys:
     for index, entry in enumerate(document["keys"]):
         where = f"keys[{index}]"
 
-        def fail(name: str, why: str) -> ConfigError:
+        def fail(name: str, why: str, where: str = where) -> ConfigError:
             return ConfigError(f"{path}: {where}.{name} {why}", file=str(path), field=f"{where}.{name}")
 
         if not isinstance(entry, dict) or set(entry) != _KEY_FIELDS:
@@ -352,7 +347,7 @@ class Gateway:
         fields = {name: value for name, value in fields.items() if name != "api_key"}
         idempotency_key = self._idempotency_key(request)
         if idempotency_key:
-            digest = hashlib.sha256(f"{key.integrator}\n{idempotency_key}".encode("utf-8")).hexdigest()[:32]
+            digest = hashlib.sha256(f"{key.integrator}\n{idempotency_key}".encode()).hexdigest()[:32]
             report_id = f"o311-{digest}"
         else:  # Open311 has no client id: without Idempotency-Key every POST is a new report
             report_id = f"o311-{uuid.uuid4().hex}"

@@ -6,11 +6,11 @@ in `Secret` so that printing or logging settings never shows them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Mapping
 
-from whistle.errors import ConfigError
+from whistle.ground.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ class Settings:
         return _flatten(self, "WHISTLE_")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every `WHISTLE_<SECTION>_<FIELD>` (or `WHISTLE_<FIELD>` for top-level fields)."""
         env = os.environ if env is None else env
         return _build(cls, env, "WHISTLE_")

@@ -15,30 +15,32 @@ import hashlib
 import io
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 from zoneinfo import ZoneInfo
 
 import yaml
 from rich.console import Console
 from rich.panel import Panel
 
+from infra.processes import WhistleProcess, record_pids, spawn, wait_until
 from infra.provision import provision_all
 from infra.stack import LocalStack
 from infra.topics import partitions_of
 from sinks import audit
 from sinks.clickhouse import ServerEngine
-from streams.clock import write_ticks
 from streams.domain.reference import load_reference
-from whistle.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
-from whistle.processes import WhistleProcess, record_pids, sink_caught_up, spawn, spawn_worker, wait_for_group, wait_until
-from whistle.publish import run_publish
-from whistle.sdk import Publisher
-from whistle.settings import Settings
-from whistle.simulate import SimConfig, simulate
-from whistle.topics import Topics
+from whistle.devtools.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
+from whistle.devtools.harness import sink_caught_up, spawn_worker, wait_for_group
+from whistle.devtools.simulate import SimConfig, simulate
+from whistle.edges.clock import write_ticks
+from whistle.edges.publish import run_publish
+from whistle.edges.sdk import Publisher
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
+from whistle.ground.times import utc_now
 
 CITY = ZoneInfo("Asia/Shanghai")
 
@@ -53,7 +55,7 @@ def demo_day(now: datetime) -> datetime:
 
 
 def run_demo(settings: Settings, console: Console, *, incidents: int = 600, speed: float = 1200.0, seed: int = 2026,
-             now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
+             now: Callable[[], datetime] = utc_now) -> int:
     step = _Steps(console)
     stack = LocalStack(settings)
     step("Clearing an earlier demo (its processes, topics and tables)", lambda: stack.down(wipe=True, progress=step.detail))
@@ -67,12 +69,12 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
 
     processes = step("Starting a worker, the sink and the gateway", lambda: _start(settings, logs))
     step("Waiting for the worker and the sink to join their groups", lambda: (
-        wait_for_group(settings, f"{settings.topic_prefix}whistle-cases", 1),
-        wait_for_group(settings, f"{settings.topic_prefix}whistle-sink", 1),
+        wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).cases, 1),
+        wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).sink, 1),
         wait_until(lambda: _gateway_up(settings), 30, "the gateway")))
 
     start = demo_day(now())
-    events = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(timezone.utc), days=1.0,
+    events = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(UTC), days=1.0,
                                                        incidents_per_day=incidents)))
     partitions = partitions_of(topics.inbox, settings.topic_prefix)
     quiet = Console(file=io.StringIO())

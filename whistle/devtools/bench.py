@@ -1,7 +1,7 @@
 """`whistle bench`: Whistle's performance figures, measured on this machine against the real Kafka and ClickHouse.
 
 A benchmark that prints figures (and writes them as JSON), not a timed test: it asserts nothing about
-speed. One run pre-generates N simulated events once (`whistle.simulate`, validated and encoded as
+speed. One run pre-generates N simulated events once (`whistle.devtools.simulate`, validated and encoded as
 the SDK would), then measures, each phase on a topic prefix and ClickHouse database of its own so
 that phases and runs never mix:
 
@@ -18,7 +18,7 @@ that phases and runs never mix:
 - latency   the same events at half the e2e rate: produced (the producer's timestamp) -> visible in
             ClickHouse, for the raw row and for the case events each event caused;
 - breach    emergency cases whose accept deadline falls during the run, with the clock service
-            (`streams.clock.run_clock`, 0.2 s) ticking in real time: broker append time of each
+            (`whistle.edges.clock.run_clock`, 0.2 s) ticking in real time: broker append time of each
             breach minus the wall time at which the pipeline clock reached its deadline;
 - recovery  a worker's case-state changelog holding M open cases, then a fresh worker after a crash:
             seconds from its start until it has processed a new record on every partition, and its RSS.
@@ -53,10 +53,11 @@ import threading
 import time
 import uuid
 from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -65,38 +66,41 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infra.processes import WhistleProcess, spawn, wait_until
 from infra.provision import provision_all
 from infra.stack import LocalStack
 from infra.topics import partitions_of
 from schemas.serde import Serde
 from sinks.clickhouse import ServerEngine
 from streams.changelog import changelog_topic
-from streams.clock import Timeline, run_clock, write_ticks
-from streams.domain.calendar import load_calendar, to_epoch_ms
+from streams.domain.calendar import load_calendar
 from streams.domain.case import Status, evolve, handle_action, open_case
 from streams.domain.enrich import Enricher, case_id_for, case_partition_key
 from streams.domain.merge import MergeIndex
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_reference
 from streams.domain.sla import load_policies, policy_in_force
-from streams.pipeline import CaseProcessor, Ingestor, Position, partition_for_key
-from whistle.errors import ConfigError, StackError, WhistleError
-from whistle.feed import NAMESPACE, source_record
-from whistle.pii import PersonalDataHasher
-from whistle.processes import WhistleProcess, end_offsets, group_members, read_all, spawn, spawn_worker, wait_until
-from whistle.sdk import PRODUCER_DEFAULTS, Publisher
-from whistle.settings import Settings
-from whistle.simulate import SimConfig, SimEvent, simulate
-from whistle.topics import Topics
+from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
+from whistle.devtools.feed import NAMESPACE, source_record
+from whistle.devtools.harness import end_offsets, group_members, read_all, spawn_worker
+from whistle.devtools.simulate import SimConfig, SimEvent, simulate
+from whistle.edges.clock import Timeline, run_clock, write_ticks
+from whistle.edges.sdk import PRODUCER_DEFAULTS, Publisher
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import ConfigError, StackError, WhistleError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
+from whistle.ground.times import to_epoch_ms, utc_now
 
 PHASES = ("pipeline", "e2e", "backlog", "latency", "breach", "recovery")
 MILLION = 1_000_000
 # The simulated period starts on a Monday (city time) inside the business calendar's published years.
-SIM_START = datetime(2026, 1, 4, 16, 0, tzinfo=timezone.utc)
+SIM_START = datetime(2026, 1, 4, 16, 0, tzinfo=UTC)
 # Open cases of the recovery phase are opened within this window of pipeline time (Monday 10:00 city
 # time onwards): shorter than any accept warning, so recovering them fires no deadline.
-RECOVERY_START = datetime(2026, 3, 9, 2, 0, tzinfo=timezone.utc)
+RECOVERY_START = datetime(2026, 3, 9, 2, 0, tzinfo=UTC)
 RECOVERY_WINDOW = timedelta(minutes=10)
 TARGETS = {"e2e_events_per_s": 20_000, "latency_p99_ms": 2_000, "breach_p99_ms": 1_000, "recovery_rss_mb": 1_536, "recovery_s": 60}
 _APP_ACTION = f"{NAMESPACE}.HandlingAction"
@@ -170,7 +174,7 @@ class _Bench:
         self.reference = load_reference()
         self.processes: list[WhistleProcess] = []
         self.phase_settings: list[Settings] = []
-        self.report: dict[str, Any] = {"run_id": self.run_id, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        self.report: dict[str, Any] = {"run_id": self.run_id, "started_at": utc_now().isoformat(timespec="seconds"),
                                        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}}
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, transient=False)
@@ -286,7 +290,7 @@ class _Bench:
         wait_until(ready, self.options.timeout_s, what, interval_s)
 
     def _wait_groups(self, settings: Settings, workers: list[WhistleProcess], sink: WhistleProcess | None) -> None:
-        groups = [(f"{settings.topic_prefix}whistle-cases", len(workers))] + ([(f"{settings.topic_prefix}whistle-sink", 1)] if sink else [])
+        groups = [(Groups.with_prefix(settings.topic_prefix).cases, len(workers))] + ([(Groups.with_prefix(settings.topic_prefix).sink, 1)] if sink else [])
         for group, members in groups:
             self._step(f"waiting for {members} member(s) of {group}",
                        lambda: self._wait(lambda: group_members(settings, group) >= members, f"group {group}", workers + ([sink] if sink else []), 0.5))
@@ -298,7 +302,7 @@ class _Bench:
         topics = Topics.with_prefix(settings.topic_prefix)
         with Publisher(settings) as publisher:
             write_ticks(publisher, publisher.serde, topics, partitions_of(topics.inbox, settings.topic_prefix), SIM_START - timedelta(days=1))
-        group = f"{settings.topic_prefix}whistle-cases"
+        group = Groups.with_prefix(settings.topic_prefix).cases
         self._step("waiting for the workers to process a warm-up tick",
                    lambda: self._wait(lambda: drained(settings, group, [topics.inbox]), "the workers to process a warm-up tick", workers, 0.5))
 
@@ -306,7 +310,7 @@ class _Bench:
         for process in processes:
             process.stop(30)
 
-    def _usage(self, settings: Settings, processes: list[WhistleProcess]) -> "ProcessUsage":
+    def _usage(self, settings: Settings, processes: list[WhistleProcess]) -> ProcessUsage:
         usage = ProcessUsage()
         usage.watch("bench (publisher, pollers)", os.getpid())
         for process in processes:
@@ -356,7 +360,7 @@ class _Bench:
                 "rows": expected, "poll_s": watch.poll_s, "processes": usage.figures()}
 
     def _publish(self, publisher: Publisher, topics: Topics, messages: list[Message], description: str,
-                 rate: float | None = None) -> "Sent":
+                 rate: float | None = None) -> Sent:
         """Produce every message (at `rate` per second, or as fast as the SDK takes them); returns send times and positions."""
         task = self.progress.add_task(description, total=len(messages))
         topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
@@ -376,11 +380,11 @@ class _Bench:
         self.progress.update(task, completed=len(messages))
         return Sent(sent_at, [future.result(timeout=0) for future in futures], acked_at)
 
-    def _await_visible(self, settings: Settings, watch: "ClickHouseWatch", workers: list[WhistleProcess], sink: WhistleProcess,
+    def _await_visible(self, settings: Settings, watch: ClickHouseWatch, workers: list[WhistleProcess], sink: WhistleProcess,
                        raw_count: int, phase: str) -> dict[str, int]:
         """Wait until the workers have consumed everything and ClickHouse shows every record; the rows per table."""
         topics = Topics.with_prefix(settings.topic_prefix)
-        group = f"{settings.topic_prefix}whistle-cases"
+        group = Groups.with_prefix(settings.topic_prefix).cases
         task = self.progress.add_task(f"{phase}: rows visible in ClickHouse", total=raw_count)
         everything = workers + [sink]
 
@@ -419,7 +423,7 @@ class _Bench:
 
         workers = self._workers(settings, "backlog")
         self._wait_groups(settings, workers, None)
-        group = f"{settings.topic_prefix}whistle-cases"
+        group = Groups.with_prefix(settings.topic_prefix).cases
         task = self.progress.add_task("backlog: whistle worker(s) draining the raw topics and the case stream", total=None)
         with self._usage(settings, workers) as usage:
             def done() -> bool:
@@ -513,13 +517,13 @@ class _Bench:
     def _breach(self, events: list[SimEvent]) -> dict[str, Any]:
         settings = self._phase("breach")
         topics = Topics.with_prefix(settings.topic_prefix)
-        pipeline_start = datetime.now(timezone.utc).replace(microsecond=0)
+        pipeline_start = utc_now().replace(microsecond=0)
         reports = emergency_reports(self.reference, events, self.options.breach_cases, pipeline_start, self.options.breach_spread_s)
         if not reports:
             raise ConfigError("the simulated events hold no emergency report: raise --events", field="events")
         workers = self._workers(settings, "breach")
         self._wait_groups(settings, workers, None)
-        group = f"{settings.topic_prefix}whistle-cases"
+        group = Groups.with_prefix(settings.topic_prefix).cases
         with Publisher(settings) as publisher:
             sending = [publisher.submit(event.source, source_record(event)) for event in reports]
             for future in sending:
@@ -699,7 +703,7 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, partitions)
     topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     began = time.perf_counter()
     routed = [ingestor.process(Position(topic_of[m.source], 0, n), m.key, m.value, now) for n, m in enumerate(messages)]
     ingested = time.perf_counter()
@@ -722,7 +726,7 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
 # -- the passthrough (a child process) -------------------------------------------------------------------
 
 
-_PASSTHROUGH_MAIN = "import json, sys; from whistle.bench import passthrough_main; passthrough_main(*json.load(sys.stdin))"
+_PASSTHROUGH_MAIN = "import json, sys; from whistle.devtools.bench import passthrough_main; passthrough_main(*json.load(sys.stdin))"
 
 
 def passthrough_main(conf: dict[str, str], sources: list[str], target: str, count: int, timeout_s: float) -> None:
@@ -874,7 +878,7 @@ class CaseEventWatch:
 @dataclass
 class Sent:
     sent_at: list[float]  # wall time of each produce call
-    deliveries: list  # whistle.sdk.Delivery of each message
+    deliveries: list  # whistle.edges.sdk.Delivery of each message
     acked_at: float
 
 
@@ -898,7 +902,7 @@ class ClickHouseWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-clickhouse-watch", daemon=True)
 
-    def __enter__(self) -> "ClickHouseWatch":
+    def __enter__(self) -> ClickHouseWatch:
         self._thread.start()
         return self
 
@@ -969,7 +973,7 @@ class ProcessUsage:
         self._cpu_start[name] = _cpu_s(process)
         self._sample(name, process)
 
-    def __enter__(self) -> "ProcessUsage":
+    def __enter__(self) -> ProcessUsage:
         self._window[0] = time.monotonic()
         self._thread.start()
         return self

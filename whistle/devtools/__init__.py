@@ -1,0 +1,1 @@
+"""Dev tools: benchmark, simulator, feeder, demo and the process harness. No worker imports them."""

@@ -1,0 +1,54 @@
+"""Readers of Whistle's data files (reference data, policies, calendars, schemas, topic and key files).
+
+Every problem is a ConfigError of one shape, naming the file and the place inside it
+("<file>: <field>: <what is wrong>"), so an operator editing a city's files is told where to look.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from whistle.ground.errors import ConfigError
+
+
+def config_error(path: Path | str, field: str, message: str) -> ConfigError:
+    """The one shape of a data-file error: file, place inside it, what is wrong."""
+    return ConfigError(f"{path}: {field}: {message}", file=str(path), field=field)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file (safe loader: plain data only)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise config_error(path, "-", "file is missing") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise config_error(path, "-", f"unreadable YAML: {exc}") from exc
+
+
+def read_json(path: Path) -> Any:
+    """Parse one JSON file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise config_error(path, "-", "file is missing") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise config_error(path, "-", f"unreadable JSON: {exc}") from exc
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file with exactly `columns` as its header, each with its line number."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != columns:
+                raise config_error(path, "header", f"columns must be {','.join(columns)}, got {reader.fieldnames}")
+            return [(reader.line_num, row) for row in reader]
+    except FileNotFoundError as exc:
+        raise config_error(path, "-", "file is missing") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise config_error(path, "-", f"unreadable CSV: {exc}") from exc
