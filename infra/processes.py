@@ -90,7 +90,7 @@ def record_pids(path: Path, processes: list[WhistleProcess]) -> None:
 
 def stop_recorded(path: Path, timeout_s: float = 30.0) -> list[int]:
     """Stop (SIGTERM, then SIGKILL) the recorded processes that are still Whistle processes; returns their pids."""
-    stopped = []
+    stopped: list[int] = []
     try:
         pids = [int(line) for line in path.read_text().split()]
     except (OSError, ValueError):

@@ -200,6 +200,7 @@ def schema_version(definition: dict[str, Any], path: Path, release: int | None =
         canonical, fp = schema_fingerprint(definition)
     except Exception as exc:  # fastavro raises assorted types for invalid schemas
         raise ConfigError(f"{path}: invalid Avro schema: {exc}", field=definition.get("name")) from exc
+    assert isinstance(parsed, dict)  # fastavro parses a named type's definition (a dict) into a dict
     return SchemaVersion(
         name=definition["name"],
         full_name=full_name(definition, NAMESPACE),
@@ -264,7 +265,7 @@ def _load_releases(directory: Path, topic_schemas: set[str]) -> dict[str, tuple[
         found.setdefault(match["name"], []).append(schema_version(definition, path, int(match["release"])))
     releases = {}
     for name in sorted(topic_schemas):
-        versions = sorted(found.pop(name, []), key=lambda v: v.release)
+        versions = sorted(found.pop(name, []), key=lambda v: v.release or 0)  # every release here is an int (from the file name)
         if [v.release for v in versions] != list(range(1, len(versions) + 1)):
             raise ConfigError(f"{directory}: releases of {name} must be v1..vN without gaps, found {[v.release for v in versions]}", field=name)
         releases[name] = tuple(versions)

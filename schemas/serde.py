@@ -98,6 +98,7 @@ class Serde:
         ValidationError: a readable record whose values break the rules (e.g. confidence 1.7).
         """
         writer, offset = self._writer_of(data)
+        assert data is not None  # _writer_of refuses an empty value
         reader = self._current.get(writer.full_name)
         if reader is None:
             raise DecodeError(f"record type {writer.full_name} has no current schema in schemas/avro", schema=writer.full_name)
@@ -106,7 +107,7 @@ class Serde:
         buffer = BytesIO(data)
         buffer.seek(offset)
         try:
-            record = schemaless_reader(buffer, writer.parsed, None if writer is reader else reader.parsed, True, True)
+            record = typing.cast(dict[str, Any], schemaless_reader(buffer, writer.parsed, None if writer is reader else reader.parsed, True, True))  # a record schema reads into a dict
         except Exception as exc:  # truncated or corrupt bodies surface as assorted fastavro/EOF errors
             raise DecodeError(f"{writer.name} body does not decode: {type(exc).__name__}: {exc}", schema=writer.name) from exc
         if buffer.tell() != len(data):
@@ -136,6 +137,7 @@ class Serde:
     def _writer_for_id(self, schema_id: int) -> SchemaVersion:
         writer = self._writers_by_id.get(schema_id)
         if writer is None:
+            assert self.registry is not None  # only Confluent framing, read with a registry, has schema ids
             definition = self.registry.lookup(schema_id)
             try:
                 foreign = schema_version(definition, Path(f"registry-id-{schema_id}"))
@@ -194,7 +196,8 @@ def from_record(cls: type, record: Mapping[str, Any]) -> Any:
 
 
 def _write(obj: Any, out: dict[str, Any], prefix: str) -> None:
-    for plan in _plan(type(obj)):
+    cls: type = type(obj)
+    for plan in _plan(cls):
         value = getattr(obj, plan.name)
         if plan.flat_prefix is not None:
             _write(value, out, prefix + plan.flat_prefix)
@@ -206,6 +209,7 @@ def _read(cls: type, record: Mapping[str, Any], prefix: str) -> Any:
     values = {}
     for plan in _plan(cls):
         if plan.flat_prefix is not None:
+            assert plan.nested is not None  # a flattened field always names its nested dataclass
             values[plan.name] = _read(plan.nested, record, prefix + plan.flat_prefix)
         elif prefix + plan.name in record:
             values[plan.name] = plan.from_value(record[prefix + plan.name])
@@ -271,7 +275,7 @@ def _from_converter(hint: Any) -> Callable[[Any], Any]:
         return _identity if convert is _identity else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a type hint is a class, never a dataclass instance
         return functools.partial(from_record, hint)
     if typing.get_origin(hint) is tuple:
         convert = _from_converter(typing.get_args(hint)[0])

@@ -53,7 +53,9 @@ class RecordValidator:
     def __init__(self, definition: Mapping[str, Any], vocabularies: Mapping[str, frozenset[str]]) -> None:
         self.schema_name = definition["name"]
         namespace = definition.get("namespace", "")
-        self._validate = _Compiler(vocabularies, self.schema_name, full=True).type_check(definition, "", namespace)
+        validate = _Compiler(vocabularies, self.schema_name, full=True).type_check(definition, "", namespace)
+        assert validate is not None  # full mode compiles a check for every type
+        self._validate: Check = validate
         self._check = _Compiler(vocabularies, self.schema_name, full=False).type_check(definition, "", namespace)
 
     def validate(self, record: Any) -> dict[str, Any]:

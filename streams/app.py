@@ -44,7 +44,7 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Output
+from streams.pipeline import CaseProcessor, Ingestor, Output, dead_letter
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
@@ -122,7 +122,9 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                 for partition in sorted({e.message.partition for e in batch} - cases.owned()):
                     # in a thread, so that the producer and the consumer's fetches go on meanwhile; a revocation
                     # waits for this batch (Faust's wait_empty), so no partition is released under the reader
-                    await asyncio.to_thread(cases.recover, partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
+                    refused = await asyncio.to_thread(cases.recover, partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
+                    await asyncio.gather(*await send([dead_letter(serde, topics, Position(changelog, partition, offset), key.encode(), value, error, clock())
+                                                      for offset, key, value, error in refused]))
                 now = clock()
                 outputs, writes = [], {}
                 for event in batch:

@@ -10,16 +10,35 @@ Changelog partition p holds the state of case-stream partition p (records are wr
 partition), so a worker given partition p reads exactly one changelog partition. The topic is internal
 to the workers, like a Faust changelog: created by them at start with the deployment's replication, and
 never read by anyone else.
+
+Keys and values (this module is their one definition):
+- `case:<case id>` -> the case's `CaseState`; `open:<case id>` -> its merge-index `OpenCase` (deleted when
+  the case resolves); `clock:<partition>` -> the partition's clock, epoch ms as ASCII digits.
+- A state value is a version byte, then Avro binary of that version's schema (`schemas/state/*.v1.avsc`).
+  Version 1 is the current one. Version 0 is what releases before it wrote (Python pickles): it is still
+  read, so a deployment keeps its state across the upgrade, by `_LegacyReader`, which interprets only the
+  data opcodes those pickles hold and builds the five kinds of value they contain itself. Nothing a
+  changelog record says is imported or called: a record crafted to run code is refused like any other
+  bad record.
 """
 from __future__ import annotations
 
+import io
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from whistle.ground.errors import ConfigError, StackError
+from schemas.catalog import SCHEMAS_DIR
+from streams.domain.case import CaseState, state_from_stored, stored_values
+from streams.domain.merge import OpenCase, open_case_from_stored
+from whistle.ground.datafiles import read_json
+from whistle.ground.errors import ConfigError, ContractError, StackError
 from whistle.ground.names import Groups
 from whistle.ground.settings import Settings
 
@@ -52,8 +71,8 @@ def ensure_changelog(settings: Settings, partitions: int, timeout_s: float = 30.
     return name
 
 
-def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iterator[tuple[str, bytes | None]]:
-    """Changelog partition `partition` as (key, value) in log order (None: deleted), from the beginning to its
+def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iterator[tuple[int, str, bytes | None]]:
+    """Changelog partition `partition` as (offset, key, value) in log order (None: deleted), from the beginning to its
     end. Transient errors (a broker restarting) are waited out; StackError on a fatal one, or if the end is
     not reached within `timeout_s`."""
     topic = changelog_topic(settings)
@@ -71,7 +90,7 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
             for message in consumer.consume(10_000, timeout=0.5):
                 error = message.error()
                 if error is None:
-                    yield message.key().decode(), message.value()
+                    yield message.offset(), message.key().decode("utf-8", "replace"), message.value()
                     last = message.offset()
                 elif error.code() == KafkaError._PARTITION_EOF:
                     return
@@ -79,3 +98,304 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
                     raise StackError(f"reading the changelog failed: {error}", topic=topic, partition=partition)
     finally:
         consumer.close()
+
+
+# -- keys and values ------------------------------------------------------------------------------
+
+CURRENT_VERSION = 1
+_LEGACY_PICKLE = 0x80  # the first byte of every pickle (its PROTO opcode): version 0
+_CASE, _OPEN, _CLOCK = "case", "open", "clock"
+
+
+class ChangelogError(ContractError):
+    """A changelog record that cannot be decoded: unknown key kind, unknown version, or bytes that are not a state."""
+
+    stage = "changelog"
+
+
+def case_key(case_id: str) -> str:
+    return f"{_CASE}:{case_id}"
+
+
+def open_key(case_id: str) -> str:
+    return f"{_OPEN}:{case_id}"
+
+
+def clock_key(partition: int) -> str:
+    return f"{_CLOCK}:{partition}"
+
+
+def _schema(name: str) -> Any:
+    return fastavro.parse_schema(read_json(SCHEMAS_DIR / "state" / f"{name}.v{CURRENT_VERSION}.avsc"))
+
+
+_CASE_STATE_SCHEMA = _schema("CaseState")
+_OPEN_CASE_SCHEMA = _schema("OpenCase")
+_CASE_STATE_FIELDS = tuple(CaseState.__slots__)
+_OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
+_VERSION_BYTE = bytes([CURRENT_VERSION])
+
+
+def _encode(schema: Any, record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(_VERSION_BYTE)
+    fastavro.schemaless_writer(buffer, schema, record)
+    return buffer.getvalue()
+
+
+def encode_case_state(state: CaseState) -> bytes:
+    record = dict(zip(_CASE_STATE_FIELDS, stored_values(state)))
+    record["place"] = dict(zip(("district_id", "street_id", "community_id", "grid_id", "department_id"), record["place"]))
+    record["assignee"] = {"unit_id": record["assignee"][0], "tier": record["assignee"][1]}
+    record["pauses"] = [{"start_ms": start, "end_ms": end} for start, end in record["pauses"]]
+    return _encode(_CASE_STATE_SCHEMA, record)
+
+
+def encode_open_case(entry: OpenCase) -> bytes:
+    return _encode(_OPEN_CASE_SCHEMA, {name: getattr(entry, name) for name in _OPEN_CASE_FIELDS})
+
+
+def encode_clock(clock_ms: int) -> bytes:
+    return str(clock_ms).encode()
+
+
+def decode_case_state(value: bytes) -> CaseState:
+    record = _decode(value, _CASE_STATE_SCHEMA)
+    if not isinstance(record, dict):  # version 0 hands back the state itself
+        if not isinstance(record, CaseState):
+            raise ChangelogError(f"a case record holds a {type(record).__name__}, not a case state")
+        return record
+    place = record["place"]
+    record["place"] = (place["district_id"], place["street_id"], place["community_id"], place["grid_id"], place["department_id"])
+    record["assignee"] = (record["assignee"]["unit_id"], record["assignee"]["tier"])
+    record["pauses"] = tuple((pause["start_ms"], pause["end_ms"]) for pause in record["pauses"])
+    for name in ("chains", "rejected_by", "lost_by_breach"):
+        record[name] = tuple(record[name])
+    return state_from_stored(tuple(record[name] for name in _CASE_STATE_FIELDS))
+
+
+def decode_open_case(value: bytes) -> OpenCase:
+    record = _decode(value, _OPEN_CASE_SCHEMA)
+    if not isinstance(record, dict):
+        if not isinstance(record, OpenCase):
+            raise ChangelogError(f"an open record holds a {type(record).__name__}, not an open case")
+        return record
+    return open_case_from_stored(tuple(record[name] for name in _OPEN_CASE_FIELDS))
+
+
+def decode_clock(value: bytes) -> int:
+    try:
+        return int(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ChangelogError(f"a clock record must be epoch ms in ASCII digits, got {value[:40]!r}") from exc
+
+
+def _decode(value: bytes, schema: Any) -> Any:
+    if not value:
+        raise ChangelogError("empty changelog value")
+    version = value[0]
+    try:
+        if version == CURRENT_VERSION:
+            return fastavro.schemaless_reader(io.BytesIO(value[1:]), schema, None)
+        if version == _LEGACY_PICKLE:
+            return _LegacyReader(value).read()
+    except ChangelogError:
+        raise
+    except Exception as exc:  # truncated or garbage bytes under a valid version byte
+        raise ChangelogError(f"undecodable version-{0 if version == _LEGACY_PICKLE else version} changelog value: {type(exc).__name__}: {exc}") from exc
+    raise ChangelogError(f"unknown changelog value version {version} (this release reads 0 and {CURRENT_VERSION})")
+
+
+# -- version 0: the pickles earlier releases wrote, read as data ----------------------------------------
+
+
+class _NewObject:
+    """An object the stream has created but not yet given its state (NEWOBJ, then BUILD)."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self.build = build
+
+
+class _Mark:
+    """The MARK opcode's place on the stack."""
+
+
+_MARK = _Mark()
+
+
+def _open_case_object(cls_args: tuple) -> _NewObject:
+    return _NewObject(lambda state: open_case_from_stored(tuple(state)))
+
+
+def _legacy_datetime(data: bytes, tz: timezone | None = None) -> datetime:
+    if not isinstance(data, bytes) or len(data) != 10 or tz is not timezone.utc:
+        raise ChangelogError("a version-0 datetime must be a UTC datetime")
+    return datetime(data, tz)  # type: ignore[call-overload]  # datetime's own pickle form: 10 bytes and a tzinfo
+
+
+def _legacy_timezone(offset: timedelta) -> timezone:
+    if offset != timedelta(0):
+        raise ChangelogError("a version-0 time zone must be UTC")
+    return timezone.utc
+
+
+def _legacy_timedelta(days: int, seconds: int = 0, microseconds: int = 0) -> timedelta:
+    return timedelta(days, seconds, microseconds)
+
+
+# The only names a version-0 record may refer to, and what stands for each. Calling them builds data.
+_LEGACY_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("streams.domain.case", "_revive_state"): lambda values: state_from_stored(tuple(values)),
+    ("datetime", "datetime"): _legacy_datetime,
+    ("datetime", "timezone"): _legacy_timezone,
+    ("datetime", "timedelta"): _legacy_timedelta,
+}
+_LEGACY_CLASSES: dict[tuple[str, str], Callable[[tuple], _NewObject]] = {("streams.domain.merge", "OpenCase"): _open_case_object}
+
+
+class _LegacyReader:
+    """A stack machine over the opcodes of a version-0 record (pickle protocols 4 and 5, data opcodes only).
+
+    Strings, numbers, bytes, tuples and lists are built as they are; the globals are looked up in
+    `_LEGACY_GLOBALS` and `_LEGACY_CLASSES` by name and nothing else; any other opcode is refused.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+        self.stack: list[Any] = []
+        self.memo: list[Any] = []
+
+    def read(self) -> Any:
+        while True:
+            opcode = self._take(1)[0]
+            handler = _LEGACY_OPCODES.get(opcode)
+            if handler is None:
+                raise ChangelogError(f"version-0 opcode {opcode:#04x} at byte {self.at - 1} is not one a state record holds")
+            if handler(self):
+                return self.stack.pop()
+
+    def _take(self, count: int) -> bytes:
+        if self.at + count > len(self.data):
+            raise ChangelogError("version-0 record ends early")
+        chunk = self.data[self.at:self.at + count]
+        self.at += count
+        return chunk
+
+    def _unsigned(self, size: int) -> int:
+        return int.from_bytes(self._take(size), "little")
+
+    def _pop_mark(self) -> list[Any]:
+        for position in range(len(self.stack) - 1, -1, -1):
+            if self.stack[position] is _MARK:
+                items = self.stack[position + 1:]
+                del self.stack[position:]
+                return items
+        raise ChangelogError("version-0 record has no MARK")
+
+    def proto(self) -> None:
+        self._take(1)
+
+    def frame(self) -> None:
+        self._take(8)
+
+    def stop(self) -> bool:
+        return True
+
+    def push(self, value: Any) -> None:
+        self.stack.append(value)
+
+    def short_text(self) -> None:
+        self.push(self._take(self._unsigned(1)).decode("utf-8"))
+
+    def text(self) -> None:
+        self.push(self._take(self._unsigned(4)).decode("utf-8"))
+
+    def short_bytes(self) -> None:
+        self.push(self._take(self._unsigned(1)))
+
+    def long_bytes(self) -> None:
+        self.push(self._take(self._unsigned(4)))
+
+    def int1(self) -> None:
+        self.push(self._unsigned(1))
+
+    def int2(self) -> None:
+        self.push(self._unsigned(2))
+
+    def int4(self) -> None:
+        self.push(int.from_bytes(self._take(4), "little", signed=True))
+
+    def long1(self) -> None:
+        self.push(int.from_bytes(self._take(self._unsigned(1)), "little", signed=True))
+
+    def float8(self) -> None:
+        self.push(struct.unpack(">d", self._take(8))[0])
+
+    def memoize(self) -> None:
+        self.memo.append(self.stack[-1])
+
+    def get(self) -> None:
+        self.push(self.memo[self._unsigned(1)])
+
+    def long_get(self) -> None:
+        self.push(self.memo[self._unsigned(4)])
+
+    def tuple_n(self, count: int) -> None:
+        if len(self.stack) < count:
+            raise ChangelogError("version-0 record's stack runs out")
+        items = tuple(self.stack[len(self.stack) - count:]) if count else ()
+        del self.stack[len(self.stack) - count:]
+        self.push(items)
+
+    def tuple_marked(self) -> None:
+        self.push(tuple(self._pop_mark()))
+
+    def appends(self) -> None:
+        items = self._pop_mark()
+        self.stack[-1].extend(items)
+
+    def append(self) -> None:
+        item = self.stack.pop()
+        self.stack[-1].append(item)
+
+    def stack_global(self) -> None:
+        name, module = self.stack.pop(), self.stack.pop()
+        found = _LEGACY_GLOBALS.get((module, name)) or _LEGACY_CLASSES.get((module, name))
+        if found is None:
+            raise ChangelogError(f"version-0 record refers to {module}.{name}, which is not part of a case state: refused")
+        self.push(("global", module, name))
+
+    def reduce(self) -> None:
+        args, target = self.stack.pop(), self.stack.pop()
+        function = _LEGACY_GLOBALS.get(target[1:]) if isinstance(target, tuple) and target[:1] == ("global",) else None
+        if function is None or not isinstance(args, tuple):
+            raise ChangelogError("version-0 record calls something that is not a known constructor")
+        self.push(function(*args))
+
+    def new_object(self) -> None:
+        args, target = self.stack.pop(), self.stack.pop()
+        make = _LEGACY_CLASSES.get(target[1:]) if isinstance(target, tuple) and target[:1] == ("global",) else None
+        if make is None:
+            raise ChangelogError("version-0 record creates an object of an unknown class")
+        self.push(make(args))
+
+    def build(self) -> None:
+        state, target = self.stack.pop(), self.stack.pop()
+        if not isinstance(target, _NewObject) or not isinstance(state, list):
+            raise ChangelogError("version-0 record sets the state of something that is not an open case")
+        self.push(target.build(state))
+
+
+_LEGACY_OPCODES: dict[int, Callable[[_LegacyReader], bool | None]] = {
+    0x80: _LegacyReader.proto, 0x95: _LegacyReader.frame, ord("."): _LegacyReader.stop,
+    0x8C: _LegacyReader.short_text, ord("X"): _LegacyReader.text, ord("C"): _LegacyReader.short_bytes, ord("B"): _LegacyReader.long_bytes,
+    ord("K"): _LegacyReader.int1, ord("M"): _LegacyReader.int2, ord("J"): _LegacyReader.int4, 0x8A: _LegacyReader.long1,
+    ord("G"): _LegacyReader.float8, ord("N"): lambda r: r.push(None), 0x88: lambda r: r.push(True), 0x89: lambda r: r.push(False),
+    0x94: _LegacyReader.memoize, ord("h"): _LegacyReader.get, ord("j"): _LegacyReader.long_get,
+    ord(")"): lambda r: r.tuple_n(0), 0x85: lambda r: r.tuple_n(1), 0x86: lambda r: r.tuple_n(2), 0x87: lambda r: r.tuple_n(3),
+    ord("("): lambda r: r.push(_MARK), ord("t"): _LegacyReader.tuple_marked, ord("]"): lambda r: r.push([]),
+    ord("e"): _LegacyReader.appends, ord("a"): _LegacyReader.append, 0x93: _LegacyReader.stack_global,
+    ord("R"): _LegacyReader.reduce, 0x81: _LegacyReader.new_object, ord("b"): _LegacyReader.build,
+}

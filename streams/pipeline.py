@@ -15,7 +15,6 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 """
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,18 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from schemas.serde import Serde, from_record, to_record
+from streams.changelog import (
+    ChangelogError,
+    case_key,
+    clock_key,
+    decode_case_state,
+    decode_clock,
+    decode_open_case,
+    encode_case_state,
+    encode_clock,
+    encode_open_case,
+    open_key,
+)
 from streams.domain.calendar import BusinessCalendar
 from streams.domain.case import CaseState, Kind
 from streams.domain.enrich import Enricher, case_id_for, case_partition_key, common_parent
@@ -150,8 +161,10 @@ class CaseProcessor:
         self._common_parent = arbiter
 
     # -- recovery ---------------------------------------------------------------------------------
-    def recover(self, partition: int, records: Iterable[tuple[str, bytes | None]]) -> None:
-        """Rebuild a partition from its changelog records in log order: a key's last record wins, None deletes it.
+    def recover(self, partition: int, records: Iterable[tuple[int, str, bytes | None]]) -> list[tuple[int, str, bytes, ChangelogError]]:
+        """Rebuild a partition from its changelog records (offset, key, value) in log order: a key's last record
+        wins, None deletes it. Returns the records that could not be decoded (offset, key, value, error), to be
+        dead-lettered: they are skipped, and every record after them is applied.
 
         Records are decoded as they stream in (a superseded state is decoded and dropped), so that no
         copy of the partition's bytes is held while the live objects are built.
@@ -159,24 +172,29 @@ class CaseProcessor:
         states: dict[str, CaseState] = {}
         open_cases: dict[str, OpenCase] = {}
         clock_ms = None
-        for key, value in records:
+        refused: list[tuple[int, str, bytes, ChangelogError]] = []
+        for offset, key, value in records:
             kind, _, name = key.partition(":")
-            if kind == "case":
-                if value is None:
-                    states.pop(name, None)
-                else:
-                    state = pickle.loads(value)
-                    states[state.case_id] = state  # keyed by the state's own id string, not a copy
-            elif kind == "open":
-                if value is None:
-                    open_cases.pop(name, None)
-                else:
-                    open_cases[name] = pickle.loads(value)
-            elif kind == "clock" and name == str(partition) and value is not None:
-                clock_ms = int(value)
+            try:
+                if kind == "case":
+                    if value is None:
+                        states.pop(name, None)
+                    else:
+                        state = decode_case_state(value)
+                        states[state.case_id] = state  # keyed by the state's own id string, not a copy
+                elif kind == "open":
+                    if value is None:
+                        open_cases.pop(name, None)
+                    else:
+                        open_cases[name] = decode_open_case(value)
+                elif kind == "clock" and name == str(partition) and value is not None:
+                    clock_ms = decode_clock(value)
+            except ChangelogError as exc:
+                refused.append((offset, key, value or b"", exc.with_context(key=key, partition=partition, offset=offset)))
         part = self._new_partition(partition, states, clock_ms)
         for case in open_cases.values():
             part.merge.add(case)
+        return refused
 
     def owned(self) -> set[int]:
         """The case-stream partitions this processor holds state for."""
@@ -239,20 +257,19 @@ class CaseProcessor:
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
               opened: list[OpenCase]) -> tuple[list[Output], list[StateWrite]]:
-        writes: dict[str, bytes | None] = {f"open:{entry.case_id}": pickle.dumps(entry) for entry in opened if entry is not None}
+        writes: dict[str, bytes | None] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
         encode = self.serde.encode
         for event in events:
             outputs.append(Output(self.topics.case_events, event.case_id.encode(), encode("CaseEvent", to_record(event), validate=False)))
-            writes[f"case:{event.case_id}"] = None  # filled below with the final state
+            writes[case_key(event.case_id)] = None  # filled below with the final state
             if event.kind in (Kind.RESOLVED, Kind.CLOSED) and event.case_id in part.merge:
                 part.merge.remove(event.case_id)
-                writes[f"open:{event.case_id}"] = None
+                writes[open_key(event.case_id)] = None
         for breach in breaches:
             outputs.append(Output(self.topics.breaches, breach.case_id.encode(), encode("Breach", to_record(breach), validate=False),
                                   (("whistle.breach.tier", breach.tier.encode()), ("whistle.breach.kind", breach.kind.encode()))))
         states = part.book.states
-        for key in writes:
-            if key.startswith("case:"):
-                writes[key] = pickle.dumps(states[key[5:]], protocol=pickle.HIGHEST_PROTOCOL)
-        writes[f"clock:{part.partition}"] = str(part.book.index.clock_ms).encode()
+        for case_id in dict.fromkeys(event.case_id for event in events):  # each changed case's final state, once
+            writes[case_key(case_id)] = encode_case_state(states[case_id])
+        writes[clock_key(part.partition)] = encode_clock(part.book.index.clock_ms)
         return outputs, [StateWrite(part.partition, k, v) for k, v in writes.items()]

@@ -12,7 +12,8 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from sinks.clickhouse import ServerEngine
-from whistle.devtools.bench import BenchOptions, run_bench
+from whistle.devtools.bench.options import BenchOptions
+from whistle.devtools.bench.phases import run_bench
 
 EVENTS = 600
 

@@ -6,10 +6,18 @@ and both take the afternoon: their case events and breaches must be identical.
 """
 from __future__ import annotations
 
+import base64
+import json
+import os
+import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from schemas.serde import Serde
+from streams.changelog import ChangelogError, decode_case_state
 from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
@@ -58,8 +66,95 @@ def test_a_processor_recovered_from_the_changelog_decides_as_the_one_that_wrote_
     assert any(value is None for records in changelog.values() for _, value in records)  # deletions are part of the test
     recovered = processor()
     for partition, records in changelog.items():
-        recovered.recover(partition, records)
+        assert recovered.recover(partition, [(offset, key, value) for offset, (key, value) in enumerate(records)]) == []
 
     expected = run(original, afternoon)
     assert {topic for topic, _ in expected} >= {topics.case_events, topics.breaches}
     assert run(recovered, afternoon) == expected
+
+
+# -- the changelog's encoding ------------------------------------------------------------------------
+
+V0_FIXTURE = Path(__file__).parent / "data" / "changelog" / "v0-pickle.jsonl"
+V0_START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)
+V0_PARTITIONS = 3
+
+
+def _v0_inbox(until: datetime | None = None, since: datetime | None = None):
+    """The case-stream records of the simulation the fixture was written from (seed 11, 240 incidents, 3 partitions)."""
+    reference, serde, topics = load_reference(), Serde(), Topics()
+    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics)
+    for offset, event in enumerate(simulate(reference, SimConfig(seed=11, start=V0_START, incidents_per_day=240))):
+        if (until is not None and event.at >= until) or (since is not None and event.at < since):
+            continue
+        topic, schema = SCHEMAS[event.source]
+        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), serde.encode(schema, source_record(event)), event.at)
+        if routed.topic == topics.inbox:
+            yield Position(topics.inbox, partition_for_key(routed.key.decode(), V0_PARTITIONS), offset), routed.key, routed.value, event.at
+
+
+def test_a_changelog_written_by_the_pickle_release_recovers_and_decides_as_before():
+    """The fixture is the changelog the release before this encoding wrote (pickles, version 0) for the
+    morning of a simulated day. Recovered from it, a processor holds exactly the states and open cases
+    a processor that ran the morning itself holds, and decides the afternoon identically."""
+    noon = V0_START + timedelta(hours=12)
+    serde, topics = Serde(), Topics()
+
+    def processor() -> CaseProcessor:
+        return CaseProcessor(serde, load_reference(), load_policies(), load_calendar(), topics, V0_PARTITIONS)
+
+    ran = processor()
+    for where, key, value, at in _v0_inbox(until=noon):
+        ran.process(where, key, value, at)
+    changelog: dict[int, list] = defaultdict(list)
+    for line in V0_FIXTURE.read_text().splitlines():
+        record = json.loads(line)
+        value = None if record["value"] is None else base64.b64decode(record["value"])
+        changelog[record["partition"]].append((len(changelog[record["partition"]]), record["key"], value))
+    assert any(value is not None and value[0] == 0x80 for records in changelog.values() for _, _, value in records)
+    recovered = processor()
+    for partition, records in changelog.items():
+        assert recovered.recover(partition, records) == []
+    assert recovered.owned() == ran.owned()
+    for partition in ran.owned():
+        assert recovered._parts[partition].book.states == ran._parts[partition].book.states
+        assert recovered._parts[partition].book.index.clock_ms == ran._parts[partition].book.index.clock_ms
+    afternoon = list(_v0_inbox(since=noon))
+    assert afternoon
+    outputs = [[(o.topic, o.value) for where, key, value, at in afternoon for o in cases.process(where, key, value, at)[0]] for cases in (ran, recovered)]
+    assert outputs[0] == outputs[1]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch " + str(_CANARY),))
+
+
+_CANARY = Path(tempfile.gettempdir()) / f"whistle-changelog-canary-{os.getpid()}"
+
+
+def test_a_changelog_record_crafted_to_run_code_is_refused_and_the_records_after_it_apply():
+    """A pickle that would run a shell command if unpickled: decoding refuses it (naming what it refers to),
+    runs nothing, and the valid records after it still recover. Negative control: pickle itself would run it."""
+    import pickle  # only to craft the hostile bytes and to show what unpickling them would do
+
+    hostile = pickle.dumps(_RunsCode(), protocol=5)
+    cases = CaseProcessor(Serde(), load_reference(), load_policies(), load_calendar(), Topics(), 1)
+    refused = cases.recover(0, [(0, "case:S01-20260608-0000000000", hostile), (1, "clock:0", b"1780000000000")])
+    assert not _CANARY.exists()
+    [(offset, key, value, error)] = refused
+    assert (offset, key, value) == (0, "case:S01-20260608-0000000000", hostile)
+    assert "posix.system" in str(error) or "os.system" in str(error)
+    assert cases._parts[0].book.index.clock_ms == 1780000000000  # the record after the bad one was applied
+    try:
+        pickle.loads(hostile)  # the negative control: what the previous release's decoder would have done
+        assert _CANARY.exists()
+    finally:
+        _CANARY.unlink(missing_ok=True)
+
+
+def test_garbage_and_unknown_versions_are_refused_with_the_reason():
+    for value, reason in ((b"\x07abc", "unknown changelog value version 7"), (b"\x01\xff\xff", "undecodable version-1"),
+                          (b"\x80\x05\x95", "ends early"), (b"", "empty")):
+        with pytest.raises(ChangelogError, match=reason):
+            decode_case_state(value)

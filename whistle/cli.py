@@ -282,7 +282,8 @@ def bench(events: int = typer.Option(50_000, help="simulated events, generated a
           json_path: Path | None = typer.Option(None, "--json", help="where to write the figures (default: .whistle/bench/<run id>.json)"),
           keep: bool = typer.Option(False, "--keep", help="keep the bench's topics and databases")) -> None:
     """Measure throughput, latency, breach timeliness, per-process CPU/RSS and recovery against the running local stack."""
-    from whistle.devtools.bench import MILLION, PHASES, BenchOptions, run_bench
+    from whistle.devtools.bench.options import MILLION, PHASES, BenchOptions
+    from whistle.devtools.bench.phases import run_bench
 
     options = BenchOptions(events=events, workers=workers, phases=tuple(phase) or PHASES, latency_seconds=latency_seconds,
                            latency_rate=latency_rate, breach_cases=breach_cases, open_cases=MILLION if million else open_cases,

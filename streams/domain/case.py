@@ -177,14 +177,6 @@ class CaseState:
     rating: int | None
     seen: bytes  # 8-byte digests of the applied cause ids
 
-    def __reduce__(self):
-        """Pickle compactly (chains as their text) and re-intern on load, so recovered states share chains and strings."""
-        values = list(_read_state(self))
-        values[_STATE_POSITION["chains"]] = tuple(_CHAIN_TEXTS[id(chain)] for chain in self.chains)
-        values[_STATE_POSITION["place"]] = tuple(self.place)
-        values[_STATE_POSITION["assignee"]] = tuple(self.assignee)
-        return _revive_state, (tuple(values),)
-
     def has_applied(self, cause_id: str) -> bool:
         """True when an event of this case already recorded `cause_id` (redelivery: decide nothing)."""
         digest = _digest(cause_id)
@@ -656,8 +648,18 @@ def _chain_of(enriched: EnrichedReport, case_id: str) -> tuple[Chain, str, str |
     return cached
 
 
-def _revive_state(values: tuple) -> CaseState:
-    """A pickled CaseState, with its chains, place, assignee and strings interned again."""
+def stored_values(state: CaseState) -> tuple:
+    """The state's fields in order, for storing: chains as their text, place and assignee as plain tuples."""
+    values = list(_read_state(state))
+    values[_STATE_POSITION["chains"]] = tuple(_CHAIN_TEXTS[id(chain)] for chain in state.chains)
+    values[_STATE_POSITION["place"]] = tuple(state.place)
+    values[_STATE_POSITION["assignee"]] = tuple(state.assignee)
+    return tuple(values)
+
+
+def state_from_stored(values: tuple) -> CaseState:
+    """The state from `stored_values`, with its chains, place, assignee and strings interned again, so that
+    a million recovered cases share one copy of each chain and name."""
     values = list(values)
     position = _STATE_POSITION
     chains = tuple(decode_chain(text) for text in values[position["chains"]])

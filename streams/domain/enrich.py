@@ -65,6 +65,7 @@ class Enricher:
         for code, category in reference.categories.items():
             department = units[category.owner_department_id]
             for grid in reference.grids.values():
+                chain: tuple[Unit, ...]
                 if category.territorial:
                     chain = (units[grid.grid_id], units[grid.community_id], units[grid.street_id], department) + tail
                 else:
@@ -90,7 +91,8 @@ class Enricher:
                 and report.confidence < category.camera_min_confidence):
             flags.append(LOW_CONFIDENCE)
             at_desk = True
-        chain = self._desk_chains[(location.street_id, report.category)] if at_desk else self._grid_chains[(location.grid_id, report.category)]
+        grid_id = None if at_desk else location.grid_id  # not at the desk: the report is on a grid
+        chain = self._desk_chains[(location.street_id, report.category)] if grid_id is None else self._grid_chains[(grid_id, report.category)]
         return EnrichedReport(report=report, location=location, chain=chain, flags=tuple(flags))
 
     def _place(self, lat: float | None, lon: float | None, grid_id: str | None, street_id: str | None, resolved_by: str) -> Location:

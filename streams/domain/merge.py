@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from streams.domain.enrich import EARTH_RADIUS_M, case_partition_key, haversine_m
@@ -46,14 +46,12 @@ class OpenCase:
     lon: float | None
     place_key: str | None  # only for cases without coordinates
 
-    def __setstate__(self, state: tuple) -> None:
-        """Unpickle (recovery) with the partition and category strings shared: a million open cases hold
-        a dozen distinct values of each, not two million copies."""
-        for name, value in zip(_OPEN_CASE_FIELDS, state):
-            object.__setattr__(self, name, sys.intern(value) if name in ("partition", "category") else value)
 
-
-_OPEN_CASE_FIELDS = tuple(f.name for f in fields(OpenCase))
+def open_case_from_stored(values: tuple) -> OpenCase:
+    """An OpenCase from its fields in order (recovery), with the partition and category strings shared:
+    a million open cases hold a dozen distinct values of each, not two million copies."""
+    case_id, partition, category, *rest = values
+    return OpenCase(case_id, sys.intern(partition), sys.intern(category), *rest)
 
 
 class MergeIndex:

@@ -164,6 +164,7 @@ def _coordinates(record: Mapping[str, Any], source: str) -> tuple[float | None, 
             raise _invalid(source, field, f"must be a finite number within ±{limit:g} (with lat and lon both given), got {value!r}")
     if lat == 0 and lon == 0:
         return None, None
+    assert lat is not None and lon is not None  # both checked above to be finite numbers
     return float(lat), float(lon)
 
 

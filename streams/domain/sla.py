@@ -460,7 +460,7 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
     if kind in _WARNED:
         if deadline.deadline_ms <= now_ms:
             return [], []  # the breach itself is due now: a warning would only be noise
-        breach_type = _WARNED[kind]
+        breach_type: str = _WARNED[kind]
         left_min = (deadline.deadline_ms - now_ms) // 60_000
         summary = (f"warning: {holder.unit_id} ({holder.tier}) has {left_min} min left before {breach_type} "
                    f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}")
@@ -579,8 +579,8 @@ class CaseBook:
     def _apply(self, events: list[CaseEvent]) -> list[CaseEvent]:
         if not events:
             return events
-        state = self.states.get(events[0].case_id)
-        for event in events:
+        state = evolve(self.states.get(events[0].case_id), events[0])
+        for event in events[1:]:
             state = evolve(state, event)
         self.states[state.case_id] = state
         self.index.schedule(state.case_id, state.seq, deadlines_for(state, _policy_of(self.policies, state), self.calendar))

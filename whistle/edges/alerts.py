@@ -150,7 +150,8 @@ def _tier_header_rules_out(message: Message, tiers: frozenset[str] | None) -> bo
     """True when the tier header alone shows the record is not for this audience (no decoding needed)."""
     if tiers is None:
         return False
-    for name, value in message.headers() or ():
+    headers: list[tuple[str, bytes | None]] = message.headers() or []  # type: ignore[assignment]  # stubs: a consumed message's headers are (name, bytes | None) pairs, never the dict producers may pass
+    for name, value in headers:
         if name == TIER_HEADER:
             return value is None or value.decode("utf-8", "replace") not in tiers
     return False
@@ -158,6 +159,13 @@ def _tier_header_rules_out(message: Message, tiers: frozenset[str] | None) -> bo
 
 def _frozen(units: Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(units) if units else None
+
+
+def _position(message: Message) -> Position:
+    """Where a consumed record is (a record without an error always has a topic, partition and offset)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return Position(topic, partition, offset)
 
 
 # -- tail ---------------------------------------------------------------------------------------------
@@ -196,8 +204,9 @@ def tail(settings: Settings, tiers: set[str] | None, units: set[str] | None, con
                 if idle_timeout_s is not None and time.monotonic() - since > idle_timeout_s:
                     break
                 continue
-            if message.error() is not None:
-                _report_consumer_error(message.error(), console)
+            error = message.error()
+            if error is not None:
+                _report_consumer_error(error, console)
                 continue
             last_record = time.monotonic()
             if _tier_header_rules_out(message, tier_filter):
@@ -337,10 +346,11 @@ class _WebhookRelay:
                 if message is None:
                     self._commit()
                     continue
-                if message.error() is not None:
-                    if message.error().fatal():
-                        raise StackError(f"Kafka consumer failed: {message.error().str()}", code=message.error().name())
-                    log.warning("kafka: %s", message.error().str())
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise StackError(f"Kafka consumer failed: {error.str()}", code=error.name())
+                    log.warning("kafka: %s", error.str())
                     continue
                 self._handle(message)
                 if time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
@@ -399,7 +409,7 @@ class _WebhookRelay:
 
     def _dead_letter(self, message: Message, error: UndeliverableAlert) -> None:
         """Write the record to the dead-letter topic and wait for Kafka's acknowledgement (_TryLater if it did not come)."""
-        where = Position(message.topic(), message.partition(), message.offset())
+        where = _position(message)
         error.with_context(topic=where.topic, partition=where.partition, offset=where.offset)
         out = dead_letter(self.serde, self.topics, where, message.key(), message.value(), error, self.clock())
         try:
@@ -440,7 +450,8 @@ class _WebhookRelay:
     def _put_back(self, message: Message | None) -> None:
         """A record polled during a hold (from a partition assigned after the pause) is rewound, to come again in order."""
         if message is not None and message.error() is None:
-            self.consumer.seek(TopicPartition(message.topic(), message.partition(), message.offset()))
+            where = _position(message)
+            self.consumer.seek(TopicPartition(where.topic, where.partition, where.offset))
 
     def _owns(self, message: Message) -> bool:
         return any(tp.topic == message.topic() and tp.partition == message.partition() for tp in self.consumer.assignment())

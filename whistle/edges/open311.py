@@ -59,7 +59,7 @@ _OPEN311_NAME = {
     "event.photo_refs": "media_url",
     "event.photo_refs[0]": "media_url",
 }
-_STATUS_NOTES = {
+_STATUS_NOTES: dict[str, str] = {  # by case event kind (Kind is a StrEnum: plain strings look up)
     Kind.OPENED: "case opened",
     Kind.DISPATCHED: "dispatched to the responsible unit",
     Kind.ACCEPTED: "accepted by the responsible unit",
@@ -330,7 +330,7 @@ def service_request(progress: RequestProgress, reference: DistrictReference, ser
     if progress.case_id is None:
         notes = RECEIVED_NOTE
     else:
-        notes = _STATUS_NOTES.get(progress.last_kind, progress.last_kind or RECEIVED_NOTE)
+        notes = _STATUS_NOTES.get(progress.last_kind, progress.last_kind) if progress.last_kind else RECEIVED_NOTE
         if progress.own_kind == Kind.REPORT_MERGED:
             notes = f"{notes}; {_MERGED_NOTE}"
     unit = reference.units.get(progress.assignee_unit_id) if progress.assignee_unit_id else None

@@ -183,7 +183,9 @@ def _settle(future: Future[Delivery]):
     def on_delivery(error: KafkaError | None, message: Message) -> None:
         try:
             if error is None:
-                future.set_result(Delivery(message.topic(), message.partition(), message.offset()))
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                assert topic is not None and partition is not None and offset is not None  # acks=all: an acknowledged record has all three
+                future.set_result(Delivery(topic, partition, offset))
             else:
                 future.set_exception(DeliveryError(
                     f"Kafka did not acknowledge the write: {error.str()}",

@@ -1,0 +1,101 @@
+"""The bench's messages: simulated events, validated and encoded as the SDK sends them, and the breach phase's
+emergency reports, re-dated so that their accept deadlines fall during the run."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from schemas.serde import Serde
+from streams.domain.calendar import load_calendar
+from streams.domain.enrich import Enricher
+from streams.domain.model import EnrichedReport
+from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
+from streams.domain.reference import DistrictReference
+from streams.domain.sla import load_policies, policy_in_force
+from whistle.devtools.bench.options import BenchOptions
+from whistle.devtools.feed import source_record
+from whistle.devtools.simulate import SimConfig, SimEvent, simulate
+from whistle.ground.errors import ConfigError
+from whistle.ground.times import to_epoch_ms
+
+# The simulated period starts on a Monday (city time) inside the business calendar's published years.
+SIM_START = datetime(2026, 1, 4, 16, 0, tzinfo=UTC)
+_CAUSE_FIELDS = {"CameraDetection": ("camera:", "detection_id"), "HotlineTicket": ("hotline:", "ticket_id"),
+                 "ResidentReport": ("app:", "report_id"), "HandlingAction": ("", "action_id")}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One pre-encoded raw record, as the SDK sends it, and the cause id its case events will name."""
+
+    source: str
+    key: bytes
+    value: bytes
+    cause_id: str
+
+
+def generate_events(reference: DistrictReference, options: BenchOptions) -> Iterator[SimEvent]:
+    """The first `options.events` simulated events (of the realistic district load, as many days as needed)."""
+    per_day = 2_800 if options.reports_only else 6_200  # events a simulated day of 2,000 incidents yields
+    config = SimConfig(seed=options.seed, start=SIM_START, days=options.events / per_day * 1.5 + 1)
+    events = simulate(reference, config)
+    if options.reports_only:
+        events = (e for e in events if e.record_type != "HandlingAction")
+    return itertools.islice(events, options.events)
+
+
+def encode_event(serde: Serde, event: SimEvent) -> Message:
+    """Validate and encode a simulated event exactly as `Publisher.submit` does."""
+    spec = serde.catalog.topic_for_source(event.source)
+    checked = serde.validate(spec.schema, source_record(event))
+    key = spec.key_for(checked)
+    prefix, id_field = _CAUSE_FIELDS[event.record_type]
+    return Message(event.source, key.encode() if isinstance(key, str) else key, serde.encode(spec.schema, checked, validate=False),
+                   prefix + event.record[id_field])
+
+
+def _enriched(reference: DistrictReference, enricher: Enricher, event: SimEvent) -> EnrichedReport:
+    """A simulated report through the pipeline's own normalize and enrich functions."""
+    if event.source == "camera":
+        report = normalize_camera(event.record, reference)
+    elif event.source == "hotline":
+        report = normalize_hotline(event.record, reference, lambda phone: phone)
+    else:
+        report = normalize_app_report(event.record, reference, lambda reporter: reporter)
+    return enricher.enrich(report)
+
+
+def emergency_reports(reference: DistrictReference, events: list[SimEvent], wanted: int, pipeline_start: datetime,
+                      spread_s: float) -> list[SimEvent]:
+    """Emergency reports re-dated so that their accept deadlines fall 2 s .. 2 s + `spread_s` after `pipeline_start`.
+
+    The accept limit is the policy's (elapsed time); a limit counted in working time cannot be placed
+    on the wall clock this way and is refused.
+    """
+    policies, calendar = load_policies(), load_calendar()
+    policy = policy_in_force(policies, pipeline_start)
+    limit = policy.limits["initial"]["emergency"].accept
+    if limit.on_working_time:
+        raise ConfigError(f"{policy.file}: the emergency accept limit {limit} counts working time; the breach phase needs elapsed time",
+                          field="limits.initial.emergency.accept")
+    base_ms = to_epoch_ms(pipeline_start)
+    limit_ms = calendar.add(base_ms, limit) - base_ms
+    enricher = Enricher(reference)
+    chosen = []
+    for event in events:
+        if event.record_type == "HandlingAction":
+            continue
+        report = _enriched(reference, enricher, event).report
+        if policy.class_of(report.category, report.urgency.value) == "emergency":
+            chosen.append(event)
+        if len(chosen) == wanted:
+            break
+    time_field = {"camera": "detected_at", "hotline": "received_at", "app": "reported_at"}
+    redated = []
+    for n, event in enumerate(chosen):
+        due = pipeline_start + timedelta(seconds=2 + spread_s * n / max(1, len(chosen) - 1))
+        at = due - timedelta(milliseconds=limit_ms)
+        redated.append(replace(event, at=at, record={**event.record, time_field[event.source]: at}))
+    return redated
