@@ -259,7 +259,7 @@ def _to_converter(hint: Any) -> Callable[[Any], Any]:
         convert = _to_converter(inner)
         return _identity if convert is _identity else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return lambda v: v.value
+        return lambda v: v.value if isinstance(v, Enum) else v  # a plain string of the vocabulary is as good
     if dataclasses.is_dataclass(hint):
         return to_record
     if typing.get_origin(hint) is tuple:

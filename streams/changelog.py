@@ -27,7 +27,7 @@ import io
 import struct
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import fastavro
@@ -230,15 +230,15 @@ def _open_case_object(cls_args: tuple) -> _NewObject:
 
 
 def _legacy_datetime(data: bytes, tz: timezone | None = None) -> datetime:
-    if not isinstance(data, bytes) or len(data) != 10 or tz is not timezone.utc:
+    if not isinstance(data, bytes) or len(data) != 10 or tz is not UTC:
         raise ChangelogError("a version-0 datetime must be a UTC datetime")
-    return datetime(data, tz)  # type: ignore[call-overload]  # datetime's own pickle form: 10 bytes and a tzinfo
+    return datetime(data, tz)  # type: ignore[call-overload]  # noqa: DTZ001 (datetime's own pickle form: 10 bytes, then the UTC tzinfo)
 
 
 def _legacy_timezone(offset: timedelta) -> timezone:
     if offset != timedelta(0):
         raise ChangelogError("a version-0 time zone must be UTC")
-    return timezone.utc
+    return UTC
 
 
 def _legacy_timedelta(days: int, seconds: int = 0, microseconds: int = 0) -> timedelta:

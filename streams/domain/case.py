@@ -30,11 +30,12 @@ state, including where each breach escalates to, can be rebuilt from the events 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -542,7 +543,7 @@ class _EventWriter:
             "source": source, "report_id": report_id, "reason": reason, "note": note, "rating": rating,
             "policy_version": self.policy_version, "prev_hash": self.prev_hash,
         }
-        digest = hashlib.sha256(bytes.fromhex(self.prev_hash) + orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = chain_hash(self.prev_hash, record)
         if at_ms != self._at_ms:
             self._at_ms, self._at = at_ms, from_epoch_ms(at_ms)
         record["at"] = self._at
@@ -553,20 +554,31 @@ class _EventWriter:
         return event
 
 
-def canonical_bytes(event: CaseEvent) -> bytes:
-    """What an event's hash covers: the record without `hash`, keys sorted, `at` as epoch ms, as JSON (orjson).
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """What an event's hash covers: its record without `hash`, `at` as epoch ms, keys sorted, as JSON (orjson).
 
-    Anyone holding the record (the Avro message, a ClickHouse row) can recompute it:
-    hash = sha256(bytes.fromhex(prev_hash) + canonical_bytes(event)).
+    The one canonical form: `_EventWriter.emit` seals new events with it and verification recomputes it,
+    so anyone holding the record (the Avro message, a ClickHouse row) can check
+    hash = sha256(bytes.fromhex(prev_hash) + canonical_bytes(record)).
     """
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def chain_hash(prev_hash: str, record: Mapping[str, Any]) -> str:
+    """The hash of an event whose hashed record is `record`, following the event whose hash is `prev_hash`."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_bytes(record)).hexdigest()
+
+
+def hashed_record(event: CaseEvent) -> dict[str, Any]:
+    """The fields of `event` its hash covers, in the canonical form's types (`at` as epoch ms)."""
     record = {name: getattr(event, name) for name in _HASHED_FIELDS}
     record["at"] = to_epoch_ms(event.at)
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    return record
 
 
 def event_hash(event: CaseEvent) -> str:
     """The hash `event` must carry given its content and prev_hash."""
-    return hashlib.sha256(bytes.fromhex(event.prev_hash) + canonical_bytes(event)).hexdigest()
+    return chain_hash(event.prev_hash, hashed_record(event))
 
 
 def verify_chain(events) -> list[str]:
