@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test test-fast stack-up stack-down clean
+.PHONY: bootstrap demo lint test test-pure test-fast stack-up stack-down clean
 
 bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server
 
@@ -27,8 +27,18 @@ $(VENV)/.installed: pyproject.toml
 demo: bootstrap
 	$(BIN)/whistle demo
 
+# The house rules: layers point down only (import-linter contract in pyproject.toml), ruff, mypy on the runtime packages.
+lint: $(VENV)/.installed
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 test: bootstrap
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need no server (markers set from each test's fixtures, tests/conftest.py).
+test-pure: $(VENV)/.installed
+	$(BIN)/python -m pytest -m pure -q $(PYTEST_ARGS)
 
 test-fast: bootstrap
 	$(BIN)/python -m pytest -m "not drill" $(PYTEST_ARGS)

@@ -11,13 +11,18 @@ errors that name the file and the field:
 - `topics/<topic>.yaml`: one spec per Kafka topic (value schema, key, producers, consumers,
   examples). Partitions and retention live only in `infra/topics.yaml`.
 - `categories.yaml`: the category codes a `category` field may hold.
+
+Per-record facts are read from field annotations, not kept in tables elsewhere (`RecordFacts`):
+`x-id` marks a record's id field, `x-event-time` its event time, `x-personal` its personal data.
+Every record type a source topic carries (its value schema, or each branch of its envelope) must
+mark exactly one id and one event-time field.
 """
 from __future__ import annotations
 
 import copy
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,16 @@ class SchemaVersion:
     parsed: dict[str, Any]  # fastavro's parsed form, parsed once
     canonical_form: str  # Avro Parsing Canonical Form
     fingerprint: bytes  # CRC-64-AVRO of the canonical form, 8 bytes little-endian (as on the wire)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFacts:
+    """What the schema annotations say about one record type, wherever it is nested (see the module doc)."""
+
+    id_field: str  # the field marked `x-id`: unique per record, reused on a retried send
+    event_time_field: str  # the field marked `x-event-time`: when it happened (timestamp-millis)
+    personal_fields: tuple[str, ...]  # the fields marked `x-personal`, in schema order
+    phone_fields: tuple[str, ...] = ()  # the personal fields that are phone numbers (`x-format: phone`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +109,21 @@ class Catalog:
     topics: Mapping[str, TopicSpec]  # by topic name
     categories: Mapping[str, Category]  # by code, in file order
     by_fingerprint: Mapping[bytes, SchemaVersion]  # every known writer: current and released
+    facts: Mapping[str, RecordFacts]  # by record type (short name): every annotated record type
 
     def schema(self, name: str) -> SchemaVersion:
         try:
             return self.schemas[name]
         except KeyError:
             raise ConfigError(f"unknown schema {name!r}; known: {', '.join(sorted(self.schemas))}", field="schema") from None
+
+    def record_facts(self, record_type: str) -> RecordFacts:
+        """Id, event-time and personal fields of a record type (short name, e.g. "ResidentReport")."""
+        try:
+            return self.facts[record_type]
+        except KeyError:
+            raise ConfigError(f"record type {record_type!r} marks no x-id / x-event-time fields; annotated: {', '.join(sorted(self.facts))}",
+                              field="record_type") from None
 
     def release(self, name: str, release: int) -> SchemaVersion:
         releases = self.releases.get(name, ())
@@ -142,12 +166,13 @@ def load_catalog(root: Path) -> Catalog:
         _check_docs(expanded, path)
         schemas[definition["name"]] = schema_version(expanded, path)
     topics = _load_topics(root / "topics", schemas)
+    facts = _load_facts(sources.values(), _source_record_types(topics, schemas))
     topic_schemas = {spec.schema for spec in topics.values()}
     releases = _load_releases(root / "avro" / "history", topic_schemas)
     by_fingerprint: dict[bytes, SchemaVersion] = {}
     for version in [v for versions in releases.values() for v in versions] + list(schemas.values()):
         by_fingerprint[version.fingerprint] = version  # current last: it wins over an identical release
-    return Catalog(schemas=schemas, releases=releases, topics=topics, categories=categories, by_fingerprint=by_fingerprint)
+    return Catalog(schemas=schemas, releases=releases, topics=topics, categories=categories, by_fingerprint=by_fingerprint, facts=facts)
 
 
 def expand(definition: dict[str, Any], known: Mapping[str, dict[str, Any]], path: Path) -> dict[str, Any]:
@@ -333,12 +358,71 @@ def _load_topics(directory: Path, schemas: Mapping[str, SchemaVersion]) -> dict[
     return topics
 
 
+def _envelope_branches(schema: SchemaVersion) -> dict[str, dict[str, Any]]:
+    """The record types of an envelope's `event` union by short name ({} if `schema` is no envelope)."""
+    envelope = [f for f in schema.definition.get("fields", ()) if f["name"] == ENVELOPE_FIELD]
+    if envelope and isinstance(envelope[0]["type"], list):
+        return {b["name"]: b for b in envelope[0]["type"] if isinstance(b, dict)}
+    return {}
+
+
+def _source_record_types(topics: Mapping[str, TopicSpec], schemas: Mapping[str, SchemaVersion]) -> set[str]:
+    """Record types the source topics carry: each one's value schema, or the branches of its envelope."""
+    carried: set[str] = set()
+    for spec in topics.values():
+        if spec.source:
+            schema = schemas[spec.schema]
+            carried.update(_envelope_branches(schema) or {schema.name: schema.definition})
+    return carried
+
+
+def _load_facts(sources: Iterable[tuple[Path, dict[str, Any]]], required: set[str]) -> dict[str, RecordFacts]:
+    """RecordFacts of every record type that is annotated or that a source topic carries, from the file defining it."""
+    facts: dict[str, RecordFacts] = {}
+    for path, definition in sources:
+        for record in _records_defined(definition):
+            name = record["name"].rpartition(".")[2]
+            fields = record["fields"]
+            ids = [f["name"] for f in fields if f.get("x-id")]
+            times = [f["name"] for f in fields if f.get("x-event-time")]
+            if name not in required and not ids and not times:
+                continue
+            for rule, marked in (("x-id", ids), ("x-event-time", times)):
+                if len(marked) != 1:
+                    raise ConfigError(f"{path}: record {name} must mark exactly one field {rule}: true, found {marked or 'none'}", field=rule)
+            by_name = {f["name"]: f for f in fields}
+            if by_name[ids[0]]["type"] != "string":
+                raise ConfigError(f"{path}: x-id field {name}.{ids[0]} must be a string", field=ids[0])
+            time_type = by_name[times[0]]["type"]
+            if not isinstance(time_type, dict) or time_type.get("logicalType") != "timestamp-millis":
+                raise ConfigError(f"{path}: x-event-time field {name}.{times[0]} must be a timestamp-millis", field=times[0])
+            personal = tuple(f["name"] for f in fields if f.get("x-personal"))
+            phones = tuple(n for n in personal if by_name[n].get("x-format") == "phone")
+            facts[name] = RecordFacts(ids[0], times[0], personal, phones)
+    missing = required - set(facts)
+    if missing:
+        raise ConfigError(f"source record types {sorted(missing)} have no schema file defining them", field="x-id")
+    return facts
+
+
+def _records_defined(node: Any) -> Iterator[dict[str, Any]]:
+    """Every record defined inline in a schema file's JSON (references by name are not followed)."""
+    if isinstance(node, list):
+        for branch in node:
+            yield from _records_defined(branch)
+    elif isinstance(node, dict):
+        if node.get("type") in ("record", "error"):
+            yield node
+            for f in node.get("fields", ()):
+                yield from _records_defined(f["type"])
+        for key in ("items", "values"):
+            if key in node:
+                yield from _records_defined(node[key])
+
+
 def _check_key_fields(path: Path, schema: SchemaVersion, key_fields: Mapping[str, str]) -> None:
     """Each key field must exist in the named record: the value schema or a branch of its envelope."""
-    records = {schema.name: schema.definition}
-    envelope = [f for f in schema.definition["fields"] if f["name"] == ENVELOPE_FIELD]
-    if envelope and isinstance(envelope[0]["type"], list):
-        records.update({b["name"]: b for b in envelope[0]["type"] if isinstance(b, dict)})
+    records = {schema.name: schema.definition, **_envelope_branches(schema)}
     for record_type, field_name in key_fields.items():
         record = records.get(record_type)
         if record is None or field_name not in {f["name"] for f in record["fields"]}:

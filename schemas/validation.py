@@ -10,7 +10,11 @@ The rules live next to the fields they constrain, as `x-*` attributes in `schema
 - `x-pattern: regex`         a string matching the regex
 - `x-format: phone`          a phone number `streams.domain.pii.normalize_phone` accepts
 - `x-required-if: {f: [v]}`  a nullable field that must be set when field f holds one of the values
-- `x-personal: true`         documents personal data (checked by the schema tests, not here)
+- `x-personal: true`         marks personal data (checked by the schema tests, not here)
+- `x-id: true`               marks the record's id field (unique, reused on a retried send)
+- `x-event-time: true`       marks the record's event-time field (a timestamp-millis)
+The last three are facts about the record rather than value rules: `schemas.catalog` reads them once
+at load (`Catalog.record_facts`, which also checks them) for the code that needs them.
 Date-times must be timezone-aware in every mode: a naive datetime is refused, never guessed.
 
 Two modes, both compiled once per schema into closures:
@@ -41,7 +45,7 @@ Check = Callable[[Any, Problems], Any]
 
 _INT_LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _PYTHON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
-_FIELD_RULES = frozenset({"x-nonempty", "x-range", "x-max-length", "x-vocabulary", "x-pattern", "x-format", "x-required-if", "x-personal"})
+_FIELD_RULES = frozenset({"x-nonempty", "x-range", "x-max-length", "x-vocabulary", "x-pattern", "x-format", "x-required-if", "x-personal", "x-id", "x-event-time"})
 _UTC = UTC
 
 

@@ -1,8 +1,10 @@
 """The auditors' queries: named SQL files in sinks/queries/, run on any `Engine`, returned as small tables.
 
 WHY SQL files: an auditor must be able to read exactly what produced a figure (each file's header
-states its formulas) and re-run it; Python here only binds parameters, checks inputs and, for
-`verify`, recomputes the case events' hash chains, which SQL cannot do on ClickHouse 18.16.
+states its formulas) and re-run it; a rule several queries share is written once, as a fragment file
+(sinks/queries/_<name>.sql) spliced where a query says `{_<name>}`. Python here only binds parameters,
+checks inputs and, for `verify`, recomputes the case events' hash chains, which SQL cannot do on
+ClickHouse 18.16.
 CLI-free: `whistle audit ...` renders the `Result`s with `render_table`, `to_csv` or `to_json`.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ _END_OF_TIME_MS = 2**63 - 1
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 _CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # verify_case_events.sql selects them in this order
 _MAX_LISTED = 100  # gaps / duplicated offsets listed per partition
+_FRAGMENT = re.compile(r"\{(_[a-z0-9_]+)\}")  # `{_month_cases}` in a query = sinks/queries/_month_cases.sql (query_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +65,9 @@ class Problem:
 
 
 def run_query(engine: Engine, database: str, name: str, params: Mapping[str, Any], **identifiers: str) -> Result:
-    """Run sinks/queries/<name>.sql with `{db}` = database (and any other identifier placeholders)."""
-    sql = render_identifiers(_query_text(name), db=database, **identifiers)
+    """Run sinks/queries/<name>.sql (its `{_fragment}`s spliced in, see `query_text`) with `{db}` = database
+    (and any other identifier placeholders)."""
+    sql = render_identifiers(query_text(name), db=database, **identifiers)
     columns, rows = engine.execute_with_columns(sql, params, name=f"{name}.sql")
     return Result(name, tuple(columns), tuple(rows))
 
@@ -186,12 +190,39 @@ def _ranking_scope(month: str, by: str, as_of: datetime | None, tz: str) -> dict
 
 
 @functools.cache
-def _query_text(name: str) -> str:
-    path = QUERIES_DIR / f"{name}.sql"
+def query_text(name: str, directory: Path = QUERIES_DIR) -> str:
+    """The statement of <directory>/<name>.sql as it is run: full-line comments stripped, and each
+    fragment reference `{_fragment}` replaced by <directory>/_fragment.sql (comments stripped too).
+
+    A fragment is a piece of SQL shared by several queries (a rule written once, e.g. _month_cases.sql,
+    the ranking's case selection); its `{db}` and `%(param)s` are the query's. Fragments are not
+    queries (names starting with `_` are refused here) and do not reference other fragments.
+    """
+    if name.startswith("_"):
+        raise ConfigError(f"{name} is a SQL fragment, not an audit query", file=str(directory / f"{name}.sql"))
+    path = directory / f"{name}.sql"
+    sql = _read_sql(path, f"audit query {name}")
+
+    def splice(match: re.Match) -> str:
+        fragment = match.group(1)
+        fragment_path = directory / f"{fragment}.sql"
+        if not fragment_path.is_file():
+            raise ConfigError(f"{path.name} references unknown SQL fragment {{{fragment}}} (no {fragment_path.name})",
+                              file=str(path), fragment=fragment)
+        text = _read_sql(fragment_path, f"SQL fragment {fragment}").strip()
+        if _FRAGMENT.search(text):
+            raise ConfigError(f"SQL fragment {fragment_path.name} (used by {path.name}) references another fragment",
+                              file=str(fragment_path))
+        return text
+
+    return _FRAGMENT.sub(splice, sql)
+
+
+def _read_sql(path: Path, what: str) -> str:
     try:
         return strip_comment_lines(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"audit query {name} is missing: {exc}", file=str(path)) from exc
+        raise ConfigError(f"{what} is missing: {exc}", file=str(path)) from exc
 
 
 def _json_default(value: Any) -> Any:

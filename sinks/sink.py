@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from schemas.catalog import RecordFacts
 from schemas.serde import Serde
 from sinks.audit import LEDGERED, run_query
 from sinks.clickhouse import Engine
@@ -63,11 +64,6 @@ DEAD_LETTER_COLUMNS = ("original_topic", "original_partition", "original_offset"
 COLUMNS = {"raw_events": RAW_COLUMNS, "case_events": CASE_EVENT_COLUMNS, "breaches": BREACH_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS}
 # The column each table is partitioned by (month of an epoch-ms value): one INSERT must stay in one month.
 MONTH_COLUMN = {"raw_events": "kafka_timestamp_ms", "case_events": "at_ms", "breaches": "deadline_ms", "dead_letters": "failed_ms"}
-_ID_FIELDS = {"CameraDetection": "detection_id", "HotlineTicket": "ticket_id", "ResidentReport": "report_id",
-              "HandlingAction": "action_id"}
-_PERSONAL_FIELDS = {"HotlineTicket": "caller_phone", "ResidentReport": "reporter_id"}  # x-personal in schemas/avro
-_TIME_FIELDS = {"CameraDetection": "detected_at", "HotlineTicket": "received_at", "ResidentReport": "reported_at",
-                "HandlingAction": "at"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +115,20 @@ class RowMaker:
         if record_type == "AppEvent":
             branch, record = record["event"]
             record_type = branch.rsplit(".", 1)[-1]
-        record = self._without_personal_data(record_type, record)
-        event_ms = _ms(record.get(_TIME_FIELDS.get(record_type, ""))) or 0
+        facts = self.serde.catalog.facts.get(record_type)  # None: a record type no source topic carries (a producer's mistake)
+        if facts is None:
+            event_ms, event_id = 0, ""
+        else:
+            record = self._without_personal_data(facts, record)
+            event_ms, event_id = _ms(record.get(facts.event_time_field)) or 0, str(record.get(facts.id_field, ""))
         payload = orjson.dumps(record, default=_json_default, option=orjson.OPT_SORT_KEYS).decode()
-        return (source, record_type, str(record.get(_ID_FIELDS.get(record_type, ""), "")), event_ms, kafka_key, payload, digest, size, "")
+        return (source, record_type, event_id, event_ms, kafka_key, payload, digest, size, "")
 
-    def _without_personal_data(self, record_type: str, record: dict[str, Any]) -> dict[str, Any]:
-        if record_type == "HotlineTicket" and record.get("caller_phone"):
-            record = {**record, "caller_phone": self.hasher.phone(record["caller_phone"])}
-        if record_type == "ResidentReport" and record.get("reporter_id"):
-            record = {**record, "reporter_id": self.hasher.reporter(record["reporter_id"])}
-        return record
+    def _without_personal_data(self, facts: RecordFacts, record: dict[str, Any]) -> dict[str, Any]:
+        """The record, each `x-personal` field as its keyed hash: phone numbers (`x-format: phone`) as phones, others as ids."""
+        hashed = {name: (self.hasher.phone if name in facts.phone_fields else self.hasher.reporter)(record[name])
+                  for name in facts.personal_fields if record.get(name)}
+        return {**record, **hashed} if hashed else record
 
     def _without_personal_values(self, message: str, value: bytes | None) -> str:
         """An error message about raw record `value`, its personal values blanked out.
@@ -145,10 +144,12 @@ class RowMaker:
         if record_type == "AppEvent":
             branch, record = record["event"]
             record_type = branch.rsplit(".", 1)[-1]
-        personal = record.get(_PERSONAL_FIELDS.get(record_type, ""))
-        if personal:
-            for form in (personal, repr(personal)[1:-1]):
-                message = message.replace(form, "<personal data>")
+        facts = self.serde.catalog.facts.get(record_type)
+        for name in facts.personal_fields if facts else ():
+            personal = record.get(name)
+            if personal:
+                for form in (personal, repr(personal)[1:-1]):
+                    message = message.replace(form, "<personal data>")
         return message
 
 

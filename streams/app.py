@@ -31,11 +31,12 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.types import TP
 
 from infra.topics import partitions_of
 from schemas.serde import Serde
@@ -44,7 +45,7 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Output, dead_letter
+from streams.pipeline import CaseProcessor, Ingestor, Output, StateWrite, dead_letter
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
@@ -52,7 +53,7 @@ from whistle.ground.times import utc_now
 
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
-RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back (all of 1,000,000 open cases: 48 s, `whistle bench --million`)
+RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million open cases take well under this (README)
 
 
 
@@ -95,13 +96,14 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
 
         Straight to the producer, not through Faust's Topic/Channel layers: those wrap each record in
         future-message objects, a buffer and a sensor round, and add nothing here, where keys and values
-        are bytes already and every topic is provisioned (skipping them cut the worker's CPU per event
-        by 27 %, `whistle bench` backlog phase). Faust still flushes this producer before it commits
+        are bytes already and every topic is provisioned (what skipping them saves: `whistle bench`
+        backlog phase, README). Faust still flushes this producer before it commits
         offsets, so at-least-once holds.
         """
         producer, futures = app.producer, []
         for o in outputs:
-            future = await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)
+            # faust types send() as returning Awaitable[RecordMetadata]; its aiokafka producer returns aiokafka's asyncio Future
+            future: asyncio.Future = await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)  # type: ignore[assignment]
             future.add_done_callback(_exit_unless_delivered)
             futures.append(future)
         return futures
@@ -126,7 +128,8 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                     await asyncio.gather(*await send([dead_letter(serde, topics, Position(changelog, partition, offset), key.encode(), value, error, clock())
                                                       for offset, key, value, error in refused]))
                 now = clock()
-                outputs, writes = [], {}
+                outputs: list[Output] = []
+                writes: dict[str, StateWrite] = {}
                 for event in batch:
                     produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
                     outputs += produced
@@ -137,8 +140,9 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
             exit_at_once("the cases agent failed", exc)
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app_, revoked, **kwargs) -> None:
+    # mode types every receiver as (sender, *args, signal=..., **kwargs); this signal sends exactly one argument, the revoked set
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(app_: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == topics.inbox:
                 cases.release(tp.partition)
@@ -160,8 +164,8 @@ def exit_at_once(what: str, error: BaseException) -> NoReturn:
 
 
 def _exit_unless_delivered(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        exit_at_once("Kafka did not acknowledge a record", future.exception())
+    if not future.cancelled() and (error := future.exception()) is not None:
+        exit_at_once("Kafka did not acknowledge a record", error)
 
 
 def in_produce_order(batch: list) -> list:
@@ -234,6 +238,6 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     app = create_app(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     # Faust's start-up spinner sets the root logger to DEBUG (whatever the log level), so every send
-    # built a debug record in aiokafka and Faust: about 5 % of a busy worker's samples (py-spy, `whistle bench`).
+    # built a debug record in aiokafka and Faust (seen in py-spy profiles of a busy worker).
     worker.spinner = None
     worker.execute_from_commandline()

@@ -1,10 +1,10 @@
 """The case-state changelog: a compacted topic the cases agent writes, and reads back when it is given a partition.
 
 Why not a Faust table: Faust's recovery feeds every changelog record through its event machinery and
-keeps a second, pickled copy of every case in the table's dict. A worker holding 1,000,000 open cases
-took 280 s and 2.5 GB to recover that way (`whistle bench --phase recovery --million`); read here with
-librdkafka and decoded as it streams into `CaseProcessor.recover`, 48 s and 1.4 GB. The live objects are
-the only copy.
+keeps a second, pickled copy of every case in the table's dict, which made recovering a million open
+cases several times slower and larger than reading the changelog here with librdkafka and decoding it as
+it streams into `CaseProcessor.recover` (figures: README, `whistle bench --phase recovery --million`).
+The live objects are the only copy.
 
 Changelog partition p holds the state of case-stream partition p (records are written with an explicit
 partition), so a worker given partition p reads exactly one changelog partition. The topic is internal
@@ -90,8 +90,10 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
             for message in consumer.consume(10_000, timeout=0.5):
                 error = message.error()
                 if error is None:
-                    yield message.offset(), message.key().decode("utf-8", "replace"), message.value()
-                    last = message.offset()
+                    offset, key = message.offset(), message.key()
+                    assert offset is not None and key is not None  # a consumed record without error has both (changelog records are always keyed)
+                    yield offset, key.decode("utf-8", "replace"), message.value()
+                    last = offset
                 elif error.code() == KafkaError._PARTITION_EOF:
                     return
                 elif error.fatal():
@@ -232,7 +234,7 @@ def _open_case_object(cls_args: tuple) -> _NewObject:
 def _legacy_datetime(data: bytes, tz: timezone | None = None) -> datetime:
     if not isinstance(data, bytes) or len(data) != 10 or tz is not UTC:
         raise ChangelogError("a version-0 datetime must be a UTC datetime")
-    return datetime(data, tz)  # type: ignore[call-overload]  # noqa: DTZ001 (datetime's own pickle form: 10 bytes, then the UTC tzinfo)
+    return datetime(data, tz)  # type: ignore[call-arg, arg-type]  # noqa: DTZ001 (datetime's own pickle form: 10 bytes, then the UTC tzinfo; typeshed does not describe it)
 
 
 def _legacy_timezone(offset: timedelta) -> timezone:

@@ -36,8 +36,9 @@ from streams.changelog import (
     open_key,
 )
 from streams.domain.calendar import BusinessCalendar
-from streams.domain.case import CaseState, Kind
-from streams.domain.enrich import Enricher, case_id_for, case_partition_key, common_parent
+from streams.domain.case import CaseEvent, CaseState, Kind
+from streams.domain.case_id import case_id_for, partition_key_of_case
+from streams.domain.enrich import Enricher, case_partition_key, common_parent
 from streams.domain.merge import MergeIndex, OpenCase
 from streams.domain.model import EnrichedReport, HandlingAction
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
@@ -45,7 +46,7 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import Breach, CaseBook, SlaPolicy
 from whistle.ground.deadletter import Position, envelope, with_position
-from whistle.ground.errors import ContractError, DecodeError, TransitionError
+from whistle.ground.errors import DecodeError, TransitionError
 from whistle.ground.names import Topics
 
 ENRICHED = "org.whistle.v1.EnrichedReport"
@@ -70,15 +71,6 @@ def dead_letter(serde: Serde, topics: Topics, where: Position, key: bytes | None
     """The dead-letter record (the ground's envelope, encoded) for the record at `where`."""
     record, headers = envelope(where, key, value, error, failed_at)
     return Output(topics.deadletter, key, serde.encode("DeadLetter", record, validate=False), headers)
-
-
-def partition_key_of_case(case_id: str) -> str:
-    """The case-stream key of a case, read from its id (`{partition key}-{yyyymmdd}-{digest}`)."""
-    head, _, _ = case_id.rpartition("-")
-    key, _, day = head.rpartition("-")
-    if not key or len(day) != 8 or not day.isdigit():
-        raise ContractError(f"case id {case_id!r} is not of the form <street>-<yyyymmdd>-<digest>", field="case_id")
-    return key
 
 
 def partition_for_key(key: str, partitions: int) -> int:
@@ -190,7 +182,8 @@ class CaseProcessor:
                 elif kind == "clock" and name == str(partition) and value is not None:
                     clock_ms = decode_clock(value)
             except ChangelogError as exc:
-                refused.append((offset, key, value or b"", exc.with_context(key=key, partition=partition, offset=offset)))
+                exc.with_context(key=key, partition=partition, offset=offset)
+                refused.append((offset, key, value or b"", exc))
         part = self._new_partition(partition, states, clock_ms)
         for case in open_cases.values():
             part.merge.add(case)
@@ -211,14 +204,24 @@ class CaseProcessor:
 
     # -- processing -------------------------------------------------------------------------------
     def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime) -> tuple[list[Output], list[StateWrite]]:
-        """Apply one case-stream record. Deadlines due by its time fire first, then the record itself."""
+        """Apply one case-stream record. Deadlines due by its time fire first, then the record itself.
+
+        One record, one transaction: if anything fails part-way (a bug, or deadline arithmetic the calendar
+        cannot do), the partition's states, deadlines and clock are rolled back to what they were before
+        this record, nothing it computed is emitted, and the record is dead-lettered; the next record is
+        processed as if this one had never come. A refused action (TransitionError) is not a failure:
+        the deadlines its time made due still fire, and the action alone is dead-lettered.
+        """
         part = self._parts.get(where.partition) or self._new_partition(where.partition)
         outputs: list[Output] = []
         try:
             branch, record = self.serde.decode(value, expect="CaseInboxEvent").record["event"]
         except Exception as exc:  # undecodable case-stream record: dead-letter it, keep going
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
-        events, breaches, opened = [], [], []
+        events: list[CaseEvent] = []
+        breaches: list[Breach] = []
+        opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
+        part.book.begin()
         try:
             if branch == TICK:
                 events, breaches = part.book.advance(record["at"])
@@ -233,11 +236,13 @@ class CaseProcessor:
                     outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
                 else:
                     events, breaches = events + acted, breaches + more
-        except Exception as exc:  # a bug or bad data on this record: dead-letter it, keep the partition going
-            outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
+        except Exception as exc:  # a bug or bad data on this record: undo it, dead-letter it, keep the partition going
+            part.book.rollback()
+            return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
+        part.book.commit()
         return self._emit(part, outputs, events, breaches, opened)
 
-    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase]):
+    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None]):
         """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist."""
         at = enriched.report.occurred_at
         events, breaches = part.book.advance(at)
@@ -256,7 +261,7 @@ class CaseProcessor:
         return events + opening, breaches + more
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
-              opened: list[OpenCase]) -> tuple[list[Output], list[StateWrite]]:
+              opened: list[OpenCase | None]) -> tuple[list[Output], list[StateWrite]]:
         writes: dict[str, bytes | None] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
         encode = self.serde.encode
         for event in events:

@@ -91,3 +91,24 @@ def database(engine):
     name = f"whistle_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     yield name
     engine.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+# What a test touches, read from the fixtures it uses (directly or through other fixtures), so that the
+# markers cannot drift from what the test really needs: `pytest -m pure` (make test-pure) runs the tests
+# that need no server; kafka / clickhouse select by server; drill, the slow fault drills.
+_KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "isolated", "local_stack", "spare_stack"})
+_CLICKHOUSE_FIXTURES = frozenset({"clickhouse_native", "engine", "database", "isolated", "local_stack", "spare_stack"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        marks = {mark.name for mark in item.iter_markers()}
+        if used & _KAFKA_FIXTURES and "kafka" not in marks:
+            item.add_marker(pytest.mark.kafka)
+            marks.add("kafka")
+        if used & _CLICKHOUSE_FIXTURES and "clickhouse" not in marks:
+            item.add_marker(pytest.mark.clickhouse)
+            marks.add("clickhouse")
+        if not marks & {"kafka", "clickhouse", "drill"}:
+            item.add_marker(pytest.mark.pure)

@@ -23,6 +23,7 @@ C11   p0   S5     -     same figures as C10: ties with it                       
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from datetime import datetime
 from decimal import Decimal as D
 from zoneinfo import ZoneInfo
@@ -31,8 +32,9 @@ import orjson
 import pytest
 
 from sinks import audit
+from sinks.clickhouse import render_identifiers, strip_comment_lines
 from sinks.migrator import migrate
-from whistle.ground.errors import ValidationError
+from whistle.ground.errors import ConfigError, ValidationError
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 EVENTS_TOPIC = "whistle.cases.events"
@@ -339,6 +341,85 @@ def test_ranking_provenance_names_offset_ranges_and_policies(store):
         ("case_events", EVENTS_TOPIC, 0, 0, 31, 26, "sla-v1"),
         ("case_events", EVENTS_TOPIC, 1, 0, 27, 28, "sla-v1,sla-v2"),
     ]
+
+
+# (month, by, as_of, tz): the ranking's scopes on the data set, including an empty month and one that only UTC puts C9 in.
+SCOPES = [("2025-03", "street", None, audit.LOCAL_TIMEZONE), ("2025-03", "department", None, audit.LOCAL_TIMEZONE),
+          ("2025-03", "street", beijing("2025-03-06 09:30"), audit.LOCAL_TIMEZONE),
+          ("2025-03", "department", beijing("2025-03-12 12:00"), audit.LOCAL_TIMEZONE),
+          ("2025-03", "street", None, "UTC"), ("2025-04", "department", None, audit.LOCAL_TIMEZONE),
+          ("2025-02", "street", None, audit.LOCAL_TIMEZONE)]
+
+
+def test_ranking_and_provenance_select_the_same_cases(store, tmp_path):
+    # The shared selection (sinks/queries/_month_cases.sql) run on its own gives the case set K of a scope; the ranking
+    # must count exactly K (received per unit = K's cases per unit) and the provenance must read exactly K's rows
+    # (offset ranges, row counts and policies recomputed here from the data set's Kafka log).
+    engine, database = store
+    (tmp_path / "_month_cases.sql").write_text((audit.QUERIES_DIR / "_month_cases.sql").read_text())
+    (tmp_path / "month_cases.sql").write_text("SELECT DISTINCT case_id FROM ({_month_cases}) ORDER BY case_id")
+    log = dataset()
+    opened = {r["case_id"]: r for r in log["case_events"] if r["kind"] == "opened"}
+    seen = {}
+    for month, by, as_of, tz in SCOPES:
+        scope = audit._ranking_scope(month, by, as_of, tz)
+        sql = render_identifiers(audit.query_text("month_cases", tmp_path), db=database)
+        cases = {row[0] for row in engine.execute(sql, scope, name="month_cases.sql")}
+        seen[(month, by, as_of, tz)] = cases
+
+        ranking = audit.ranking(engine, database, month, by, as_of=as_of, tz=tz)
+        assert {row[0]: row[2] for row in ranking.rows} == dict(Counter(opened[c][f"{by}_id"] for c in cases))
+
+        expected = []
+        for table in ("breaches", "case_events"):
+            read = [r for r in log[table] if r["case_id"] in cases and (
+                r["at"] < scope["as_of_ms"] if table == "case_events"
+                else r["kind"] in ("breach", "referral") and r["fired_at_ms"] < scope["as_of_ms"])]
+            for topic, partition in sorted({(r["kafka_topic"], r["kafka_partition"]) for r in read}):
+                offsets = [r["kafka_offset"] for r in read if (r["kafka_topic"], r["kafka_partition"]) == (topic, partition)]
+                policies = {r["policy_version"] for r in read if (r["kafka_topic"], r["kafka_partition"]) == (topic, partition)}
+                expected.append((table, topic, partition, min(offsets), max(offsets), len(offsets), ",".join(sorted(policies))))
+        assert list(audit.ranking_provenance(engine, database, month, by, as_of=as_of, tz=tz).rows) == expected
+    # The scopes do differ (the comparison above is not vacuous): by street C7 is out, by department C10 and C11;
+    # C9 is March only in UTC; February is empty.
+    assert seen[SCOPES[0]] == {"C1", "C2", "C3", "C4", "C5", "C6", "C8", "C10", "C11"}
+    assert seen[SCOPES[1]] == {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"}
+    assert seen[SCOPES[2]] == {"C1", "C2"}
+    assert seen[SCOPES[3]] == {"C1", "C2", "C3", "C5"}
+    assert seen[SCOPES[4]] == seen[SCOPES[0]] | {"C9"}
+    assert seen[SCOPES[5]] == {"C9"}
+    assert seen[SCOPES[6]] == set()
+
+
+def test_query_text_splices_fragments_once_written(tmp_path):
+    (tmp_path / "_open_cases.sql").write_text("-- a fragment's header goes too\nSELECT case_id\nFROM {db}.cases\nWHERE open\n")
+    (tmp_path / "count.sql").write_text("-- count: a query\nSELECT count() FROM {db}.events WHERE case_id IN ({_open_cases})\n")
+
+    assert audit.query_text("count", tmp_path) == (
+        "SELECT count() FROM {db}.events WHERE case_id IN (SELECT case_id\nFROM {db}.cases\nWHERE open)\n")
+
+    # Negative controls: an unknown fragment is an error naming the query file; fragments neither nest nor run as queries.
+    (tmp_path / "typo.sql").write_text("SELECT 1 FROM t WHERE case_id IN ({_open_case})\n")
+    with pytest.raises(ConfigError, match=r"typo\.sql references unknown SQL fragment \{_open_case\}") as raised:
+        audit.query_text("typo", tmp_path)
+    assert raised.value.context["file"] == str(tmp_path / "typo.sql")
+    (tmp_path / "_nested.sql").write_text("SELECT 1 FROM ({_open_cases})\n")
+    (tmp_path / "nests.sql").write_text("SELECT 1 FROM ({_nested})\n")
+    with pytest.raises(ConfigError, match=r"_nested\.sql \(used by nests\.sql\) references another fragment"):
+        audit.query_text("nests", tmp_path)
+    with pytest.raises(ConfigError, match="_open_cases is a SQL fragment, not an audit query"):
+        audit.query_text("_open_cases", tmp_path)
+
+
+def test_ranking_and_provenance_share_one_case_selection():
+    # The selection is written once, in the fragment; both queries reference it and neither spells it out.
+    raw = {name: (audit.QUERIES_DIR / f"{name}.sql").read_text() for name in ("ranking", "ranking_provenance")}
+    assert raw["ranking"].count("case_id IN ({_month_cases})") == 1
+    assert raw["ranking_provenance"].count("case_id IN ({_month_cases})") == 2  # case events and breaches
+    selection = strip_comment_lines((audit.QUERIES_DIR / "_month_cases.sql").read_text()).strip()
+    for name, text in raw.items():
+        assert "%(start_ms)s" not in strip_comment_lines(text), name  # the month bound is only in the fragment
+        assert f"case_id IN ({selection})" in audit.query_text(name), name
 
 
 def test_case_timeline_tells_the_whole_story_in_order(store):

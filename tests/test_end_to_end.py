@@ -15,7 +15,8 @@ from infra.provision import provision_all
 from schemas.serde import Serde
 from sinks import audit
 from sinks.clickhouse import ServerEngine
-from streams.domain.enrich import Enricher, case_id_for
+from streams.domain.case_id import case_id_for
+from streams.domain.enrich import Enricher
 from streams.domain.model import Report, Source, Urgency
 from streams.domain.reference import load_reference
 from whistle.devtools.feed import SdkWay, feed

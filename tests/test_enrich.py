@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from streams.domain.enrich import CAMERA_RANGE_M, Enricher, case_id_for, case_partition_key, common_parent, haversine_m
+from streams.domain.case_id import case_id_for
+from streams.domain.enrich import CAMERA_RANGE_M, Enricher, case_partition_key, common_parent, haversine_m
 from streams.domain.model import LADDER, Report, Source, Tier, Urgency
 from streams.domain.reference import Grid, load_reference
 from whistle.ground.errors import DomainError, ValidationError

@@ -25,12 +25,13 @@ from infra.topics import partitions_of
 from schemas.serde import SINGLE_OBJECT_MARKER, Serde, from_record
 from streams.app import EXIT_TO_BE_RESTARTED
 from streams.domain.case import CaseEvent, Kind, verify_chain
-from streams.domain.enrich import Enricher, case_id_for, haversine_m
+from streams.domain.case_id import case_id_for, partition_key_of_case
+from streams.domain.enrich import Enricher, haversine_m
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, Grid, load_reference
 from streams.domain.sla import Breach
-from streams.pipeline import partition_for_key, partition_key_of_case
+from streams.pipeline import partition_for_key
 from whistle.devtools.harness import committed_offsets, end_offsets, read_all, spawn_worker
 from whistle.edges.clock import write_ticks
 from whistle.edges.sdk import Delivery, Publisher

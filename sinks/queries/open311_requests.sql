@@ -1,5 +1,5 @@
 -- open311_requests: app reports as Open311 service requests, with the progress of their case.
--- Run by the gateway (whistle/gateway.py) as the read-only auditor user, for GET /open311/v2/requests.json
+-- Run by the gateway (whistle/edges/gateway.py) as the read-only auditor user, for GET /open311/v2/requests.json
 -- and GET /open311/v2/requests/{id}.json. Runs on ClickHouse 18.16 and modern servers.
 --
 -- Parameters (bound by clickhouse-driver; {db} is the only identifier):

@@ -9,7 +9,9 @@
 -- Which cases: every case whose `opened` event falls in the month (and before as_of). A case belongs
 -- to the street / owning department recorded on its opened event (the first responsible unit stays
 -- responsible, 12345 practice). Cases with no such unit (dispatch desk, no owning department) are
--- not ranked. Duplicated rows are invisible: case_events and breaches are read with FINAL.
+-- not ranked. This selection lives in ONE place, the fragment sinks/queries/_month_cases.sql, which
+-- sinks/audit.py splices in for `{_month_cases}` here and in ranking_provenance.sql (so the two always
+-- count the same cases). Duplicated rows are invisible: case_events and breaches are read with FINAL.
 --
 -- Per case (from case_events, before as_of):
 --   accepted   : it has an `accepted` event;  time to accept = first accepted at - opened at
@@ -157,14 +159,7 @@ FROM
                         ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating
                     FROM {db}.case_events FINAL
                     WHERE at_ms < %(as_of_ms)s
-                      AND case_id IN
-                      (
-                          SELECT case_id
-                          FROM {db}.case_events
-                          WHERE kind = 'opened'
-                            AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
-                            AND isNotNull(if(%(by)s = 'department', department_id, street_id))
-                      )
+                      AND case_id IN ({_month_cases})
                     GROUP BY case_id
                 ) AS case_figures
                 ANY LEFT JOIN

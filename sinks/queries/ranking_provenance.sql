@@ -1,8 +1,8 @@
 -- ranking_provenance: where a ranking's figures come from, so an auditor can re-derive them from the log.
 --
--- Parameters: start_ms, end_ms, as_of_ms, by — the same as ranking.sql, and the same case selection
--- (keep the two in step): cases opened in [start_ms, end_ms) before as_of_ms whose opened event names
--- a unit for `by`.
+-- Parameters: start_ms, end_ms, as_of_ms, by — the same as ranking.sql, and the same case selection,
+-- shared with it: `{_month_cases}` is the fragment sinks/queries/_month_cases.sql (cases opened in
+-- [start_ms, end_ms) before as_of_ms whose opened event names a unit for `by`).
 --
 -- One row per source table and Kafka topic/partition: the offset range and number of rows read
 -- (case events before as_of; breaches and referrals fired before as_of), and the SLA policy versions
@@ -28,14 +28,7 @@ FROM
         arrayStringConcat(arraySort(groupUniqArray(policy_version)), ',') AS policy_versions
     FROM {db}.case_events
     WHERE at_ms < %(as_of_ms)s
-      AND case_id IN
-      (
-          SELECT case_id
-          FROM {db}.case_events
-          WHERE kind = 'opened'
-            AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
-            AND isNotNull(if(%(by)s = 'department', department_id, street_id))
-      )
+      AND case_id IN ({_month_cases})
     GROUP BY kafka_topic, kafka_partition
 
     UNION ALL
@@ -50,14 +43,7 @@ FROM
         arrayStringConcat(arraySort(groupUniqArray(policy_version)), ',') AS policy_versions
     FROM {db}.breaches
     WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s
-      AND case_id IN
-      (
-          SELECT case_id
-          FROM {db}.case_events
-          WHERE kind = 'opened'
-            AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
-            AND isNotNull(if(%(by)s = 'department', department_id, street_id))
-      )
+      AND case_id IN ({_month_cases})
     GROUP BY kafka_topic, kafka_partition
 )
 ORDER BY source_table, kafka_topic, kafka_partition

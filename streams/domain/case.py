@@ -30,7 +30,7 @@ state, including where each breach escalates to, can be rebuilt from the events 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -91,7 +91,7 @@ _TIER_RANK = {t.value: rank for rank, t in enumerate(Tier)}
 
 @dataclass(frozen=True, slots=True)
 class CaseEvent:
-    """One hash-chained case lifecycle event (contract: /tmp/records-contract.md, topic whistle.cases.events)."""
+    """One hash-chained case lifecycle event (contract: schemas/avro/CaseEvent.avsc, schemas/topics/whistle.cases.events.yaml)."""
 
     event_id: str
     case_id: str
@@ -190,8 +190,8 @@ class CaseState:
 def _positional_constructor(cls):
     """A constructor taking every field in order, for the hot path of a frozen slots dataclass.
 
-    WHY: the generated frozen __init__ spends about 200 ns per field going through
-    object.__setattr__; setting the slots through their descriptors costs about half. The result is
+    WHY: the generated frozen __init__ goes through object.__setattr__ for every field; setting the
+    slots through their descriptors costs about half as much. The result is
     an ordinary instance: equality, hashing, repr and immutability are the dataclass's own.
     """
     setters = tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
@@ -299,6 +299,7 @@ def _dispatched(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> d
 
 
 def _transferred(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    assert event.actor_unit_id is not None  # handle_action records the returning unit as the actor of every transferred event
     return {"assignee": _link(state, event), "holder_since_ms": at, "rejected_by": state.rejected_by + (_intern(event.actor_unit_id),)}
 
 
@@ -333,7 +334,7 @@ def _late_action(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> 
     return {}  # recorded for the auditors; it changes nothing
 
 
-_EVOLVERS = {
+_EVOLVERS: dict[str, Callable[[CaseState, CaseEvent, int, tuple], dict]] = {  # keyed by Kind, looked up by an event's kind (a str)
     Kind.ACCEPTED: _accepted, Kind.RESOLVED: _resolved, Kind.REPORT_MERGED: _report_merged, Kind.DISPATCHED: _dispatched,
     Kind.TRANSFERRED: _transferred, Kind.ESCALATED: _escalated, Kind.EXTENSION_GRANTED: _extension_granted, Kind.RATED: _rated,
     Kind.REOPENED: _reopened, Kind.CLOSED: _closed, Kind.LATE_ACTION: _late_action,
@@ -525,7 +526,8 @@ class _EventWriter:
         self.case_id, self.seq, self.prev_hash = case_id, seq, prev_hash
         self.category, self.urgency, self.policy_version, self.place = category, urgency, policy_version, place
         self.events: list[CaseEvent] = []
-        self._at_ms, self._at = None, None
+        self._at_ms: int | None = None
+        self._at: datetime | None = None
 
     @classmethod
     def after(cls, state: CaseState, urgency: str | None = None) -> _EventWriter:
@@ -634,6 +636,7 @@ def decode_chain(text: str | None, event_id: str = "") -> Chain:
             raise DomainError(f"event {event_id} note is not an escalation chain (unit@tier>...): {text!r}", event_id=event_id, field="note")
         links.append(Link(_intern(unit_id), _intern(tier)))
     chain = tuple(links)
+    assert text  # an empty or missing note has no unit@tier part: refused above
     _CHAINS[text] = chain
     _CHAIN_TEXTS[id(chain)] = text
     return chain
@@ -672,19 +675,20 @@ def stored_values(state: CaseState) -> tuple:
 def state_from_stored(values: tuple) -> CaseState:
     """The state from `stored_values`, with its chains, place, assignee and strings interned again, so that
     a million recovered cases share one copy of each chain and name."""
-    values = list(values)
+    row: list[Any] = list(values)
     position = _STATE_POSITION
-    chains = tuple(decode_chain(text) for text in values[position["chains"]])
-    values[position["chains"]] = chains
-    place = Place(*(None if part is None else _intern(part) for part in values[position["place"]]))
-    values[position["place"]] = _PLACES.setdefault(place, place)
-    unit_id, tier = values[position["assignee"]]
-    values[position["assignee"]] = next((link for chain in chains for link in chain if link == (unit_id, tier)), None) or Link(_intern(unit_id), _intern(tier))
+    chains = tuple(decode_chain(text) for text in row[position["chains"]])
+    row[position["chains"]] = chains
+    district_id, *parts = row[position["place"]]
+    place = Place(_intern(district_id), *(None if part is None else _intern(part) for part in parts))
+    row[position["place"]] = _PLACES.setdefault(place, place)
+    unit_id, tier = row[position["assignee"]]
+    row[position["assignee"]] = next((link for chain in chains for link in chain if link == (unit_id, tier)), None) or Link(_intern(unit_id), _intern(tier))
     for name in ("status", "category", "urgency", "policy_version"):
-        values[position[name]] = _intern(values[position[name]])
+        row[position[name]] = _intern(row[position[name]])
     for name in ("rejected_by", "lost_by_breach"):
-        values[position[name]] = tuple(_intern(unit) for unit in values[position[name]])
-    return _new_state(values)
+        row[position[name]] = tuple(_intern(unit) for unit in row[position[name]])
+    return _new_state(row)
 
 
 def _link(state: CaseState, event: CaseEvent) -> Link:

@@ -28,9 +28,7 @@ at the discipline commission:
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from datetime import UTC
 
 from streams.domain.model import EnrichedReport, Location, Report, Source, Unit
 from streams.domain.reference import DistrictReference, Grid
@@ -159,18 +157,6 @@ def case_partition_key(enriched: EnrichedReport) -> str:
     """
     location = enriched.location
     return location.street_id or district_desk_id(location.district_id)
-
-
-def case_id_for(enriched: EnrichedReport) -> str:
-    """Deterministic id of the case a report opens: `{partition key}-{yyyymmdd UTC}-{sha256(report_id)[:10]}`.
-
-    Replaying the log therefore re-derives the same id, and producers of handling actions (the
-    simulator, the app) can name the case from the first report alone. The id starts with the case's
-    partition key (street, or district desk) so an action naming the case is routed to its partition.
-    """
-    report = enriched.report
-    digest = hashlib.sha256(report.report_id.encode("utf-8")).hexdigest()[:10]
-    return f"{case_partition_key(enriched)}-{report.occurred_at.astimezone(UTC):%Y%m%d}-{digest}"
 
 
 def common_parent(reference: DistrictReference, unit_a: str, unit_b: str, category: str | None = None) -> Unit:

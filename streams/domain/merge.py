@@ -97,13 +97,15 @@ class MergeIndex:
         """Insert or replace (by case id) an open case."""
         self.remove(case.case_id)
         if case.lat is not None and case.lon is not None:
-            table, key = self._by_cell.setdefault((case.partition, case.category), {}), self._cell(case.lat, case.lon)
+            cells, cell = self._by_cell.setdefault((case.partition, case.category), {}), self._cell(case.lat, case.lon)
+            cells.setdefault(cell, []).append(case)
+            self._cases[case.case_id] = (case, cells, cell)
         elif case.place_key is not None:
-            table, key = self._by_place.setdefault((case.partition, case.category), {}), case.place_key
+            places, place_key = self._by_place.setdefault((case.partition, case.category), {}), case.place_key
+            places.setdefault(place_key, []).append(case)
+            self._cases[case.case_id] = (case, places, place_key)
         else:
             return  # nowhere to meet: no later report can be recognised as this incident
-        table.setdefault(key, []).append(case)
-        self._cases[case.case_id] = (case, table, key)
 
     def remove(self, case_id: str) -> OpenCase | None:
         """Forget a case (resolved or closed). Returns what was removed, if anything."""
@@ -168,6 +170,7 @@ class MergeIndex:
                 if bucket is None:
                     continue
                 for case in bucket:
+                    assert case.lat is not None and case.lon is not None  # add() files only cases with coordinates under cells
                     if (case.opened_at > latest_opening or case.last_reported_at < earliest_last_report
                             or abs(case.lat - lat) > cell_deg):
                         continue

@@ -167,7 +167,7 @@ class Gazetteer:
 
 
 class PolygonIndex:
-    """Point -> polygon over a tiling, by a bucket grid and ray casting (about 1 µs per point).
+    """Point -> polygon over a tiling, by a bucket grid and ray casting (cost per point: README, measured figures).
 
     The bounding box is cut into square-ish buckets. A bucket lying wholly inside one polygon answers
     at once (most do); the others keep the few polygons whose boxes touch them and ray-cast those.

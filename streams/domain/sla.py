@@ -354,18 +354,50 @@ class DeadlineIndex:
     latest `now` popped: a warning already behind it is not scheduled (it fired, or it is moot).
     """
 
-    __slots__ = ("_heap", "_current", "clock_ms", "_compact_at")
+    __slots__ = ("_heap", "_current", "clock_ms", "_compact_at", "_undo")
 
     def __init__(self, clock_ms: int = -(2**62)) -> None:
         self._heap: list[Deadline] = []
         self._current: dict[str, int] = {}
         self.clock_ms = clock_ms
         self._compact_at = 1024
+        self._undo: _IndexUndo | None = None
+
+    def begin(self) -> None:
+        """Start recording what changes, so that `rollback` can put the index back as it is now."""
+        self._undo = _IndexUndo(self.clock_ms)
+
+    def commit(self) -> None:
+        """Keep the changes since `begin`."""
+        self._undo = None
+        if len(self._heap) > self._compact_at:
+            self._compact()
+
+    def rollback(self) -> None:
+        """Undo every change since `begin`: the clock, each case's current seq, every push and every pop."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            return
+        self.clock_ms = undo.clock_ms
+        for case_id, seq in undo.current.items():
+            if seq is None:
+                self._current.pop(case_id, None)
+            else:
+                self._current[case_id] = seq
+        if undo.pushed:
+            pushed = {id(deadline) for deadline in undo.pushed}
+            self._heap = [deadline for deadline in self._heap if id(deadline) not in pushed]
+            heapify(self._heap)
+        for deadline in undo.popped:
+            heappush(self._heap, deadline)
 
     def schedule(self, case_id: str, seq: int, deadlines: Iterable[Deadline]) -> None:
         """Replace the case's pending deadlines with `deadlines` (computed from its state at `seq`). Idempotent per seq."""
         if self._current.get(case_id) == seq:
             return
+        undo = self._undo
+        if undo is not None and case_id not in undo.current:
+            undo.current[case_id] = self._current.get(case_id)
         self._current.pop(case_id, None)
         heap, clock = self._heap, self.clock_ms
         for deadline in deadlines:
@@ -373,16 +405,20 @@ class DeadlineIndex:
                 continue
             heappush(heap, deadline)
             self._current[case_id] = seq
-        if len(heap) > self._compact_at:
+            if undo is not None:
+                undo.pushed.append(deadline)
+        if undo is None and len(heap) > self._compact_at:  # compaction waits for the commit: a rollback may revive entries
             self._compact()
 
     def pop_due(self, now_ms: int) -> list[Deadline]:
         """The live deadlines due at or before `now_ms`, in (due, case_id, kind) order; they leave the index."""
         if now_ms > self.clock_ms:
             self.clock_ms = now_ms
-        heap, current, due = self._heap, self._current, []
+        heap, current, due, undo = self._heap, self._current, [], self._undo
         while heap and heap[0].due_ms <= now_ms:
             deadline = heappop(heap)
+            if undo is not None:
+                undo.popped.append(deadline)
             if current.get(deadline.case_id) == deadline.seq:
                 due.append(deadline)
         return due
@@ -402,6 +438,18 @@ class DeadlineIndex:
         self._compact_at = max(1024, 2 * len(self._heap))
 
 
+class _IndexUndo:
+    """What a DeadlineIndex transaction changed: the clock before it, each touched case's seq before it, pushes and pops."""
+
+    __slots__ = ("clock_ms", "current", "pushed", "popped")
+
+    def __init__(self, clock_ms: int) -> None:
+        self.clock_ms = clock_ms
+        self.current: dict[str, int | None] = {}
+        self.pushed: list[Deadline] = []
+        self.popped: list[Deadline] = []
+
+
 def rebuild_index(states: Iterable[CaseState], policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, clock_ms: int) -> DeadlineIndex:
     """The index for recovered states (after a restart or rebalance), with the partition clock at `clock_ms`."""
     index = DeadlineIndex(clock_ms)
@@ -415,7 +463,7 @@ def rebuild_index(states: Iterable[CaseState], policies: Mapping[str, SlaPolicy]
 
 @dataclass(frozen=True, slots=True)
 class Breach:
-    """An SLA warning, breach or referral (contract: /tmp/records-contract.md, topic whistle.sla.breaches)."""
+    """An SLA warning, breach or referral (contract: schemas/avro/Breach.avsc, schemas/topics/whistle.sla.breaches.yaml)."""
 
     breach_id: str
     case_id: str
@@ -526,15 +574,37 @@ class CaseBook:
     so a late event never moves time backwards. A decider raises TransitionError for a refused input
     and leaves the book unchanged: dead-letter the input. Not pure (it holds the partition's state) but
     deterministic: the same calls in the same order give byte-identical events and breaches.
+
+    One input, one transaction: between `begin` and `commit` the book records what it changes, and
+    `rollback` puts states, deadlines and the partition clock back exactly as they were, so an input
+    whose processing fails half-way (a bug, or deadline arithmetic outside the calendar) leaves no trace.
     """
 
-    __slots__ = ("policies", "calendar", "common_parent", "states", "index")
+    __slots__ = ("policies", "calendar", "common_parent", "states", "index", "_saved")
 
     def __init__(self, policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, common_parent: CommonParent,
                  states: MutableMapping[str, CaseState] | None = None, clock_ms: int | None = None) -> None:
         self.policies, self.calendar, self.common_parent = policies, calendar, common_parent
         self.states: MutableMapping[str, CaseState] = {} if states is None else states
         self.index = rebuild_index(self.states.values(), policies, calendar, clock_ms if clock_ms is not None else -(2**62))
+        self._saved: dict[str, CaseState | None] | None = None
+
+    def begin(self) -> None:
+        self._saved = {}
+        self.index.begin()
+
+    def commit(self) -> None:
+        self._saved = None
+        self.index.commit()
+
+    def rollback(self) -> None:
+        saved, self._saved = self._saved, None
+        for case_id, state in (saved or {}).items():
+            if state is None:
+                self.states.pop(case_id, None)
+            else:
+                self.states[case_id] = state
+        self.index.rollback()
 
     def advance(self, now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
         """Fire every deadline due by max(clock, now), including those the firing itself makes due."""
@@ -582,6 +652,10 @@ class CaseBook:
         state = evolve(self.states.get(events[0].case_id), events[0])
         for event in events[1:]:
             state = evolve(state, event)
+        deadlines = deadlines_for(state, _policy_of(self.policies, state), self.calendar)  # before anything changes
+        saved = self._saved
+        if saved is not None and state.case_id not in saved:
+            saved[state.case_id] = self.states.get(state.case_id)
         self.states[state.case_id] = state
-        self.index.schedule(state.case_id, state.seq, deadlines_for(state, _policy_of(self.policies, state), self.calendar))
+        self.index.schedule(state.case_id, state.seq, deadlines)
         return events

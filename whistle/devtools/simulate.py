@@ -55,9 +55,11 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from schemas.catalog import Catalog, default_catalog
 from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent, CaseState, Kind, Status
-from streams.domain.enrich import Enricher, case_id_for, common_parent, haversine_m
+from streams.domain.case_id import case_id_for
+from streams.domain.enrich import Enricher, common_parent, haversine_m
 from streams.domain.merge import MergeIndex
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
@@ -262,6 +264,7 @@ class _Simulation:
         self.callers = [f"1{self.rng.choice('3456789')}{self.rng.randrange(10**9):09d}" for _ in range(max(50, int(config.incidents_per_day // 3)))]
         self.residents = [f"resident-{i:06d}" for i in range(max(50, int(config.incidents_per_day // 3)))]
         self.counters = {"detection": 0, "ticket": 0, "app": 0, "action": 0}
+        self.shapes = _record_shapes(default_catalog())
 
     # -- the main loop ---------------------------------------------------------------------------
 
@@ -428,7 +431,7 @@ class _Simulation:
     def _emit_report(self, at_ms: int, payload: tuple[str, dict[str, Any]]) -> SimEvent:
         """Route the report, then (as CaseProcessor does) let due deadlines fire, merge it into an open case or open one."""
         channel, record = payload
-        time_field, record_type, key_field = _RECORD_SHAPES[channel]
+        time_field, record_type, key_field = self.shapes[channel]
         record[time_field] = from_epoch_ms(at_ms)
         report = (normalize_camera(record, self.ref) if channel == "camera"
                   else normalize_hotline(record, self.ref, _identity_not_needed) if channel == "hotline"
@@ -603,11 +606,13 @@ class _Simulation:
                        note=step.note, rating=step.rating, extension_hours=step.extension_hours)
 
 
-_RECORD_SHAPES = {  # channel -> (time field, Avro record type, key field)
-    "camera": ("detected_at", "CameraDetection", "camera_id"),
-    "hotline": ("received_at", "HotlineTicket", "ticket_id"),
-    "app": ("reported_at", "ResidentReport", "report_id"),
-}
+_REPORT_TYPES = {"camera": "CameraDetection", "hotline": "HotlineTicket", "app": "ResidentReport"}  # channel -> Avro record type of its reports
+
+
+def _record_shapes(catalog: Catalog) -> dict[str, tuple[str, str, str]]:
+    """Channel -> (event-time field, Avro record type, Kafka key field) of its reports, as the schemas and topic specs say."""
+    return {channel: (catalog.record_facts(record_type).event_time_field, record_type, catalog.topic_for_source(channel).key_fields[record_type])
+            for channel, record_type in _REPORT_TYPES.items()}
 _FULL_WIDTH_DIGITS = str.maketrans("0123456789", "０１２３４５６７８９")
 
 

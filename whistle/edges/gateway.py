@@ -333,10 +333,10 @@ class Gateway:
     # -- handlers ----------------------------------------------------------------------------------
 
     async def post_camera(self, request: web.Request) -> web.Response:
-        return await self._post_record(request, Source.CAMERA.value, "detection_id")
+        return await self._post_record(request, Source.CAMERA.value)
 
     async def post_hotline(self, request: web.Request) -> web.Response:
-        return await self._post_record(request, Source.HOTLINE.value, "ticket_id")
+        return await self._post_record(request, Source.HOTLINE.value)
 
     async def get_services(self, request: web.Request) -> web.Response:
         return web.Response(body=self._services_body, content_type="application/json")
@@ -412,7 +412,7 @@ class Gateway:
         form = await request.post()
         return {name: form.getall(name)[-1] for name in form}
 
-    async def _post_record(self, request: web.Request, source: str, id_field: str) -> web.Response:
+    async def _post_record(self, request: web.Request, source: str) -> web.Response:
         key = self._authenticate(request, source, {})
         idempotency_key = self._idempotency_key(request)
         body = self._parse_json(await request.read())
@@ -421,7 +421,7 @@ class Gateway:
             record = self.serde.validate(spec.schema, body)
         except ValidationError as exc:
             raise _invalid(exc) from exc
-        event_id = record[id_field]
+        event_id = record[self.serde.catalog.record_facts(spec.schema).id_field]
 
         def acknowledged(delivery: Delivery) -> Any:
             return {"event_id": event_id, "topic": delivery.topic, "partition": delivery.partition, "offset": delivery.offset}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from whistle.ground.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Secret(str):

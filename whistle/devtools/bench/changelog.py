@@ -11,7 +11,8 @@ from confluent_kafka import Producer
 
 from streams.changelog import case_key, clock_key, encode_case_state, encode_clock, encode_open_case, open_key
 from streams.domain.case import Status, evolve, handle_action, open_case
-from streams.domain.enrich import Enricher, case_id_for, case_partition_key
+from streams.domain.case_id import case_id_for
+from streams.domain.enrich import Enricher, case_partition_key
 from streams.domain.merge import MergeIndex
 from streams.domain.model import ActionKind, HandlingAction
 from streams.domain.reference import DistrictReference

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from schemas.catalog import default_catalog
 from schemas.serde import Serde
 from streams.domain.calendar import load_calendar
 from streams.domain.enrich import Enricher
@@ -22,8 +23,6 @@ from whistle.ground.times import to_epoch_ms
 
 # The simulated period starts on a Monday (city time) inside the business calendar's published years.
 SIM_START = datetime(2026, 1, 4, 16, 0, tzinfo=UTC)
-_CAUSE_FIELDS = {"CameraDetection": ("camera:", "detection_id"), "HotlineTicket": ("hotline:", "ticket_id"),
-                 "ResidentReport": ("app:", "report_id"), "HandlingAction": ("", "action_id")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +50,10 @@ def encode_event(serde: Serde, event: SimEvent) -> Message:
     spec = serde.catalog.topic_for_source(event.source)
     checked = serde.validate(spec.schema, source_record(event))
     key = spec.key_for(checked)
-    prefix, id_field = _CAUSE_FIELDS[event.record_type]
-    return Message(event.source, key.encode() if isinstance(key, str) else key, serde.encode(spec.schema, checked, validate=False),
-                   prefix + event.record[id_field])
+    record_id = event.record[serde.catalog.record_facts(event.record_type).id_field]
+    # A case event names a handling action by its id, a report by its report id: "<source>:<id>" (streams.domain.normalize).
+    cause_id = record_id if event.record_type == "HandlingAction" else f"{event.source}:{record_id}"
+    return Message(event.source, key.encode() if isinstance(key, str) else key, serde.encode(spec.schema, checked, validate=False), cause_id)
 
 
 def _enriched(reference: DistrictReference, enricher: Enricher, event: SimEvent) -> EnrichedReport:
@@ -92,10 +92,10 @@ def emergency_reports(reference: DistrictReference, events: list[SimEvent], want
             chosen.append(event)
         if len(chosen) == wanted:
             break
-    time_field = {"camera": "detected_at", "hotline": "received_at", "app": "reported_at"}
+    catalog = default_catalog()
     redated = []
     for n, event in enumerate(chosen):
         due = pipeline_start + timedelta(seconds=2 + spread_s * n / max(1, len(chosen) - 1))
         at = due - timedelta(milliseconds=limit_ms)
-        redated.append(replace(event, at=at, record={**event.record, time_field[event.source]: at}))
+        redated.append(replace(event, at=at, record={**event.record, catalog.record_facts(event.record_type).event_time_field: at}))
     return redated
