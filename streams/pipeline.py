@@ -40,7 +40,7 @@ from streams.domain.case import CaseEvent, CaseState, Kind
 from streams.domain.case_id import case_id_for, partition_key_of_case
 from streams.domain.enrich import Enricher, case_partition_key, common_parent
 from streams.domain.merge import MergeIndex, OpenCase
-from streams.domain.model import EnrichedReport, HandlingAction
+from streams.domain.model import CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
@@ -99,15 +99,15 @@ class Ingestor:
         decoded = self.serde.decode(value, expect=expected)
         record = decoded.record
         if expected == "CameraDetection":
-            report = normalize_camera(record, self.reference)
+            report = normalize_camera(from_record(CameraDetection, record), self.reference)
         elif expected == "HotlineTicket":
-            report = normalize_hotline(record, self.reference, self.hasher.phone)
+            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone)
         else:
             branch, inner = record["event"]
             if branch == ACTION:
                 action = from_record(HandlingAction, inner)
                 return self._inbox(partition_key_of_case(action.case_id), (ACTION, to_record(action)))
-            report = normalize_app_report(inner, self.reference, self.hasher.reporter)
+            report = normalize_app_report(from_record(ResidentReport, inner), self.reference, self.hasher.reporter)
         enriched = self.enricher.enrich(report)
         return self._inbox(case_partition_key(enriched), (ENRICHED, to_record(enriched)))
 

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from streams.domain.model import Source, Urgency
+from schemas.serde import from_record
+from streams.domain.model import CameraDetection, HotlineTicket, ResidentReport, Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
@@ -23,19 +24,19 @@ def ref():
 def detection(**changes):
     record = {"detection_id": "d-1", "camera_id": "CAM-007", "detected_at": AT, "category": "garbage", "confidence": 0.91,
               "lat": None, "lon": None, "snapshot_ref": "s3://evidence/d-1.jpg", "model_version": "gv-3.2", "bbox": None}
-    return {**record, **changes}
+    return from_record(CameraDetection, {**record, **changes})
 
 
 def ticket(**changes):
     record = {"ticket_id": "T-1", "received_at": AT, "caller_phone": "+86 138 1234 5678", "address_text": "建设路19号",
               "description": "  垃圾没人清运  ", "operator_category": "garbage", "urgency": "normal"}
-    return {**record, **changes}
+    return from_record(HotlineTicket, {**record, **changes})
 
 
 def app_report(**changes):
     record = {"report_id": "r-1", "reporter_id": "wx-user-42", "reporter_role": "resident", "reported_at": AT, "lat": 28.19,
               "lon": 113.1, "category": "noise", "description": "", "photo_refs": ["s3://a.jpg", "s3://b.jpg"], "address_text": None}
-    return {**record, **changes}
+    return from_record(ResidentReport, {**record, **changes})
 
 
 def test_a_camera_detection_becomes_a_report(ref):

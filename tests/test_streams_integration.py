@@ -27,6 +27,7 @@ from streams.app import EXIT_TO_BE_RESTARTED
 from streams.domain.case import CaseEvent, Kind, verify_chain
 from streams.domain.case_id import case_id_for, partition_key_of_case
 from streams.domain.enrich import Enricher, haversine_m
+from streams.domain.model import CameraDetection, HotlineTicket, ResidentReport
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, Grid, load_reference
@@ -144,11 +145,11 @@ class Pipeline:
     def report(self, source: str, record: dict[str, Any]) -> Case:
         """Publish a camera/hotline/app report; the case it opens, named by the pipeline's own rules."""
         if source == "camera":
-            report = normalize_camera(record, self.reference)
+            report = normalize_camera(from_record(CameraDetection, record), self.reference)
         elif source == "hotline":
-            report = normalize_hotline(record, self.reference, self.hasher.phone)
+            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone)
         else:
-            report = normalize_app_report(record, self.reference, self.hasher.reporter)
+            report = normalize_app_report(from_record(ResidentReport, record), self.reference, self.hasher.reporter)
         self.publisher.publish(source, {"event": (REPORT, record)} if source == "app" else record)
         enriched = self.enricher.enrich(report)
         return Case(case_id_for(enriched), tuple(unit.unit_id for unit in enriched.chain))

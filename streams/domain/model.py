@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class Source(StrEnum):
@@ -62,6 +63,55 @@ class Location:
     lat: float | None
     lon: float | None
     resolved_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CameraDetection:
+    """An AI camera's detection as it arrived (whistle.raw.camera): the fields the domain reads.
+
+    Raw records are typed once, at the serializer (`schemas.serde.from_record`); the values are what
+    the channel sent, and `streams.domain.normalize` judges them (a wrong value is the channel's error,
+    named by field, not a crash).
+    """
+
+    detection_id: Any
+    camera_id: Any
+    detected_at: Any
+    category: Any
+    confidence: Any
+    snapshot_ref: Any
+    model_version: Any
+    lat: Any = None
+    lon: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class HotlineTicket:
+    """A 12345 hotline ticket as it arrived (whistle.raw.hotline); `caller_phone` is personal data."""
+
+    ticket_id: Any
+    received_at: Any
+    operator_category: Any
+    caller_phone: Any = None
+    address_text: Any = None
+    description: Any = None
+    urgency: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentReport:
+    """A resident's or grid worker's app report as it arrived (ResidentReport in whistle.raw.app); `reporter_id` is personal data."""
+
+    report_id: Any
+    reporter_id: Any
+    reporter_role: Any
+    reported_at: Any
+    category: Any
+    lat: Any = None
+    lon: Any = None
+    description: Any = None
+    photo_refs: Any = ()
+    address_text: Any = None
 
 
 @dataclass(frozen=True, slots=True)

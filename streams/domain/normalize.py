@@ -1,4 +1,4 @@
-"""Raw channel records (as decoded from Avro) -> one canonical `Report`, whatever the channel.
+"""Raw channel records (typed at the serializer) -> one canonical `Report`, whatever the channel.
 
 Each channel's quirks live in its own function here and nowhere else:
 
@@ -23,25 +23,26 @@ naive datetimes are refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.domain.model import Report, Source, Urgency
+from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency
 from streams.domain.reference import DistrictReference
 from whistle.ground.errors import ValidationError
 
 HashPii = Callable[[str], str]
+RawRecord = CameraDetection | HotlineTicket | ResidentReport
 _URGENCY_RANK = {urgency: rank for rank, urgency in enumerate(Urgency)}
 _URGENCIES = {urgency.value: urgency for urgency in Urgency}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def normalize_camera(record: Mapping[str, Any], reference: DistrictReference) -> Report:
+def normalize_camera(record: CameraDetection, reference: DistrictReference) -> Report:
     """An AI camera detection (whistle.raw.camera) as a Report."""
     source = "camera"
     category = _category(reference, record, "category", source)
-    confidence = record.get("confidence")
+    confidence = record.confidence
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 <= confidence <= 1.0:
         raise _invalid(source, "confidence", f"must be a number in [0, 1], got {confidence!r}")
     camera_id = _text(record, "camera_id", source)
@@ -61,16 +62,16 @@ def normalize_camera(record: Mapping[str, Any], reference: DistrictReference) ->
     )
 
 
-def normalize_hotline(record: Mapping[str, Any], reference: DistrictReference, hash_phone: HashPii) -> Report:
+def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_phone: HashPii) -> Report:
     """A 12345 hotline ticket (whistle.raw.hotline) as a Report; the caller's phone only as its keyed hash."""
     source = "hotline"
     category = _category(reference, record, "operator_category", source)
-    phone = record.get("caller_phone")
+    phone = record.caller_phone
     try:
         reporter_hash = hash_phone(phone) if phone else None
     except ValidationError as exc:
         raise exc.with_context(source=source, field="caller_phone") from exc
-    address = record.get("address_text")
+    address = record.address_text
     if address is not None and not isinstance(address, str):
         raise _invalid(source, "address_text", f"must be a string, got {type(address).__name__}")
     return Report(
@@ -78,20 +79,20 @@ def normalize_hotline(record: Mapping[str, Any], reference: DistrictReference, h
         source=Source.HOTLINE,
         occurred_at=_instant(record, "received_at", source),
         category=category,
-        urgency=_urgency(reference, category, record.get("urgency"), source),
+        urgency=_urgency(reference, category, record.urgency, source),
         description=_description(record, source),
         address_text=(address.strip() or None) if address else None,
         reporter_hash=reporter_hash,
     )
 
 
-def normalize_app_report(record: Mapping[str, Any], reference: DistrictReference, hash_reporter: HashPii) -> Report:
+def normalize_app_report(record: ResidentReport, reference: DistrictReference, hash_reporter: HashPii) -> Report:
     """A resident's or grid worker's app report (ResidentReport in whistle.raw.app) as a Report."""
     source = "app"
     category = _category(reference, record, "category", source)
     lat, lon = _coordinates(record, source)
-    address = record.get("address_text")
-    photos = record.get("photo_refs") or ()
+    address = record.address_text
+    photos = record.photo_refs or ()
     if not isinstance(photos, (list, tuple)) or not all(isinstance(p, str) and p for p in photos):
         raise _invalid(source, "photo_refs", "must be a list of non-empty strings")
     return Report(
@@ -110,15 +111,15 @@ def normalize_app_report(record: Mapping[str, Any], reference: DistrictReference
     )
 
 
-def _text(record: Mapping[str, Any], field: str, source: str) -> str:
-    value = record.get(field)
+def _text(record: RawRecord, field: str, source: str) -> str:
+    value = getattr(record, field)
     if not isinstance(value, str) or not value.strip():
         raise _invalid(source, field, f"must be a non-empty string, got {value!r}")
     return value.strip()
 
 
-def _description(record: Mapping[str, Any], source: str) -> str:
-    value = record.get("description")
+def _description(record: HotlineTicket | ResidentReport, source: str) -> str:
+    value = record.description
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -126,8 +127,8 @@ def _description(record: Mapping[str, Any], source: str) -> str:
     return value.strip()
 
 
-def _category(reference: DistrictReference, record: Mapping[str, Any], field: str, source: str) -> str:
-    label = record.get(field)
+def _category(reference: DistrictReference, record: RawRecord, field: str, source: str) -> str:
+    label = getattr(record, field)
     code = reference.category_for_label(label) if isinstance(label, str) else None
     if code is None:
         raise _invalid(source, field, f"{label!r} is not a known category code or hotline label")
@@ -144,8 +145,8 @@ def _urgency(reference: DistrictReference, category: str, stated: Any, source: s
     return urgency if _URGENCY_RANK[urgency] > _URGENCY_RANK[floor] else floor
 
 
-def _instant(record: Mapping[str, Any], field: str, source: str) -> datetime:
-    value = record.get(field)
+def _instant(record: RawRecord, field: str, source: str) -> datetime:
+    value = getattr(record, field)
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise _invalid(source, field, f"{value.isoformat()} has no time zone; Whistle only takes UTC-aware times")
@@ -155,8 +156,8 @@ def _instant(record: Mapping[str, Any], field: str, source: str) -> datetime:
     raise _invalid(source, field, f"must be a UTC-aware datetime or epoch milliseconds, got {value!r}")
 
 
-def _coordinates(record: Mapping[str, Any], source: str) -> tuple[float | None, float | None]:
-    lat, lon = record.get("lat"), record.get("lon")
+def _coordinates(record: CameraDetection | ResidentReport, source: str) -> tuple[float | None, float | None]:
+    lat, lon = record.lat, record.lon
     if lat is None and lon is None:
         return None, None
     for field, value, limit in (("lat", lat, 90.0), ("lon", lon, 180.0)):

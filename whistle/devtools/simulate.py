@@ -56,12 +56,13 @@ from typing import Any, BinaryIO
 import orjson
 
 from schemas.catalog import Catalog, default_catalog
+from schemas.serde import from_record
 from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent, CaseState, Kind, Status
 from streams.domain.case_id import case_id_for
 from streams.domain.enrich import Enricher, common_parent, haversine_m
 from streams.domain.merge import MergeIndex
-from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Source, Urgency
+from streams.domain.model import ActionKind, CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport, Source, Urgency
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.reference import DistrictReference, Grid
 from streams.domain.sla import FINAL_OVERDUE, CaseBook, DeadlineKind, SlaPolicy, deadlines_for, load_policies, policy_in_force
@@ -433,9 +434,9 @@ class _Simulation:
         channel, record = payload
         time_field, record_type, key_field = self.shapes[channel]
         record[time_field] = from_epoch_ms(at_ms)
-        report = (normalize_camera(record, self.ref) if channel == "camera"
-                  else normalize_hotline(record, self.ref, _identity_not_needed) if channel == "hotline"
-                  else normalize_app_report(record, self.ref, _identity_not_needed))
+        report = (normalize_camera(from_record(CameraDetection, record), self.ref) if channel == "camera"
+                  else normalize_hotline(from_record(HotlineTicket, record), self.ref, _identity_not_needed) if channel == "hotline"
+                  else normalize_app_report(from_record(ResidentReport, record), self.ref, _identity_not_needed))
         enriched = self.enricher.enrich(report)
         at = report.occurred_at
         self._advance(to_epoch_ms(at))

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from schemas.catalog import default_catalog
-from schemas.serde import Serde
+from schemas.serde import Serde, from_record
 from streams.domain.calendar import load_calendar
 from streams.domain.enrich import Enricher
-from streams.domain.model import EnrichedReport
+from streams.domain.model import CameraDetection, EnrichedReport, HotlineTicket, ResidentReport
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import load_policies, policy_in_force
@@ -59,11 +59,11 @@ def encode_event(serde: Serde, event: SimEvent) -> Message:
 def _enriched(reference: DistrictReference, enricher: Enricher, event: SimEvent) -> EnrichedReport:
     """A simulated report through the pipeline's own normalize and enrich functions."""
     if event.source == "camera":
-        report = normalize_camera(event.record, reference)
+        report = normalize_camera(from_record(CameraDetection, event.record), reference)
     elif event.source == "hotline":
-        report = normalize_hotline(event.record, reference, lambda phone: phone)
+        report = normalize_hotline(from_record(HotlineTicket, event.record), reference, lambda phone: phone)
     else:
-        report = normalize_app_report(event.record, reference, lambda reporter: reporter)
+        report = normalize_app_report(from_record(ResidentReport, event.record), reference, lambda reporter: reporter)
     return enricher.enrich(report)
 
 
