@@ -27,6 +27,7 @@ class TopicSpec:
     replication_factor: int | None
     key: str
     doc: str
+    timestamp_type: str = "CreateTime"  # LogAppendTime: the broker stamps each record on arrival (the time Whistle trusts)
 
 
 def load_topics(path: Path = TOPICS_FILE, prefix: str = "") -> list[TopicSpec]:
@@ -44,9 +45,13 @@ def load_topics(path: Path = TOPICS_FILE, prefix: str = "") -> list[TopicSpec]:
                 replication_factor=int(entry["replication"]) if "replication" in entry else None,
                 key=str(entry.get("key", "")),
                 doc=str(entry.get("doc", "")),
+                timestamp_type=str(entry.get("timestamp", "CreateTime")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: missing or invalid field {exc}", file=str(path)) from exc
+        if spec.timestamp_type not in ("CreateTime", "LogAppendTime"):
+            raise ConfigError(f"{where} ({spec.name}): timestamp must be CreateTime or LogAppendTime, got {spec.timestamp_type!r}",
+                              file=str(path), field="timestamp")
         if spec.partitions < 1 or spec.cleanup_policy not in ("delete", "compact", "compact,delete"):
             raise ConfigError(f"{where} ({spec.name}): partitions must be >= 1 and cleanup delete|compact", file=str(path))
         specs.append(spec)
@@ -74,7 +79,7 @@ def provision_topics(kafka: KafkaSettings, specs: list[TopicSpec], timeout_s: fl
     wanted = []
     for spec in specs:
         configs = {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy,
-                   "min.insync.replicas": str(kafka.min_insync_replicas)}
+                   "min.insync.replicas": str(kafka.min_insync_replicas), "message.timestamp.type": spec.timestamp_type}
         if spec.name not in existing:
             wanted.append(NewTopic(spec.name, spec.partitions, spec.replication_factor or kafka.replication_factor, config=configs))
             changes.append(f"created {spec.name} ({spec.partitions} partitions)")

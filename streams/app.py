@@ -45,12 +45,14 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
+from streams.domain.trusted_time import SkewBounds
 from streams.pipeline import CaseProcessor, Ingestor, Output, StateWrite, dead_letter
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
-from whistle.ground.times import utc_now
+from whistle.ground.times import from_epoch_ms, utc_now
 
+LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker on append
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million open cases take well under this (README)
@@ -63,7 +65,8 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
     serde = Serde.from_settings(settings)
     reference = load_reference()
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)
+    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
+                        SkewBounds.of_seconds(settings.time.device_ahead_s, settings.time.device_behind_s))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, inbox_partitions)
     worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
     worker_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,8 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
         try:
             async for batch in stream.take_events(1000, within=0.05):
                 now = clock()
-                await send([ingestor.process(_position(e), e.message.key, e.message.value, now) for e in in_produce_order(batch)])
+                await send([ingestor.process(_position(e), e.message.key, e.message.value, now, _arrival(e.message))
+                            for e in in_produce_order(batch)])
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka or a bug
             exit_at_once("the ingest agent failed", exc)
 
@@ -207,6 +211,14 @@ class SeekingTableManager(TableManager):
         if self._recovery is None:
             self._recovery = SeekBeforeResumingRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+def _arrival(message: Any) -> datetime | None:
+    """When Kafka appended the record, if the topic stamps LogAppendTime (as infra/topics.yaml sets the raw
+    topics); None otherwise: a CreateTime stamp is the sender's claim, and the worker's clock stands in."""
+    if message.timestamp_type != LOG_APPEND_TIME:
+        return None
+    return from_epoch_ms(round(message.timestamp * 1000))
 
 
 def _position(event) -> Position:

@@ -16,7 +16,7 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ from streams.domain.normalize import normalize_app_report, normalize_camera, nor
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import Breach, CaseBook, SlaPolicy
+from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time
 from whistle.ground.deadletter import Position, envelope, with_position
 from whistle.ground.errors import DecodeError, TransitionError
 from whistle.ground.names import Topics
@@ -79,20 +80,27 @@ def partition_for_key(key: str, partitions: int) -> int:
 
 
 class Ingestor:
-    """Raw source records -> case-stream records (stateless; one per worker)."""
+    """Raw source records -> case-stream records (stateless; one per worker).
 
-    def __init__(self, serde: Serde, reference: DistrictReference, hasher: PersonalDataHasher, topics: Topics) -> None:
-        self.serde, self.reference, self.hasher, self.topics = serde, reference, hasher, topics
+    Time: each record is decided at its device's time while that lies within `skew` of the record's
+    arrival, else at its arrival, flagged (`streams.domain.trusted_time`); the decided time is what
+    the case stream carries.
+    """
+
+    def __init__(self, serde: Serde, reference: DistrictReference, hasher: PersonalDataHasher, topics: Topics,
+                 skew: SkewBounds = DEFAULT_SKEW) -> None:
+        self.serde, self.reference, self.hasher, self.topics, self.skew = serde, reference, hasher, topics, skew
         self.enricher = Enricher(reference)
         self._expected = {topics.camera: "CameraDetection", topics.hotline: "HotlineTicket", topics.app: "AppEvent"}
 
-    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime) -> Output:
+    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime, arrived: datetime | None = None) -> Output:
+        """One raw record. `arrived` is when Kafka appended it (LogAppendTime); None: `now`, Whistle's own clock."""
         try:
-            return self._route(where, value)
+            return self._route(where, value, arrived or now)
         except Exception as exc:  # any failure dead-letters this record; the worker goes on
             return dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)
 
-    def _route(self, where: Position, value: bytes | None) -> Output:
+    def _route(self, where: Position, value: bytes | None, arrived: datetime) -> Output:
         expected = self._expected.get(where.topic)
         if expected is None:
             raise DecodeError(f"topic {where.topic} is not a source topic")
@@ -106,9 +114,15 @@ class Ingestor:
             branch, inner = record["event"]
             if branch == ACTION:
                 action = from_record(HandlingAction, inner)
+                at, skewed = decided_time(action.at, arrived, self.skew)
+                if skewed:
+                    action = replace(action, at=at, note=f"{action.note} [{skewed}]" if action.note else f"[{skewed}]")
                 return self._inbox(partition_key_of_case(action.case_id), (ACTION, to_record(action)))
             report = normalize_app_report(from_record(ResidentReport, inner), self.reference, self.hasher.reporter)
-        enriched = self.enricher.enrich(report)
+        at, skewed = decided_time(report.occurred_at, arrived, self.skew)
+        enriched = self.enricher.enrich(replace(report, occurred_at=at) if skewed else report)
+        if skewed:
+            enriched = replace(enriched, flags=(*enriched.flags, skewed))
         return self._inbox(case_partition_key(enriched), (ENRICHED, to_record(enriched)))
 
     def _inbox(self, key: str, event: tuple[str, dict[str, Any]]) -> Output:

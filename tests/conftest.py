@@ -30,7 +30,10 @@ def make_test_settings() -> Settings:
                                 clickhouse_tcp_port=PORT_BASE, clickhouse_http_port=PORT_BASE + 123)
     kafka = dataclasses.replace(base.kafka, bootstrap_servers=f"127.0.0.1:{PORT_BASE + 92}")
     clickhouse = dataclasses.replace(base.clickhouse, port=PORT_BASE, http_port=PORT_BASE + 123)
-    return dataclasses.replace(base, stack=stack, kafka=kafka, clickhouse=clickhouse)
+    # The tests replay historical periods (2024-2026) into today's Kafka: a backfill, so devices' times are
+    # believed up to ten years before arrival; tests of the skew bounds set their own.
+    time = dataclasses.replace(base.time, device_behind_s=10 * 365 * 86_400.0)
+    return dataclasses.replace(base, stack=stack, kafka=kafka, clickhouse=clickhouse, time=time)
 
 
 @pytest.fixture(scope="session")

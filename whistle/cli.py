@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -14,6 +14,7 @@ from rich.table import Table
 from whistle.ground.errors import WhistleError
 from whistle.ground.names import Topics
 from whistle.ground.settings import Settings
+from whistle.ground.times import utc_now
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Whistle: the data backbone for city incident handling.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse stack (development, tests, demo).")
@@ -113,7 +114,8 @@ app.add_typer(clock_app, name="clock")
 @clock_app.command("run")
 def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
               start: datetime | None = typer.Option(None, help="pipeline time at start (default: now)"),
-              speed: float = typer.Option(1.0, help="pipeline seconds per wall second")) -> None:
+              speed: float = typer.Option(1.0, help="pipeline seconds per wall second"),
+              beyond_wall_clock: bool = typer.Option(False, "--beyond-wall-clock", help="let ticks run past the wall clock (a sped-up timeline)")) -> None:
     """Write a tick into every case-stream partition every INTERVAL seconds."""
     from whistle.edges.clock import Timeline, run_clock
 
@@ -121,17 +123,20 @@ def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
     timeline = Timeline.real_time() if start is None else Timeline(_utc(start), time.time(), speed)
     with _publisher(settings) as publisher:
         run_clock(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), _inbox_partitions(settings), timeline,
-                  interval_s=interval, should_stop=stop)
+                  interval_s=interval, should_stop=stop, ahead_s=None if beyond_wall_clock else settings.time.ticks_ahead_s)
 
 
 @clock_app.command("advance")
-def clock_advance(to: datetime = typer.Option(..., "--to", help="the time to move the case stream to (UTC if no zone)")) -> None:
-    """Move the case stream's time forward at once (tests, backfills): due deadlines fire."""
+def clock_advance(to: datetime = typer.Option(..., "--to", help="the time to move the case stream to (UTC if no zone)"),
+                  beyond_wall_clock: bool = typer.Option(False, "--beyond-wall-clock", help="allow a time past the wall clock (recorded as an operator's act)")) -> None:
+    """Move the case stream's time forward at once (backfills, tests): due deadlines fire."""
     from whistle.edges.clock import write_ticks
 
     settings = _settings()
+    not_after = None if beyond_wall_clock else utc_now() + timedelta(seconds=settings.time.ticks_ahead_s)
     with _publisher(settings) as publisher:
-        write_ticks(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), _inbox_partitions(settings), _utc(to))
+        write_ticks(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), _inbox_partitions(settings), _utc(to),
+                    not_after=not_after)
     _progress(f"case stream advanced to {_utc(to).isoformat()}")
 
 
@@ -201,16 +206,44 @@ def audit_breaches(tier: str | None = typer.Option(None, "--tier"), unit: str | 
 
 
 @audit_app.command("verify")
-def audit_verify(fmt: str = FormatOption) -> None:
-    """Every audited offset exactly once, every hash chain intact; exits 1 listing each problem."""
+def audit_verify(fmt: str = FormatOption,
+                 kafka_timeout: float = typer.Option(10.0, "--kafka-timeout", help="seconds for each Kafka request")) -> None:
+    """ClickHouse against Kafka and itself: every Kafka record stored exactly once, every hash chain intact.
+
+    Exit 0 clean, 2 behind (only the sink's lag), 1 broken (any error; wins over behind), 3 could not verify.
+    """
+    import orjson
+
     from sinks import audit
 
-    with _auditor() as (engine, db):
-        problems = audit.verify(engine, db)
-        if problems:
-            _emit(audit.problems_result(problems), fmt, f"verify: {len(problems)} problem(s)")
-            raise typer.Exit(1)
-    console.print("[green]verify: every audited offset is present exactly once; every hash chain is intact[/green]")
+    if fmt not in ("table", "csv", "json"):
+        console.print(f"[bold red]error:[/bold red] --format must be table, csv or json, not {fmt!r}")
+        raise typer.Exit(3)
+    started = time.monotonic()
+    try:
+        kafka = audit.read_kafka_ranges(_settings(), timeout_s=kafka_timeout)
+        with _auditor() as (engine, db):
+            findings = audit.verify_against_kafka(engine, db, kafka)
+    except WhistleError as exc:  # not exit 2: that is "behind"
+        console.print(f"[bold red]error:[/bold red] verify could not run: {exc}")
+        raise typer.Exit(3) from exc
+    status, seconds = audit.status_of(findings), time.monotonic() - started
+    in_kafka = sum(k.high - k.low for k in kafka)
+    summary = (f"verify: {status} · {len(kafka)} partitions, {in_kafka} records in Kafka · "
+               f"{sum(f.status == audit.BROKEN for f in findings)} broken, {sum(f.status == audit.BEHIND for f in findings)} behind"
+               f" · {seconds:.1f}s")
+    result = audit.findings_result(findings)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps({"status": status, "exit_code": audit.EXIT_CODES[status], "partitions": len(kafka),
+                                       "records_in_kafka": in_kafka, "findings": result.as_dicts()}).decode() + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(audit.to_csv(result))
+    elif findings:
+        _emit(result, fmt, f"verify: {status}")
+    colour = {audit.CLEAN: "green", audit.BEHIND: "yellow", audit.BROKEN: "bold red"}[status]
+    console.print(f"[{colour}]{summary}[/{colour}]" + (" · every Kafka record stored exactly once; every hash chain is intact"
+                                                      if status == audit.CLEAN else ""))
+    raise typer.Exit(audit.EXIT_CODES[status])
 
 
 class _auditor:
@@ -308,15 +341,22 @@ def alerts_tail(tier: list[str] = typer.Option([], "--tier", help="only these ti
 
 @alerts_app.command("webhook")
 def alerts_webhook(url: str = typer.Argument(...), tier: list[str] = typer.Option([], "--tier"),
-                   unit: list[str] = typer.Option([], "--unit")) -> None:
-    """POST each breach as JSON; its offset is committed only after a 2xx, so nothing is lost while the receiver is down."""
+                   unit: list[str] = typer.Option([], "--unit"),
+                   group: str | None = typer.Option(None, "--group", help="this receiver's consumer group (prefixed); "
+                                                    "default: derived from the URL and filters"),
+                   secret_file: Path | None = typer.Option(None, "--secret-file", help="file holding the receiver's signing "
+                                                           "secret (else $WHISTLE_ALERTS_WEBHOOK_SECRET)")) -> None:
+    """POST each breach as signed JSON; its offset is committed only after a 2xx, so nothing is lost while the receiver is down."""
     import threading
 
-    from whistle.edges.alerts import run_webhook
+    from whistle.edges.alerts import run_webhook, webhook_group, webhook_secret
 
+    settings, tiers, units = _settings(), set(tier) or None, set(unit) or None
+    secret = webhook_secret(secret_file)
+    _progress(f"consumer group {webhook_group(settings, url, tiers, units, group)}")
     stop = threading.Event()
     _stop_flag(stop.set)
-    report = run_webhook(_settings(), url, tiers=set(tier) or None, units=set(unit) or None, stop=stop)
+    report = run_webhook(settings, url, secret=secret, group=group, tiers=tiers, units=units, stop=stop)
     _progress(f"delivered {report.delivered}, dead-lettered {report.dead_lettered}, skipped {report.skipped}, retries {report.retries}")
 
 

@@ -45,6 +45,9 @@ from whistle.ground.times import utc_now
 CITY = ZoneInfo("Asia/Shanghai")
 
 
+BACKFILL_WINDOW_S = 35 * 86_400.0
+
+
 def demo_day(now: datetime) -> datetime:
     """Midnight (city time) of the Monday 14-20 days before `now`: a full working day, in this month when it can be."""
     day = (now.astimezone(CITY) - timedelta(days=14)).date()
@@ -60,7 +63,9 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
     stack = LocalStack(settings)
     step("Clearing an earlier demo (its processes, topics and tables)", lambda: stack.down(wipe=True, progress=step.detail))
     step("Starting Kafka and ClickHouse", lambda: stack.up(progress=step.detail))
-    settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=stack.bootstrap_servers))
+    # The demo replays a day two to three weeks ago: a backfill, so the workers believe devices' times up to 35 days old.
+    settings = replace(settings, kafka=replace(settings.kafka, bootstrap_servers=stack.bootstrap_servers),
+                       time=replace(settings.time, device_behind_s=max(settings.time.device_behind_s, BACKFILL_WINDOW_S)))
     for line in step("Provisioning topics and ClickHouse schema", lambda: provision_all(settings, stack)):
         step.detail(line)
     topics = Topics.with_prefix(settings.topic_prefix)

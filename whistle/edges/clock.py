@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from schemas.serde import Serde
 from whistle.edges.sdk import Publisher
+from whistle.ground.errors import ConfigError
 from whistle.ground.names import Topics
 
 TICK = "org.whistle.v1.ClockTick"
@@ -47,8 +48,17 @@ def tick_value(serde: Serde, partition: int, at: datetime) -> bytes:
     return serde.encode("CaseInboxEvent", {"event": (TICK, {"tick_id": f"tick:{partition}:{ms}", "at": at})}, validate=False)
 
 
-def write_ticks(publisher: Publisher, serde: Serde, topics: Topics, partitions: int, at: datetime) -> None:
-    """One tick at `at` into every case-stream partition, acknowledged by Kafka before returning."""
+def write_ticks(publisher: Publisher, serde: Serde, topics: Topics, partitions: int, at: datetime, *,
+                not_after: datetime | None = None) -> None:
+    """One tick at `at` into every case-stream partition, acknowledged by Kafka before returning.
+
+    `not_after`: the latest time a tick may carry (the wall clock plus the configured bound); a tick past
+    it is refused, naming both times, so no mistake can fire every open case's deadlines at once.
+    None: the caller (an operator's explicit `--beyond-wall-clock`, a test, a simulation) takes responsibility.
+    """
+    if not_after is not None and at > not_after:
+        raise ConfigError(f"a tick at {at.isoformat()} would move the case stream past {not_after.isoformat()} "
+                          "(the wall clock plus WHISTLE_TIME_TICKS_AHEAD_S); to do it on purpose, say --beyond-wall-clock", field="at")
     futures = [publisher.produce_raw(topics.inbox, b"__clock__", tick_value(serde, p, at), partition=p) for p in range(partitions)]
     for future in futures:
         future.result(timeout=30)
@@ -56,9 +66,11 @@ def write_ticks(publisher: Publisher, serde: Serde, topics: Topics, partitions: 
 
 def run_clock(publisher: Publisher, serde: Serde, topics: Topics, partitions: int, timeline: Timeline, *,
               interval_s: float = 0.2, wall: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-              should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Tick every `interval_s` of wall time until `should_stop()`."""
+              should_stop: Callable[[], bool] = lambda: False, ahead_s: float | None = 60.0) -> None:
+    """Tick every `interval_s` of wall time until `should_stop()`, never more than `ahead_s` past the wall clock
+    (None: no bound, an operator's explicit choice for a sped-up timeline)."""
     while not should_stop():
         started = wall()
-        write_ticks(publisher, serde, topics, partitions, timeline.at(started))
+        not_after = None if ahead_s is None else datetime.fromtimestamp(started + ahead_s, UTC)
+        write_ticks(publisher, serde, topics, partitions, timeline.at(started), not_after=not_after)
         sleep(max(0.0, interval_s - (wall() - started)))

@@ -80,10 +80,27 @@ class StackSettings:
 
 
 @dataclass(frozen=True)
+class TimeSettings:
+    """Which clocks Whistle believes, and how far.
+
+    A device's own timestamp is evidence: it is used to order and merge records only while it lies within
+    `device_ahead_s` after / `device_behind_s` before the record's arrival (the time Kafka or Whistle
+    stamped it); beyond that the record is processed at its arrival and flagged clock_skew. A backfill of
+    historical records (the demo, the benchmark, a migration) raises `device_behind_s` explicitly.
+    Clock ticks may run at most `ticks_ahead_s` past the wall clock unless an operator says so.
+    """
+
+    device_ahead_s: float = 300.0
+    device_behind_s: float = 86_400.0
+    ticks_ahead_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     stack: StackSettings = field(default_factory=StackSettings)
+    time: TimeSettings = field(default_factory=TimeSettings)
     pii_hmac_key: Secret = Secret("whistle-dev-only-key")
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process

@@ -10,6 +10,7 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import load_policies
+from streams.domain.trusted_time import SkewBounds
 from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
 from whistle.devtools.bench.events import Message
 from whistle.ground.deadletter import Position
@@ -23,7 +24,8 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
     topics = Topics()
     serde = Serde.from_settings(settings)
     partitions = partitions_of(topics.inbox)
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)
+    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
+                        SkewBounds.of_seconds(settings.time.device_ahead_s, settings.time.device_behind_s))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, partitions)
     topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
     now = utc_now()

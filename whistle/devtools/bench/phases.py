@@ -91,7 +91,9 @@ _APP_ACTION = f"{NAMESPACE}.HandlingAction"
 
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
     """Run the selected phases, print the figures as tables, write them as JSON; returns the report."""
-    bench = _Bench(settings, options, console)
+    # The bench replays a simulated period that starts at SIM_START: a backfill, so its workers believe the devices' times.
+    behind_s = max(settings.time.device_behind_s, (utc_now() - SIM_START).total_seconds() + 30 * 86_400)
+    bench = _Bench(replace(settings, time=replace(settings.time, device_behind_s=behind_s)), options, console)
     try:
         report = bench.run()
     finally:
