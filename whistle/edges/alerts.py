@@ -9,11 +9,17 @@ skips other tiers' records without decoding them.
   per run and commits nothing: watching must never move anyone's offsets.
 - `run_webhook`: POSTs every breach as JSON to a receiver, as a consumer group that loses nothing while
   the receiver is away. HTTP client: httpx (sync `httpx.Client`, bounded timeout, keep-alive).
+  Every receiver has a consumer group of its own (`Groups.alerts_webhook_for`: the operator's `--group`
+  name, or one derived from the URL and filters), so N receivers each get every breach they asked for.
+  Every POST is signed for its receiver (`Whistle-Signature`, below; `verify_signature` checks it).
 
 Webhook delivery order, per record (one record in flight at a time, so each partition stays in order):
   1. poll the next record; filtered out (tier, unit) -> step 4;
   2. POST it; header `Idempotency-Key: <breach_id>`, so a receiver can drop the redeliveries that
-     at-least-once delivery brings (after a crash or a rebalance);
+     at-least-once delivery brings (after a crash or a rebalance), and header
+     `Whistle-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>" under the receiver's secret>`,
+     `t` read from Whistle's clock when this attempt is sent (each retry is signed afresh), never the
+     breach's own time; a receiver refuses a signature older than 5 minutes (replayed);
      - 2xx: delivered -> step 4;
      - connection error, timeout, 401, 403, 404, 408, 429, 5xx (or any other unexpected answer): commit the progress
        made so far, pause every assigned partition and keep polling (staying in the group, serving
@@ -31,7 +37,10 @@ Webhook delivery order, per record (one record in flight at a time, so each part
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import threading
 import time
 import uuid
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -72,6 +82,9 @@ MAX_RETRY_AFTER_S = 600.0  # a receiver asking for more (or a far-future date) i
 HOLD_STEP_S = 0.1  # while backing off, the consumer is polled this often (rebalances, max.poll.interval.ms)
 DEAD_LETTER_TIMEOUT_S = 10.0
 _REPLY_EXCERPT_CHARS = 200
+SIGNATURE_HEADER = "Whistle-Signature"
+SIGNATURE_TOLERANCE_S = 300  # receivers refuse a signature older (or further ahead) than this: a replay
+SECRET_ENV = "WHISTLE_ALERTS_WEBHOOK_SECRET"  # the receiver's signing secret, when not given by --secret-file
 
 T = TypeVar("T")
 
@@ -155,6 +168,87 @@ def _tier_header_rules_out(message: Message, tiers: frozenset[str] | None) -> bo
         if name == TIER_HEADER:
             return value is None or value.decode("utf-8", "replace") not in tiers
     return False
+
+
+# -- signatures -------------------------------------------------------------------------------------
+
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def _mac(key: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(key, f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str | bytes, body: bytes, now: datetime) -> str:
+    """The `Whistle-Signature` value for `body` sent at `now`: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
+    timestamp = int(now.timestamp())
+    return f"t={timestamp},v1={_mac(_key(secret), timestamp, body)}"
+
+
+def verify_signature(secret: str | bytes, header: str | bytes | None, body: bytes, now: datetime,
+                     tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """Receiver side: whether `header` (the `Whistle-Signature` value) signs the raw `body` with `secret`, recently.
+
+    False for a missing or malformed header, a wrong signature (any `v1=` entry may match, so a sender
+    can sign with an old and a new secret while rotating), or a timestamp more than `tolerance_s` away
+    from `now` (older: a replay; further ahead: a wrong clock). Digests are compared in constant time.
+    `now` is the receiver's UTC-aware clock.
+    """
+    if now.tzinfo is None:
+        raise ConfigError("verify_signature needs a UTC-aware now, got a naive datetime", field="now")
+    if isinstance(header, bytes):
+        try:
+            header = header.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    if not header or not secret:
+        return False
+    timestamps, candidates = [], []
+    for item in header.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            return False
+        if name == "t":
+            timestamps.append(value)
+        elif name == "v1":
+            candidates.append(value.encode("utf-8"))
+    if len(timestamps) != 1 or not candidates or not (timestamps[0].isascii() and timestamps[0].isdigit()) or len(timestamps[0]) > 12:
+        return False
+    timestamp = int(timestamps[0])
+    if abs(now.timestamp() - timestamp) > tolerance_s:
+        return False
+    expected = _mac(_key(secret), timestamp, body).encode("ascii")
+    matched = False
+    for candidate in candidates:  # every entry is compared: the time taken does not tell which one matched
+        matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+def webhook_secret(secret_file: Path | None = None, env: dict[str, str] | None = None) -> bytes:
+    """The receiver's signing secret: the content of `secret_file` or the `WHISTLE_ALERTS_WEBHOOK_SECRET` variable, never both.
+
+    Surrounding whitespace (a file's trailing newline) is dropped. ConfigError when neither or both are
+    given, or the secret is empty; the secret itself never appears in an error.
+    """
+    env = dict(os.environ) if env is None else env
+    from_env = env.get(SECRET_ENV)
+    if secret_file is not None and from_env is not None:
+        raise ConfigError(f"the webhook secret comes from --secret-file or {SECRET_ENV}, not both", field="secret")
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the webhook secret file {secret_file}: {exc.strerror}", field="secret") from exc
+    elif from_env is not None:
+        secret = from_env.strip().encode("utf-8")
+    else:
+        raise ConfigError(f"every webhook POST is signed: give the receiver's secret with --secret-file PATH or {SECRET_ENV}",
+                          field="secret")
+    if not secret:
+        raise ConfigError("the webhook secret is empty", field="secret")
+    return secret
 
 
 def _frozen(units: Iterable[str] | None) -> frozenset[str] | None:
@@ -271,6 +365,7 @@ class WebhookReport:
     dead_lettered: int = 0  # refused (4xx) or unreadable records, now in the dead-letter topic
     skipped: int = 0  # not for the chosen tiers/units
     retries: int = 0  # backoffs taken (receiver down, busy or slow; dead-letter writes not acknowledged)
+    group_id: str = ""  # the consumer group it ran as
 
 
 class _TryLater(Exception):
@@ -285,19 +380,30 @@ class _Abandoned(Exception):
     """Stopping, or the record's partition was revoked, during a backoff: leave the record uncommitted."""
 
 
-def run_webhook(settings: Settings, url: str, *, group_id: str | None = None, tiers: set[str] | None = None,
+def webhook_group(settings: Settings, url: str, tiers: set[str] | None = None, units: set[str] | None = None,
+                  group: str | None = None) -> str:
+    """The consumer group `run_webhook` runs as for these arguments (see `Groups.alerts_webhook_for`)."""
+    return Groups.alerts_webhook_for(settings.topic_prefix, url, checked_tiers(tiers), _frozen(units), name=group)
+
+
+def run_webhook(settings: Settings, url: str, *, secret: str | bytes, group: str | None = None, tiers: set[str] | None = None,
                 units: set[str] | None = None, max_backoff_s: float = 30.0, timeout_s: float = 10.0,
                 stop: threading.Event | None = None, clock: Callable[[], datetime] = utc_now,
                 sleep: Callable[[float], None] = time.sleep) -> WebhookReport:
     """POST every breach (for the chosen tiers/units) to `url` until `stop` is set; see the module docstring for the order.
 
-    Body: the Breach record's fields as JSON, times ISO 8601 UTC. `timeout_s` bounds each request;
-    `clock` (UTC now) stamps dead letters and reads HTTP-date Retry-After; `sleep` paces backoffs.
+    Body: the Breach record's fields as JSON, times ISO 8601 UTC, signed with `secret` (`Whistle-Signature`).
+    The consumer group is `group` (the operator's name) or one derived from the URL and filters, with the
+    deployment's prefix either way (`webhook_group`). `timeout_s` bounds each request; `clock` (UTC now)
+    stamps signatures and dead letters and reads HTTP-date Retry-After; `sleep` paces backoffs.
     """
     if clock().tzinfo is None:
         raise ConfigError("the webhook's clock must return UTC-aware datetimes, got a naive one", field="clock")
-    group_id = group_id or Groups.with_prefix(settings.topic_prefix).alerts_webhook
-    relay = _WebhookRelay(settings, _checked_url(url), group_id, checked_tiers(tiers), _frozen(units), max_backoff_s,
+    if not secret:
+        raise ConfigError("every webhook POST is signed: the receiver's secret cannot be empty", field="secret")
+    url = _checked_url(url)
+    group_id = webhook_group(settings, url, tiers, units, group)
+    relay = _WebhookRelay(settings, url, group_id, _key(secret), checked_tiers(tiers), _frozen(units), max_backoff_s,
                           timeout_s, stop or threading.Event(), clock, sleep)
     return relay.run()
 
@@ -315,14 +421,15 @@ def _checked_url(url: str) -> str:
 class _WebhookRelay:
     """One webhook consumer: Kafka in, HTTP out, offsets committed behind what the receiver took."""
 
-    def __init__(self, settings: Settings, url: str, group_id: str, tiers: frozenset[str] | None, units: frozenset[str] | None,
-                 max_backoff_s: float, timeout_s: float, stop: threading.Event, clock: Callable[[], datetime],
-                 sleep: Callable[[float], None]) -> None:
+    def __init__(self, settings: Settings, url: str, group_id: str, secret: bytes, tiers: frozenset[str] | None,
+                 units: frozenset[str] | None, max_backoff_s: float, timeout_s: float, stop: threading.Event,
+                 clock: Callable[[], datetime], sleep: Callable[[float], None]) -> None:
         self.url, self.tiers, self.units, self.max_backoff_s = url, tiers, units, max_backoff_s
         self.stop, self.clock, self.sleep = stop, clock, sleep
+        self._secret = secret  # never logged
         self.serde = Serde.from_settings(settings)
         self.topics = Topics.with_prefix(settings.topic_prefix)
-        self.report = WebhookReport()
+        self.report = WebhookReport(group_id=group_id)
         self.consumer = Consumer({
             **settings.kafka.librdkafka(),
             "group.id": group_id,
@@ -340,6 +447,7 @@ class _WebhookRelay:
 
     def run(self) -> WebhookReport:
         self.consumer.subscribe([self.topics.breaches], on_revoke=self._on_revoke)
+        log.info("webhook relay consuming %s as consumer group %s", self.topics.breaches, self.report.group_id)
         try:
             while not self.stop.is_set():
                 message = self.consumer.poll(POLL_S)
@@ -392,7 +500,8 @@ class _WebhookRelay:
     def _post(self, breach_id: str, body: bytes) -> UndeliverableAlert | None:
         """One POST: None when the receiver took it, the refusal when it refused it for good; _TryLater otherwise."""
         try:
-            response = self.client.post(self.url, content=body, headers={"Idempotency-Key": breach_id})
+            headers = {"Idempotency-Key": breach_id, SIGNATURE_HEADER: signature_header(self._secret, body, self.clock())}
+            response = self.client.post(self.url, content=body, headers=headers)
         except httpx.TransportError as exc:  # refused/reset connections, timeouts, protocol errors
             log.warning("webhook %s unreachable for breach %s: %s: %s", self.url, breach_id, type(exc).__name__, exc)
             raise _TryLater() from exc

@@ -4,7 +4,12 @@ Every name takes the deployment's prefix, so several deployments (or test runs) 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from whistle.ground.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,3 +50,23 @@ class Groups:
     def with_prefix(cls, prefix: str) -> Groups:
         base = cls()
         return cls(**{name: prefix + value for name, value in vars(base).items()})
+
+    @classmethod
+    def alerts_webhook_for(cls, prefix: str, url: str, tiers: Iterable[str] | None = None, units: Iterable[str] | None = None,
+                           *, name: str | None = None) -> str:
+        """The consumer group of one webhook receiver, always with the deployment's prefix.
+
+        Each receiver has a group of its own, so every receiver gets every breach it asked for (receivers
+        sharing a group would split the breaches between them). `name` is the operator's choice
+        (`--group NAME`): `prefix + name`. Without it, the name is derived from what the relay delivers,
+        so a restarted relay finds its offsets again: `{prefix}whistle-alerts-webhook-{digest}`, the digest being
+        the first 12 hex digits of the SHA-256 of the compact JSON array `[url, sorted tiers, sorted units]`
+        (the URL exactly as given; no filter is an empty list). Changing the URL or a filter therefore
+        starts a new group, which reads the topic from its beginning.
+        """
+        if name is not None:
+            if not name.strip():
+                raise ConfigError("a webhook consumer group name cannot be empty", field="group")
+            return prefix + name
+        identity = json.dumps([url, sorted(set(tiers or ())), sorted(set(units or ()))], separators=(",", ":"))
+        return f"{cls.with_prefix(prefix).alerts_webhook}-{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:12]}"
