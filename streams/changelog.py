@@ -13,7 +13,8 @@ never read by anyone else.
 
 Keys and values (this module is their one definition):
 - `case:<case id>` -> the case's `CaseState`; `open:<case id>` -> its merge-index `OpenCase` (deleted when
-  the case resolves); `clock:<partition>` -> the partition's clock, epoch ms as ASCII digits.
+  the case resolves); `held:<case id>` -> actions for a case not opened yet (deleted when released);
+  `clock:<partition>` -> the partition's clock, epoch ms as ASCII digits.
 - A state value is a version byte, then Avro binary of that version's schema (`schemas/state/*.v1.avsc`).
   Version 1 is the current one. Version 0 is what releases before it wrote (Python pickles): it is still
   read, so a deployment keeps its state across the upgrade, by `_LegacyReader`, which interprets only the
@@ -28,7 +29,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -106,7 +107,7 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
 
 CURRENT_VERSION = 1
 _LEGACY_PICKLE = 0x80  # the first byte of every pickle (its PROTO opcode): version 0
-_CASE, _OPEN, _CLOCK = "case", "open", "clock"
+_CASE, _OPEN, _HELD, _CLOCK = "case", "open", "held", "clock"
 
 
 class ChangelogError(ContractError):
@@ -123,6 +124,21 @@ def open_key(case_id: str) -> str:
     return f"{_OPEN}:{case_id}"
 
 
+def held_key(case_id: str) -> str:
+    return f"{_HELD}:{case_id}"
+
+
+class HeldAction(NamedTuple):
+    """A case-stream record holding an action whose case has not opened yet, kept as read (for applying it
+    later, or dead-lettering it with its original bytes and position)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    held_until_ms: int
+
+
 def clock_key(partition: int) -> str:
     return f"{_CLOCK}:{partition}"
 
@@ -133,6 +149,7 @@ def _schema(name: str) -> Any:
 
 _CASE_STATE_SCHEMA = _schema("CaseState")
 _OPEN_CASE_SCHEMA = _schema("OpenCase")
+_HELD_ACTIONS_SCHEMA = _schema("HeldActions")
 _CASE_STATE_FIELDS = tuple(CaseState.__slots__)
 _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
@@ -155,6 +172,17 @@ def encode_case_state(state: CaseState) -> bytes:
 
 def encode_open_case(entry: OpenCase) -> bytes:
     return _encode(_OPEN_CASE_SCHEMA, {name: getattr(entry, name) for name in _OPEN_CASE_FIELDS})
+
+
+def encode_held(case_id: str, actions: list[HeldAction]) -> bytes:
+    return _encode(_HELD_ACTIONS_SCHEMA, {"case_id": case_id, "actions": [held._asdict() for held in actions]})
+
+
+def decode_held(value: bytes) -> list[HeldAction]:
+    if value[:1] != _VERSION_BYTE:  # held actions came after the pickle releases: version 1 only
+        raise ChangelogError(f"unknown held-actions value version {value[:1]!r}")
+    record = _decode(value, _HELD_ACTIONS_SCHEMA)
+    return [HeldAction(**held) for held in record["actions"]]
 
 
 def encode_clock(clock_ms: int) -> bytes:

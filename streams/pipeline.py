@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from heapq import heappop, heappush
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -25,14 +26,18 @@ from aiokafka.partitioner import murmur2
 from schemas.serde import Serde, from_record, to_record
 from streams.changelog import (
     ChangelogError,
+    HeldAction,
     case_key,
     clock_key,
     decode_case_state,
     decode_clock,
+    decode_held,
     decode_open_case,
     encode_case_state,
     encode_clock,
+    encode_held,
     encode_open_case,
+    held_key,
     open_key,
 )
 from streams.domain.calendar import BusinessCalendar
@@ -44,11 +49,12 @@ from streams.domain.model import CameraDetection, EnrichedReport, HandlingAction
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
-from streams.domain.sla import Breach, CaseBook, SlaPolicy
+from streams.domain.sla import Breach, CaseBook, SlaPolicy, policy_in_force
 from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time
 from whistle.ground.deadletter import Position, envelope, with_position
 from whistle.ground.errors import DecodeError, TransitionError
 from whistle.ground.names import Topics
+from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 ENRICHED = "org.whistle.v1.EnrichedReport"
 ACTION = "org.whistle.v1.HandlingAction"
@@ -139,20 +145,44 @@ class StateWrite:
 
 
 class PartitionCases:
-    """One case-stream partition's book, merge index and recovery bookkeeping."""
+    """One case-stream partition's book, merge index and the actions held for cases not opened yet."""
 
-    __slots__ = ("partition", "book", "merge")
+    __slots__ = ("partition", "book", "merge", "held", "hold_ends")
 
     def __init__(self, partition: int, book: CaseBook, merge: MergeIndex) -> None:
         self.partition, self.book, self.merge = partition, book, merge
+        self.held: dict[str, list[HeldAction]] = {}
+        self.hold_ends: list[tuple[int, str]] = []  # heap of (held_until_ms, case id); entries of released cases are skipped
+
+    def hold(self, case_id: str, action: HeldAction) -> None:
+        self.held.setdefault(case_id, []).append(action)
+        heappush(self.hold_ends, (action.held_until_ms, case_id))
+
+    def ended_holds(self, now_ms: int) -> list[tuple[str, list[HeldAction], list[HeldAction]]]:
+        """(case id, actions whose hold ended, actions still held) for every case with a hold ended by `now_ms`."""
+        ended: dict[str, None] = {}
+        while self.hold_ends and self.hold_ends[0][0] <= now_ms:
+            ended[heappop(self.hold_ends)[1]] = None
+        result = []
+        for case_id in ended:
+            actions = self.held.get(case_id)
+            if actions:
+                result.append((case_id, [a for a in actions if a.held_until_ms <= now_ms], [a for a in actions if a.held_until_ms > now_ms]))
+        return result
 
 
 class CaseProcessor:
     """The case stream -> case events and breaches, partition by partition, deterministically.
 
     State that is persisted (as `StateWrite`s, to the changelog of `streams.changelog`): every case's
-    `CaseState`, every open case's merge entry (`open:<case id>`), and each partition's clock
-    (`clock:<partition>`). The merge and deadline indexes are derived from them on recovery.
+    `CaseState`, every open case's merge entry (`open:<case id>`), the actions held for cases not opened
+    yet (`held:<case id>`) and each partition's clock (`clock:<partition>`). The merge and deadline
+    indexes are derived from them on recovery.
+
+    Early actions: Kafka orders nothing across the raw topics' partitions, so an action can reach the case
+    stream before the report that opens its case. It is held, not refused: applied in case-stream order
+    right after the case opens, or dead-lettered (with its original bytes and position) once the policy's
+    `early_action_hold` of the partition's time has passed without the case opening.
     """
 
     def __init__(self, serde: Serde, reference: DistrictReference, policies: Mapping[str, SlaPolicy],
@@ -177,6 +207,7 @@ class CaseProcessor:
         """
         states: dict[str, CaseState] = {}
         open_cases: dict[str, OpenCase] = {}
+        held: dict[str, list[HeldAction]] = {}
         clock_ms = None
         refused: list[tuple[int, str, bytes, ChangelogError]] = []
         for offset, key, value in records:
@@ -193,6 +224,11 @@ class CaseProcessor:
                         open_cases.pop(name, None)
                     else:
                         open_cases[name] = decode_open_case(value)
+                elif kind == "held":
+                    if value is None:
+                        held.pop(name, None)
+                    else:
+                        held[name] = decode_held(value)
                 elif kind == "clock" and name == str(partition) and value is not None:
                     clock_ms = decode_clock(value)
             except ChangelogError as exc:
@@ -201,6 +237,9 @@ class CaseProcessor:
         part = self._new_partition(partition, states, clock_ms)
         for case in open_cases.values():
             part.merge.add(case)
+        for case_id, actions in held.items():
+            for action in actions:
+                part.hold(case_id, action)
         return refused
 
     def owned(self) -> set[int]:
@@ -235,26 +274,76 @@ class CaseProcessor:
         events: list[CaseEvent] = []
         breaches: list[Breach] = []
         opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
+        held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
         part.book.begin()
         try:
             if branch == TICK:
                 events, breaches = part.book.advance(record["at"])
             elif branch == ENRICHED:
                 events, breaches = self._report(part, from_record(EnrichedReport, record), opened)
+                for entry in opened:
+                    if entry is not None and entry.case_id in part.held:  # the case just opened: its early actions apply now
+                        acted, more = self._release(part, part.held[entry.case_id], outputs, now)
+                        events, breaches = events + acted, breaches + more
+                        held[entry.case_id] = []
             else:
                 action = from_record(HandlingAction, record)
                 events, breaches = part.book.advance(action.at)
-                try:
-                    acted, more = part.book.act(action)
-                except TransitionError as exc:
-                    outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
+                if action.case_id not in part.book.states:
+                    until = self.calendar.add(part.book.index.clock_ms, policy_in_force(self.policies, action.at).early_action_hold)
+                    held[action.case_id] = [*part.held.get(action.case_id, ()), HeldAction(where.partition, where.offset, key, value or b"", until)]
                 else:
-                    events, breaches = events + acted, breaches + more
+                    try:
+                        acted, more = part.book.act(action)
+                    except TransitionError as exc:
+                        outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
+                    else:
+                        events, breaches = events + acted, breaches + more
         except Exception as exc:  # a bug or bad data on this record: undo it, dead-letter it, keep the partition going
             part.book.rollback()
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         part.book.commit()
-        return self._emit(part, outputs, events, breaches, opened)
+        for case_id, still_held in held.items():  # the record succeeded: its changes to the held actions take effect
+            if still_held:
+                part.hold(case_id, still_held[-1])
+            else:
+                part.held.pop(case_id, None)
+        for case_id, ended, still_held in part.ended_holds(part.book.index.clock_ms):
+            outputs += [self._unknown_case(action, now) for action in ended]
+            held[case_id] = still_held
+            if still_held:
+                part.held[case_id] = still_held
+            else:
+                part.held.pop(case_id, None)
+        return self._emit(part, outputs, events, breaches, opened, held)
+
+    def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+        """Apply a newly opened case's held actions in case-stream order, each at no earlier than the partition's time."""
+        events: list[CaseEvent] = []
+        breaches: list[Breach] = []
+        for held in actions:
+            where = Position(self.topics.inbox, held.partition, held.offset)
+            _, record = self.serde.decode(held.value, expect="CaseInboxEvent").record["event"]
+            action = from_record(HandlingAction, record)
+            clock_ms = part.book.index.clock_ms
+            if to_epoch_ms(action.at) < clock_ms:
+                action = replace(action, at=from_epoch_ms(clock_ms))
+            try:
+                acted, more = part.book.act(action)
+            except TransitionError as exc:
+                outputs.append(dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(exc, where), now))
+            else:
+                events += acted
+                breaches += more
+        return events, breaches
+
+    def _unknown_case(self, held: HeldAction, now: datetime) -> Output:
+        where = Position(self.topics.inbox, held.partition, held.offset)
+        _, record = self.serde.decode(held.value, expect="CaseInboxEvent").record["event"]
+        error = TransitionError(f"unknown case {record['case_id']}: no report opened it while the action was held (until "
+                                f"{from_epoch_ms(held.held_until_ms).isoformat()})", reason="unknown_case", case_id=record["case_id"],
+                                action_id=record["action_id"], field="case_id")
+        return dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(error, where), now)
 
     def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None]):
         """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist."""
@@ -275,8 +364,10 @@ class CaseProcessor:
         return events + opening, breaches + more
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
-              opened: list[OpenCase | None]) -> tuple[list[Output], list[StateWrite]]:
+              opened: list[OpenCase | None], held: dict[str, list[HeldAction]]) -> tuple[list[Output], list[StateWrite]]:
         writes: dict[str, bytes | None] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
+        for case_id, actions in held.items():
+            writes[held_key(case_id)] = encode_held(case_id, actions) if actions else None
         encode = self.serde.encode
         for event in events:
             outputs.append(Output(self.topics.case_events, event.case_id.encode(), encode("CaseEvent", to_record(event), validate=False)))

@@ -113,6 +113,7 @@ class SlaPolicy:
     extension_grant: Duration
     max_pause: Duration
     rules: HandlingRules
+    early_action_hold: Duration = Duration(1, "hours")  # how long an action for a case not opened yet is held
 
     def class_of(self, category: str, urgency: str) -> str:
         """The stricter of the category's class and the urgency's class."""
@@ -164,12 +165,13 @@ class _PolicyReader:
 
     KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
             "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
+    OPTIONAL = {"early_action_hold"}
 
     def __init__(self, path: Path, doc: Any) -> None:
         self.path = path
         if not isinstance(doc, dict):
             raise self.fail("-", "must be a mapping")
-        unknown = sorted(set(doc) - self.KEYS)
+        unknown = sorted(set(doc) - self.KEYS - self.OPTIONAL)
         if unknown:
             raise self.fail(unknown[0], f"unknown key (expected one of {sorted(self.KEYS)})")
         missing = sorted(self.KEYS - set(doc))
@@ -224,6 +226,7 @@ class _PolicyReader:
             auto_close_after=self.duration(doc["auto_close_after"], "auto_close_after"),
             extension_grant=self.duration(extension["grant"], "extension.grant"),
             max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules,
+            **({"early_action_hold": self.duration(doc["early_action_hold"], "early_action_hold")} if "early_action_hold" in doc else {}),
         )
 
     def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
