@@ -4,7 +4,8 @@ WHY SQL files: an auditor must be able to read exactly what produced a figure (e
 states its formulas) and re-run it; a rule several queries share is written once, as a fragment file
 (sinks/queries/_<name>.sql) spliced where a query says `{_<name>}`. Python here only binds parameters,
 checks inputs and, for `verify`, recomputes the case events' hash chains, which SQL cannot do on
-ClickHouse 18.16.
+ClickHouse 18.16, and compares what ClickHouse stores with what Kafka holds (`verify_against_kafka`:
+Kafka's offsets are read by `read_kafka_ranges`, the comparison `compare_ranges` is pure).
 CLI-free: `whistle audit ...` renders the `Result`s with `render_table`, `to_csv` or `to_json`.
 """
 from __future__ import annotations
@@ -27,7 +28,9 @@ from rich.table import Table
 from sinks.clickhouse import Engine, check_identifier, render_identifiers, strip_comment_lines
 from streams.domain.case import CaseEvent, event_hash, verify_chain
 from streams.domain.model import Tier
-from whistle.ground.errors import ConfigError, ValidationError
+from whistle.ground.errors import ConfigError, StackError, ValidationError
+from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
@@ -40,6 +43,7 @@ _END_OF_TIME_MS = 2**63 - 1
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 _CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # verify_case_events.sql selects them in this order
 _MAX_LISTED = 100  # gaps / duplicated offsets listed per partition
+_SUBJECT = re.compile(r"[a-z_]+ (\S+)\[(\d+)\]")  # a Problem's subject "case_events topic[partition]"
 _FRAGMENT = re.compile(r"\{(_[a-z0-9_]+)\}")  # `{_month_cases}` in a query = sinks/queries/_month_cases.sql (query_text)
 
 
@@ -131,6 +135,179 @@ def verify(engine: Engine, database: str, *, events_per_pass: int = 200_000) -> 
         problems.extend(_ledger_problems(engine, database, table))
     problems.extend(_chain_problems(engine, database, events_per_pass))
     return problems
+
+
+# -- verify against Kafka ------------------------------------------------------------------------
+
+BEHIND, BROKEN, CLEAN = "behind", "broken", "clean"
+EXIT_CODES = {CLEAN: 0, BROKEN: 1, BEHIND: 2}  # `whistle audit verify`: broken wins over behind
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRange:
+    """One partition as Kafka has it: offsets [low, high) are in the log (low = low watermark, high = high
+    watermark); `committed` is the sink group's committed offset (the next it would read), None when none."""
+
+    topic: str
+    partition: int
+    low: int
+    high: int
+    committed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRange:
+    """One partition as ClickHouse accounts for it (sinks/queries/verify_stored_ranges.sql): `offsets` distinct
+    offsets stored between `first` and `last` (None, None when nothing is), and the lowest original offset of
+    its dead letters (`dead_first`, None when none)."""
+
+    topic: str
+    partition: int
+    offsets: int
+    first: int | None
+    last: int | None
+    dead_first: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing `verify` reports. status: behind (the sink's lag, not an error) | broken (an error).
+    kind: lag | unstored (behind), lost | missing | beyond (broken, from comparing with Kafka), or the check of a
+    ClickHouse-internal `Problem` (offsets | batches | rows | chain, broken). [first, last] are Kafka offsets, inclusive."""
+
+    kind: str
+    status: str
+    topic: str | None
+    partition: int | None
+    first: int | None
+    last: int | None
+    records: int
+    detail: str
+
+
+def read_kafka_ranges(settings: Settings, *, timeout_s: float = 10.0) -> list[KafkaRange]:
+    """Kafka's low and high watermarks of every partition of every audited topic of `settings`' deployment,
+    and the sink group's committed offsets (settings.kafka.librdkafka(); every request bounded by `timeout_s`).
+
+    A topic Kafka does not have is left out (what ClickHouse holds of it is then reported `beyond`).
+    Raises StackError when Kafka does not answer in time.
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    topics = Topics.with_prefix(settings.topic_prefix).audited
+    group = Groups.with_prefix(settings.topic_prefix).sink
+    admin = AdminClient({**settings.kafka.librdkafka(), "log_level": 0, "socket.timeout.ms": int(timeout_s * 1000)})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s).topics
+        partitions = [TopicPartition(topic, p) for topic in topics if topic in metadata and metadata[topic].error is None
+                      for p in sorted(metadata[topic].partitions)]
+        if not partitions:
+            return []
+        watermarks = {}
+        for name, spec in (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest())):
+            futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
+            watermarks[name] = {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        answer = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group].result(timeout=timeout_s)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
+    except (KafkaException, TimeoutError) as exc:  # concurrent.futures.TimeoutError is TimeoutError (3.11)
+        raise StackError(f"Kafka did not answer verify's offset requests within {timeout_s:.0f}s: {exc}") from exc
+    return [KafkaRange(topic, partition, watermarks["low"][topic, partition], watermarks["high"][topic, partition],
+                       committed.get((topic, partition))) for topic, partition in ((tp.topic, tp.partition) for tp in partitions)]
+
+
+def stored_ranges(engine: Engine, database: str) -> list[StoredRange]:
+    """What ClickHouse accounts for of each Kafka partition (sinks/queries/verify_stored_ranges.sql)."""
+    check_identifier(database, "database")
+    rows = run_query(engine, database, "verify_stored_ranges", {}).rows
+    return [StoredRange(topic, int(partition), int(offsets), int(first) if offsets else None, int(last) if offsets else None,
+                        int(dead_first) if dead else None)
+            for topic, partition, offsets, first, last, dead, dead_first in rows]
+
+
+def compare_ranges(kafka: Iterable[KafkaRange], stored: Iterable[StoredRange]) -> list[Finding]:
+    """Kafka's offsets against ClickHouse's, per partition (pure). Offsets start at 0 in every partition.
+
+    The sink's position is where it resumes: after the highest offset stored, or at its committed offset
+    when that is further on (the records between were dead-lettered), as `Sink._on_assign` does.
+    - lag (behind): records in Kafka at or after the sink's position, not stored yet; `unstored` when
+      nothing of the partition is stored at all (and nothing committed) while Kafka holds records for it;
+    - lost (broken): records before the first stored offset, or between the sink's position and Kafka's
+      low watermark, that are gone from Kafka (deleted by retention or delete_records) and were never stored;
+    - missing (broken): records still in Kafka below the first stored offset: the sink never goes back to them;
+    - beyond (broken): offsets stored that Kafka's log never reached (a recreated topic, another cluster).
+    Gaps and duplicates between stored offsets are `verify`'s own checks.
+    """
+    by_partition = {(s.topic, s.partition): s for s in stored}
+    findings: list[Finding] = []
+    for k in sorted(kafka, key=lambda r: (r.topic, r.partition)):
+        s = by_partition.pop((k.topic, k.partition), None)
+        findings.extend(_partition_findings(k, s))
+    for s in sorted(by_partition.values(), key=lambda r: (r.topic, r.partition)):
+        if s.last is not None:
+            findings.append(Finding("beyond", BROKEN, s.topic, s.partition, s.first, s.last, s.offsets,
+                                    "ClickHouse holds offsets of a partition Kafka does not have"))
+    return findings
+
+
+def _partition_findings(k: KafkaRange, s: StoredRange | None) -> list[Finding]:
+    def finding(kind: str, status: str, first: int, end: int, detail: str) -> Finding:
+        return Finding(kind, status, k.topic, k.partition, first, end - 1, end - first, detail)
+
+    stored_end = s.last + 1 if s is not None and s.last is not None else 0
+    committed = k.committed if k.committed is not None and k.committed > 0 else 0
+    position = max(stored_end, committed)
+    starts = [x for x in ((s.first, s.dead_first) if s is not None else ()) if x is not None]
+    first = min(starts) if starts else position  # nothing stored: everything before the position is unaccounted
+    found = []
+    if s is not None and s.last is not None and s.last >= k.high:
+        found.append(finding("beyond", BROKEN, max(k.high, s.first or 0), s.last + 1,
+                             f"stored, but Kafka's log ends at {k.high} (recreated topic or another cluster)"))
+    if first > 0:
+        why = "before the first stored offset" if starts else "committed by the sink, none stored"
+        if min(first, k.low) > 0:
+            found.append(finding("lost", BROKEN, 0, min(first, k.low, k.high), f"{why}, and gone from Kafka (low watermark {k.low})"))
+        if k.low < first:
+            found.append(finding("missing", BROKEN, k.low, min(first, k.high), f"{why}, still in Kafka: the sink will not go back"))
+    if position < k.low:
+        found.append(finding("lost", BROKEN, position, k.low, f"deleted from Kafka (low watermark {k.low}) before the sink stored them"))
+    start = max(position, k.low)
+    if k.high > start:
+        if starts or committed:
+            found.append(finding("lag", BEHIND, start, k.high, f"in Kafka, not stored yet (sink at {position}, Kafka ends at {k.high})"))
+        else:
+            found.append(finding("unstored", BEHIND, start, k.high, "partition never stored; Kafka holds these records"))
+    return [f for f in found if f.records > 0]
+
+
+def problem_findings(problems: Iterable[Problem]) -> list[Finding]:
+    """`verify`'s ClickHouse-internal problems as findings (all broken); topic and partition where the subject names them."""
+    findings = []
+    for p in problems:
+        match = _SUBJECT.fullmatch(p.subject)
+        topic, partition = (match.group(1), int(match.group(2))) if match else (None, None)
+        findings.append(Finding(p.check, BROKEN, topic, partition, None, None, 0, f"{p.subject}: {p.detail}"))
+    return findings
+
+
+def verify_against_kafka(engine: Engine, database: str, kafka: Iterable[KafkaRange], *,
+                         events_per_pass: int = 200_000) -> list[Finding]:
+    """Everything `verify` checks (as broken findings), then Kafka's ranges compared with the stored ones."""
+    problems = verify(engine, database, events_per_pass=events_per_pass)
+    return problem_findings(problems) + compare_ranges(kafka, stored_ranges(engine, database))
+
+
+def status_of(findings: Iterable[Finding]) -> str:
+    """broken if any finding is, else behind if any is, else clean."""
+    statuses = {f.status for f in findings}
+    return BROKEN if BROKEN in statuses else BEHIND if BEHIND in statuses else CLEAN
+
+
+def findings_result(findings: Iterable[Finding]) -> Result:
+    """Findings as a Result, for the same renderers (offsets inclusive; empty when not about offsets)."""
+    return Result("verify", ("status", "kind", "topic", "partition", "first_offset", "last_offset", "records", "detail"),
+                  tuple((f.status, f.kind, f.topic, f.partition, f.first, f.last, f.records, f.detail) for f in findings))
 
 
 def problems_result(problems: Iterable[Problem]) -> Result:

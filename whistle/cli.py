@@ -164,6 +164,17 @@ def gateway(keys: Path = typer.Option(..., "--keys", help="API key file (see inf
     run_gateway(settings, host, port or settings.gateway_port, keys, max_body_bytes=max_body_bytes)
 
 
+@app.command("dashboard")
+def dashboard(port: int | None = typer.Option(None, help="default WHISTLE_DASHBOARD_PORT (18090)"),
+              users: Path = typer.Option(..., "--users", help="users file with password hashes (see infra/dashboard-users.example.yaml)"),
+              host: str = typer.Option("127.0.0.1", help="loopback only")) -> None:
+    """Serve the auditors' and command centre's dashboard (read-only auditor user; login required)."""
+    from whistle.edges.dashboard import run_dashboard
+
+    settings = _settings()
+    run_dashboard(settings, host, port or settings.dashboard_port, users)
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The auditors' queries (read-only user).")
 app.add_typer(audit_app, name="audit")
 FormatOption = typer.Option("table", "--format", help="table | csv | json")
