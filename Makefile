@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 
 .PHONY: bootstrap demo lint test test-pure test-fast stack-up stack-down clean
 
-bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server
+DASHBOARD_ASSETS := whistle/edges/dashboard_static
+
+bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server /usr/bin/chromedriver $(DASHBOARD_ASSETS)/node_modules/.package-lock.json
 
 $(VENV)/.installed: pyproject.toml
 	@command -v java >/dev/null || { echo "error: Java not found: install a JDK 17+ (apt-get install -y openjdk-17-jre-headless)"; exit 1; }
@@ -20,9 +22,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-/usr/sbin/clickhouse-server:
+/usr/sbin/clickhouse-server /usr/bin/chromedriver:
 	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client chromium chromium-driver fonts-wqy-microhei
+
+# The dashboard's front-end (Apache ECharts) from npm, exactly as locked in package-lock.json; served from the project.
+$(DASHBOARD_ASSETS)/node_modules/.package-lock.json: $(DASHBOARD_ASSETS)/package.json $(DASHBOARD_ASSETS)/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js and npm (apt-get install -y nodejs npm)"; exit 1; }
+	cd $(DASHBOARD_ASSETS) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 demo: bootstrap
 	$(BIN)/whistle demo

@@ -14,6 +14,7 @@ never read by anyone else.
 Keys and values (this module is their one definition):
 - `case:<case id>` -> the case's `CaseState`; `open:<case id>` -> its merge-index `OpenCase` (deleted when
   the case resolves); `held:<case id>` -> actions for a case not opened yet (deleted when released);
+  `report:<report id>` -> the case a report was recorded in and its content fingerprint;
   `clock:<partition>` -> the partition's clock, epoch ms as ASCII digits.
 - A state value is a version byte, then Avro binary of that version's schema (`schemas/state/*.v1.avsc`).
   Version 1 is the current one. Version 0 is what releases before it wrote (Python pickles): it is still
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -107,7 +109,7 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
 
 CURRENT_VERSION = 1
 _LEGACY_PICKLE = 0x80  # the first byte of every pickle (its PROTO opcode): version 0
-_CASE, _OPEN, _HELD, _CLOCK = "case", "open", "held", "clock"
+_CASE, _OPEN, _HELD, _REPORT, _CLOCK = "case", "open", "held", "report", "clock"
 
 
 class ChangelogError(ContractError):
@@ -122,6 +124,10 @@ def case_key(case_id: str) -> str:
 
 def open_key(case_id: str) -> str:
     return f"{_OPEN}:{case_id}"
+
+
+def report_key(report_id: str) -> str:
+    return f"{_REPORT}:{report_id}"
 
 
 def held_key(case_id: str) -> str:
@@ -150,6 +156,7 @@ def _schema(name: str) -> Any:
 _CASE_STATE_SCHEMA = _schema("CaseState")
 _OPEN_CASE_SCHEMA = _schema("OpenCase")
 _HELD_ACTIONS_SCHEMA = _schema("HeldActions")
+_REPORT_SEEN_SCHEMA = _schema("ReportSeen")
 _CASE_STATE_FIELDS = tuple(CaseState.__slots__)
 _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
@@ -183,6 +190,17 @@ def decode_held(value: bytes) -> list[HeldAction]:
         raise ChangelogError(f"unknown held-actions value version {value[:1]!r}")
     record = _decode(value, _HELD_ACTIONS_SCHEMA)
     return [HeldAction(**held) for held in record["actions"]]
+
+
+def encode_report_seen(case_id: str, content: bytes) -> bytes:
+    return _encode(_REPORT_SEEN_SCHEMA, {"case_id": case_id, "content": content})
+
+
+def decode_report_seen(value: bytes) -> tuple[str, bytes]:
+    if value[:1] != _VERSION_BYTE:  # report records came after the pickle releases: version 1 only
+        raise ChangelogError(f"unknown report value version {value[:1]!r}")
+    record = _decode(value, _REPORT_SEEN_SCHEMA)
+    return sys.intern(record["case_id"]), record["content"]
 
 
 def encode_clock(clock_ms: int) -> bytes:

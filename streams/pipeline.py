@@ -33,18 +33,21 @@ from streams.changelog import (
     decode_clock,
     decode_held,
     decode_open_case,
+    decode_report_seen,
     encode_case_state,
     encode_clock,
     encode_held,
     encode_open_case,
+    encode_report_seen,
     held_key,
     open_key,
+    report_key,
 )
 from streams.domain.calendar import BusinessCalendar
 from streams.domain.case import CaseEvent, CaseState, Kind
 from streams.domain.case_id import case_id_for, partition_key_of_case
 from streams.domain.enrich import Enricher, case_partition_key, common_parent
-from streams.domain.merge import MergeIndex, OpenCase
+from streams.domain.merge import MergeIndex, OpenCase, report_fingerprint
 from streams.domain.model import CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
@@ -147,10 +150,11 @@ class StateWrite:
 class PartitionCases:
     """One case-stream partition's book, merge index and the actions held for cases not opened yet."""
 
-    __slots__ = ("partition", "book", "merge", "held", "hold_ends")
+    __slots__ = ("partition", "book", "merge", "held", "hold_ends", "reports")
 
     def __init__(self, partition: int, book: CaseBook, merge: MergeIndex) -> None:
         self.partition, self.book, self.merge = partition, book, merge
+        self.reports: dict[str, tuple[str, bytes]] = {}  # report id -> (case id, content fingerprint): exactly-once per report
         self.held: dict[str, list[HeldAction]] = {}
         self.hold_ends: list[tuple[int, str]] = []  # heap of (held_until_ms, case id); entries of released cases are skipped
 
@@ -208,6 +212,7 @@ class CaseProcessor:
         states: dict[str, CaseState] = {}
         open_cases: dict[str, OpenCase] = {}
         held: dict[str, list[HeldAction]] = {}
+        reports: dict[str, tuple[str, bytes]] = {}
         clock_ms = None
         refused: list[tuple[int, str, bytes, ChangelogError]] = []
         for offset, key, value in records:
@@ -224,6 +229,11 @@ class CaseProcessor:
                         open_cases.pop(name, None)
                     else:
                         open_cases[name] = decode_open_case(value)
+                elif kind == "report":
+                    if value is None:
+                        reports.pop(name, None)
+                    else:
+                        reports[name] = decode_report_seen(value)
                 elif kind == "held":
                     if value is None:
                         held.pop(name, None)
@@ -240,6 +250,7 @@ class CaseProcessor:
         for case_id, actions in held.items():
             for action in actions:
                 part.hold(case_id, action)
+        part.reports = reports
         return refused
 
     def owned(self) -> set[int]:
@@ -274,13 +285,14 @@ class CaseProcessor:
         events: list[CaseEvent] = []
         breaches: list[Breach] = []
         opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
+        recorded: dict[str, tuple[str, bytes]] = {}  # the report this record recorded: id -> (case id, fingerprint)
         held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
         part.book.begin()
         try:
             if branch == TICK:
                 events, breaches = part.book.advance(record["at"])
             elif branch == ENRICHED:
-                events, breaches = self._report(part, from_record(EnrichedReport, record), opened)
+                events, breaches = self._report(part, from_record(EnrichedReport, record), opened, recorded)
                 for entry in opened:
                     if entry is not None and entry.case_id in part.held:  # the case just opened: its early actions apply now
                         acted, more = self._release(part, part.held[entry.case_id], outputs, now)
@@ -303,6 +315,7 @@ class CaseProcessor:
             part.book.rollback()
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         part.book.commit()
+        part.reports.update(recorded)
         for case_id, still_held in held.items():  # the record succeeded: its changes to the held actions take effect
             if still_held:
                 part.hold(case_id, still_held[-1])
@@ -315,7 +328,7 @@ class CaseProcessor:
                 part.held[case_id] = still_held
             else:
                 part.held.pop(case_id, None)
-        return self._emit(part, outputs, events, breaches, opened, held)
+        return self._emit(part, outputs, events, breaches, opened, held, recorded)
 
     def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
         """Apply a newly opened case's held actions in case-stream order, each at no earlier than the partition's time."""
@@ -345,16 +358,32 @@ class CaseProcessor:
                                 action_id=record["action_id"], field="case_id")
         return dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(error, where), now)
 
-    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None]):
-        """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist."""
-        at = enriched.report.occurred_at
+    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None], recorded: dict[str, tuple[str, bytes]]):
+        """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist.
+
+        Exactly once per report: a report id already recorded in any case of the partition (open, resolved
+        or closed) is a no-op when it comes again with the same content, whichever case is nearest now,
+        and a conflicting duplicate (refused, naming both) when it comes with other content.
+        """
+        report = enriched.report
+        at = report.occurred_at
         events, breaches = part.book.advance(at)
+        fingerprint = report_fingerprint(enriched)
+        known = part.reports.get(report.report_id)
+        if known is not None:
+            if known[1] != fingerprint:
+                raise TransitionError(f"report id {report.report_id} was recorded in case {known[0]} with other content: a conflicting "
+                                      "duplicate (a reused id, or an altered redelivery)", reason="conflicting_duplicate",
+                                      report_id=report.report_id, case_id=known[0], field="report_id")
+            return events, breaches  # a redelivery: recorded already
         joined = part.merge.find_case_to_join(enriched, at)
         if joined is not None:
             merged, more = part.book.merge(joined, enriched, at)
             opened.append(part.merge.touch(joined, at))  # the widened time window must survive recovery
+            recorded[report.report_id] = (joined, fingerprint)
             return events + merged, breaches + more
         case_id = case_id_for(enriched)
+        recorded[report.report_id] = (case_id, fingerprint)
         if case_id in part.book.states:  # this very report opened it already: a replay after a crash
             return events, breaches
         opening, more = part.book.open(enriched, case_id, at)
@@ -364,8 +393,11 @@ class CaseProcessor:
         return events + opening, breaches + more
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
-              opened: list[OpenCase | None], held: dict[str, list[HeldAction]]) -> tuple[list[Output], list[StateWrite]]:
+              opened: list[OpenCase | None], held: dict[str, list[HeldAction]],
+              recorded: dict[str, tuple[str, bytes]]) -> tuple[list[Output], list[StateWrite]]:
         writes: dict[str, bytes | None] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
+        for report_id, (case_id, fingerprint) in recorded.items():
+            writes[report_key(report_id)] = encode_report_seen(case_id, fingerprint)
         for case_id, actions in held.items():
             writes[held_key(case_id)] = encode_held(case_id, actions) if actions else None
         encode = self.serde.encode

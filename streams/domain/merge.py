@@ -18,15 +18,20 @@ and columns wrap round the antimeridian: exact at every latitude, poles included
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
+
 from streams.domain.enrich import EARTH_RADIUS_M, case_partition_key, haversine_m
 from streams.domain.model import EnrichedReport
+from streams.domain.trusted_time import CLOCK_SKEW
 from whistle.ground.errors import ConfigError
+from whistle.ground.times import to_epoch_ms
 
 DEFAULT_MAX_DISTANCE_M = 250.0
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -210,3 +215,16 @@ class MergeIndex:
             count = 1 if ratio >= 1.0 else max(1, int(360.0 / math.degrees(2 * math.asin(ratio))))
             columns = self._columns_of_band[band] = (count, 360.0 / count)
         return columns
+
+
+def report_fingerprint(enriched: EnrichedReport) -> bytes:
+    """What a report says, for telling a redelivery (same id, same content: a no-op) from a different report
+    under a reused id (a conflicting duplicate). It covers the sender's claims — the device's time (from the
+    clock_skew flag when the decided time is the arrival), place, category, text, media, reporter — and not
+    what depends on when it was delivered."""
+    report = enriched.report
+    claimed = next((flag.partition("=")[2] for flag in enriched.flags if flag.startswith(f"{CLOCK_SKEW}:device=")), None)
+    content = (report.report_id, report.source.value, claimed or to_epoch_ms(report.occurred_at), report.category, report.urgency.value,
+               report.description, report.lat, report.lon, report.address_text, report.camera_id, report.reporter_hash,
+               report.reporter_role, list(report.media), report.confidence)
+    return hashlib.blake2b(orjson.dumps(content), digest_size=16).digest()

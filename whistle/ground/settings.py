@@ -105,6 +105,7 @@ class Settings:
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process
     gateway_port: int = 18080
+    dashboard_port: int = 18090  # `whistle dashboard`, on loopback
 
     def to_env(self) -> dict[str, str]:
         """The `WHISTLE_*` variables that rebuild these settings in a child process (secrets included: never log it)."""
