@@ -71,8 +71,9 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
     topics = Topics.with_prefix(settings.topic_prefix)
     logs = settings.stack.state_dir / "demo"
     api_key = _gateway_keys(logs / "gateway-keys.yaml")
+    dashboard_password = _dashboard_users(logs / "dashboard-users.yaml")
 
-    processes = step("Starting a worker, the sink and the gateway", lambda: _start(settings, logs))
+    processes = step("Starting a worker, the sink, the gateway and the dashboard", lambda: _start(settings, logs))
     step("Waiting for the worker and the sink to join their groups", lambda: (
         wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).cases, 1),
         wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).sink, 1),
@@ -106,12 +107,26 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
         return _auditors_view(console, engine, settings.clickhouse.database, start, now())
     finally:
         engine.close()
-        _how_to_go_on(console, settings, processes)
+        _how_to_go_on(console, settings, processes, dashboard_password)
 
 
 def _start(settings: Settings, logs: Path) -> list[WhistleProcess]:
     return [spawn_worker(settings, "worker-1", logs), spawn(settings, "sink", ["sink"], logs),
-            spawn(settings, "gateway", ["gateway", "--keys", str(logs / "gateway-keys.yaml")], logs)]
+            spawn(settings, "gateway", ["gateway", "--keys", str(logs / "gateway-keys.yaml")], logs),
+            spawn(settings, "dashboard", ["dashboard", "--users", str(logs / "dashboard-users.yaml")], logs)]
+
+
+DASHBOARD_USER = "demo"
+
+
+def _dashboard_users(path: Path) -> str:
+    """A fresh users file for the demo's dashboard: one user with a random password (kept only as its scrypt hash)."""
+    from whistle.edges.dashboard import hash_password
+
+    password = secrets.token_urlsafe(12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"users": [{"username": DASHBOARD_USER, "password_scrypt": hash_password(password)}]}))
+    return password
 
 
 def _gateway_keys(path: Path) -> str:
@@ -162,12 +177,13 @@ def _auditors_view(console: Console, engine, db: str, day: datetime, now: dateti
     return 0
 
 
-def _how_to_go_on(console: Console, settings: Settings, processes: list[WhistleProcess]) -> None:
+def _how_to_go_on(console: Console, settings: Settings, processes: list[WhistleProcess], dashboard_password: str) -> None:
     running = ", ".join(f"{p.name} (pid {p.popen.pid})" for p in processes if p.alive())
     ch = settings.clickhouse
     console.print(Panel.fit(
         f"Still running: Kafka at {settings.kafka.bootstrap_servers}, ClickHouse at 127.0.0.1:{settings.stack.clickhouse_tcp_port}, {running}.\n"
         f"Logs: {settings.stack.state_dir / 'demo'}\n\n"
+        f"Dashboard (审计与指挥中心看板):   http://127.0.0.1:{settings.dashboard_port}/   user {DASHBOARD_USER}, password {dashboard_password}\n"
         f"Query ClickHouse as an auditor:  clickhouse-client --port {settings.stack.clickhouse_tcp_port} --user {ch.auditor_user} "
         f"--database {ch.database}\n"
         f"  e.g. SELECT tier, count() FROM breaches FINAL GROUP BY tier\n"
