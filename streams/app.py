@@ -52,6 +52,7 @@ from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, utc_now
 
+BATCH_RECORDS = 1000  # records an agent takes at once (or what 50 ms brings)
 LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker on append
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
@@ -114,7 +115,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     @app.agent(raw_in, concurrency=1)
     async def ingest(stream):
         try:
-            async for batch in stream.take_events(1000, within=0.05):
+            async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
                 now = clock()
                 await send([ingestor.process(_position(e), e.message.key, e.message.value, now, _arrival(e.message))
                             for e in in_produce_order(batch)])
@@ -124,7 +125,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     @app.agent(inbox_in, concurrency=1)
     async def case_stream(stream):
         try:
-            async for batch in stream.take_events(1000, within=0.05):
+            async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
                 for partition in sorted({e.message.partition for e in batch} - cases.owned()):
                     # in a thread, so that the producer and the consumer's fetches go on meanwhile; a revocation
                     # waits for this batch (Faust's wait_empty), so no partition is released under the reader

@@ -15,7 +15,7 @@ the source topic/partition/offset, so a poison message never stops a worker and 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from heapq import heappop, heappush
@@ -140,11 +140,22 @@ class Ingestor:
 
 @dataclass(frozen=True, slots=True)
 class StateWrite:
-    """A state change to persist (after the outputs are acknowledged): key and value bytes, None deletes."""
+    """A state change to persist (after the outputs are acknowledged): key and value, None deletes.
+
+    A case state is encoded only when `value` is read: the worker keeps a batch's last write per key and
+    reads that one, so a case changed by many records of a batch is encoded once (states are immutable).
+    """
 
     partition: int
     key: str
-    value: bytes | None
+    payload: Any  # the value's bytes, or the object `encode` turns into them; None deletes
+    encode: Callable[[Any], bytes] | None = None
+
+    @property
+    def value(self) -> bytes | None:
+        if self.payload is None or self.encode is None:
+            return self.payload
+        return self.encode(self.payload)
 
 
 class PartitionCases:
@@ -395,7 +406,7 @@ class CaseProcessor:
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
               opened: list[OpenCase | None], held: dict[str, list[HeldAction]],
               recorded: dict[str, tuple[str, bytes]]) -> tuple[list[Output], list[StateWrite]]:
-        writes: dict[str, bytes | None] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
+        writes: dict[str, Any] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
         for report_id, (case_id, fingerprint) in recorded.items():
             writes[report_key(report_id)] = encode_report_seen(case_id, fingerprint)
         for case_id, actions in held.items():
@@ -403,7 +414,6 @@ class CaseProcessor:
         encode = self.serde.encode
         for event in events:
             outputs.append(Output(self.topics.case_events, event.case_id.encode(), encode("CaseEvent", to_record(event), validate=False)))
-            writes[case_key(event.case_id)] = None  # filled below with the final state
             if event.kind in (Kind.RESOLVED, Kind.CLOSED) and event.case_id in part.merge:
                 part.merge.remove(event.case_id)
                 writes[open_key(event.case_id)] = None
@@ -411,7 +421,8 @@ class CaseProcessor:
             outputs.append(Output(self.topics.breaches, breach.case_id.encode(), encode("Breach", to_record(breach), validate=False),
                                   (("whistle.breach.tier", breach.tier.encode()), ("whistle.breach.kind", breach.kind.encode()))))
         states = part.book.states
-        for case_id in dict.fromkeys(event.case_id for event in events):  # each changed case's final state, once
-            writes[case_key(case_id)] = encode_case_state(states[case_id])
-        writes[clock_key(part.partition)] = encode_clock(part.book.index.clock_ms)
-        return outputs, [StateWrite(part.partition, k, v) for k, v in writes.items()]
+        result = [StateWrite(part.partition, k, v) for k, v in writes.items()]
+        for case_id in dict.fromkeys(event.case_id for event in events):  # each changed case's final state, encoded when read
+            result.append(StateWrite(part.partition, case_key(case_id), states[case_id], encode_case_state))
+        result.append(StateWrite(part.partition, clock_key(part.partition), encode_clock(part.book.index.clock_ms)))
+        return outputs, result
