@@ -41,7 +41,7 @@ RANKING_UNITS = ("street", "department")
 LOCAL_TIMEZONE = "Asia/Shanghai"  # the city's months (streams/reference/sla/calendar-cn.yaml)
 _END_OF_TIME_MS = 2**63 - 1
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
-_CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # verify_case_events.sql selects them in this order
+_CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # _case_event_rows.sql selects them in this order
 _MAX_LISTED = 100  # gaps / duplicated offsets listed per partition
 _SUBJECT = re.compile(r"[a-z_]+ (\S+)\[(\d+)\]")  # a Problem's subject "case_events topic[partition]"
 _FRAGMENT = re.compile(r"\{(_[a-z0-9_]+)\}")  # `{_month_cases}` in a query = sinks/queries/_month_cases.sql (query_text)
@@ -479,17 +479,22 @@ def _chain_problems(engine: Engine, database: str, events_per_pass: int) -> list
     return problems
 
 
+def stored_case_event(row: tuple) -> tuple[CaseEvent, tuple[str, int, int]]:
+    """A row of `_case_event_rows.sql` as the CaseEvent it stores and the Kafka position it was read at."""
+    width = len(_CASE_EVENT_FIELDS)
+    values = dict(zip(_CASE_EVENT_FIELDS, row[:width]))
+    values["at"] = from_epoch_ms(values["at"])  # the at_ms column
+    topic, partition, offset = row[width:width + 3]
+    return CaseEvent(**values), (topic, partition, offset)
+
+
 def _case_chain_problems(rows: list[tuple]) -> list[Problem]:
     """One case's rows (ordered by seq, then Kafka position): copies collapsed, chain verified."""
-    width = len(_CASE_EVENT_FIELDS)
     case_id = rows[0][1]
     problems = []
     chain: list[CaseEvent] = []
     for row in rows:
-        values = dict(zip(_CASE_EVENT_FIELDS, row[:width]))
-        values["at"] = from_epoch_ms(values["at"])  # the at_ms column
-        event = CaseEvent(**values)
-        topic, partition, offset = row[width:]
+        event, (topic, partition, offset) = stored_case_event(row)
         if chain and chain[-1].seq == event.seq:
             if event != chain[-1]:
                 altered = "" if event_hash(event) == event.hash else "; its hash does not match its content (altered)"

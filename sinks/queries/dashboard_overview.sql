@@ -68,9 +68,7 @@ FROM
     ANY LEFT JOIN
     (
         SELECT
-            case_id,
-            countIf(breach_type = 'accept_overdue') AS accept_overdue,
-            countIf(breach_type IN ('resolve_overdue', 'final_overdue')) AS resolve_overdue
+            {_case_overdue_counts}
         FROM {db}.breaches FINAL
         WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s
         GROUP BY case_id

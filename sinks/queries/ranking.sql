@@ -165,9 +165,7 @@ FROM
                 ANY LEFT JOIN
                 (
                     SELECT
-                        case_id,
-                        countIf(breach_type = 'accept_overdue') AS accept_overdue,
-                        countIf(breach_type IN ('resolve_overdue', 'final_overdue')) AS resolve_overdue,
+                        {_case_overdue_counts},
                         countIf(tier = 'community') AS to_community,
                         countIf(tier = 'street') AS to_street,
                         countIf(tier = 'department') AS to_department,

@@ -2,34 +2,6 @@
 -- altered rows must be seen), in chain order, for the hash-chain check in sinks/audit.py.
 -- Cases are split into `buckets` by cityHash64(case_id) so each pass holds a bounded share in memory.
 -- Parameters: buckets, bucket (0 <= bucket < buckets).
-SELECT
-    event_id,
-    case_id,
-    seq,
-    kind,
-    at_ms,
-    cause_id,
-    actor_unit_id,
-    assignee_unit_id,
-    assignee_tier,
-    category,
-    urgency,
-    district_id,
-    street_id,
-    community_id,
-    grid_id,
-    department_id,
-    source,
-    report_id,
-    reason,
-    note,
-    rating,
-    policy_version,
-    prev_hash,
-    hash,
-    kafka_topic,
-    kafka_partition,
-    kafka_offset
-FROM {db}.case_events
+{_case_event_rows}
 WHERE cityHash64(case_id) %% %(buckets)s = %(bucket)s
 ORDER BY case_id, seq, kafka_topic, kafka_partition, kafka_offset

@@ -55,7 +55,6 @@ from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, DistrictRe
 from whistle.ground.datafiles import read_yaml
 from whistle.ground.errors import ConfigError, StoreError, ValidationError, WhistleError
 from whistle.ground.settings import ClickHouseSettings, Settings
-from whistle.ground.times import from_epoch_ms
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 ECHARTS_JS = STATIC_DIR / "node_modules" / "echarts" / "dist" / "echarts.min.js"  # `npm ci` in dashboard_static (make bootstrap)
@@ -70,9 +69,6 @@ STATIC_FILES = {"app.js": "application/javascript", "i18n.js": "application/java
 CASE_STATUSES = ("open", "opened", "dispatched", "accepted", "resolved", "rated", "reopened", "closed")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _END_OF_TIME_MS = 2**63 - 1
-_CASE_EVENT_FIELDS = ("event_id", "case_id", "seq", "kind", "at", "cause_id", "actor_unit_id", "assignee_unit_id", "assignee_tier",
-                      "category", "urgency", "district_id", "street_id", "community_id", "grid_id", "department_id", "source",
-                      "report_id", "reason", "note", "rating", "policy_version", "prev_hash", "hash")  # dashboard_case_chain.sql order
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _HASH_FORMAT = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -277,15 +273,11 @@ def check_case_chain(rows: tuple[tuple, ...] | list[tuple]) -> dict[str, Any]:
     """One case's stored events (dashboard_case_chain.sql rows) checked as `audit verify` does: copies of an event
     collapsed (a differing copy is a problem), then `verify_chain`. Per seq: whether the row's hash matches its
     content and whether its prev_hash is the previous event's hash."""
-    width = len(_CASE_EVENT_FIELDS)
     chain: list[CaseEvent] = []
     problems: list[str] = []
     events: dict[int, dict[str, Any]] = {}
     for row in rows:
-        values = dict(zip(_CASE_EVENT_FIELDS, row[:width]))
-        values["at"] = from_epoch_ms(values["at"])
-        event = CaseEvent(**values)
-        topic, partition, offset = row[width:width + 3]
+        event, (topic, partition, offset) = audit.stored_case_event(row)
         if chain and chain[-1].seq == event.seq:
             if event != chain[-1]:
                 problems.append(f"{event.event_id}: copy at {topic}[{partition}]@{offset} differs from the first copy")

@@ -1,0 +1,7 @@
+-- _case_overdue_counts: a fragment, not a query. Which breaches make a case late, in one place: the select
+-- list (case_id, accept_overdue, resolve_overdue) over {db}.breaches FINAL grouped by case_id, spliced where
+-- a query says `{_case_overdue_counts}` (ranking.sql, dashboard_overview.sql). A resolve deadline missed into
+-- the discipline commission (final_overdue) is a late resolution.
+case_id,
+countIf(breach_type = 'accept_overdue') AS accept_overdue,
+countIf(breach_type IN ('resolve_overdue', 'final_overdue')) AS resolve_overdue
