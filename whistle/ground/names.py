@@ -7,9 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from whistle.ground.errors import ConfigError
+
+_Names = TypeVar("_Names", "Topics", "Groups")
+
+
+def _prefixed(names: _Names, prefix: str) -> _Names:
+    """The same names, each with the deployment's prefix."""
+    return replace(names, **{field: prefix + value for field, value in vars(names).items()})
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,7 @@ class Topics:
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
-        base = cls()
-        return cls(**{name: prefix + value for name, value in vars(base).items()})
+        return _prefixed(cls(), prefix)
 
     @property
     def sources(self) -> tuple[str, str, str]:
@@ -48,8 +55,7 @@ class Groups:
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Groups:
-        base = cls()
-        return cls(**{name: prefix + value for name, value in vars(base).items()})
+        return _prefixed(cls(), prefix)
 
     @classmethod
     def alerts_webhook_for(cls, prefix: str, url: str, tiers: Iterable[str] | None = None, units: Iterable[str] | None = None,
