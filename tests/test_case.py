@@ -30,6 +30,7 @@ from streams.domain.case import (
 )
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Location, Report, Source, Tier, Unit, Urgency
 from whistle.ground.errors import DomainError, TransitionError, ValidationError
+from whistle.ground.times import to_epoch_ms
 
 T0 = datetime(2026, 3, 9, 1, 0, tzinfo=UTC)  # Monday 09:00 China time
 CASE = "S01-20260309-0123456789"
@@ -327,3 +328,14 @@ def test_interleaved_cases_verify_independently():
     _, second = opened(report("app:r2"), case_id="S01-20260309-other")
     mixed = [first[0], second[0], first[1], second[1], *first[2:]]
     assert verify_chain(mixed) == []
+
+
+def test_a_resolution_dated_before_its_acceptance_is_recorded_at_the_acceptance_and_flagged():
+    """A case's log never runs backwards: no negative time to resolve, and the claim is kept as evidence."""
+    state, log = case_at(Status.ACCEPTED)
+    accepted_ms = state.status_since_ms
+    [resolved] = handle_action(state, action(ActionKind.RESOLVE, GRID, -30, note="已清理"), RULES)
+    assert to_epoch_ms(resolved.at) == accepted_ms
+    assert "[backdated:claimed=" in resolved.note and resolved.note.startswith("已清理")
+    [later] = handle_action(state, action(ActionKind.RESOLVE, GRID, 90, note="已清理"), RULES)
+    assert "backdated" not in later.note  # negative control: an action dated after the last event is taken as dated

@@ -1,11 +1,9 @@
 """One case-stream record, one transaction: a record whose processing fails part-way leaves no trace.
 
-The reproduction: an accept action dated before the business calendar's first day. Accepting is
-allowed, but the resolve deadline that follows cannot be computed, so the decider fails after the
-new state was already built. Before transactions the case stayed accepted in memory (seq 3) with
-nothing emitted, its deadlines never fired, the next event was emitted as seq 4 and the hash chain
-broke. Now the record is dead-lettered, the case is exactly as it was, and the next action continues
-the chain at seq 3.
+The reproduction: a record whose deadline arithmetic falls outside the business calendar fails after
+part of its work was done. Before transactions the case stayed changed in memory with nothing emitted,
+its deadlines never fired, the next event was emitted with a skipped seq and the hash chain broke.
+Now the record is dead-lettered and the partition is exactly as it was.
 """
 from __future__ import annotations
 
@@ -32,7 +30,10 @@ def _inbox(serde: Serde, branch: str, record) -> bytes:
     return serde.encode("CaseInboxEvent", {"event": (branch, to_record(record))}, validate=False)
 
 
-def test_a_failing_record_is_dead_lettered_and_leaves_state_deadlines_and_clock_as_they_were():
+def test_an_action_dated_before_the_calendar_is_recorded_at_the_cases_last_event_and_the_chain_goes_on():
+    """The issue's reproduction: an accept dated years back used to fail after the new state was built
+    (ghost state, seq 3 never emitted, chain broken). A case's log never runs backwards: the action is
+    recorded at the case's previous event, its claimed time kept as a flag, and the next action follows."""
     serde, topics = Serde(), Topics()
     cases = CaseProcessor(serde, load_reference(), load_policies(), load_calendar(), topics, 1)
     enriched = report("app:tx-1")
@@ -42,20 +43,15 @@ def test_a_failing_record_is_dead_lettered_and_leaves_state_deadlines_and_clock_
     def process(offset: int, branch: str, record, at: datetime):
         return cases.process(Position(topics.inbox, 0, offset), case_id.encode(), _inbox(serde, branch, record), at)
 
-    outputs, _ = process(0, ENRICHED, enriched, T0)
-    book = cases._parts[0].book
-    before = (book.states[case_id], book.index.clock_ms, book.index.pending(case_id))
-    assert before[0].status == Status.DISPATCHED and before[0].seq == 2
-
-    outputs, writes = process(1, ACTION, HandlingAction("act:early", case_id, ActionKind.ACCEPT, grid, BEFORE_THE_CALENDAR), T0)
-    assert [o.topic for o in outputs] == [topics.deadletter] and writes == []
-    assert "outside business calendar" in serde.decode(outputs[0].value).record["error_message"]
-    assert (book.states[case_id], book.index.clock_ms, book.index.pending(case_id)) == before
-
-    accepted, _ = process(2, ACTION, HandlingAction("act:accept", case_id, ActionKind.ACCEPT, grid, T0 + timedelta(minutes=10)), T0)
-    [event] = [serde.decode(o.value).record for o in accepted if o.topic == topics.case_events]
-    assert (event["kind"], event["seq"]) == (Kind.ACCEPTED, 3)
-    assert book.states[case_id].status == Status.ACCEPTED
+    process(0, ENRICHED, enriched, T0)
+    outputs, _ = process(1, ACTION, HandlingAction("act:early", case_id, ActionKind.ACCEPT, grid, BEFORE_THE_CALENDAR), T0)
+    [accepted] = [serde.decode(o.value).record for o in outputs if o.topic == topics.case_events]
+    assert (accepted["kind"], accepted["seq"], accepted["at"]) == (Kind.ACCEPTED, 3, T0)
+    assert f"backdated:claimed={BEFORE_THE_CALENDAR.year}" in accepted["note"]
+    resolved, _ = process(2, ACTION, HandlingAction("act:resolve", case_id, ActionKind.RESOLVE, grid, T0 + timedelta(minutes=10), note="已清理"), T0)
+    [event] = [serde.decode(o.value).record for o in resolved if o.topic == topics.case_events]
+    assert (event["kind"], event["seq"]) == (Kind.RESOLVED, 4)
+    assert cases._parts[0].book.states[case_id].status == Status.RESOLVED
 
 
 AFTER_THE_CALENDAR = datetime(CALENDAR.last_day.year + 2, 6, 1, 1, 0, tzinfo=UTC)
@@ -111,11 +107,11 @@ def test_a_rolled_back_book_replays_like_one_that_never_saw_the_record():
             book.begin()
             try:
                 book.advance(T0 + timedelta(hours=1))
-                book.act(HandlingAction("act:early", events[0].case_id, ActionKind.ACCEPT, events[0].assignee_unit_id, BEFORE_THE_CALENDAR))
+                book.act(HandlingAction("act:late", events[0].case_id, ActionKind.ACCEPT, events[0].assignee_unit_id, AFTER_THE_CALENDAR))
             except Exception:
                 book.rollback()
             else:
-                raise AssertionError("the early action should have failed")
+                raise AssertionError("the late action should have failed")
         fired, breaches = book.advance(T0 + timedelta(days=7))
         return events + fired, breaches
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from operator import attrgetter
@@ -41,7 +41,7 @@ import orjson
 
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Tier, Urgency
 from whistle.ground.errors import DomainError, TransitionError, ValidationError
-from whistle.ground.times import from_epoch_ms, to_epoch_ms
+from whistle.ground.times import UTC, from_epoch_ms, to_epoch_ms
 
 GENESIS_HASH = "0" * 64
 
@@ -210,6 +210,25 @@ _new_state = _positional_constructor(CaseState)
 _new_event = _positional_constructor(CaseEvent)
 _read_state = attrgetter(*CaseState.__slots__)
 _STATE_POSITION = {name: position for position, name in enumerate(CaseState.__slots__)}
+
+
+def last_event_ms(state: CaseState) -> int:
+    """The time of the case's latest lifecycle event: no later event may be recorded before it."""
+    latest = max(state.stage_start_ms, state.holder_since_ms, state.status_since_ms)
+    for start, end in state.pauses:
+        latest = max(latest, start, end or start)
+    return latest
+
+
+BACKDATED = "backdated"
+
+
+def _backdated(claimed: datetime) -> str:
+    return f"{BACKDATED}:claimed={claimed.astimezone(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+
+
+def _flagged(note: str | None, flag: str) -> str:
+    return f"{note} [{flag}]" if note else f"[{flag}]"
 
 
 def escalation_target(state: CaseState) -> Link | None:
@@ -383,9 +402,13 @@ def merge_report(state: CaseState | None, enriched: EnrichedReport, at: datetime
                               reason="case_closed", case_id=state.case_id, report_id=report.report_id)
     _, chain_text, _ = _chain_of(enriched, state.case_id)
     urgency = max(state.urgency, report.urgency.value, key=_URGENCY_RANK.__getitem__)
+    flags = enriched.flags
+    previous = last_event_ms(state)
+    if at_ms < previous:  # a case's log never runs backwards: the report's time is kept, flagged, as evidence
+        flags, at_ms = (*flags, _backdated(at)), previous
     writer = _EventWriter.after(state, urgency=urgency)
     writer.emit(Kind.REPORT_MERGED, at_ms, report.report_id, state.assignee, source=report.source.value,
-                report_id=report.report_id, reason=",".join(enriched.flags) or None, note=chain_text)
+                report_id=report.report_id, reason=",".join(flags) or None, note=chain_text)
     return writer.events
 
 
@@ -400,6 +423,10 @@ def handle_action(state: CaseState | None, action: HandlingAction, rules: Handli
         raise _refuse(None, action, "unknown_case", "action on a case that does not exist")
     if state.has_applied(action.action_id):
         return []
+    previous = last_event_ms(state)
+    if at < previous:  # a case's log never runs backwards: the claim is kept, flagged, as evidence
+        action = replace(action, note=_flagged(action.note, _backdated(action.at)))
+        at = previous
     kind = action.kind
     if kind in (ActionKind.RATE, ActionKind.REOPEN):
         return _reporter_action(state, action, rules, at)
