@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -109,7 +110,8 @@ class Serde:
         try:
             record = typing.cast(dict[str, Any], schemaless_reader(buffer, writer.parsed, None if writer is reader else reader.parsed, True, True))  # a record schema reads into a dict
         except Exception as exc:  # truncated or corrupt bodies surface as assorted fastavro/EOF errors
-            raise DecodeError(f"{writer.name} body does not decode: {type(exc).__name__}: {exc}", schema=writer.name) from exc
+            reason = _MEMORY_ADDRESS.sub("", str(exc))  # "… from <_io.BytesIO object at 0x7f…>": the same bytes, the same dead letter
+            raise DecodeError(f"{writer.name} body does not decode: {type(exc).__name__}: {reason}", schema=writer.name) from exc
         if buffer.tell() != len(data):
             raise DecodeError(f"{len(data) - buffer.tell()} bytes left after the {writer.name} body", schema=writer.name)
         if validate:
@@ -171,6 +173,9 @@ class _FieldPlan(NamedTuple):
     nested: type | None
     to_value: Callable[[Any], Any]
     from_value: Callable[[Any], Any]
+
+
+_MEMORY_ADDRESS = re.compile(r" (?:from |of )?<[^<>]* at 0x[0-9a-f]+>")
 
 
 def record_name(cls: type) -> str:

@@ -10,12 +10,17 @@ The rules live next to the fields they constrain, as `x-*` attributes in `schema
 - `x-pattern: regex`         a string matching the regex
 - `x-format: phone`          a phone number `streams.domain.pii.normalize_phone` accepts
 - `x-required-if: {f: [v]}`  a nullable field that must be set when field f holds one of the values
+- `x-paired-with: f`         a nullable field that must be set when field f is, and the other way
+                             round when f names it back (lat/lon: both or neither)
 - `x-personal: true`         marks personal data (checked by the schema tests, not here)
-- `x-id: true`               marks the record's id field (unique, reused on a retried send)
+- `x-id: true`               marks the record's id field (unique, reused on a retried send); an id is
+                             1 to 128 characters of A-Z a-z 0-9 . _ : - (`ID_PATTERN`), checked here
 - `x-event-time: true`       marks the record's event-time field (a timestamp-millis)
 The last three are facts about the record rather than value rules: `schemas.catalog` reads them once
 at load (`Catalog.record_facts`, which also checks them) for the code that needs them.
-Date-times must be timezone-aware in every mode: a naive datetime is refused, never guessed.
+Date-times must be timezone-aware in every mode: a naive datetime is refused, never guessed, and lie
+in `EARLIEST` .. `LATEST` (1970-01-01 to 2099-12-31 UTC: what ClickHouse's DateTime partitions hold).
+Strings must be valid Unicode (no lone surrogates: they cannot be written as UTF-8).
 
 Two modes, both compiled once per schema into closures:
 - `validate` (input from outside: JSON lines, HTTP bodies, hand-built dicts) checks every type and
@@ -26,13 +31,16 @@ Two modes, both compiled once per schema into closures:
 - `check` (records already typed: decoded by fastavro, or built from domain objects) visits only
   the fields that carry rules or date-times, in place; fastavro enforces the types.
 Both report every problem at once, each as (field path, reason).
+
+`json_schema` describes the JSON form `validate` accepts as an OpenAPI 3.0 schema object, from the same
+annotations (the gateway's /openapi.json), so the description cannot drift from the rules.
 """
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -45,8 +53,35 @@ Check = Callable[[Any, Problems], Any]
 
 _INT_LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _PYTHON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
-_FIELD_RULES = frozenset({"x-nonempty", "x-range", "x-max-length", "x-vocabulary", "x-pattern", "x-format", "x-required-if", "x-personal", "x-id", "x-event-time"})
+_FIELD_RULES = frozenset({"x-nonempty", "x-range", "x-max-length", "x-vocabulary", "x-pattern", "x-format", "x-required-if", "x-paired-with",
+                          "x-personal", "x-id", "x-event-time"})
 _UTC = UTC
+ID_MAX_LENGTH = 128
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{ID_MAX_LENGTH}}}")  # an x-id field's value, in full
+ID_RULE = f"an id is 1 to {ID_MAX_LENGTH} characters of A-Z a-z 0-9 . _ : -"
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # inclusive
+LATEST = datetime(2100, 1, 1, tzinfo=UTC) - timedelta(milliseconds=1)  # inclusive
+TIME_RULE = "must lie between 1970-01-01T00:00:00Z and 2099-12-31T23:59:59.999Z"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why `value` is not a valid record id (see ID_PATTERN), without quoting it; None if it is one."""
+    if ID_PATTERN.fullmatch(value):
+        return None
+    if not value or len(value) > ID_MAX_LENGTH:
+        return f"is {len(value)} characters long; {ID_RULE}"
+    bad = next(c for c in value if not ID_PATTERN.fullmatch(c))
+    return f"holds U+{ord(bad):04X} at position {value.index(bad)}; {ID_RULE}"
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Why an aware datetime is outside EARLIEST..LATEST, or None."""
+    try:
+        inside = EARLIEST <= value <= LATEST
+    except OverflowError:  # an offset taking it past year 1 or 9999
+        inside = False
+    return None if inside else f"{value.isoformat()} is out of range: {TIME_RULE}"
 
 
 class RecordValidator:
@@ -131,7 +166,10 @@ class _Compiler:
         if kind == "string":
             def check(value, problems):
                 if type(value) is str:
-                    return value
+                    if value.isascii() or not _LONE_SURROGATE.search(value):
+                        return value
+                    problems.append((path, "is not valid Unicode text (a lone surrogate)"))
+                    return None
                 problems.append((path, f"expected a string, got {_describe(value)}"))
         elif kind in _INT_LIMITS:
             lo, hi = _INT_LIMITS[kind]
@@ -179,8 +217,11 @@ class _Compiler:
 
         if not self.full:
             def check_aware(value, problems):
-                if isinstance(value, datetime) and value.utcoffset() is None:
-                    problems.append(naive(value))
+                if isinstance(value, datetime):
+                    if value.utcoffset() is None:
+                        problems.append(naive(value))
+                    elif (reason := instant_problem(value)) is not None:
+                        problems.append((path, reason))
 
             return check_aware
 
@@ -196,6 +237,10 @@ class _Compiler:
                 return None
             if value.utcoffset() is None:
                 problems.append(naive(value))
+                return None
+            reason = instant_problem(value)
+            if reason is not None:
+                problems.append((path, reason))
                 return None
             if value.tzinfo is not _UTC:
                 value = value.astimezone(_UTC)
@@ -291,6 +336,8 @@ class _Compiler:
         prefix = f"{path}." if path else ""
         fields = []
         conditions = []
+        pairs = []  # (field, its partner's path, partner): the partner must be set when the field is
+        names = {f["name"] for f in node["fields"]}
         for f in node["fields"]:
             field_path = prefix + f["name"]
             unknown_rules = {k for k in f if k.startswith("x-")} - _FIELD_RULES
@@ -300,10 +347,15 @@ class _Compiler:
             fields.append((f["name"], field_check, "default" in f, f.get("default")))
             for other, values in f.get("x-required-if", {}).items():
                 conditions.append((f["name"], field_path, other, frozenset(values)))
+            if "x-paired-with" in f:
+                partner = f["x-paired-with"]
+                if partner not in names or partner == f["name"]:
+                    raise self.fail(field_path, f"x-paired-with names {partner!r}, not another field of {node['name']}")
+                pairs.append((f["name"], prefix + partner, partner))
         if self.full:
-            return self._full_record(fields, conditions, path, prefix)
+            return self._full_record(fields, conditions, pairs, path, prefix)
         checked = tuple((name, field_check) for name, field_check, _, _ in fields if field_check is not None)
-        if not checked and not conditions:
+        if not checked and not conditions and not pairs:
             return None
 
         def check(value, problems):
@@ -313,12 +365,15 @@ class _Compiler:
             for name, field_path, other, values in conditions:
                 if value.get(name) is None and value.get(other) in values:
                     problems.append((field_path, f"is required when {other} is {value[other]}"))
+            for name, partner_path, partner in pairs:
+                if value.get(name) is not None and value.get(partner) is None and all(where != partner_path for where, _ in problems):
+                    problems.append((partner_path, f"is required when {name} is given (both or neither)"))
             return value
 
         return check
 
     @staticmethod
-    def _full_record(fields: list, conditions: list, path: str, prefix: str) -> Check:
+    def _full_record(fields: list, conditions: list, pairs: list, path: str, prefix: str) -> Check:
         names = frozenset(name for name, *_ in fields)
 
         def check(value, problems):
@@ -339,6 +394,9 @@ class _Compiler:
             for name, field_path, other, values in conditions:
                 if out.get(name) is None and out.get(other) in values:
                     problems.append((field_path, f"is required when {other} is {out[other]}"))
+            for name, partner_path, partner in pairs:
+                if out.get(name) is not None and value.get(partner) is None and all(where != partner_path for where, _ in problems):
+                    problems.append((partner_path, f"is required when {name} is given (both or neither)"))
             return out
 
         return check
@@ -375,6 +433,8 @@ class _Compiler:
         rules: list[Callable[[Any], str | None]] = []
         if f.get("x-nonempty"):
             rules.append(lambda v: "must not be empty" if (not v.strip() if type(v) is str else not v) else None)
+        if f.get("x-id"):
+            rules.append(id_problem)
         if "x-range" in f:
             lo, hi = f["x-range"]
             rules.append(lambda v: f"{v} is below {lo}" if v < lo else f"{v} is above {hi}" if v > hi else None)
@@ -403,3 +463,101 @@ def _phone_problem(value: str) -> str | None:
     except ValidationError as exc:
         return exc.message
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON form as an OpenAPI 3.0 schema object
+
+_JSON_INT_LIMITS = {"int": _INT_LIMITS["int"], "long": (-(2**53) + 1, 2**53 - 1)}  # JSON numbers: exact up to 2**53
+
+
+def json_schema(definition: Mapping[str, Any], vocabularies: Mapping[str, frozenset[str]]) -> dict[str, Any]:
+    """The JSON form `validate` accepts for a schema, as an OpenAPI 3.0 schema object (types, required
+    fields, x-* rules as minLength/maxLength/minimum/maximum/pattern/enum). Rules JSON Schema cannot state
+    (x-required-if, x-paired-with, x-format, non-blank text, the time range) are stated in descriptions."""
+    named: dict[str, Mapping[str, Any]] = {}
+
+    def describe(node: Any, namespace: str) -> dict[str, Any]:
+        if isinstance(node, list):
+            others = [b for b in node if b != "null"]
+            if len(others) == 1:
+                inner = describe(others[0], namespace)
+                return {**inner, "nullable": True} if "null" in node else inner
+            branches = []
+            for branch in others:
+                target = branch if isinstance(branch, dict) else named[branch if "." in branch else f"{namespace}.{branch}"]
+                short = str(target["name"]).rpartition(".")[2]
+                branches.append({"type": "object", "properties": {short: describe(branch, namespace)}, "required": [short],
+                                 "additionalProperties": False})
+            return {"oneOf": branches, **({"nullable": True} if "null" in node else {})}
+        if isinstance(node, str):
+            if node in PRIMITIVES:
+                return primitive(node)
+            full = node if "." in node else f"{namespace}.{node}"
+            return describe(named[full], full.rpartition(".")[0])
+        kind = node["type"]
+        if kind == "record":
+            full = full_name(node, namespace)
+            named[full] = node
+            inner_namespace = full.rpartition(".")[0]
+            properties = {f["name"]: field(f, inner_namespace) for f in node["fields"]}
+            out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+            required = [f["name"] for f in node["fields"] if "default" not in f]
+            if required:
+                out["required"] = required
+            if node.get("doc"):
+                out["description"] = node["doc"]
+            return out
+        if kind == "enum":
+            named[full_name(node, namespace)] = node
+            return {"type": "string", "enum": list(node["symbols"])}
+        if kind == "array":
+            return {"type": "array", "items": describe(node["items"], namespace)}
+        if node.get("logicalType") == "timestamp-millis":
+            return {"type": "string", "format": "date-time",
+                    "description": f"ISO 8601 date-time with a time zone (Z or an offset); {TIME_RULE}"}
+        return primitive(kind)
+
+    def primitive(kind: str) -> dict[str, Any]:
+        if kind in _JSON_INT_LIMITS:
+            lo, hi = _JSON_INT_LIMITS[kind]
+            return {"type": "integer", "minimum": lo, "maximum": hi}
+        return {"string": {"type": "string"}, "bytes": {"type": "string"}, "boolean": {"type": "boolean"},
+                "double": {"type": "number"}, "float": {"type": "number"}}.get(kind, {"nullable": True, "enum": [None]})
+
+    def field(f: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+        out = describe(f["type"], namespace)
+        target = out if "type" in out else None  # a union of records: rules do not apply
+        notes = [str(f.get("doc", "")).strip(), out.pop("description", "")]
+        if target is not None:
+            if f.get("x-nonempty"):
+                if target["type"] == "array":
+                    target["minItems"] = 1
+                else:
+                    target["minLength"] = 1
+                    notes.append("Must not be blank.")
+            if "x-max-length" in f:
+                target["maxLength"] = f["x-max-length"]
+            if "x-range" in f:
+                target["minimum"], target["maximum"] = f["x-range"]
+            if "x-vocabulary" in f:
+                target["enum"] = sorted(vocabularies[f["x-vocabulary"]]) + ([None] if target.get("nullable") else [])
+            if "x-pattern" in f:
+                target["pattern"] = f"^(?:{f['x-pattern']})$"
+            if f.get("x-id"):
+                target.update(minLength=1, maxLength=ID_MAX_LENGTH, pattern=f"^{ID_PATTERN.pattern}$")
+                notes.append(f"The record's id: {ID_RULE}.")
+            if f.get("x-format") == "phone":
+                notes.append("A phone number (digits, spaces, dashes, +86).")
+        for other, values in f.get("x-required-if", {}).items():
+            notes.append(f"Required when {other} is {' or '.join(map(str, values))}.")
+        if "x-paired-with" in f:
+            notes.append(f"Give it together with {f['x-paired-with']}, or neither.")
+        if "default" in f and target is not None:
+            target["default"] = f["default"]
+        text = " ".join(n.rstrip(".") + "." for n in notes if n)
+        if text:
+            out["description"] = text
+        return out
+
+    return describe(definition, definition.get("namespace", ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import io
 import logging
 import socket
 import time
@@ -23,13 +24,16 @@ from sinks.clickhouse import ServerEngine
 from sinks.migrator import migrate
 from sinks.sink import CASE_EVENT_COLUMNS, RAW_COLUMNS, RowMaker
 from streams.domain.pii import PersonalDataHasher
+from streams.domain.reference import load_reference
+from streams.pipeline import Ingestor
 from whistle.edges import open311
-from whistle.edges.gateway import build_app, find_requests, load_api_keys
+from whistle.edges.gateway import build_app, find_requests, gateway_publisher, load_api_keys
 from whistle.edges.sdk import Publisher
 from whistle.ground.deadletter import Position
 from whistle.ground.errors import ConfigError
 from whistle.ground.names import Topics
 from whistle.ground.settings import PROJECT_ROOT, Settings
+from whistle.ground.times import utc_now
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -381,3 +385,115 @@ def test_the_example_key_file_loads_and_a_bad_entry_is_named(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_api_keys(bad)
     assert caught.value.context["field"] == "keys[0].sha256"
+
+
+# ---------------------------------------------------------------------------------------------- hostile integrators
+
+HOSTILE_IDS = {"60,000 characters": "x" * 60_000, "NUL": "det\x00-1", "ANSI escape": "det-\x1b[31mred", "RTL override": "det-\u202egnp.exe",
+               "space": "det 1", "non-ASCII": "det-é"}
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_hostile_camera_and_hotline_records_get_400_naming_the_field(gw_settings, publisher, keys):
+    camera = [(detection(detected_at="0001-01-01T00:00:00+08:00"), "detected_at"), (detection(detected_at="0001-01-01T00:00:00Z"), "detected_at"),
+              (detection(detected_at="9999-12-31T23:59:59-08:00"), "detected_at"), (detection(detected_at="9999-12-31T23:59:59Z"), "detected_at"),
+              ({k: v for k, v in detection().items() if k != "lon"}, "lon"), (detection(lon=None), "lon"), (detection(lat=None), "lat")]
+    camera += [(detection(detection_id=bad), "detection_id") for bad in HOSTILE_IDS.values()]
+    hotline = [(ticket(ticket_id=bad), "ticket_id") for bad in HOSTILE_IDS.values()] + [(ticket(received_at="0001-01-01T00:00:00+14:00"), "received_at")]
+
+    async def scenario(client):
+        answers = []
+        for path, key, cases in (("/v1/camera/detections", CAMERA_KEY, camera), ("/v1/hotline/tickets", HOTLINE_KEY, hotline)):
+            for body, _ in cases:
+                response = await client.post(path, json=body, headers={"X-API-Key": key})
+                answers.append((response.status, [e["field"] for e in (await response.json())["errors"]]))
+        return answers
+
+    answers = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert answers == [(400, [field]) for _, field in camera + hotline]
+    stored = {r["detection_id"] for r in topic_records(gw_settings, publisher, "camera")}
+    assert not stored & {body["detection_id"] for body, _ in camera}
+
+
+def test_a_camera_record_with_lat_and_no_lon_is_refused_by_the_serializer_the_worker_uses_too(gw_settings, publisher):
+    """The pairing rule is in the schema (x-paired-with): the worker's decode dead-letters such a record (written by an
+    old producer, around the serializer) before normalize sees it, naming the field the gateway names."""
+    serde = publisher.serde
+    lone = serde.validate("CameraDetection", detection())
+    lone["lon"] = None
+    value = serde.encode("CameraDetection", lone, validate=False)
+    topics = Topics.with_prefix(gw_settings.topic_prefix)
+    ingestor = Ingestor(serde, load_reference(), PersonalDataHasher(gw_settings.pii_hmac_key), topics)
+    output = ingestor.process(Position(topics.camera, 0, 7), b"k", value, utc_now())
+    letter = serde.decode(output.value).record
+    assert output.topic == topics.deadletter and (letter["stage"], letter["field"]) == ("validate", "lon")
+    assert "lon: is required when lat is given" in letter["error_message"]
+
+
+def test_hostile_open311_requests_get_400_naming_the_field(gw_settings, publisher, keys):
+    form = "service_code=garbage&lat=27.83&long=113.14&account_id=u-1"
+    posts = [(b"description=%ff%fe&" + form.encode(), "application/x-www-form-urlencoded", "description"),
+             (b"description=\xff\xfe&" + form.encode(), "application/x-www-form-urlencoded", "body"),
+             (form.encode(), "application/x-www-form-urlencoded; charset=klingon", "body"),
+             (b"description=\xff&" + form.encode(), "application/x-www-form-urlencoded; charset=ascii", "body"),
+             (b"lat=27.83&service_code=garbage&account_id=u-1", "application/x-www-form-urlencoded", "long")]
+    gets = [("/open311/v2/requests.json?start_date=0001-01-01T00:00:00%2B14:00", "start_date"),
+            ("/open311/v2/requests.json?end_date=0001-01-01T00:00:00Z", "end_date"),
+            ("/open311/v2/requests.json?end_date=9999-12-31T23:59:59-12:00", "end_date"),
+            ("/open311/v2/requests.json?start_date=9999-12-31T23:59:59Z", "start_date"),
+            ("/open311/v2/requests.json?service_request_id=o311-a,%00%1b[31m", "service_request_id"),
+            ("/open311/v2/requests/%E2%80%AEo311.json", "service_request_id"),
+            (f"/open311/v2/requests/{'x' * 200}.json", "service_request_id")]
+
+    async def scenario(client):
+        answers = []
+        for body, content_type, _ in posts:
+            response = await client.post("/open311/v2/requests.json", data=body, headers={"X-API-Key": APP_KEY, "Content-Type": content_type})
+            body = await response.json()
+            answers.append((response.status, [p.get("field", p) for p in body] if isinstance(body, list) else body))
+        for path, _ in gets:
+            response = await client.get(path, headers={"X-API-Key": APP_KEY})
+            body = await response.json()
+            answers.append((response.status, [p.get("field", p) for p in body] if isinstance(body, list) else body))
+        upload = await client.post("/open311/v2/requests.json", headers={"X-API-Key": APP_KEY},
+                                   data={"service_code": "garbage", "lat": "27.83", "long": "113.14", "account_id": "u-1",
+                                         "first_name": io.BytesIO(b"\x00\x01")})
+        answers.append((upload.status, [p["field"] for p in await upload.json()]))
+        return answers
+
+    answers = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+    assert answers == [(400, [field]) for *_, field in posts] + [(400, [field]) for _, field in gets] + [(400, ["first_name"])]
+
+
+def test_while_kafka_is_unreachable_every_request_is_answered_503_within_the_configured_bound(gw_settings, keys):
+    unreachable = dataclasses.replace(gw_settings, kafka=dataclasses.replace(gw_settings.kafka, bootstrap_servers=f"127.0.0.1:{closed_port()}"))
+    assert unreachable.gateway_kafka_timeout_s == 2.0  # the default
+
+    async def scenario(client):
+        async def one(n):
+            started = time.monotonic()
+            response = await client.post("/v1/camera/detections", json=detection(), headers={"X-API-Key": CAMERA_KEY})
+            return response.status, response.headers.get("Retry-After"), time.monotonic() - started
+
+        single = await one(0)
+        crowd = await asyncio.gather(*(one(n) for n in range(50)))
+        return single, crowd
+
+    with gateway_publisher(unreachable) as dead:
+        assert dead.delivery_timeout_s == 2.0
+        started = time.monotonic()
+        single, crowd = serve(build_app(unreachable, dead, keys, Clock()), scenario)
+        total = time.monotonic() - started
+    print(f"time to 503 with Kafka down: {single[2]:.2f} s; 50 concurrent: max {max(c[2] for c in crowd):.2f} s; total {total:.2f} s")
+    assert single[:2] == (503, "1") and 1.5 <= single[2] < 3.0
+    assert {(status, retry) for status, retry, _ in crowd} == {(503, "1")} and max(elapsed for *_, elapsed in crowd) < 3.0
+
+    shorter = dataclasses.replace(unreachable, gateway_kafka_timeout_s=0.5)
+    with gateway_publisher(shorter) as dead:
+        (status, _, elapsed), _ = serve(build_app(shorter, dead, keys, Clock()), scenario)
+    assert status == 503 and elapsed < 1.5

@@ -1,11 +1,15 @@
-"""The district reference data: generated reproducibly, a gapless map, and loud about any broken file."""
+"""The district reference data: generated reproducibly, a map without holes (every point of its closure in exactly one
+polygon, shared edges and vertices included), and loud about any broken file."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
+import numpy
 import pytest
 import shapely
 import yaml
@@ -82,27 +86,141 @@ def test_streets_and_communities_are_contiguous_and_streets_share_boundaries(ref
         assert _connected({g.grid_id for g in ref.grids.values() if g.community_id == community_id}, neighbours), community_id
 
 
-def test_every_lattice_vertex_and_edge_point_belongs_to_exactly_one_polygon(ref):
-    """Points on shared boundaries: one owner, never two, never none (the half-open rule)."""
-    polygons = list(ref.grids.values()) + list(ref.ungridded_areas.values())
-    single = [(p, PolygonIndex([(p, p.ring)], bucket_deg=0.0006)) for p in polygons]
-    by_vertex: dict[tuple[float, float], int] = {}
+def _by_priority(ref) -> list:
+    """The tie order of the loader's index: grids by ascending id, then ungridded areas by ascending id."""
+    return [g for _, g in sorted(ref.grids.items())] + [a for _, a in sorted(ref.ungridded_areas.items())]
+
+
+def _boundary_points(polygons) -> dict[str, list[tuple[float, float]]]:
+    """(lon, lat) points on and right next to every edge and vertex of the map.
+
+    vertices: exact. midpoints: the float midpoint of each edge (on a sloped edge usually a hair off
+    it, on either side, which is as much a test as a point on it). straddling: at each edge's middle
+    latitude the two adjacent floats on either side of the exact crossing (or the crossing itself
+    when it is a float), and for a horizontal edge the point on it and the floats just above and below.
+    """
+    vertices: set[tuple[float, float]] = set()
+    midpoints: set[tuple[float, float]] = set()
+    straddling: set[tuple[float, float]] = set()
     for p in polygons:
-        for v in p.ring[:-1]:
-            by_vertex[v] = by_vertex.get(v, 0) + 1
-    edges: dict[frozenset, int] = {}
+        for (x1, y1), (x2, y2) in zip(p.ring, p.ring[1:]):
+            vertices.add((x1, y1))
+            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+            midpoints.add((mx, my))
+            if y1 == y2:
+                straddling.update({(mx, y1), (mx, math.nextafter(y1, math.inf)), (mx, math.nextafter(y1, -math.inf))})
+                continue
+            exact = Fraction(x1) + (Fraction(my) - Fraction(y1)) * (Fraction(x2) - Fraction(x1)) / (Fraction(y2) - Fraction(y1))
+            below = float(exact)
+            if Fraction(below) > exact:
+                below = math.nextafter(below, -math.inf)
+            straddling.update({(below, my), (math.nextafter(below, math.inf), my)})
+    return {"vertices": sorted(vertices), "midpoints": sorted(midpoints), "straddling": sorted(straddling)}
+
+
+def _covering(point, polygons, shapes) -> list:
+    """The polygons whose closure holds the point, in priority order (shapely's exact `covers`)."""
+    return [polygons[i] for i in numpy.flatnonzero(shapely.covers(shapes, shapely.Point(*point)))]
+
+
+def _misplaced(points, polygons, shapes, locate) -> list:
+    """Points `locate` gets wrong: the owner must be the first polygon (in priority order) whose closure covers the point."""
+    wrong = []
+    for lon, lat in points:
+        covering = _covering((lon, lat), polygons, shapes)
+        if locate(lat, lon) is not (covering[0] if covering else None):
+            wrong.append((lon, lat, [getattr(p, "grid_id", getattr(p, "area_id", None)) for p in covering]))
+    return wrong
+
+
+def _old_half_open_rule(polygons):
+    """The rule before "geometry without holes": float half-open ray casting, the polygon to the east / north owns an edge."""
+    edges = []
     for p in polygons:
-        for a, b in zip(p.ring, p.ring[1:]):
-            edges[frozenset((a, b))] = edges.get(frozenset((a, b)), 0) + 1
-    interior_vertices = [v for v, count in by_vertex.items() if count == 4]
-    shared_edge_midpoints = [tuple(sum(c) / 2 for c in zip(*edge)) for edge, count in edges.items() if count == 2]
-    outer_edge_midpoints = [tuple(sum(c) / 2 for c in zip(*edge)) for edge, count in edges.items() if count == 1]
-    assert len(interior_vertices) > 150 and len(shared_edge_midpoints) > 400
-    for points, must_have_owner in ((interior_vertices, True), (shared_edge_midpoints, True), (outer_edge_midpoints, False)):
-        for lon, lat in points:
-            owners = [p for p, index in single if index.locate(lat, lon) is p]
-            assert len(owners) == 1 if must_have_owner else len(owners) <= 1, (lat, lon, owners)
-            assert ref.locate(lat, lon) is (owners[0] if owners else None), (lat, lon)
+        mine = []
+        for (x1, y1), (x2, y2) in zip(p.ring, p.ring[1:]):
+            if y1 != y2:
+                if y1 > y2:
+                    x1, y1, x2, y2 = x2, y2, x1, y1
+                mine.append((y1, y2, x1, (x2 - x1) / (y2 - y1)))
+        edges.append((p, mine))
+
+    def locate(lat, lon):
+        for p, mine in edges:
+            if sum(1 for y_lo, y_hi, x_lo, slope in mine if y_lo <= lat < y_hi and lon < x_lo + (lat - y_lo) * slope) % 2:
+                return p
+        return None
+    return locate
+
+
+def _open_rule(polygons, shapes):
+    """A deliberately open-edge rule: only a polygon's interior counts."""
+    def locate(lat, lon):
+        inside = numpy.flatnonzero(shapely.contains(shapes, shapely.Point(lon, lat)))
+        return polygons[inside[0]] if len(inside) else None
+    return locate
+
+
+@pytest.fixture(scope="module")
+def boundary(ref):
+    polygons = _by_priority(ref)
+    return polygons, numpy.array([shapely.Polygon(p.ring) for p in polygons]), _boundary_points(polygons)
+
+
+@pytest.mark.parametrize("kind", ["vertices", "midpoints", "straddling"])
+def test_every_boundary_point_of_the_district_has_exactly_one_owner_by_the_lowest_id_rule(ref, boundary, kind):
+    """Shared edges and vertices and the district's outer boundary included: no holes, no double owners (shapely covers
+    as the reference; the owner is the lowest grid id, grids before parks, among the polygons whose closure holds the point)."""
+    polygons, shapes, points = boundary
+    boundaries = shapely.boundary(shapes)
+    assert _misplaced(points[kind], polygons, shapes, ref.locate) == []
+    owners = {point: len(_covering(point, polygons, shapes)) for point in points[kind]}
+    on_map = [point for point, count in owners.items() if count]
+    assert all(ref.locate(lat, lon) is not None for lon, lat in on_map)
+    shared = [point for point in on_map if owners[point] >= 2]
+    outer = [point for point in on_map if owners[point] == 1 and shapely.covers(boundaries, shapely.Point(*point)).any()]
+    minimum = {"vertices": (250, 15), "midpoints": (100, 15), "straddling": (100, 15)}[kind]
+    assert len(shared) >= minimum[0] and len(outer) >= minimum[1], (len(shared), len(outer))
+    if kind == "vertices":
+        assert len(on_map) == len(points[kind])  # a vertex is always on the map, exactly
+
+
+def test_negative_control_the_old_and_an_open_edge_rule_leave_boundary_points_in_no_polygon(ref, boundary):
+    polygons, shapes, points = boundary
+    boundaries = shapely.boundary(shapes)
+    exact_points = points["vertices"] + [pt for pt in points["straddling"] if shapely.covers(boundaries, shapely.Point(*pt)).any()]
+    old, open_edges = _old_half_open_rule(polygons), _open_rule(polygons, shapes)
+    lost_by_old = [(lon, lat) for lon, lat in exact_points if old(lat, lon) is None]
+    lost_by_open = [(lon, lat) for lon, lat in exact_points if open_edges(lat, lon) is None]
+    assert len(lost_by_old) >= 40 and len(lost_by_open) == len(exact_points)  # every exact boundary point
+    assert _misplaced(exact_points, polygons, shapes, old) and _misplaced(exact_points, polygons, shapes, open_edges)
+    assert not [(lon, lat) for lon, lat in lost_by_old if ref.locate(lat, lon) is None]
+
+
+def test_ties_on_a_small_tiling_go_to_the_first_polygon_and_the_outer_boundary_counts():
+    """Four unit squares A B / C D (priority A, B, C, D); the old rule lost the east and north sides and corners."""
+    def square(x, y):
+        return ((x, y), (x + 1, y), (x + 1, y + 1), (x, y + 1), (x, y))
+    index = PolygonIndex([("A", square(0, 1)), ("B", square(1, 1)), ("C", square(0, 0)), ("D", square(1, 0))], bucket_deg=0.3)
+    cases = {(1.0, 1.0): "A", (1.0, 0.5): "C", (1.0, 1.5): "A", (0.5, 1.0): "A", (1.5, 1.0): "B",  # shared vertex and edges
+             (2.0, 2.0): "B", (2.0, 0.0): "D", (0.0, 0.0): "C", (0.0, 2.0): "A", (2.0, 0.5): "D", (1.5, 2.0): "B",  # outer boundary
+             (0.5, 0.5): "C", (1.5, 0.5): "D", (1.5, 1.5): "B", (0.5, 1.5): "A"}  # interiors
+    for (x, y), owner in cases.items():
+        assert index.locate(y, x) == owner, (x, y)
+    for x, y in ((2.0 + 1e-12, 1.0), (1.0, 2.0 + 1e-12), (-1e-12, 0.5), (0.5, -1e-12), (math.inf, 1.0), (math.nan, 1.0)):
+        assert index.locate(y, x) is None, (x, y)
+    reversed_index = PolygonIndex([("D", square(1, 0)), ("C", square(0, 0)), ("B", square(1, 1)), ("A", square(0, 1))], bucket_deg=0.3)
+    assert (reversed_index.locate(1.0, 1.0), reversed_index.locate(0.5, 1.0)) == ("D", "D")
+
+
+def test_a_single_polygon_index_claims_its_whole_closure(ref):
+    grid = ref.grids["G-S03-C02-003"]
+    index = PolygonIndex([(grid, grid.ring)], bucket_deg=0.0006)
+    shape = shapely.Polygon(grid.ring)
+    points = _boundary_points([grid])
+    for lon, lat in points["vertices"] + points["midpoints"] + points["straddling"]:
+        assert (index.locate(lat, lon) is grid) is shape.covers(shapely.Point(lon, lat)), (lon, lat)
+    assert all(index.locate(lat, lon) is grid for lon, lat in points["vertices"])
 
 
 def test_index_agrees_with_shapely_on_random_points(ref):

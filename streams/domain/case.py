@@ -500,7 +500,7 @@ def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRu
     if action.kind == ActionKind.RATE:
         if state.status != Status.RESOLVED:
             raise _refuse(state, action, "not_resolved", f"cannot rate a case that is {state.status}: only a resolved, unrated case can be rated")
-        if action.unit_id == state.assignee.unit_id:
+        if _handled(state, action.unit_id):
             raise _refuse(state, action, "self_rating", f"{action.unit_id} handled the case and cannot rate it", "unit_id")
         if not isinstance(action.rating, int) or isinstance(action.rating, bool) or not 1 <= action.rating <= 5:
             raise _refuse(state, action, "rating_out_of_range", f"rating must be a whole number 1..5, got {action.rating!r}", "rating")
@@ -514,6 +514,12 @@ def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRu
     if above is None:
         writer.emit(Kind.DISPATCHED, at, action.action_id, state.assignee, reason="reopened at the top of the chain")
     return writer.events
+
+
+def _handled(state: CaseState, unit_id: str) -> bool:
+    """Whether `unit_id` is one of the case's handling units: on its chains, its holder, or one that held it."""
+    return (unit_id == state.assignee.unit_id or unit_id in state.lost_by_breach or unit_id in state.rejected_by
+            or find_link(state, unit_id) is not None)
 
 
 def _next_holder(state: CaseState, action: HandlingAction, rules: HandlingRules) -> Link:

@@ -15,6 +15,10 @@ app      report id "app:<report_id>"; the account id leaves only as a keyed hash
          (0, 0) coordinates are a phone's "no fix" and count as absent, so the typed address (if
          any) is used instead.
 
+Free text (every channel's `description` and `address_text`) leaves only redacted
+(streams.domain.redact): phone, ID-card numbers and e-mail addresses typed into it become fixed
+marks ([电话], [身份证], [邮箱]); the raw topics keep what was sent.
+
 Urgency everywhere: the higher of what the channel says and the category's default: an operator
 may raise urgency but a gas leak is always an emergency.
 Times: UTC-aware datetimes (fastavro's decoding of timestamp-millis) or epoch milliseconds;
@@ -28,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency
+from streams.domain.redact import redact
 from streams.domain.reference import DistrictReference
 from whistle.ground.errors import ValidationError
 
@@ -53,7 +58,7 @@ def normalize_camera(record: CameraDetection, reference: DistrictReference) -> R
         occurred_at=_instant(record, "detected_at", source),
         category=category,
         urgency=reference.categories[category].default_urgency,
-        description=f"camera {camera_id} detected {category} (confidence {confidence:.2f}, model {_text(record, 'model_version', source)})",
+        description=redact(f"camera {camera_id} detected {category} (confidence {confidence:.2f}, model {_text(record, 'model_version', source)})")[0],
         lat=lat,
         lon=lon,
         camera_id=camera_id,
@@ -81,7 +86,7 @@ def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_
         category=category,
         urgency=_urgency(reference, category, record.urgency, source),
         description=_description(record, source),
-        address_text=(address.strip() or None) if address else None,
+        address_text=_redacted(address.strip() or None) if address else None,
         reporter_hash=reporter_hash,
     )
 
@@ -104,7 +109,7 @@ def normalize_app_report(record: ResidentReport, reference: DistrictReference, h
         description=_description(record, source),
         lat=lat,
         lon=lon,
-        address_text=(address.strip() or None) if isinstance(address, str) else None,
+        address_text=_redacted(address.strip() or None) if isinstance(address, str) else None,
         reporter_hash=hash_reporter(_text(record, "reporter_id", source)),
         reporter_role=_text(record, "reporter_role", source),
         media=tuple(photos),
@@ -124,7 +129,12 @@ def _description(record: HotlineTicket | ResidentReport, source: str) -> str:
         return ""
     if not isinstance(value, str):
         raise _invalid(source, "description", f"must be a string, got {type(value).__name__}")
-    return value.strip()
+    return redact(value.strip())[0]
+
+
+def _redacted(text: str | None) -> str | None:
+    """Free text with personal data replaced by marks (streams.domain.redact); None stays None."""
+    return None if text is None else redact(text)[0]
 
 
 def _category(reference: DistrictReference, record: RawRecord, field: str, source: str) -> str:

@@ -12,6 +12,7 @@ import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +30,7 @@ GAZETTEER_KINDS = ("house", "road", "landmark")
 
 Ring = tuple[tuple[float, float], ...]  # (lon, lat) vertices, closed: first == last
 _HAIR = 1e-9  # degrees (~0.1 mm): margin that keeps bucket assignment safe from float rounding
+_NEAR = 1e-9  # degrees: nearer than this to an edge (along the latitude), a point's side of it is decided exactly
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +172,26 @@ class PolygonIndex:
     """Point -> polygon over a tiling, by a bucket grid and ray casting (cost per point: README, measured figures).
 
     The bounding box is cut into square-ish buckets. A bucket lying wholly inside one polygon answers
-    at once (most do); the others keep the few polygons whose boxes touch them and ray-cast those.
+    at once (most do); the others keep the few polygons whose boxes touch them, in priority order, and
+    test those.
 
-    Boundary rule: the crossing test is half-open (an edge counts when y_lo <= y < y_hi and the point
-    is strictly left of it) and every edge is evaluated in one canonical orientation (lower vertex
-    first), so two polygons sharing an edge compute bit-identical crossings. A point on a shared edge
-    or vertex therefore belongs to exactly one polygon (the one to its east / north), never to two and
-    never to none.
+    Boundary rule (no holes): a point belongs to the *first polygon in the given order whose closed
+    polygon contains it* (interior or boundary). Polygons of a tiling have disjoint interiors, so an
+    interior point has exactly one such polygon and the order matters only on boundaries: a point on
+    an edge shared by A and B goes to whichever of A, B comes first, a vertex shared by several
+    polygons to the first of them, and a point on the outer boundary of the tiling to the polygon it
+    lies on. Every point of the closure of the tiling therefore has exactly one owner, and every
+    point outside it none. The loader lists grids by ascending grid id, then ungridded areas by area
+    id, so the rule reads "lowest grid id among the polygons whose closure contains the point; a
+    grid before a park".
+
+    Exactness: the side of an edge a point lies on is decided in floating point when the point is
+    farther than _NEAR (1e-9 degrees, ~0.1 mm; float error here is below 1e-13) from the edge along
+    its latitude, and otherwise exactly, in rational arithmetic (rare: only points within 0.1 mm of
+    an edge take that path). So "on the edge" means exactly on it, as shapely's `covers` decides.
     """
 
-    __slots__ = ("_lon0", "_lat0", "_inv_w", "_inv_h", "_cols", "_rows", "_full", "_candidates")
+    __slots__ = ("_lon0", "_lat0", "_lon1", "_lat1", "_inv_w", "_inv_h", "_cols", "_rows", "_full", "_candidates")
 
     def __init__(self, polygons: Sequence[tuple[Any, Ring]], bucket_deg: float) -> None:
         if not polygons:
@@ -187,14 +199,16 @@ class PolygonIndex:
         xs = [x for _, ring in polygons for x, _ in ring]
         ys = [y for _, ring in polygons for _, y in ring]
         self._lon0, self._lat0 = min(xs), min(ys)
+        self._lon1, self._lat1 = max(xs), max(ys)
         self._cols = max(1, math.ceil((max(xs) - self._lon0) / bucket_deg))
         self._rows = max(1, math.ceil((max(ys) - self._lat0) / bucket_deg))
         self._inv_w = self._cols / (max(xs) - self._lon0)
         self._inv_h = self._rows / (max(ys) - self._lat0)
         cells = self._cols * self._rows
         touching: list[list] = [[] for _ in range(cells)]
-        for key, ring in polygons:
-            prepared = (key, _bbox(ring), _canonical_edges(ring), ring)
+        for key, ring in polygons:  # in priority order, so every bucket's list is in priority order too
+            sloped, flat = _canonical_edges(ring)
+            prepared = (key, _bbox(ring), sloped, flat, ring)
             box = prepared[1]
             first_col, last_col = self._col_span(box[0], box[2])
             first_row, last_row = self._row_span(box[1], box[3])
@@ -209,11 +223,12 @@ class PolygonIndex:
             box = (self._lon0 + col / self._inv_w - _HAIR, self._lat0 + row / self._inv_h - _HAIR,
                    self._lon0 + (col + 1) / self._inv_w + _HAIR, self._lat0 + (row + 1) / self._inv_h + _HAIR)
             near = [p for p in near if _boxes_touch(p[1], box)]
-            holder = next((p for p in near if _ring_contains_box(p[3], p[2], box)), None)
+            holder = next((p for p in near if _ring_contains_box(p[4], p[2], box)), None)
             if holder is not None:
                 full[bucket] = holder[0]
             else:
-                candidates[bucket] = tuple((key, poly_box[0], poly_box[2], edges) for key, poly_box, edges, _ in near)
+                candidates[bucket] = tuple((key, poly_box[0], poly_box[2], sloped, flat)
+                                           for key, poly_box, sloped, flat, _ in near)
         self._full = tuple(full)
         self._candidates = tuple(candidates)
 
@@ -224,40 +239,97 @@ class PolygonIndex:
         return (max(0, int((low - self._lat0) * self._inv_h) - 1), min(self._rows - 1, int((high - self._lat0) * self._inv_h) + 1))
 
     def locate(self, lat: float, lon: float) -> Any:
-        """The key of the polygon containing (lat, lon), or None outside every polygon."""
+        """The key of the first polygon whose closure contains (lat, lon), or None outside every polygon."""
         fx = (lon - self._lon0) * self._inv_w
         fy = (lat - self._lat0) * self._inv_h
         if not (0.0 <= fx < self._cols and 0.0 <= fy < self._rows):
-            return None
+            # The east and north sides of the bounding box belong to the last column / row of buckets.
+            if not (self._lon0 <= lon <= self._lon1 and self._lat0 <= lat <= self._lat1):
+                return None
+            fx, fy = min(max(fx, 0.0), self._cols - 1.0), min(max(fy, 0.0), self._rows - 1.0)
         bucket = int(fy) * self._cols + int(fx)
         key = self._full[bucket]
         if key is not None:
             return key
-        for key, min_x, max_x, edges in self._candidates[bucket]:
+        for key, min_x, max_x, sloped, flat in self._candidates[bucket]:
             if lon < min_x or lon > max_x:
                 continue
-            if _crossings_odd(edges, lon, lat):
+            if _closed_contains(sloped, flat, lon, lat):
                 return key
         return None
 
 
-def _crossings_odd(edges: tuple, x: float, y: float) -> bool:
+def _closed_contains(sloped: tuple, flat: tuple, x: float, y: float, near: float = _NEAR) -> bool:
+    """True when (x, y) lies in the polygon's interior or on its boundary, decided exactly.
+
+    Ray casting eastwards with half-open crossings (an edge counts when y_lo <= y < y_hi and the point
+    is strictly west of it) gives the right parity for every point not on the boundary; a point on an
+    edge is caught first and answers True.
+    """
     inside = False
-    for y_lo, y_hi, x_lo, slope in edges:
+    for y_lo, y_hi, x_lo, slope, x_hi in sloped:
+        if y_lo <= y <= y_hi:
+            gap = x - x_lo - (y - y_lo) * slope  # < 0: west of the edge
+            if gap < -near:
+                if y < y_hi:
+                    inside = not inside
+            elif gap <= near:
+                side = _exact_side(x_lo, y_lo, x_hi, y_hi, x, y)
+                if side == 0:
+                    return True
+                if side > 0 and y < y_hi:
+                    inside = not inside
+    if flat:  # horizontal edges never cross the ray; they matter only for points on them
+        for fy, fx_lo, fx_hi in flat:
+            if y == fy and fx_lo <= x <= fx_hi:
+                return True
+    return inside
+
+
+_CCW_ERROR = (3.0 + 16.0 * 2.0 ** -53) * 2.0 ** -53  # Shewchuk's ccwerrboundA: the float orientation's sign is exact above it
+
+
+def _exact_side(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> int:
+    """Sign of orient2d(a, b, c), exactly: > 0 when c is west of the upward edge a -> b (left of it), 0 on its line.
+
+    Shewchuk's error-bounded float test first; only when it cannot decide, rational arithmetic.
+    """
+    if (cx == ax and cy == ay) or (cx == bx and cy == by):
+        return 0
+    left, right = (ax - cx) * (by - cy), (ay - cy) * (bx - cx)
+    det = left - right
+    if (left > 0 and right > 0) or (left < 0 and right < 0):
+        if abs(det) >= _CCW_ERROR * abs(left + right):
+            return (det > 0) - (det < 0)
+    elif left != 0 or right != 0:  # opposite signs or one zero: the float difference has the exact sign
+        return (det > 0) - (det < 0)
+    fcx, fcy = Fraction(cx), Fraction(cy)
+    cross = (Fraction(ax) - fcx) * (Fraction(by) - fcy) - (Fraction(ay) - fcy) * (Fraction(bx) - fcx)
+    return (cross > 0) - (cross < 0)
+
+
+def _crossings_odd(edges: tuple, x: float, y: float) -> bool:
+    """Half-open ray-casting parity in floating point: used only to classify bucket corners kept _HAIR away from edges."""
+    inside = False
+    for y_lo, y_hi, x_lo, slope, _ in edges:
         if y_lo <= y < y_hi and x < x_lo + (y - y_lo) * slope:
             inside = not inside
     return inside
 
 
-def _canonical_edges(ring: Ring) -> tuple[tuple[float, float, float, float], ...]:
-    edges = []
+def _canonical_edges(ring: Ring) -> tuple[tuple[tuple[float, float, float, float, float], ...], tuple[tuple[float, float, float], ...]]:
+    """(sloped, flat): non-horizontal edges as (y_lo, y_hi, x_lo, slope, x_hi), lower vertex first, so two polygons
+    sharing an edge compute bit-identical crossings; horizontal edges as (y, x_min, x_max), used only for boundary hits."""
+    sloped = []
+    flat = []
     for (x1, y1), (x2, y2) in zip(ring, ring[1:]):
         if y1 == y2:
-            continue  # a horizontal edge never crosses a horizontal ray under the half-open rule
+            flat.append((y1, min(x1, x2), max(x1, x2)))
+            continue
         if y1 > y2:
             x1, y1, x2, y2 = x2, y2, x1, y1
-        edges.append((y1, y2, x1, (x2 - x1) / (y2 - y1)))
-    return tuple(edges)
+        sloped.append((y1, y2, x1, (x2 - x1) / (y2 - y1), x2))
+    return tuple(sloped), tuple(flat)
 
 
 def _bbox(ring: Ring) -> tuple[float, float, float, float]:
@@ -320,7 +392,12 @@ class DistrictReference:
     address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
 
     def locate(self, lat: float, lon: float) -> Grid | UngriddedArea | None:
-        """The grid (or ungridded area of a street) containing the point, None outside the district."""
+        """The grid (or ungridded area of a street) containing the point, None outside the district.
+
+        Every point of the closed district has exactly one answer: on a shared edge or vertex (or the
+        district's outer boundary) the lowest grid id among the polygons whose closure holds it, a
+        grid before an ungridded area (PolygonIndex, boundary rule).
+        """
         return self.spatial.locate(lat, lon)
 
     def category_for_label(self, label: str) -> str | None:
@@ -395,7 +472,9 @@ class _Loader:
                         for old, new in self._mapping(org, "road_aliases", "district.json", "road_aliases").items()}
 
         grids, areas = self._load_map(communities, streets, units)
-        spatial = PolygonIndex([(g, g.ring) for g in grids.values()] + [(a, a.ring) for a in areas.values()], bucket_deg=0.0006)
+        # Priority on shared boundaries (PolygonIndex): grids by ascending id, then ungridded areas by ascending id.
+        spatial = PolygonIndex([(g, g.ring) for _, g in sorted(grids.items())] + [(a, a.ring) for _, a in sorted(areas.items())],
+                               bucket_deg=0.0006)
         for street_id in streets:
             if not any(c.street_id == street_id for c in communities.values()):
                 raise self.fail("district.json", "communities", f"street {street_id!r} has no community")

@@ -6,6 +6,7 @@ Endpoints
 - GET  /open311/v2/services.json  our categories as Open311 services (public)
 - POST /open311/v2/requests.json  Open311 GeoReport v2 service request (form-encoded or JSON) -> app report
 - GET  /open311/v2/requests.json and /open311/v2/requests/{id}.json   request status from the audit store
+- GET  /openapi.json              this API as OpenAPI 3.0, generated from the Avro schemas and the Open311 mapping (public)
 
 Guarantees, in the order a request meets them:
 - 401 without a known API key (`X-API-Key` header; Open311 clients may send the `api_key` parameter),
@@ -13,9 +14,12 @@ Guarantees, in the order a request meets them:
 - 429 when the key's token bucket is empty (per key: rate per second and burst, from the key file);
 - 413 over the body size limit (default 64 KiB; an Open311 POST is read first, as its key may be in the body);
 - 400 naming every invalid field at once: {"errors": [{"field", "message"}]} on /v1, and the Open311
-  error list [{"code", "description", "field"}] on /open311;
-- 202 with the event id only after Kafka acknowledged the write, 503 when Kafka did not take it
-  (refused, timed out): nothing is acknowledged that was not written.
+  error list [{"code", "description", "field"}] on /open311 (bodies that do not decode in their
+  charset, unknown charsets and file uploads included: field `body` or the form field);
+- 202 with the event id only after Kafka acknowledged the write, 503 with Retry-After when Kafka did not
+  take it (refused, or no ack within `Settings.gateway_kafka_timeout_s`, 2 s by default, so that a Kafka
+  outage does not hold connections): nothing is acknowledged that was not written.
+No other 5xx: a 500 is a bug (the fuzz tests in tests/test_gateway_contract.py look for them).
 
 Idempotency: a retried POST never creates a second event. The client's id (the `Idempotency-Key`
 header, else the record's own id: detection_id, ticket_id) maps to the acknowledged response in a
@@ -35,12 +39,14 @@ phone numbers or problem messages (a message may quote the value it refuses).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import logging
 import math
 import re
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +59,7 @@ import orjson
 from aiohttp import web
 
 from schemas.serde import Serde
+from schemas.validation import ID_RULE, id_problem, json_schema
 from sinks.audit import run_query
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.model import Source
@@ -67,7 +74,6 @@ from whistle.ground.times import from_epoch_ms, to_epoch_ms, utc_now
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
-DEFAULT_DELIVERY_TIMEOUT_S = 10.0  # run_gateway's producer: integrators' HTTP clients commonly give up after 30 s
 REQUESTS_QUERY = "open311_requests"  # sinks/queries/open311_requests.sql
 API_KEY_HEADER = "X-API-Key"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -105,7 +111,7 @@ class ApiKeys:
 
     def find(self, presented: str) -> ApiKey | None:
         """The key whose hash matches `presented`, if any."""
-        return self.by_sha256.get(hashlib.sha256(presented.encode("utf-8")).hexdigest())
+        return self.by_sha256.get(hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest())
 
 
 def load_api_keys(path: Path | str) -> ApiKeys:
@@ -296,12 +302,14 @@ class Gateway:
         self.reader = reader
         self.hasher = PersonalDataHasher(settings.pii_hmac_key)
         self.max_body_bytes = max_body_bytes
+        self.kafka_timeout_s = settings.gateway_kafka_timeout_s
         self._buckets: dict[str, TokenBucket] = {}
         self._receipts = BoundedLru(idempotency_capacity)
         self._received = BoundedLru(idempotency_capacity)  # Open311 reports this process published, by report id
         services = open311.services(serde.catalog.categories.values(), reference)
         self._services_body = orjson.dumps([service.as_json() for service in services])
         self._service_names = {service.service_code: service.service_name for service in services}
+        self._openapi_body = orjson.dumps(openapi_document(serde, self._service_names, max_body_bytes))
 
     # -- middleware ------------------------------------------------------------------------------
 
@@ -341,6 +349,9 @@ class Gateway:
     async def get_services(self, request: web.Request) -> web.Response:
         return web.Response(body=self._services_body, content_type="application/json")
 
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi_body, content_type="application/json")
+
     async def post_open311_request(self, request: web.Request) -> web.Response:
         fields = await self._open311_fields(request)
         key = self._authenticate(request, Source.APP.value, fields)
@@ -375,6 +386,9 @@ class Gateway:
     async def get_open311_request(self, request: web.Request) -> web.Response:
         self._authenticate(request, Source.APP.value, request.query)
         report_id = request.match_info["report_id"]
+        bad_id = id_problem(report_id)
+        if bad_id:
+            raise Refused(400, [("service_request_id", f"an id {bad_id}")])
         now = self.clock()
         found = await self._lookup(open311.RequestQuery(ids=(report_id,), service_codes=(), start=now, end=now, statuses=open311.STATUSES))
         if not found:
@@ -406,11 +420,28 @@ class Gateway:
         return key
 
     async def _open311_fields(self, request: web.Request) -> Mapping[str, Any]:
-        """The POSTed Open311 parameters: a JSON object, or form fields (url-encoded or multipart)."""
+        """The POSTed Open311 parameters: a JSON object, or form fields (url-encoded or multipart), text only."""
         if request.content_type == "application/json":
             return self._parse_json(await request.read())
-        form = await request.post()
-        return {name: form.getall(name)[-1] for name in form}
+        if request.content_type == "application/x-www-form-urlencoded":
+            return _parse_urlencoded(await request.read(), request.charset)
+        try:
+            form = await request.post()
+        except web.HTTPException:  # over the size limit: 413 from the middleware
+            raise
+        except LookupError as exc:  # the charset parameter names no codec Python knows
+            raise Refused(400, [("body", f"unknown charset {request.charset!r}; send UTF-8")]) from exc
+        except UnicodeError as exc:
+            raise Refused(400, [("body", f"the form does not decode as {request.charset or 'utf-8'}: {exc}")]) from exc
+        except (ValueError, AssertionError, RuntimeError) as exc:  # aiohttp's multipart reader on malformed parts
+            raise Refused(400, [("body", f"not a readable form: {exc}")]) from exc
+        fields: dict[str, Any] = {}
+        for name in form:
+            value = form.getall(name)[-1]
+            if not isinstance(value, str):
+                raise Refused(400, [(name, "file uploads are not accepted; send media_url")])
+            fields[name] = value
+        return fields
 
     async def _post_record(self, request: web.Request, source: str) -> web.Response:
         key = self._authenticate(request, source, {})
@@ -446,8 +477,8 @@ class Gateway:
         receipt = _Receipt(digest, asyncio.get_running_loop().create_future())
         self._receipts.put(receipt_key, receipt)
         try:
-            # the SDK fails the write after its delivery timeout; the margin only guards against a lost report
-            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record), self.publisher.delivery_timeout_s + 5.0)
+            # bounded: while Kafka is away a request is answered 503 within kafka_timeout_s, not held open
+            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record), self.kafka_timeout_s)
         except BaseException as exc:  # not written (or not known to be): forget the attempt so a retry publishes again
             self._receipts.pop(receipt_key)
             receipt.settled.set_result(None)
@@ -491,8 +522,140 @@ class Gateway:
         return lambda record: self.serde.validate(schema, record)
 
 
+def _parse_urlencoded(raw: bytes, charset: str | None) -> dict[str, str]:
+    """A url-encoded form, decoded strictly: bytes (raw or %-escaped) that are not text in the charset are
+    refused naming the field, never replaced by U+FFFD; the last of repeated fields wins."""
+    encoding = charset or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError as exc:
+        raise Refused(400, [("body", f"unknown charset {charset!r}; send UTF-8")]) from exc
+    try:
+        text = raw.decode(encoding)
+    except UnicodeError as exc:
+        raise Refused(400, [("body", f"the form is not {encoding} text: {exc}")]) from exc
+    fields: dict[str, str] = {}
+    for pair in text.split("&"):
+        if not pair.strip():
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        try:
+            name = urllib.parse.unquote_plus(raw_name, encoding=encoding, errors="strict")
+        except UnicodeError as exc:
+            raise Refused(400, [("body", f"a field name is not {encoding} text once %-decoded")]) from exc
+        try:
+            fields[name] = urllib.parse.unquote_plus(raw_value, encoding=encoding, errors="strict")
+        except UnicodeError as exc:
+            raise Refused(400, [(name, f"is not {encoding} text once %-decoded")]) from exc
+    return fields
+
+
 def _kafka_unavailable() -> Refused:
     return Refused(503, [(None, "Kafka did not take the write; nothing was accepted, retry later")], {"Retry-After": "1"})
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+_ERRORS_V1 = {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {
+    "type": "object", "required": ["field", "message"],
+    "properties": {"field": {"type": "string", "nullable": True}, "message": {"type": "string"}}}}}}
+_ERRORS_OPEN311 = {"type": "array", "items": {"type": "object", "required": ["code", "description", "field"], "properties": {
+    "code": {"type": "integer"}, "description": {"type": "string"}, "field": {"type": "string", "nullable": True}}}}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
+_REFUSALS = {
+    "400": "Invalid request: every invalid field is named.",
+    "401": "No API key, or an unknown one.",
+    "403": "The key may not use this channel.",
+    "404": "No such resource.",
+    "405": "Method not allowed.",
+    "409": "The idempotency key was already used for a different request.",
+    "413": "The body is over the size limit.",
+    "429": "The key's rate limit is exceeded (Retry-After).",
+    "503": "Kafka (or, for GET, the audit store) is unavailable; nothing was accepted (Retry-After).",
+}
+
+
+def _responses(success: str, success_schema: Mapping[str, Any], statuses: tuple[str, ...], errors: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {success: {"description": "Accepted: Kafka acknowledged the write." if success == "202" else "OK",
+                                     "content": {"application/json": {"schema": success_schema}}}}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": _REFUSALS[status], "content": {"application/json": {"schema": errors}}}
+        if status in ("429", "503"):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
+
+
+def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_bytes: int) -> dict[str, Any]:
+    """This gateway as OpenAPI 3.0: request bodies from the Avro schemas (schemas.validation.json_schema, the
+    rules `validate` applies), Open311 parameters from whistle.edges.open311, every status it answers."""
+    catalog, vocabularies = serde.catalog, serde.catalog.vocabularies()
+    keyed: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}]
+    idempotency = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+                   "description": "Makes retries idempotent (else the record's own id does).",
+                   "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,200}$", "minLength": 1, "maxLength": 200}}
+    paths: dict[str, Any] = {}
+    post_statuses = ("400", "401", "403", "409", "413", "429", "503")
+    for source, path in ((Source.CAMERA.value, "/v1/camera/detections"), (Source.HOTLINE.value, "/v1/hotline/tickets")):
+        spec = catalog.topic_for_source(source)
+        schema = catalog.schema(spec.schema)
+        accepted = {"type": "object", "required": ["event_id", "topic", "partition", "offset"], "properties": {
+            "event_id": {"type": "string"}, "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}
+        paths[path] = {"post": {
+            "operationId": f"post_{source}", "summary": f"Publish one {schema.name} to {spec.name}", "description": spec.doc,
+            "security": keyed, "parameters": [idempotency],
+            "requestBody": {"required": True, "description": f"JSON, at most {max_body_bytes} bytes.",
+                            "content": {"application/json": {"schema": json_schema(schema.definition, vocabularies)}}},
+            "responses": _responses("202", accepted, post_statuses, _ERRORS_V1)}}
+    text: dict[str, Any] = {"type": "string"}
+    form_properties: dict[str, Any] = {name: {**text, "description": doc} for name, doc in open311.REQUEST_FIELDS.items()}
+    json_properties = {**form_properties, **{name: {"oneOf": [{"type": "number"}, text], "description": open311.REQUEST_FIELDS[name]}
+                                             for name in ("lat", "long")}}
+    service_code = {"type": "string", "enum": list(service_names)}
+    form_properties["service_code"] = json_properties["service_code"] = {**service_code, "description": open311.REQUEST_FIELDS["service_code"]}
+    request_schema = {"type": "object", "required": ["service_code", "lat", "long"], "additionalProperties": False}
+    open311_keyed: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+    service_request = {"type": "object", "additionalProperties": True, "properties": {
+        "service_request_id": text, "status": {"type": "string", "enum": list(open311.STATUSES)}, "status_notes": text,
+        "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text}}
+    query = [{"name": name, "in": "query", "required": False, "description": doc,
+              "schema": {**text, "enum": list(open311.STATUSES)} if name == "status" else text}
+             for name, doc in open311.QUERY_PARAMETERS.items() if name != "api_key"]
+    get_statuses = ("400", "401", "403", "429", "503")
+    paths["/open311/v2/services.json"] = {"get": {
+        "operationId": "open311_services", "summary": "Our incident categories as Open311 services", "security": [],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {
+            "type": "object", "properties": {"service_code": text, "service_name": text, "description": text, "metadata": {"type": "boolean"},
+                                             "type": text, "keywords": text, "group": text}}}}}}}}}
+    paths["/open311/v2/requests.json"] = {
+        "post": {"operationId": "open311_post_request", "summary": "Open311 GeoReport v2 service request: one resident report",
+                 "security": open311_keyed, "parameters": [idempotency],
+                 "requestBody": {"required": True, "content": {
+                     "application/x-www-form-urlencoded": {"schema": {**request_schema, "properties": form_properties}},
+                     "application/json": {"schema": {**request_schema, "properties": json_properties}}}},
+                 "responses": _responses("202", {"type": "array", "items": {"type": "object", "properties": {
+                     "service_request_id": text, "service_notice": text, "account_id": {"type": "string", "nullable": True}}}},
+                     post_statuses, _ERRORS_OPEN311)},
+        "get": {"operationId": "open311_get_requests", "summary": "Service requests and their status, from the audit store",
+                "security": open311_keyed, "parameters": query,
+                "responses": _responses("200", {"type": "array", "items": service_request}, get_statuses, _ERRORS_OPEN311)},
+    }
+    paths["/open311/v2/requests/{service_request_id}.json"] = {"get": {
+        "operationId": "open311_get_request", "summary": "One service request and its status", "security": open311_keyed,
+        "parameters": [{"name": "service_request_id", "in": "path", "required": True, "description": f"The request's id: {ID_RULE}.",
+                        "schema": {"type": "string"}}],
+        "responses": _responses("200", {"type": "array", "items": service_request}, (*get_statuses, "404"), _ERRORS_OPEN311)}}
+    paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This description", "security": [],
+                                      "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Whistle HTTP gateway", "version": "1",
+                 "description": "HTTP ingest for camera platforms, the 12345 hotline and Open311 clients (whistle/edges/gateway.py)."},
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+            "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"}}},
+    }
 
 
 def build_app(
@@ -508,7 +671,8 @@ def build_app(
 ) -> web.Application:
     """The gateway's aiohttp application. `clock` (UTC-aware) drives rate limits and Open311 report times.
 
-    A write is answered 503 once `publisher.delivery_timeout_s` passed without Kafka's acknowledgement.
+    A write is answered 503 once `settings.gateway_kafka_timeout_s` passed without Kafka's acknowledgement
+    (give `publisher` the same delivery timeout, as `gateway_publisher` does, so the write is abandoned too).
     `idempotency_capacity` bounds the per-process LRU of client ids.
     """
     if clock().utcoffset() is None:
@@ -518,6 +682,7 @@ def build_app(
                       idempotency_capacity=idempotency_capacity)
     app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
     app.add_routes([
+        web.get("/openapi.json", gateway.get_openapi),
         web.post("/v1/camera/detections", gateway.post_camera),
         web.post("/v1/hotline/tickets", gateway.post_hotline),
         web.get("/open311/v2/services.json", gateway.get_services),
@@ -528,12 +693,17 @@ def build_app(
     return app
 
 
+def gateway_publisher(settings: Settings) -> Publisher:
+    """The gateway's producer: a write not acknowledged within `gateway_kafka_timeout_s` fails (and is answered 503)."""
+    return Publisher(settings, delivery_timeout_s=settings.gateway_kafka_timeout_s)
+
+
 def run_gateway(settings: Settings, host: str, port: int, keys_file: Path | str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit."""
     keys = load_api_keys(keys_file)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    publisher = Publisher(settings, delivery_timeout_s=DEFAULT_DELIVERY_TIMEOUT_S)
+    publisher = gateway_publisher(settings)
     app = build_app(settings, publisher, keys, max_body_bytes=max_body_bytes)
 
     async def close_publisher(_app: web.Application) -> None:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.catalog import Category as SchemaCategory
-from schemas.validation import invalid
+from schemas.validation import id_problem, instant_problem, invalid
 from streams.domain.case import Kind
 from streams.domain.pii import PersonalDataHasher, normalize_phone
 from streams.domain.reference import DistrictReference
@@ -42,12 +42,35 @@ _MAX_EMAIL_LENGTH = 254
 _MAX_IDENTITY_LENGTH = 200
 _MAX_MEDIA_URL_LENGTH = 2048
 
-# POST fields of GeoReport v2 this endpoint accepts (attribute[...] aside).
-_REQUEST_FIELDS = frozenset({
-    "api_key", "jurisdiction_id", "service_code", "lat", "long", "address_string", "address_id",
-    "email", "device_id", "account_id", "first_name", "last_name", "phone", "description", "media_url",
-})
-_QUERY_PARAMETERS = frozenset({"api_key", "jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status"})
+# POST fields of GeoReport v2 this endpoint accepts (attribute[...] aside), as the gateway's OpenAPI describes them.
+REQUEST_FIELDS: Mapping[str, str] = {
+    "api_key": "The integrator's API key (or the X-API-Key header).",
+    "jurisdiction_id": "The district this endpoint serves; optional.",
+    "service_code": "A service_code from services.json.",
+    "lat": "WGS-84 latitude, decimal degrees (-90..90); required, with long.",
+    "long": "WGS-84 longitude, decimal degrees (-180..180); required, with lat.",
+    "address_string": "The address as the reporter typed it, up to 1000 characters.",
+    "address_id": "Not supported: send lat and long.",
+    "email": f"The reporter's email (at most {_MAX_EMAIL_LENGTH} characters); kept only as a keyed hash.",
+    "device_id": f"The reporter's device id (at most {_MAX_IDENTITY_LENGTH} characters); kept only as a keyed hash.",
+    "account_id": f"The reporter's account id (at most {_MAX_IDENTITY_LENGTH} characters); kept only as a keyed hash.",
+    "first_name": "Accepted and dropped.",
+    "last_name": "Accepted and dropped.",
+    "phone": "The reporter's phone number; kept only as a keyed hash.",
+    "description": "What the reporter wrote, up to 4000 characters.",
+    "media_url": f"One http(s) URL of a photo, at most {_MAX_MEDIA_URL_LENGTH} characters.",
+}
+QUERY_PARAMETERS: Mapping[str, str] = {
+    "api_key": "The integrator's API key (or the X-API-Key header).",
+    "jurisdiction_id": "The district this endpoint serves; optional.",
+    "service_request_id": f"Comma-separated request ids (at most {MAX_QUERY_RESULTS}); the other filters are then ignored.",
+    "service_code": "Comma-separated service codes from services.json.",
+    "start_date": "ISO 8601 date-time with a time zone; default: 90 days before end_date.",
+    "end_date": "ISO 8601 date-time with a time zone; default: now. The range may span at most 90 days.",
+    "status": "open, closed, or both comma-separated.",
+}
+_REQUEST_FIELDS = frozenset(REQUEST_FIELDS)
+_QUERY_PARAMETERS = frozenset(QUERY_PARAMETERS)
 _MISNAMED = {"lon": "long", "lng": "long", "latitude": "lat", "longitude": "long", "address": "address_string", "category": "service_code"}
 # ResidentReport field (as the schema validator names it inside the AppEvent envelope) -> Open311 name.
 _OPEN311_NAME = {
@@ -258,6 +281,9 @@ def request_query(params: Mapping[str, str], *, now: datetime, service_codes: It
     ids = _comma_list(params.get("service_request_id"))
     if len(ids) > MAX_QUERY_RESULTS:
         problems.append(("service_request_id", f"at most {MAX_QUERY_RESULTS} ids per query"))
+    bad_id = next((reason for reason in map(id_problem, ids) if reason), None)
+    if bad_id:
+        problems.append(("service_request_id", f"an id {bad_id}"))
     codes = _comma_list(params.get("service_code"))
     known = frozenset(service_codes)
     unknown_codes = [code for code in codes if code not in known]
@@ -292,6 +318,10 @@ def _datetime(params: Mapping[str, str], name: str, problems: list[tuple[str, st
         return None
     if value.tzinfo is None or value.utcoffset() is None:
         problems.append((name, f"{raw!r} has no time zone; add Z or an offset such as +08:00"))
+        return None
+    reason = instant_problem(value)
+    if reason:
+        problems.append((name, reason))
         return None
     return value.astimezone(_UTC)
 

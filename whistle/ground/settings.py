@@ -105,6 +105,7 @@ class Settings:
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process
     gateway_port: int = 18080
+    gateway_kafka_timeout_s: float = 2.0  # how long the gateway waits for Kafka's ack before answering 503 (Retry-After)
     dashboard_port: int = 18090  # `whistle dashboard`, on loopback
 
     def to_env(self) -> dict[str, str]:
