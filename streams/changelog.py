@@ -15,6 +15,7 @@ Keys and values (this module is their one definition):
 - `case:<case id>` -> the case's `CaseState`; `open:<case id>` -> its merge-index `OpenCase` (deleted when
   the case resolves); `held:<case id>` -> actions for a case not opened yet (deleted when released);
   `report:<report id>` -> the case a report was recorded in and its content fingerprint;
+  `refused:<action id>` -> an action refused once (its redelivery is not decided again);
   `clock:<partition>` -> the partition's clock, epoch ms as ASCII digits.
 - A state value is a version byte, then Avro binary of that version's schema (`schemas/state/*.v1.avsc`).
   Version 1 is the current one. Version 0 is what releases before it wrote (Python pickles): it is still
@@ -109,7 +110,7 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
 
 CURRENT_VERSION = 1
 _LEGACY_PICKLE = 0x80  # the first byte of every pickle (its PROTO opcode): version 0
-_CASE, _OPEN, _HELD, _REPORT, _CLOCK = "case", "open", "held", "report", "clock"
+_CASE, _OPEN, _HELD, _REPORT, _REFUSED, _CLOCK = "case", "open", "held", "report", "refused", "clock"
 
 
 class ChangelogError(ContractError):
@@ -128,6 +129,10 @@ def open_key(case_id: str) -> str:
 
 def report_key(report_id: str) -> str:
     return f"{_REPORT}:{report_id}"
+
+
+def refused_key(action_id: str) -> str:
+    return f"{_REFUSED}:{action_id}"
 
 
 def held_key(case_id: str) -> str:
@@ -157,6 +162,7 @@ _CASE_STATE_SCHEMA = _schema("CaseState")
 _OPEN_CASE_SCHEMA = _schema("OpenCase")
 _HELD_ACTIONS_SCHEMA = _schema("HeldActions")
 _REPORT_SEEN_SCHEMA = _schema("ReportSeen")
+_REFUSED_ACTION_SCHEMA = _schema("RefusedAction")
 _CASE_STATE_FIELDS = tuple(CaseState.__slots__)
 _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
@@ -201,6 +207,17 @@ def decode_report_seen(value: bytes) -> tuple[str, bytes]:
         raise ChangelogError(f"unknown report value version {value[:1]!r}")
     record = _decode(value, _REPORT_SEEN_SCHEMA)
     return sys.intern(record["case_id"]), record["content"]
+
+
+def encode_refused(case_id: str, reason: str) -> bytes:
+    return _encode(_REFUSED_ACTION_SCHEMA, {"case_id": case_id, "reason": reason})
+
+
+def decode_refused(value: bytes) -> tuple[str, str]:
+    if value[:1] != _VERSION_BYTE:  # refusals came after the pickle releases: version 1 only
+        raise ChangelogError(f"unknown refused-action value version {value[:1]!r}")
+    record = _decode(value, _REFUSED_ACTION_SCHEMA)
+    return record["case_id"], record["reason"]
 
 
 def encode_clock(clock_ms: int) -> bytes:

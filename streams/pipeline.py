@@ -33,14 +33,17 @@ from streams.changelog import (
     decode_clock,
     decode_held,
     decode_open_case,
+    decode_refused,
     decode_report_seen,
     encode_case_state,
     encode_clock,
     encode_held,
     encode_open_case,
+    encode_refused,
     encode_report_seen,
     held_key,
     open_key,
+    refused_key,
     report_key,
 )
 from streams.domain.calendar import BusinessCalendar
@@ -161,11 +164,12 @@ class StateWrite:
 class PartitionCases:
     """One case-stream partition's book, merge index and the actions held for cases not opened yet."""
 
-    __slots__ = ("partition", "book", "merge", "held", "hold_ends", "reports")
+    __slots__ = ("partition", "book", "merge", "held", "hold_ends", "reports", "refused")
 
     def __init__(self, partition: int, book: CaseBook, merge: MergeIndex) -> None:
         self.partition, self.book, self.merge = partition, book, merge
         self.reports: dict[str, tuple[str, bytes]] = {}  # report id -> (case id, content fingerprint): exactly-once per report
+        self.refused: set[str] = set()  # action ids refused once: a redelivery is not decided again
         self.held: dict[str, list[HeldAction]] = {}
         self.hold_ends: list[tuple[int, str]] = []  # heap of (held_until_ms, case id); entries of released cases are skipped
 
@@ -224,6 +228,7 @@ class CaseProcessor:
         open_cases: dict[str, OpenCase] = {}
         held: dict[str, list[HeldAction]] = {}
         reports: dict[str, tuple[str, bytes]] = {}
+        refused_ids: set[str] = set()
         clock_ms = None
         refused: list[tuple[int, str, bytes, ChangelogError]] = []
         for offset, key, value in records:
@@ -245,6 +250,12 @@ class CaseProcessor:
                         reports.pop(name, None)
                     else:
                         reports[name] = decode_report_seen(value)
+                elif kind == "refused":
+                    if value is None:
+                        refused_ids.discard(name)
+                    else:
+                        decode_refused(value)
+                        refused_ids.add(name)
                 elif kind == "held":
                     if value is None:
                         held.pop(name, None)
@@ -261,7 +272,7 @@ class CaseProcessor:
         for case_id, actions in held.items():
             for action in actions:
                 part.hold(case_id, action)
-        part.reports = reports
+        part.reports, part.refused = reports, refused_ids
         return refused
 
     def owned(self) -> set[int]:
@@ -297,6 +308,7 @@ class CaseProcessor:
         breaches: list[Breach] = []
         opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
         recorded: dict[str, tuple[str, bytes]] = {}  # the report this record recorded: id -> (case id, fingerprint)
+        refusals: dict[str, tuple[str, str]] = {}  # actions refused by this record: id -> (case id, reason)
         held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
         part.book.begin()
         try:
@@ -306,13 +318,17 @@ class CaseProcessor:
                 events, breaches = self._report(part, from_record(EnrichedReport, record), opened, recorded)
                 for entry in opened:
                     if entry is not None and entry.case_id in part.held:  # the case just opened: its early actions apply now
-                        acted, more = self._release(part, part.held[entry.case_id], outputs, now)
+                        acted, more = self._release(part, part.held[entry.case_id], outputs, refusals, now)
                         events, breaches = events + acted, breaches + more
                         held[entry.case_id] = []
             else:
                 action = from_record(HandlingAction, record)
                 events, breaches = part.book.advance(action.at)
-                if action.case_id not in part.book.states:
+                if action.action_id in part.refused:  # a redelivery of an action refused before: one action, one decision
+                    again = TransitionError(f"action {action.action_id} was refused before: its redelivery is not decided again",
+                                            reason="already_refused", case_id=action.case_id, action_id=action.action_id, field="action_id")
+                    outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(again, where), now))
+                elif action.case_id not in part.book.states:
                     until = self.calendar.add(part.book.index.clock_ms, policy_in_force(self.policies, action.at).early_action_hold)
                     held[action.case_id] = [*part.held.get(action.case_id, ()), HeldAction(where.partition, where.offset, key, value or b"", until)]
                 else:
@@ -320,6 +336,7 @@ class CaseProcessor:
                         acted, more = part.book.act(action)
                     except TransitionError as exc:
                         outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now))
+                        refusals[action.action_id] = (action.case_id, str(exc.context.get("reason", "")))
                     else:
                         events, breaches = events + acted, breaches + more
         except Exception as exc:  # a bug or bad data on this record: undo it, dead-letter it, keep the partition going
@@ -333,15 +350,20 @@ class CaseProcessor:
             else:
                 part.held.pop(case_id, None)
         for case_id, ended, still_held in part.ended_holds(part.book.index.clock_ms):
-            outputs += [self._unknown_case(action, now) for action in ended]
+            for action in ended:
+                letter, action_id = self._unknown_case(action, now)
+                outputs.append(letter)
+                refusals[action_id] = (case_id, "unknown_case")
             held[case_id] = still_held
             if still_held:
                 part.held[case_id] = still_held
             else:
                 part.held.pop(case_id, None)
-        return self._emit(part, outputs, events, breaches, opened, held, recorded)
+        part.refused.update(refusals)
+        return self._emit(part, outputs, events, breaches, opened, held, recorded, refusals)
 
-    def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
+    def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], refusals: dict[str, tuple[str, str]],
+                 now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
         """Apply a newly opened case's held actions in case-stream order, each at no earlier than the partition's time."""
         events: list[CaseEvent] = []
         breaches: list[Breach] = []
@@ -356,18 +378,19 @@ class CaseProcessor:
                 acted, more = part.book.act(action)
             except TransitionError as exc:
                 outputs.append(dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(exc, where), now))
+                refusals[action.action_id] = (action.case_id, str(exc.context.get("reason", "")))
             else:
                 events += acted
                 breaches += more
         return events, breaches
 
-    def _unknown_case(self, held: HeldAction, now: datetime) -> Output:
+    def _unknown_case(self, held: HeldAction, now: datetime) -> tuple[Output, str]:
         where = Position(self.topics.inbox, held.partition, held.offset)
         _, record = self.serde.decode(held.value, expect="CaseInboxEvent").record["event"]
         error = TransitionError(f"unknown case {record['case_id']}: no report opened it while the action was held (until "
                                 f"{from_epoch_ms(held.held_until_ms).isoformat()})", reason="unknown_case", case_id=record["case_id"],
                                 action_id=record["action_id"], field="case_id")
-        return dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(error, where), now)
+        return dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(error, where), now), record["action_id"]
 
     def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None], recorded: dict[str, tuple[str, bytes]]):
         """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist.
@@ -405,10 +428,12 @@ class CaseProcessor:
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
               opened: list[OpenCase | None], held: dict[str, list[HeldAction]],
-              recorded: dict[str, tuple[str, bytes]]) -> tuple[list[Output], list[StateWrite]]:
+              recorded: dict[str, tuple[str, bytes]], refusals: dict[str, tuple[str, str]]) -> tuple[list[Output], list[StateWrite]]:
         writes: dict[str, Any] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
         for report_id, (case_id, fingerprint) in recorded.items():
             writes[report_key(report_id)] = encode_report_seen(case_id, fingerprint)
+        for action_id, (case_id, reason) in refusals.items():
+            writes[refused_key(action_id)] = encode_refused(case_id, reason)
         for case_id, actions in held.items():
             writes[held_key(case_id)] = encode_held(case_id, actions) if actions else None
         encode = self.serde.encode

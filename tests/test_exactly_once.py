@@ -100,3 +100,19 @@ def test_negative_control_without_the_report_index_the_redelivery_opens_a_ghost_
     partition.cases._parts[0].reports.clear()
     partition.feed(ENRICHED, second, T0 + timedelta(minutes=20))
     assert len(_opened(partition)) == 2
+
+
+def test_a_refused_action_redelivered_later_is_not_decided_again():
+    """A resolve refused (the case was not accepted) and delivered again after the case was accepted: one action,
+    one decision. The redelivery is dead-lettered as already refused, not applied as a new resolve."""
+    enriched = report("app:t-1")
+    case_id, grid = case_id_for(enriched), enriched.chain[0].unit_id
+    partition = Partition()
+    partition.feed(ENRICHED, enriched, T0)
+    resolve = HandlingAction("act:early-resolve", case_id, ActionKind.RESOLVE, grid, T0 + timedelta(minutes=1), note="已处理")
+    [(topic, first)] = partition.feed(ACTION, resolve, T0 + timedelta(minutes=1))
+    assert topic == TOPICS.deadletter and "not_accepted" in str(first) or "accept it first" in first["error_message"]
+    partition.feed(ACTION, HandlingAction("act:accept", case_id, ActionKind.ACCEPT, grid, T0 + timedelta(minutes=2)), T0 + timedelta(minutes=2))
+    [(topic, again)] = partition.feed(ACTION, resolve, T0 + timedelta(minutes=3))
+    assert topic == TOPICS.deadletter and "refused before" in again["error_message"]
+    assert [e["kind"] for e in partition.of(TOPICS.case_events)] == [Kind.OPENED, Kind.DISPATCHED, Kind.ACCEPTED]
