@@ -8,19 +8,26 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo lint test test-pure test-fast stack-up stack-down clean
+.PHONY: bootstrap demo lint lock test test-pure test-fast stack-up stack-down clean
 
 DASHBOARD_ASSETS := whistle/edges/dashboard_static
 
 bootstrap: $(VENV)/.installed /usr/sbin/clickhouse-server /usr/bin/chromedriver $(DASHBOARD_ASSETS)/node_modules/.package-lock.json
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml infra/constraints.txt
 	@command -v java >/dev/null || { echo "error: Java not found: install a JDK 17+ (apt-get install -y openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "error: Maven not found: install it (apt-get install -y maven)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c infra/constraints.txt -e '.[test]'
 	touch $@
+
+# Re-resolve the dependency ranges of pyproject.toml in a scratch venv and pin the result (then `make test`, commit).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -e '.[test]'
+	{ head -2 infra/constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^whistle'; } > infra/constraints.new && mv infra/constraints.new infra/constraints.txt
+	rm -rf .lock-venv
 
 /usr/sbin/clickhouse-server /usr/bin/chromedriver:
 	$(SUDO) apt-get update -q

@@ -134,11 +134,11 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                                                       for offset, key, value, error in refused]))
                 now = clock()
                 outputs: list[Output] = []
-                writes: dict[str, StateWrite] = {}
+                writes: dict[tuple[int, str], StateWrite] = {}
                 for event in batch:
                     produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
                     outputs += produced
-                    writes.update((write.key, write) for write in written)  # only a key's last state is persisted
+                    writes.update(((write.partition, write.key), write) for write in written)  # only a key's last state is persisted
                 await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
                 # 3. ... before the state that follows from them is persisted
                 await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])

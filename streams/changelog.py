@@ -39,10 +39,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.catalog import SCHEMAS_DIR
-from streams.domain.case import CaseState, state_from_stored, stored_values
+from streams.domain.case import CaseState, Status, state_from_stored, stored_values
 from streams.domain.merge import OpenCase, open_case_from_stored
 from whistle.ground.datafiles import read_json
-from whistle.ground.errors import ConfigError, ContractError, StackError
+from whistle.ground.errors import ConfigError, ContractError, StackError, WhistleError
 from whistle.ground.names import Groups
 from whistle.ground.settings import Settings
 
@@ -164,6 +164,7 @@ _HELD_ACTIONS_SCHEMA = _schema("HeldActions")
 _REPORT_SEEN_SCHEMA = _schema("ReportSeen")
 _REFUSED_ACTION_SCHEMA = _schema("RefusedAction")
 _CASE_STATE_FIELDS = tuple(CaseState.__slots__)
+_STATUSES = frozenset(Status)
 _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
 
@@ -226,26 +227,45 @@ def encode_clock(clock_ms: int) -> bytes:
 
 def decode_case_state(value: bytes) -> CaseState:
     record = _decode(value, _CASE_STATE_SCHEMA)
-    if not isinstance(record, dict):  # version 0 hands back the state itself
-        if not isinstance(record, CaseState):
-            raise ChangelogError(f"a case record holds a {type(record).__name__}, not a case state")
-        return record
-    place = record["place"]
-    record["place"] = (place["district_id"], place["street_id"], place["community_id"], place["grid_id"], place["department_id"])
-    record["assignee"] = (record["assignee"]["unit_id"], record["assignee"]["tier"])
-    record["pauses"] = tuple((pause["start_ms"], pause["end_ms"]) for pause in record["pauses"])
-    for name in ("chains", "rejected_by", "lost_by_breach"):
-        record[name] = tuple(record[name])
-    return state_from_stored(tuple(record[name] for name in _CASE_STATE_FIELDS))
+    if isinstance(record, dict):
+        place = record["place"]
+        record["place"] = (place["district_id"], place["street_id"], place["community_id"], place["grid_id"], place["department_id"])
+        record["assignee"] = (record["assignee"]["unit_id"], record["assignee"]["tier"])
+        record["pauses"] = tuple((pause["start_ms"], pause["end_ms"]) for pause in record["pauses"])
+        for name in ("chains", "rejected_by", "lost_by_breach"):
+            record[name] = tuple(record[name])
+        try:
+            record = state_from_stored(tuple(record[name] for name in _CASE_STATE_FIELDS))
+        except (WhistleError, TypeError, ValueError) as exc:
+            raise ChangelogError(f"a case record does not hold a case state: {exc}") from exc
+    if not isinstance(record, CaseState):  # version 0 hands back the state itself
+        raise ChangelogError(f"a case record holds a {type(record).__name__}, not a case state")
+    return _checked(record)
+
+
+def _checked(state: CaseState) -> CaseState:
+    """A decoded state whose fields have the types the case book computes with (a version-0 record is typed
+    only by what its pickle said), so that a bad record is refused here, not met as a crash later."""
+    ints = (state.seq, state.stage_start_ms, state.holder_since_ms, state.status_since_ms, state.escalations, state.extensions)
+    pauses_ok = all(isinstance(start, int) and (end is None or isinstance(end, int)) for start, end in state.pauses)
+    if (not all(isinstance(n, int) and not isinstance(n, bool) for n in ints) or not pauses_ok or not isinstance(state.arbitration, bool)
+            or not (state.rating is None or isinstance(state.rating, int)) or not isinstance(state.head, bytes) or len(state.head) != 32
+            or not isinstance(state.seen, bytes) or len(state.seen) % 8 or state.status not in _STATUSES or not state.chains):
+        raise ChangelogError(f"a case record for {state.case_id!r} has fields of the wrong type or value")
+    return state
 
 
 def decode_open_case(value: bytes) -> OpenCase:
     record = _decode(value, _OPEN_CASE_SCHEMA)
-    if not isinstance(record, dict):
-        if not isinstance(record, OpenCase):
-            raise ChangelogError(f"an open record holds a {type(record).__name__}, not an open case")
-        return record
-    return open_case_from_stored(tuple(record[name] for name in _OPEN_CASE_FIELDS))
+    if isinstance(record, dict):
+        record = open_case_from_stored(tuple(record[name] for name in _OPEN_CASE_FIELDS))
+    if not isinstance(record, OpenCase):
+        raise ChangelogError(f"an open record holds a {type(record).__name__}, not an open case")
+    coordinates = (record.lat, record.lon)
+    if (not all(isinstance(t, datetime) and t.tzinfo is not None for t in (record.opened_at, record.last_reported_at))
+            or not all(c is None or isinstance(c, float) for c in coordinates) or not isinstance(record.category, str)):
+        raise ChangelogError(f"an open record for {record.case_id!r} has fields of the wrong type")
+    return record
 
 
 def decode_clock(value: bytes) -> int:

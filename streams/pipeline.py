@@ -60,7 +60,7 @@ from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time
 from whistle.ground.deadletter import Position, envelope, with_position
 from whistle.ground.errors import DecodeError, TransitionError
 from whistle.ground.names import Topics
-from whistle.ground.times import from_epoch_ms, to_epoch_ms
+from whistle.ground.times import from_epoch_ms
 
 ENRICHED = "org.whistle.v1.EnrichedReport"
 ACTION = "org.whistle.v1.HandlingAction"
@@ -306,7 +306,7 @@ class CaseProcessor:
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         events: list[CaseEvent] = []
         breaches: list[Breach] = []
-        opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
+        merge_changes: list[tuple[OpenCase, datetime | None]] = []  # for the merge index, once the record commits
         recorded: dict[str, tuple[str, bytes]] = {}  # the report this record recorded: id -> (case id, fingerprint)
         refusals: dict[str, tuple[str, str]] = {}  # actions refused by this record: id -> (case id, reason)
         held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
@@ -315,9 +315,9 @@ class CaseProcessor:
             if branch == TICK:
                 events, breaches = part.book.advance(record["at"])
             elif branch == ENRICHED:
-                events, breaches = self._report(part, from_record(EnrichedReport, record), opened, recorded)
-                for entry in opened:
-                    if entry is not None and entry.case_id in part.held:  # the case just opened: its early actions apply now
+                events, breaches = self._report(part, from_record(EnrichedReport, record), merge_changes, recorded)
+                for entry, joined_at in merge_changes:
+                    if joined_at is None and entry.case_id in part.held:  # the case just opened: its early actions apply now
                         acted, more = self._release(part, part.held[entry.case_id], outputs, refusals, now)
                         events, breaches = events + acted, breaches + more
                         held[entry.case_id] = []
@@ -344,6 +344,13 @@ class CaseProcessor:
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         part.book.commit()
         part.reports.update(recorded)
+        opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
+        for entry, joined_at in merge_changes:
+            if joined_at is None:
+                part.merge.add(entry)
+                opened.append(entry)
+            else:
+                opened.append(part.merge.touch(entry.case_id, joined_at))
         for case_id, still_held in held.items():  # the record succeeded: its changes to the held actions take effect
             if still_held:
                 part.hold(case_id, still_held[-1])
@@ -370,10 +377,7 @@ class CaseProcessor:
         for held in actions:
             where = Position(self.topics.inbox, held.partition, held.offset)
             _, record = self.serde.decode(held.value, expect="CaseInboxEvent").record["event"]
-            action = from_record(HandlingAction, record)
-            clock_ms = part.book.index.clock_ms
-            if to_epoch_ms(action.at) < clock_ms:
-                action = replace(action, at=from_epoch_ms(clock_ms))
+            action = from_record(HandlingAction, record)  # dated before the case opened: recorded at it, flagged (handle_action)
             try:
                 acted, more = part.book.act(action)
             except TransitionError as exc:
@@ -392,8 +396,10 @@ class CaseProcessor:
                                 action_id=record["action_id"], field="case_id")
         return dead_letter(self.serde, self.topics, where, held.key, held.value, with_position(error, where), now), record["action_id"]
 
-    def _report(self, part: PartitionCases, enriched: EnrichedReport, opened: list[OpenCase | None], recorded: dict[str, tuple[str, bytes]]):
-        """A report joins an open case nearby, or opens one; `opened` collects merge entries to persist.
+    def _report(self, part: PartitionCases, enriched: EnrichedReport, merge_changes: list[tuple[OpenCase, datetime | None]],
+                recorded: dict[str, tuple[str, bytes]]):
+        """A report joins an open case nearby, or opens one. `merge_changes` collects what the merge index is to
+        take once the record commits: (a new case's entry, None), or (a joined case's entry, the report's time).
 
         Exactly once per report: a report id already recorded in any case of the partition (open, resolved
         or closed) is a no-op when it comes again with the same content, whichever case is nearest now,
@@ -404,7 +410,7 @@ class CaseProcessor:
         events, breaches = part.book.advance(at)
         fingerprint = report_fingerprint(enriched)
         known = part.reports.get(report.report_id)
-        if known is not None:
+        if known is not None and known[0] in part.book.states:  # (a case lost with a half-written changelog: decide again)
             if known[1] != fingerprint:
                 raise TransitionError(f"report id {report.report_id} was recorded in case {known[0]} with other content: a conflicting "
                                       "duplicate (a reused id, or an altered redelivery)", reason="conflicting_duplicate",
@@ -413,7 +419,7 @@ class CaseProcessor:
         joined = part.merge.find_case_to_join(enriched, at)
         if joined is not None:
             merged, more = part.book.merge(joined, enriched, at)
-            opened.append(part.merge.touch(joined, at))  # the widened time window must survive recovery
+            merge_changes.append((part.merge.entry(joined), at))  # the widened time window must survive recovery
             recorded[report.report_id] = (joined, fingerprint)
             return events + merged, breaches + more
         case_id = case_id_for(enriched)
@@ -421,9 +427,7 @@ class CaseProcessor:
         if case_id in part.book.states:  # this very report opened it already: a replay after a crash
             return events, breaches
         opening, more = part.book.open(enriched, case_id, at)
-        entry = part.merge.open_case(case_id, enriched)
-        part.merge.add(entry)
-        opened.append(entry)
+        merge_changes.append((part.merge.open_case(case_id, enriched), None))
         return events + opening, breaches + more
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
@@ -445,9 +449,11 @@ class CaseProcessor:
         for breach in breaches:
             outputs.append(Output(self.topics.breaches, breach.case_id.encode(), encode("Breach", to_record(breach), validate=False),
                                   (("whistle.breach.tier", breach.tier.encode()), ("whistle.breach.kind", breach.kind.encode()))))
+        # Case states first: the changelog is written in this order, so a crash part-way never leaves a report
+        # recorded, or held actions released, for a case whose state was not stored (they are decided again).
         states = part.book.states
-        result = [StateWrite(part.partition, k, v) for k, v in writes.items()]
-        for case_id in dict.fromkeys(event.case_id for event in events):  # each changed case's final state, encoded when read
-            result.append(StateWrite(part.partition, case_key(case_id), states[case_id], encode_case_state))
+        result = [StateWrite(part.partition, case_key(case_id), states[case_id], encode_case_state)  # encoded when read
+                  for case_id in dict.fromkeys(event.case_id for event in events)]
+        result += [StateWrite(part.partition, k, v) for k, v in writes.items()]
         result.append(StateWrite(part.partition, clock_key(part.partition), encode_clock(part.book.index.clock_ms)))
         return outputs, result

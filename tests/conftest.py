@@ -1,8 +1,8 @@
 """Test fixtures: the real local Kafka and ClickHouse, started once per session by infra/stack.py.
 
 Tests run their own stack on their own ports and state folder (`.whistle/test-<port base>`), so a running
-demo stack is never touched. The stack is left running between local runs (fast re-runs) and
-stopped at the end of a CI run.
+demo stack is never touched. The stack is stopped at the end of the run (WHISTLE_TEST_KEEP_STACK=1 keeps it
+running between local runs, for fast re-runs).
 """
 from __future__ import annotations
 
@@ -43,15 +43,18 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def local_stack(settings: Settings):
-    """The running single-broker test stack (started if needed; stopped at the end under CI)."""
+    """The running single-broker test stack: started if needed, stopped at the end of the session (also when a test
+    failed or the run was interrupted), unless WHISTLE_TEST_KEEP_STACK=1 keeps it for fast local re-runs."""
     TEST_STATE.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(settings)
     with open(TEST_STATE / "fixture.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stack.up()
-    yield stack
-    if os.environ.get("CI"):
-        stack.down()
+    try:
+        yield stack
+    finally:
+        if os.environ.get("WHISTLE_TEST_KEEP_STACK") != "1":
+            stack.down()
 
 
 @pytest.fixture

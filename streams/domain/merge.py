@@ -125,6 +125,10 @@ class MergeIndex:
             bucket[:] = [other for other in bucket if other is not case]
         return case
 
+    def entry(self, case_id: str) -> OpenCase:
+        """The open case's entry (KeyError if it is not open)."""
+        return self._cases[case_id][0]
+
     def touch(self, case_id: str, at: datetime) -> OpenCase | None:
         """A report joined `case_id` at `at`: the time window now runs from the latest report. Returns the entry (to persist)."""
         entry = self._cases.get(case_id)
@@ -224,7 +228,8 @@ def report_fingerprint(enriched: EnrichedReport) -> bytes:
     what depends on when it was delivered."""
     report = enriched.report
     claimed = next((flag.partition("=")[2] for flag in enriched.flags if flag.startswith(f"{CLOCK_SKEW}:device=")), None)
-    content = (report.report_id, report.source.value, claimed or to_epoch_ms(report.occurred_at), report.category, report.urgency.value,
+    claimed_ms = to_epoch_ms(datetime.fromisoformat(claimed.replace("Z", "+00:00"))) if claimed else to_epoch_ms(report.occurred_at)
+    content = (report.report_id, report.source.value, claimed_ms, report.category, report.urgency.value,
                report.description, report.lat, report.lon, report.address_text, report.camera_id, report.reporter_hash,
                report.reporter_role, list(report.media), report.confidence)
     return hashlib.blake2b(orjson.dumps(content), digest_size=16).digest()

@@ -387,12 +387,13 @@ class DeadlineIndex:
                 self._current.pop(case_id, None)
             else:
                 self._current[case_id] = seq
-        if undo.pushed:
-            pushed = {id(deadline) for deadline in undo.pushed}
+        pushed = {id(deadline) for deadline in undo.pushed}
+        if pushed:
             self._heap = [deadline for deadline in self._heap if id(deadline) not in pushed]
             heapify(self._heap)
         for deadline in undo.popped:
-            heappush(self._heap, deadline)
+            if id(deadline) not in pushed:  # one pushed and popped within the transaction never existed before it
+                heappush(self._heap, deadline)
 
     def schedule(self, case_id: str, seq: int, deadlines: Iterable[Deadline]) -> None:
         """Replace the case's pending deadlines with `deadlines` (computed from its state at `seq`). Idempotent per seq."""

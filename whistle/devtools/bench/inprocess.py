@@ -35,7 +35,7 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
     ingested = time.perf_counter()
     offsets = [0] * partitions
     outputs = 0
-    writes: dict[str, StateWrite] = {}
+    writes: dict[tuple[int, str], StateWrite] = {}
     for n, out in enumerate(routed, 1):
         if out.topic != topics.inbox:
             continue
@@ -43,7 +43,7 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
         produced, written = cases.process(Position(topics.inbox, partition, offsets[partition]), out.key, out.value, now)
         offsets[partition] += 1
         outputs += len(produced)
-        writes.update((write.key, write) for write in written)
+        writes.update(((write.partition, write.key), write) for write in written)
         if n % BATCH_RECORDS == 0:  # as the worker persists state: a batch's last write per key, encoded once
             _encoded = [write.value for write in writes.values()]
             writes.clear()
