@@ -310,6 +310,7 @@ class CaseProcessor:
         recorded: dict[str, tuple[str, bytes]] = {}  # the report this record recorded: id -> (case id, fingerprint)
         refusals: dict[str, tuple[str, str]] = {}  # actions refused by this record: id -> (case id, reason)
         held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
+        released: set[str] = set()  # cases whose held actions this record released
         part.book.begin()
         try:
             if branch == TICK:
@@ -318,9 +319,12 @@ class CaseProcessor:
                 events, breaches = self._report(part, from_record(EnrichedReport, record), merge_changes, recorded)
                 for entry, joined_at in merge_changes:
                     if joined_at is None and entry.case_id in part.held:  # the case just opened: its early actions apply now
-                        acted, more = self._release(part, part.held[entry.case_id], outputs, refusals, now)
+                        clock_ms = part.book.index.clock_ms  # actions whose hold ended before the case opened stay for the expiry below
+                        live = [a for a in part.held[entry.case_id] if a.held_until_ms > clock_ms]
+                        acted, more = self._release(part, live, outputs, refusals, now)
                         events, breaches = events + acted, breaches + more
-                        held[entry.case_id] = []
+                        held[entry.case_id] = [a for a in part.held[entry.case_id] if a.held_until_ms <= clock_ms]
+                        released.add(entry.case_id)
             else:
                 action = from_record(HandlingAction, record)
                 events, breaches = part.book.advance(action.at)
@@ -352,10 +356,13 @@ class CaseProcessor:
             else:
                 opened.append(part.merge.touch(entry.case_id, joined_at))
         for case_id, still_held in held.items():  # the record succeeded: its changes to the held actions take effect
-            if still_held:
-                part.hold(case_id, still_held[-1])
+            if case_id in released:
+                if still_held:
+                    part.held[case_id] = still_held  # their heap entries are there already
+                else:
+                    part.held.pop(case_id, None)
             else:
-                part.held.pop(case_id, None)
+                part.hold(case_id, still_held[-1])  # the one this record added
         for case_id, ended, still_held in part.ended_holds(part.book.index.clock_ms):
             for action in ended:
                 letter, action_id = self._unknown_case(action, now)

@@ -339,3 +339,12 @@ def test_a_resolution_dated_before_its_acceptance_is_recorded_at_the_acceptance_
     assert "[backdated:claimed=" in resolved.note and resolved.note.startswith("已清理")
     [later] = handle_action(state, action(ActionKind.RESOLVE, GRID, 90, note="已清理"), RULES)
     assert "backdated" not in later.note  # negative control: an action dated after the last event is taken as dated
+
+
+def test_an_action_dated_between_dispatch_and_a_later_merged_report_is_recorded_after_the_merge():
+    """The log of a case never runs backwards past any of its events, a merged report included."""
+    state, _ = opened()
+    [merged] = merge_report(state, report("app:r2", at=T0 + timedelta(hours=1)), T0 + timedelta(hours=1))
+    state = evolve(state, merged)
+    [accepted] = handle_action(state, action(ActionKind.ACCEPT, GRID, 30), RULES)
+    assert accepted.at == T0 + timedelta(hours=1) and "[backdated:claimed=" in (accepted.note or "")

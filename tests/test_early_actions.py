@@ -7,6 +7,7 @@ dead-lettered with its original bytes and position once the policy's hold has pa
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from test_case import T0, report
@@ -116,3 +117,15 @@ def test_holding_is_deterministic_from_the_case_stream_order():
     kinds = [r["kind"] for t, r in first if t == TOPICS.case_events]
     assert kinds[:4] == [Kind.OPENED, Kind.DISPATCHED, Kind.ACCEPTED, Kind.RESOLVED]
     assert [t for t, _ in first].count(TOPICS.deadletter) == 0
+
+
+def test_a_report_arriving_after_the_hold_ended_does_not_revive_the_held_action():
+    """No tick in between: the report's own time ends the hold, so the action is dead-lettered, not applied."""
+    enriched, case_id, grid = _case()
+    late = replace(enriched, report=replace(enriched.report, occurred_at=T0 + timedelta(hours=2)))
+    partition = Partition()
+    partition.feed(ACTION, HandlingAction("act:stale", case_id, ActionKind.ACCEPT, grid, T0), T0)
+    partition.feed(ENRICHED, late, T0 + timedelta(hours=2))
+    assert [e["kind"] for e in partition.of(TOPICS.case_events)] == [Kind.OPENED, Kind.DISPATCHED]
+    [letter] = partition.of(TOPICS.deadletter)
+    assert "unknown case" in letter["error_message"] and partition.changelog[f"held:{case_id}"] is None

@@ -7,6 +7,7 @@ and both take the afternoon: their case events and breaches must be identical.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import tempfile
@@ -116,8 +117,11 @@ def test_a_changelog_written_by_the_pickle_release_recovers_and_decides_as_befor
     for partition, records in changelog.items():
         assert recovered.recover(partition, records) == []
     assert recovered.owned() == ran.owned()
+    def without_last_at(states):  # a pickle-release state has no last_at_ms: recovered from its lifecycle times
+        return {case_id: dataclasses.replace(state, last_at_ms=0) for case_id, state in states.items()}
+
     for partition in ran.owned():
-        assert recovered._parts[partition].book.states == ran._parts[partition].book.states
+        assert without_last_at(recovered._parts[partition].book.states) == without_last_at(ran._parts[partition].book.states)
         assert recovered._parts[partition].book.index.clock_ms == ran._parts[partition].book.index.clock_ms
     afternoon = list(_v0_inbox(since=noon))
     assert afternoon

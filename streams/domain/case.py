@@ -177,6 +177,7 @@ class CaseState:
     pauses: tuple[tuple[int, int | None], ...]  # waiting-on-resident pauses in this stage; None = still open
     rating: int | None
     seen: bytes  # 8-byte digests of the applied cause ids
+    last_at_ms: int  # the latest event's time: no later event may be recorded before it
 
     def has_applied(self, cause_id: str) -> bool:
         """True when an event of this case already recorded `cause_id` (redelivery: decide nothing)."""
@@ -213,9 +214,15 @@ _STATE_POSITION = {name: position for position, name in enumerate(CaseState.__sl
 
 
 def last_event_ms(state: CaseState) -> int:
-    """The time of the case's latest lifecycle event: no later event may be recorded before it."""
-    latest = max(state.stage_start_ms, state.holder_since_ms, state.status_since_ms)
-    for start, end in state.pauses:
+    """The time of the case's latest event: no later event may be recorded before it."""
+    return state.last_at_ms
+
+
+def _latest_lifecycle_ms(values: list) -> int:
+    """For a state stored before `last_at_ms` existed: its latest lifecycle time (merges and extensions left no time)."""
+    position = _STATE_POSITION
+    latest = max(values[position["stage_start_ms"]], values[position["holder_since_ms"]], values[position["status_since_ms"]])
+    for start, end in values[position["pauses"]]:
         latest = max(latest, start, end or start)
     return latest
 
@@ -271,7 +278,7 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
             category=_intern(event.category), urgency=_intern(event.urgency), policy_version=_intern(event.policy_version),
             place=_place(event), chains=(chain,), assignee=chain[0], stage_start_ms=at, holder_since_ms=at,
             status_since_ms=at, escalations=0, arbitration=False, rejected_by=(), lost_by_breach=(), extensions=0,
-            pauses=(), rating=None, seen=_digest(event.cause_id),
+            pauses=(), rating=None, seen=_digest(event.cause_id), last_at_ms=at,
         )
     if event.seq != state.seq + 1 or bytes.fromhex(event.prev_hash) != state.head:
         raise DomainError(f"event {event.event_id} does not continue case {state.case_id} (at seq {state.seq})",
@@ -283,7 +290,7 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
     digest = _digest(event.cause_id)
     if not seen.endswith(digest):
         seen += digest
-    changes: dict = {"seq": event.seq, "head": bytes.fromhex(event.hash), "seen": seen}
+    changes: dict = {"seq": event.seq, "head": bytes.fromhex(event.hash), "seen": seen, "last_at_ms": max(state.last_at_ms, at)}
     pauses = state.pauses
     if pauses and pauses[-1][1] is None and kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION):
         pauses = changes["pauses"] = pauses[:-1] + ((pauses[-1][0], at),)  # any handling ends a waiting-on-resident pause
@@ -710,6 +717,8 @@ def state_from_stored(values: tuple) -> CaseState:
     a million recovered cases share one copy of each chain and name."""
     row: list[Any] = list(values)
     position = _STATE_POSITION
+    if len(row) == len(position) - 1:  # stored by a release before last_at_ms
+        row.append(_latest_lifecycle_ms(row))
     chains = tuple(decode_chain(text) for text in row[position["chains"]])
     row[position["chains"]] = chains
     district_id, *parts = row[position["place"]]
