@@ -80,8 +80,11 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
         wait_until(lambda: _gateway_up(settings), 30, "the gateway")))
 
     start = demo_day(now())
-    events = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(UTC), days=1.0,
-                                                       incidents_per_day=incidents)))
+    # Handling of the day runs on for days after it; what would happen after now has not happened yet and is
+    # not replayed, so neither the simulated clock nor any record moves the case stream past the wall clock.
+    replayed_until = now()
+    simulated = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(UTC), days=1.0, incidents_per_day=incidents)))
+    events = [event for event in simulated if event.at <= replayed_until]
     partitions = partitions_of(topics.inbox, settings.topic_prefix)
     quiet = Console(file=io.StringIO())
     with Publisher(settings) as publisher:
@@ -90,7 +93,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
                 "app": SdkWay(publisher), "actions": SdkWay(publisher)}
         ticks = lambda at: write_ticks(publisher, publisher.serde, topics, partitions, at)  # noqa: E731
         step.note(f"Simulated day: {start:%A %Y-%m-%d} (city time), {len(events):,} events from {incidents} incidents, "
-                  f"replayed at {speed:.0f}x")
+                  f"replayed at {speed:.0f}x ({len(simulated) - len(events):,} later ones would fall after now: not replayed)")
         with SimulatedClock(ticks) as clock, step.bar("Replaying the day", len(events)) as advance:
             report = feed(events, ways, clock, speed=speed, max_gap_s=0.2, progress=lambda r: advance(sum(r.sent.values())))
             advance(len(events))
