@@ -67,7 +67,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     serde = Serde.from_settings(settings)
     reference = load_reference()
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
-                        SkewBounds.of_seconds(settings.time.device_ahead_s, settings.time.device_behind_s))
+                        SkewBounds.of(settings.time))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, inbox_partitions)
     worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
     worker_dir.mkdir(parents=True, exist_ok=True)

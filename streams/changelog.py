@@ -193,9 +193,7 @@ def encode_held(case_id: str, actions: list[HeldAction]) -> bytes:
 
 
 def decode_held(value: bytes) -> list[HeldAction]:
-    if value[:1] != _VERSION_BYTE:  # held actions came after the pickle releases: version 1 only
-        raise ChangelogError(f"unknown held-actions value version {value[:1]!r}")
-    record = _decode(value, _HELD_ACTIONS_SCHEMA)
+    record = _decode(value, _HELD_ACTIONS_SCHEMA, since_pickles=True)
     return [HeldAction(**held) for held in record["actions"]]
 
 
@@ -204,9 +202,7 @@ def encode_report_seen(case_id: str, content: bytes) -> bytes:
 
 
 def decode_report_seen(value: bytes) -> tuple[str, bytes]:
-    if value[:1] != _VERSION_BYTE:  # report records came after the pickle releases: version 1 only
-        raise ChangelogError(f"unknown report value version {value[:1]!r}")
-    record = _decode(value, _REPORT_SEEN_SCHEMA)
+    record = _decode(value, _REPORT_SEEN_SCHEMA, since_pickles=True)
     return sys.intern(record["case_id"]), record["content"]
 
 
@@ -215,9 +211,7 @@ def encode_refused(case_id: str, reason: str) -> bytes:
 
 
 def decode_refused(value: bytes) -> tuple[str, str]:
-    if value[:1] != _VERSION_BYTE:  # refusals came after the pickle releases: version 1 only
-        raise ChangelogError(f"unknown refused-action value version {value[:1]!r}")
-    record = _decode(value, _REFUSED_ACTION_SCHEMA)
+    record = _decode(value, _REFUSED_ACTION_SCHEMA, since_pickles=True)
     return record["case_id"], record["reason"]
 
 
@@ -275,20 +269,22 @@ def decode_clock(value: bytes) -> int:
         raise ChangelogError(f"a clock record must be epoch ms in ASCII digits, got {value[:40]!r}") from exc
 
 
-def _decode(value: bytes, schema: Any) -> Any:
+def _decode(value: bytes, schema: Any, *, since_pickles: bool = False) -> Any:
+    """The record a value holds. `since_pickles`: a kind of value the pickle releases never wrote (version 1 only)."""
     if not value:
         raise ChangelogError("empty changelog value")
     version = value[0]
     try:
         if version == CURRENT_VERSION:
             return fastavro.schemaless_reader(io.BytesIO(value[1:]), schema, None)
-        if version == _LEGACY_PICKLE:
+        if version == _LEGACY_PICKLE and not since_pickles:
             return _LegacyReader(value).read()
     except ChangelogError:
         raise
     except Exception as exc:  # truncated or garbage bytes under a valid version byte
         raise ChangelogError(f"undecodable version-{0 if version == _LEGACY_PICKLE else version} changelog value: {type(exc).__name__}: {exc}") from exc
-    raise ChangelogError(f"unknown changelog value version {version} (this release reads 0 and {CURRENT_VERSION})")
+    readable = f"{CURRENT_VERSION}" if since_pickles else f"0 and {CURRENT_VERSION}"
+    raise ChangelogError(f"unknown changelog value version {version} (this release reads {readable} for this kind of value)")
 
 
 # -- version 0: the pickles earlier releases wrote, read as data ----------------------------------------

@@ -56,7 +56,7 @@ from streams.domain.normalize import normalize_app_report, normalize_camera, nor
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import Breach, CaseBook, SlaPolicy, policy_in_force
-from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time
+from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time, flagged_note
 from whistle.ground.deadletter import Position, envelope, with_position
 from whistle.ground.errors import DecodeError, TransitionError
 from whistle.ground.names import Topics
@@ -128,7 +128,7 @@ class Ingestor:
                 action = from_record(HandlingAction, inner)
                 at, skewed = decided_time(action.at, arrived, self.skew)
                 if skewed:
-                    action = replace(action, at=at, note=f"{action.note} [{skewed}]" if action.note else f"[{skewed}]")
+                    action = replace(action, at=at, note=flagged_note(action.note, skewed))
                 return self._inbox(partition_key_of_case(action.case_id), (ACTION, to_record(action)))
             report = normalize_app_report(from_record(ResidentReport, inner), self.reference, self.hasher.reporter)
         at, skewed = decided_time(report.occurred_at, arrived, self.skew)
@@ -176,6 +176,13 @@ class PartitionCases:
     def hold(self, case_id: str, action: HeldAction) -> None:
         self.held.setdefault(case_id, []).append(action)
         heappush(self.hold_ends, (action.held_until_ms, case_id))
+
+    def keep_held(self, case_id: str, actions: list[HeldAction]) -> None:
+        """What stays held of a case's actions (their heap entries are there already); none: the case holds nothing."""
+        if actions:
+            self.held[case_id] = actions
+        else:
+            self.held.pop(case_id, None)
 
     def ended_holds(self, now_ms: int) -> list[tuple[str, list[HeldAction], list[HeldAction]]]:
         """(case id, actions whose hold ended, actions still held) for every case with a hold ended by `now_ms`."""
@@ -309,8 +316,8 @@ class CaseProcessor:
         merge_changes: list[tuple[OpenCase, datetime | None]] = []  # for the merge index, once the record commits
         recorded: dict[str, tuple[str, bytes]] = {}  # the report this record recorded: id -> (case id, fingerprint)
         refusals: dict[str, tuple[str, str]] = {}  # actions refused by this record: id -> (case id, reason)
-        held: dict[str, list[HeldAction]] = {}  # held actions that change with this record: case id -> what stays held
-        released: set[str] = set()  # cases whose held actions this record released
+        new_hold: tuple[str, HeldAction] | None = None  # the action this record holds
+        released: dict[str, list[HeldAction]] = {}  # cases whose held actions this record released -> what stays held
         part.book.begin()
         try:
             if branch == TICK:
@@ -323,8 +330,7 @@ class CaseProcessor:
                         live = [a for a in part.held[entry.case_id] if a.held_until_ms > clock_ms]
                         acted, more = self._release(part, live, outputs, refusals, now)
                         events, breaches = events + acted, breaches + more
-                        held[entry.case_id] = [a for a in part.held[entry.case_id] if a.held_until_ms <= clock_ms]
-                        released.add(entry.case_id)
+                        released[entry.case_id] = [a for a in part.held[entry.case_id] if a.held_until_ms <= clock_ms]
             else:
                 action = from_record(HandlingAction, record)
                 events, breaches = part.book.advance(action.at)
@@ -334,7 +340,7 @@ class CaseProcessor:
                     outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(again, where), now))
                 elif action.case_id not in part.book.states:
                     until = self.calendar.add(part.book.index.clock_ms, policy_in_force(self.policies, action.at).early_action_hold)
-                    held[action.case_id] = [*part.held.get(action.case_id, ()), HeldAction(where.partition, where.offset, key, value or b"", until)]
+                    new_hold = (action.case_id, HeldAction(where.partition, where.offset, key, value or b"", until))
                 else:
                     try:
                         acted, more = part.book.act(action)
@@ -355,26 +361,22 @@ class CaseProcessor:
                 opened.append(entry)
             else:
                 opened.append(part.merge.touch(entry.case_id, joined_at))
-        for case_id, still_held in held.items():  # the record succeeded: its changes to the held actions take effect
-            if case_id in released:
-                if still_held:
-                    part.held[case_id] = still_held  # their heap entries are there already
-                else:
-                    part.held.pop(case_id, None)
-            else:
-                part.hold(case_id, still_held[-1])  # the one this record added
+        # the record succeeded: its changes to the held actions take effect, then the holds its time ended
+        held_changed = dict.fromkeys(released)  # ordered: the changelog is written in a deterministic order
+        for case_id, still_held in released.items():
+            part.keep_held(case_id, still_held)
+        if new_hold is not None:
+            part.hold(*new_hold)
+            held_changed[new_hold[0]] = None
         for case_id, ended, still_held in part.ended_holds(part.book.index.clock_ms):
             for action in ended:
                 letter, action_id = self._unknown_case(action, now)
                 outputs.append(letter)
                 refusals[action_id] = (case_id, "unknown_case")
-            held[case_id] = still_held
-            if still_held:
-                part.held[case_id] = still_held
-            else:
-                part.held.pop(case_id, None)
+            part.keep_held(case_id, still_held)
+            held_changed[case_id] = None
         part.refused.update(refusals)
-        return self._emit(part, outputs, events, breaches, opened, held, recorded, refusals)
+        return self._emit(part, outputs, events, breaches, opened, held_changed, recorded, refusals)
 
     def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], refusals: dict[str, tuple[str, str]],
                  now: datetime) -> tuple[list[CaseEvent], list[Breach]]:
@@ -438,15 +440,15 @@ class CaseProcessor:
         return events + opening, breaches + more
 
     def _emit(self, part: PartitionCases, outputs: list[Output], events, breaches: list[Breach],
-              opened: list[OpenCase | None], held: dict[str, list[HeldAction]],
+              opened: list[OpenCase | None], held_changed: dict[str, None],
               recorded: dict[str, tuple[str, bytes]], refusals: dict[str, tuple[str, str]]) -> tuple[list[Output], list[StateWrite]]:
         writes: dict[str, Any] = {open_key(entry.case_id): encode_open_case(entry) for entry in opened if entry is not None}
         for report_id, (case_id, fingerprint) in recorded.items():
             writes[report_key(report_id)] = encode_report_seen(case_id, fingerprint)
         for action_id, (case_id, reason) in refusals.items():
             writes[refused_key(action_id)] = encode_refused(case_id, reason)
-        for case_id, actions in held.items():
-            writes[held_key(case_id)] = encode_held(case_id, actions) if actions else None
+        for case_id in held_changed:
+            writes[held_key(case_id)] = encode_held(case_id, part.held[case_id]) if case_id in part.held else None
         encode = self.serde.encode
         for event in events:
             outputs.append(Output(self.topics.case_events, event.case_id.encode(), encode("CaseEvent", to_record(event), validate=False)))

@@ -40,8 +40,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.domain.model import ActionKind, EnrichedReport, HandlingAction, Tier, Urgency
+from streams.domain.trusted_time import flagged_note
 from whistle.ground.errors import DomainError, TransitionError, ValidationError
-from whistle.ground.times import UTC, from_epoch_ms, to_epoch_ms
+from whistle.ground.times import from_epoch_ms, iso_ms, to_epoch_ms
 
 GENESIS_HASH = "0" * 64
 
@@ -231,11 +232,7 @@ BACKDATED = "backdated"
 
 
 def _backdated(claimed: datetime) -> str:
-    return f"{BACKDATED}:claimed={claimed.astimezone(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
-
-
-def _flagged(note: str | None, flag: str) -> str:
-    return f"{note} [{flag}]" if note else f"[{flag}]"
+    return f"{BACKDATED}:claimed={iso_ms(claimed)}"
 
 
 def escalation_target(state: CaseState) -> Link | None:
@@ -432,7 +429,7 @@ def handle_action(state: CaseState | None, action: HandlingAction, rules: Handli
         return []
     previous = last_event_ms(state)
     if at < previous:  # a case's log never runs backwards: the claim is kept, flagged, as evidence
-        action = replace(action, note=_flagged(action.note, _backdated(action.at)))
+        action = replace(action, note=flagged_note(action.note, _backdated(action.at)))
         at = previous
     kind = action.kind
     if kind in (ActionKind.RATE, ActionKind.REOPEN):

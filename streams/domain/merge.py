@@ -31,7 +31,7 @@ from streams.domain.enrich import EARTH_RADIUS_M, case_partition_key, haversine_
 from streams.domain.model import EnrichedReport
 from streams.domain.trusted_time import CLOCK_SKEW
 from whistle.ground.errors import ConfigError
-from whistle.ground.times import to_epoch_ms
+from whistle.ground.times import from_iso, to_epoch_ms
 
 DEFAULT_MAX_DISTANCE_M = 250.0
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -228,7 +228,7 @@ def report_fingerprint(enriched: EnrichedReport) -> bytes:
     what depends on when it was delivered."""
     report = enriched.report
     claimed = next((flag.partition("=")[2] for flag in enriched.flags if flag.startswith(f"{CLOCK_SKEW}:device=")), None)
-    claimed_ms = to_epoch_ms(datetime.fromisoformat(claimed.replace("Z", "+00:00"))) if claimed else to_epoch_ms(report.occurred_at)
+    claimed_ms = to_epoch_ms(from_iso(claimed)) if claimed else to_epoch_ms(report.occurred_at)
     content = (report.report_id, report.source.value, claimed_ms, report.category, report.urgency.value,
                report.description, report.lat, report.lon, report.address_text, report.camera_id, report.reporter_hash,
                report.reporter_role, list(report.media), report.confidence)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from whistle.ground.times import UTC, to_epoch_ms
+from whistle.ground.settings import TimeSettings
+from whistle.ground.times import iso_ms, to_epoch_ms
 
 CLOCK_SKEW = "clock_skew"
 
@@ -30,6 +31,11 @@ class SkewBounds:
     def of_seconds(cls, ahead_s: float, behind_s: float) -> SkewBounds:
         return cls(int(ahead_s * 1000), int(behind_s * 1000))
 
+    @classmethod
+    def of(cls, settings: TimeSettings) -> SkewBounds:
+        """The bounds a deployment configured (WHISTLE_TIME_DEVICE_AHEAD_S / _BEHIND_S)."""
+        return cls.of_seconds(settings.device_ahead_s, settings.device_behind_s)
+
 
 DEFAULT_SKEW = SkewBounds()
 
@@ -39,4 +45,9 @@ def decided_time(claimed: datetime, arrived: datetime, bounds: SkewBounds) -> tu
     skew_ms = to_epoch_ms(claimed) - to_epoch_ms(arrived)
     if -bounds.behind_ms <= skew_ms <= bounds.ahead_ms:
         return claimed, None
-    return arrived, f"{CLOCK_SKEW}:device={claimed.astimezone(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+    return arrived, f"{CLOCK_SKEW}:device={iso_ms(claimed)}"
+
+
+def flagged_note(note: str | None, flag: str) -> str:
+    """A note with an evidence flag (`[clock_skew:…]`, `[backdated:…]`) appended: the sender's text is kept as written."""
+    return f"{note} [{flag}]" if note else f"[{flag}]"

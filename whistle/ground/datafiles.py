@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,21 @@ def config_error(path: Path | str, field: str, message: str) -> ConfigError:
 
 def read_yaml(path: Path) -> Any:
     """Parse one YAML file (safe loader: plain data only)."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise config_error(path, "-", "file is missing") from exc
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise config_error(path, "-", f"unreadable YAML: {exc}") from exc
+    return _parsed(path, yaml.safe_load, "YAML", yaml.YAMLError)
 
 
 def read_json(path: Path) -> Any:
     """Parse one JSON file."""
+    return _parsed(path, json.loads, "JSON", json.JSONDecodeError)
+
+
+def _parsed(path: Path, parse: Callable[[str], Any], kind: str, parse_error: type[Exception]) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise config_error(path, "-", "file is missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise config_error(path, "-", f"unreadable JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError, parse_error) as exc:
+        raise config_error(path, "-", f"unreadable {kind}: {exc}") from exc
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:

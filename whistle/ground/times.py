@@ -26,6 +26,16 @@ def to_epoch_ms(value: datetime, field: str = "at") -> int:
     return (value - EPOCH) // _ONE_MS
 
 
+def iso_ms(value: datetime) -> str:
+    """`2026-06-08T03:59:06.194Z`: the UTC text form of a time in flags and notes (`from_iso` reads it back)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_iso(text: str) -> datetime:
+    """The time an `iso_ms` text names."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def from_epoch_ms(ms: int) -> datetime:
     """The UTC datetime of epoch milliseconds (exact, no float rounding)."""
     return EPOCH + timedelta(milliseconds=ms)

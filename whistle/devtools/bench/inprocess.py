@@ -26,7 +26,7 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
     serde = Serde.from_settings(settings)
     partitions = partitions_of(topics.inbox)
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
-                        SkewBounds.of_seconds(settings.time.device_ahead_s, settings.time.device_behind_s))
+                        SkewBounds.of(settings.time))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, partitions)
     topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
     now = utc_now()
