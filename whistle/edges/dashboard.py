@@ -52,7 +52,7 @@ from sinks import audit
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
 from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, DistrictReference, load_reference
-from whistle.ground.datafiles import read_yaml
+from whistle.ground.datafiles import read_entries
 from whistle.ground.errors import ConfigError, StoreError, ValidationError, WhistleError
 from whistle.ground.settings import ClickHouseSettings, Settings
 
@@ -120,11 +120,9 @@ _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + base64.b64encode(by
 def load_users(path: Path | str) -> Users:
     """Parse the users file (format: infra/dashboard-users.example.yaml); errors name the file and the field."""
     path = Path(path)
-    document = read_yaml(path)
-    if not isinstance(document, dict) or not isinstance(document.get("users"), list) or not document["users"]:
-        raise ConfigError(f"{path}: expected a mapping with a non-empty `users` list", file=str(path), field="users")
+    entries = read_entries(path, "users")
     users: dict[str, str] = {}
-    for index, entry in enumerate(document["users"]):
+    for index, entry in enumerate(entries):
         where = f"users[{index}]"
         if not isinstance(entry, dict) or set(entry) != {"username", "password_scrypt"}:
             raise ConfigError(f"{path}: {where} needs exactly username, password_scrypt", file=str(path), field=where)

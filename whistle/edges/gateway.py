@@ -67,7 +67,7 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_reference
 from whistle.edges import open311
 from whistle.edges.sdk import Delivery, Publisher
-from whistle.ground.datafiles import read_yaml
+from whistle.ground.datafiles import read_entries
 from whistle.ground.errors import ConfigError, DeliveryError, StoreError, ValidationError, WhistleError
 from whistle.ground.settings import ClickHouseSettings, Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms, utc_now
@@ -117,12 +117,10 @@ class ApiKeys:
 def load_api_keys(path: Path | str) -> ApiKeys:
     """Parse and check the key file (format: infra/gateway-keys.example.yaml); errors name the file and the field."""
     path = Path(path)
-    document = read_yaml(path)
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
-        raise ConfigError(f"{path}: expected a mapping with a non-empty `keys` list", file=str(path), field="keys")
+    entries = read_entries(path, "keys")
     keys: dict[str, ApiKey] = {}
     integrators: set[str] = set()
-    for index, entry in enumerate(document["keys"]):
+    for index, entry in enumerate(entries):
         where = f"keys[{index}]"
 
         def fail(name: str, why: str, where: str = where) -> ConfigError:

@@ -31,6 +31,14 @@ def read_json(path: Path) -> Any:
     return _parsed(path, json.loads, "JSON", json.JSONDecodeError)
 
 
+def read_entries(path: Path, key: str) -> list[Any]:
+    """The non-empty list under `key` of a YAML file that is a mapping (users, keys, ...)."""
+    document = read_yaml(path)
+    if not isinstance(document, dict) or not isinstance(document.get(key), list) or not document[key]:
+        raise ConfigError(f"{path}: expected a mapping with a non-empty `{key}` list", file=str(path), field=key)
+    return document[key]
+
+
 def _parsed(path: Path, parse: Callable[[str], Any], kind: str, parse_error: type[Exception]) -> Any:
     try:
         return parse(path.read_text(encoding="utf-8"))
