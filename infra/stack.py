@@ -307,8 +307,9 @@ class LocalStack:
         classpath = f"{self.libs}/*"
         if not (proc.home / "data" / "meta.properties").exists():
             progress(f"formatting KRaft storage of kafka-{node}")
+            # --cluster-id=ID as one argument: a base64url id may begin with "-", which the tool would read as an option
             fmt = subprocess.run(["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                  "-t", self._cluster_id(), "-c", str(props)], capture_output=True, text=True, timeout=120)
+                                  f"--cluster-id={self._cluster_id()}", "-c", str(props)], capture_output=True, text=True, timeout=120)
             if fmt.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {fmt.stderr.strip()[-300:]}")
         progress(f"starting kafka-{node} on 127.0.0.1:{self.broker_port(node)}")

@@ -14,6 +14,7 @@ import csv
 import functools
 import io
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -139,7 +140,7 @@ def verify(engine: Engine, database: str, *, events_per_pass: int = 200_000) -> 
 
 # -- verify against Kafka ------------------------------------------------------------------------
 
-BEHIND, BROKEN, CLEAN = "behind", "broken", "clean"
+BEHIND, BROKEN, CLEAN, NOTED = "behind", "broken", "clean", "noted"  # noted: reported, changes no verdict
 EXIT_CODES = {CLEAN: 0, BROKEN: 1, BEHIND: 2}  # `whistle audit verify`: broken wins over behind
 
 
@@ -185,9 +186,9 @@ class Finding:
     detail: str
 
 
-def read_kafka_ranges(settings: Settings, *, timeout_s: float = 10.0) -> list[KafkaRange]:
-    """Kafka's low and high watermarks of every partition of every audited topic of `settings`' deployment,
-    and the sink group's committed offsets (settings.kafka.librdkafka(); every request bounded by `timeout_s`).
+def read_kafka_ranges(settings: Settings, *, timeout_s: float = 10.0, topics: Iterable[str] | None = None) -> list[KafkaRange]:
+    """Kafka's low and high watermarks of every partition of every audited topic of `settings`' deployment (or of
+    `topics`), and the sink group's committed offsets (settings.kafka.librdkafka(); every request bounded by `timeout_s`).
 
     A topic Kafka does not have is left out (what ClickHouse holds of it is then reported `beyond`).
     Raises StackError when Kafka does not answer in time.
@@ -195,7 +196,7 @@ def read_kafka_ranges(settings: Settings, *, timeout_s: float = 10.0) -> list[Ka
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    topics = Topics.with_prefix(settings.topic_prefix).audited
+    topics = tuple(topics) if topics is not None else Topics.with_prefix(settings.topic_prefix).audited
     group = Groups.with_prefix(settings.topic_prefix).sink
     admin = AdminClient({**settings.kafka.librdkafka(), "log_level": 0, "socket.timeout.ms": int(timeout_s * 1000)})
     try:
@@ -291,15 +292,53 @@ def problem_findings(problems: Iterable[Problem]) -> list[Finding]:
     return findings
 
 
-def verify_against_kafka(engine: Engine, database: str, kafka: Iterable[KafkaRange], *,
-                         events_per_pass: int = 200_000) -> list[Finding]:
-    """Everything `verify` checks (as broken findings), then Kafka's ranges compared with the stored ones."""
+@dataclass(frozen=True, slots=True)
+class DeadLetterPolicy:
+    """When dead letters are a failure: a partition with at least `min_records` of them, over `share_max` of its records."""
+
+    share_max: float = 0.05
+    min_records: int = 20
+    since_ms: int = 0  # the period the dead letters are reported for, by failure time [since, until)
+    until_ms: int = _END_OF_TIME_MS
+
+
+def dead_letter_findings(rows: Iterable[tuple], sizes: Mapping[tuple[str, int], int], policy: DeadLetterPolicy) -> list[Finding]:
+    """Dead letters by topic, stage and reason (noted), and each partition whose share of dead letters passes the policy (broken).
+
+    `rows` are sinks/queries/verify_dead_letters.sql's; `sizes` the records of each original partition (stored raw
+    records, or Kafka's log for the case stream). Pure.
+    """
+    by_reason: dict[tuple[str, str, str], int] = defaultdict(int)
+    by_partition: dict[tuple[str, int], int] = defaultdict(int)
+    for topic, partition, stage, error_class, reason, records in rows:
+        by_reason[(topic, stage, reason or error_class)] += int(records)
+        by_partition[(topic, int(partition))] += int(records)
+    findings = [Finding("dead_letters", NOTED, topic, None, None, None, records, f"stage {stage}: {why}")
+                for (topic, stage, why), records in sorted(by_reason.items())]
+    for (topic, partition), dead in sorted(by_partition.items()):
+        size = sizes.get((topic, partition), 0)
+        if dead >= policy.min_records and size and dead / size > policy.share_max:
+            findings.append(Finding("dead_letter_share", BROKEN, topic, partition, None, None, dead,
+                                    f"{dead / size:.1%} of its {size} records dead-lettered (more than {policy.share_max:.0%})"))
+    return findings
+
+
+def verify_against_kafka(engine: Engine, database: str, kafka: Iterable[KafkaRange], *, case_stream: Iterable[KafkaRange] = (),
+                         dead_letters: DeadLetterPolicy = DeadLetterPolicy(), events_per_pass: int = 200_000) -> list[Finding]:
+    """Everything `verify` checks (as broken findings), Kafka's ranges compared with the stored ones, then the dead letters:
+    by stage and reason, and failing where a partition's share passes `dead_letters` (against the raw records stored,
+    or `case_stream`'s Kafka log for the case stage)."""
+    kafka = list(kafka)
     problems = verify(engine, database, events_per_pass=events_per_pass)
-    return problem_findings(problems) + compare_ranges(kafka, stored_ranges(engine, database))
+    stored = stored_ranges(engine, database)
+    sizes = {(s.topic, s.partition): s.offsets for s in stored}
+    sizes.update({(k.topic, k.partition): k.high for k in case_stream})
+    rows = run_query(engine, database, "verify_dead_letters", {"from_ms": dead_letters.since_ms, "to_ms": dead_letters.until_ms}).rows
+    return problem_findings(problems) + compare_ranges(kafka, stored) + dead_letter_findings(rows, sizes, dead_letters)
 
 
 def status_of(findings: Iterable[Finding]) -> str:
-    """broken if any finding is, else behind if any is, else clean."""
+    """broken if any finding is, else behind if any is, else clean (noted findings change nothing)."""
     statuses = {f.status for f in findings}
     return BROKEN if BROKEN in statuses else BEHIND if BEHIND in statuses else CLEAN
 

@@ -6,7 +6,9 @@ order). Rules for a file:
 - the database is written `{db}` (the only placeholder; the migrator fills it with a validated
   identifier), never a literal name, so tests and deployments can use any database;
 - every statement is idempotent (`CREATE TABLE IF NOT EXISTS ...`): ClickHouse has no transactional
-  DDL, so a migration interrupted half-way is completed by simply running it again;
+  DDL, so a migration interrupted half-way is completed by simply running it again. 18.16 has no
+  `ADD COLUMN IF NOT EXISTS`, so `ALTER TABLE {db}.t ADD COLUMN c ...` (one column per statement) is
+  written plain, and the migrator skips it when system.columns already has that column;
 - the SQL must run on ClickHouse 18.16 and modern ClickHouse (see 001_audit_tables.sql).
 - once applied a file is frozen: its SHA-256 is recorded in `{db}.schema_migrations` and the migrator
   refuses to continue if it changed. Change the schema with a new file.
@@ -25,6 +27,7 @@ from whistle.ground.errors import ConfigError
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+_ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+\{db\}\.(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
 
 _CREATE_STATUS_TABLE = """
 CREATE TABLE IF NOT EXISTS {db}.schema_migrations
@@ -130,6 +133,8 @@ def migrate(engine: Engine, database: str, directory: Path = MIGRATIONS_DIR) -> 
     done = []
     for migration in pending:
         for index, statement in enumerate(migration.statements, start=1):
+            if _column_exists(engine, database, statement):
+                continue
             engine.execute(render_identifiers(statement, db=database), name=f"{migration.path.name} statement {index}")
         applied_ms = time.time_ns() // 1_000_000
         engine.insert(f"{database}.schema_migrations", ("version", "name", "checksum", "applied_ms"),
@@ -149,3 +154,13 @@ def _applied(engine: Engine, database: str) -> dict[int, MigrationStatus]:
     for version, name, checksum, applied_ms in rows:
         applied.setdefault(version, MigrationStatus(version, name, "applied", checksum, applied_ms))
     return applied
+
+
+def _column_exists(engine: Engine, database: str, statement: str) -> bool:
+    """Whether `statement` adds a column the table already has (a re-run after an interrupted migration)."""
+    match = _ADD_COLUMN.match(statement)
+    if match is None:
+        return False
+    rows = engine.execute("SELECT count() FROM system.columns WHERE database = %(db)s AND table = %(table)s AND name = %(column)s",
+                          {"db": database, "table": match.group(1), "column": match.group(2)}, name="column exists")
+    return bool(rows[0][0])

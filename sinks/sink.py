@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,16 +41,17 @@ from schemas.serde import Serde
 from sinks.audit import LEDGERED, run_query
 from sinks.clickhouse import Engine
 from streams.domain.pii import PersonalDataHasher
-from streams.pipeline import dead_letter
+from streams.domain.reference import load_reference
+from streams.pipeline import Senders, dead_letter
 from whistle.ground.deadletter import Position
-from whistle.ground.errors import DeliveryError, StoreError, WhistleError
+from whistle.ground.errors import AuthError, DeliveryError, StoreError, WhistleError
 from whistle.ground.names import Groups, Topics
 from whistle.ground.times import utc_now
 
 log = logging.getLogger("whistle.sink")
 
 RAW_COLUMNS = ("source", "record_type", "event_id", "event_ms", "kafka_key", "payload", "raw_sha256", "raw_size", "decode_error",
-               "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp_ms", "ingest_ms")
+               "sender", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp_ms", "ingest_ms")
 CASE_EVENT_COLUMNS = ("event_id", "case_id", "seq", "kind", "at_ms", "cause_id", "actor_unit_id", "assignee_unit_id", "assignee_tier",
                       "category", "urgency", "district_id", "street_id", "community_id", "grid_id", "department_id", "source",
                       "report_id", "reason", "note", "rating", "policy_version", "prev_hash", "hash",
@@ -78,14 +79,18 @@ class Row:
 class RowMaker:
     """Kafka records of the audited topics -> audit-table rows. Pure; personal data leaves as keyed hashes."""
 
-    def __init__(self, serde: Serde, hasher: PersonalDataHasher, topics: Topics) -> None:
-        self.serde, self.hasher, self.topics = serde, hasher, topics
+    def __init__(self, serde: Serde, hasher: PersonalDataHasher, topics: Topics, senders: Senders) -> None:
+        self.serde, self.hasher, self.topics, self.senders = serde, hasher, topics, senders
         self._sources = {topics.camera: "camera", topics.hotline: "hotline", topics.app: "app"}
+        unprefixed = Topics()
+        self._spec_topics = {topics.camera: unprefixed.camera, topics.hotline: unprefixed.hotline, topics.app: unprefixed.app}
 
-    def row(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int, ingest_ms: int) -> Row:
+    def row(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int, ingest_ms: int,
+            headers: Iterable[tuple[str, Any]] = ()) -> Row:
         kafka = (where.topic, where.partition, where.offset)
         if where.topic in self._sources:
-            return Row("raw_events", self._raw(where, key, value, timestamp_ms) + kafka + (timestamp_ms, ingest_ms), where, key, value)
+            raw = self._raw(where, key, value, timestamp_ms) + (self._sender(where.topic, key, value, headers),)
+            return Row("raw_events", raw + kafka + (timestamp_ms, ingest_ms), where, key, value)
         record = self.serde.decode(value, validate=False).record  # derived topics: written by Whistle itself
         if where.topic == self.topics.case_events:
             values = tuple(_ms(record[c[:-3]]) if c == "at_ms" else record.get(c) for c in CASE_EVENT_COLUMNS[:-4])
@@ -123,6 +128,13 @@ class RowMaker:
             event_ms, event_id = _ms(record.get(facts.event_time_field)) or 0, str(record.get(facts.id_field, ""))
         payload = orjson.dumps(record, default=_json_default, option=orjson.OPT_SORT_KEYS).decode()
         return (source, record_type, event_id, event_ms, kafka_key, payload, digest, size, "")
+
+    def _sender(self, topic: str, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, Any]]) -> str:
+        """The integrator whose signature on the record verifies, '' if none does (the worker dead-letters it)."""
+        try:
+            return self.senders.verify(self._spec_topics[topic], key, value, headers)[1].integrator
+        except AuthError:
+            return ""
 
     def _without_personal_data(self, facts: RecordFacts, record: dict[str, Any]) -> dict[str, Any]:
         """The record, each `x-personal` field as its keyed hash: phone numbers (`x-format: phone`) as phones, others as ids."""
@@ -237,7 +249,7 @@ class Sink:
             self._batch.started = time.monotonic()
         self._batch.consumed[(where.topic, where.partition)] = where.offset + 1
         try:
-            row = self.maker.row(where, message.key(), message.value(), message.timestamp()[1], now_ms)
+            row = self.maker.row(where, message.key(), message.value(), message.timestamp()[1], now_ms, message.headers() or ())
         except Exception as exc:  # a derived record that does not decode: keep its bytes in the dead-letter topic
             self._dead_letter(where, message.key(), message.value(), exc)
             return
@@ -449,5 +461,5 @@ def build_sink(settings, **options) -> Sink:
     kafka = settings.kafka.librdkafka()
     return Sink({**kafka, "group.id": Groups.with_prefix(settings.topic_prefix).sink, "group.instance.id": f"sink-{settings.worker_id}"},
                 kafka, ServerEngine.from_settings(settings.clickhouse), settings.clickhouse.database,
-                RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics), serde, topics,
+                RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, load_reference())), serde, topics,
                 sink_id=settings.worker_id, **options)

@@ -31,6 +31,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
@@ -46,7 +47,7 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
 from streams.domain.trusted_time import SkewBounds
-from streams.pipeline import CaseProcessor, Ingestor, Output, StateWrite, dead_letter
+from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Senders, StateWrite, dead_letter
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
@@ -56,6 +57,7 @@ BATCH_RECORDS = 1000  # records an agent takes at once (or what 50 ms brings)
 LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker on append
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
 logger = logging.getLogger("whistle.worker")
+METRICS_FILE = "metrics.prom"  # in the worker's directory (Settings.stack.state_dir / workers / WHISTLE_WORKER_ID)
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million open cases take well under this (README)
 
 
@@ -66,7 +68,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
     serde = Serde.from_settings(settings)
     reference = load_reference()
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
+    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
                         SkewBounds.of(settings.time))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, inbox_partitions)
     worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
@@ -112,13 +114,28 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
             futures.append(future)
         return futures
 
+    watch = DeadLetterWatch(topics.deadletter)
+    metrics = MetricsFile(worker_dir / METRICS_FILE)
+
+    def watched(stage: str, where: Position, outputs: list[Output]) -> list[Output]:
+        run = watch.record(stage, outputs)
+        if run is not None:
+            logger.error("%s dead-lettered %d records in a row (the latest %s[%d]@%d): a producer, the key file or a deploy is broken",
+                         stage, run, where.topic, where.partition, where.offset)
+        return outputs
+
     @app.agent(raw_in, concurrency=1)
     async def ingest(stream):
         try:
             async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
                 now = clock()
-                await send([ingestor.process(_position(e), e.message.key, e.message.value, now, _arrival(e.message))
-                            for e in in_produce_order(batch)])
+                outputs = []
+                for e in in_produce_order(batch):
+                    where = _position(e)
+                    outputs += watched("ingest", where, [ingestor.process(where, e.message.key, e.message.value, now, _arrival(e.message),
+                                                                          e.message.headers or ())])
+                await send(outputs)
+                metrics.write(watch.metrics())
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka or a bug
             exit_at_once("the ingest agent failed", exc)
 
@@ -136,12 +153,14 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                 outputs: list[Output] = []
                 writes: dict[tuple[int, str], StateWrite] = {}
                 for event in batch:
-                    produced, written = cases.process(_position(event), event.message.key, event.message.value, now)
-                    outputs += produced
+                    where = _position(event)
+                    produced, written = cases.process(where, event.message.key, event.message.value, now)
+                    outputs += watched("cases", where, produced)
                     writes.update(((write.partition, write.key), write) for write in written)  # only a key's last state is persisted
                 await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
                 # 3. ... before the state that follows from them is persisted
                 await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])
+                metrics.write(watch.metrics())
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
             exit_at_once("the cases agent failed", exc)
 
@@ -212,6 +231,21 @@ class SeekingTableManager(TableManager):
         if self._recovery is None:
             self._recovery = SeekBeforeResumingRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+class MetricsFile:
+    """The worker's counters as a Prometheus textfile (point node_exporter's textfile collector at the worker's directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._written = path, ""
+
+    def write(self, text: str) -> None:
+        if text == self._written:
+            return
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(self.path)  # atomic: a scrape never reads half a file
+        self._written = text
 
 
 def _arrival(message: Any) -> datetime | None:

@@ -49,17 +49,19 @@ from streams.changelog import (
 from streams.domain.calendar import BusinessCalendar
 from streams.domain.case import CaseEvent, CaseState, Kind
 from streams.domain.case_id import case_id_for, partition_key_of_case
+from streams.domain.credentials import Credential, Credentials, CredentialsFile, action_refusal, may_publish, verify_sender
 from streams.domain.enrich import Enricher, case_partition_key, common_parent
 from streams.domain.merge import MergeIndex, OpenCase, report_fingerprint
-from streams.domain.model import CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport
+from streams.domain.model import CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport, Source
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import Breach, CaseBook, SlaPolicy, policy_in_force
 from streams.domain.trusted_time import DEFAULT_SKEW, SkewBounds, decided_time, flagged_note
 from whistle.ground.deadletter import Position, envelope, with_position
-from whistle.ground.errors import DecodeError, TransitionError
+from whistle.ground.errors import AuthError, DecodeError, TransitionError
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms
 
 ENRICHED = "org.whistle.v1.EnrichedReport"
@@ -86,51 +88,130 @@ def dead_letter(serde: Serde, topics: Topics, where: Position, key: bytes | None
     return Output(topics.deadletter, key, serde.encode("DeadLetter", record, validate=False), headers)
 
 
+class DeadLetterWatch:
+    """How many records each stage dead-lettered (counters), and how many in a row since one went through.
+
+    A long run means something upstream broke (a producer writing garbage, a lost key file, a bad deploy):
+    `record` returns the run's length each time it reaches 100, 1,000, 10,000, ... so the worker can say
+    so at once rather than an auditor a month later. Pure: the worker logs and exports what it returns.
+    """
+
+    FIRST_ALARM = 100
+
+    def __init__(self, deadletter_topic: str) -> None:
+        self.deadletter_topic = deadletter_topic
+        self.totals: dict[str, int] = {}
+        self.runs: dict[str, int] = {}
+        self._next_alarm: dict[str, int] = {}
+
+    def record(self, stage: str, outputs: Iterable[Output]) -> int | None:
+        """Account for one record's outputs; the run length when it just reached an alarm level, else None."""
+        dead = passed = 0
+        for output in outputs:
+            if output.topic == self.deadletter_topic:
+                dead += 1
+            else:
+                passed += 1
+        self.totals[stage] = self.totals.get(stage, 0) + dead
+        if passed:
+            self.runs[stage], self._next_alarm[stage] = 0, self.FIRST_ALARM
+            return None
+        run = self.runs[stage] = self.runs.get(stage, 0) + dead
+        alarm = self._next_alarm.get(stage, self.FIRST_ALARM)
+        if run < alarm:
+            return None
+        while alarm <= run:
+            alarm *= 10
+        self._next_alarm[stage] = alarm
+        return run
+
+    def metrics(self) -> str:
+        """The counters in Prometheus's text format (a node_exporter textfile)."""
+        lines = ["# HELP whistle_dead_letters_total Records this worker dead-lettered, by stage.", "# TYPE whistle_dead_letters_total counter"]
+        lines += [f'whistle_dead_letters_total{{stage="{stage}"}} {count}' for stage, count in sorted(self.totals.items())]
+        lines += ["# HELP whistle_dead_letters_in_a_row Records dead-lettered since the last one that went through, by stage.",
+                  "# TYPE whistle_dead_letters_in_a_row gauge"]
+        lines += [f'whistle_dead_letters_in_a_row{{stage="{stage}"}} {run}' for stage, run in sorted(self.runs.items())]
+        return "\n".join(lines) + "\n"
+
+
 def partition_for_key(key: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives `key`, as aiokafka, Java and our SDK do."""
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
+@dataclass(frozen=True, slots=True)
+class Senders:
+    """How ingest knows who sent a raw record: the key file in force and Whistle's master signing key."""
+
+    credentials: Callable[[], Credentials]  # the key file as it is now (CredentialsFile.current, or a fixed set in tests)
+    master: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, reference: DistrictReference) -> Senders:
+        """The deployment's key file (re-read when it changes) and master signing key."""
+        return cls(CredentialsFile(settings.keys_file, reference).current, settings.record_signing_key.value)
+
+    def verify(self, topic: str, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, Any]]) -> tuple[Credentials, Credential]:
+        credentials = self.credentials()
+        return credentials, verify_sender(credentials, self.master, topic, key, value, headers)
+
+
 class Ingestor:
     """Raw source records -> case-stream records (stateless; one per worker).
+
+    Identity: a record is taken only with a valid signature of an integrator the key file knows
+    (`streams.domain.credentials`); its report ids are scoped by that integrator, and a handling action
+    goes on with that integrator as its actor, once the credential's rules allow it. An unsigned,
+    forged or unauthorised record is dead-lettered, nothing of it applied.
 
     Time: each record is decided at its device's time while that lies within `skew` of the record's
     arrival, else at its arrival, flagged (`streams.domain.trusted_time`); the decided time is what
     the case stream carries.
     """
 
-    def __init__(self, serde: Serde, reference: DistrictReference, hasher: PersonalDataHasher, topics: Topics,
+    def __init__(self, serde: Serde, reference: DistrictReference, hasher: PersonalDataHasher, topics: Topics, senders: Senders,
                  skew: SkewBounds = DEFAULT_SKEW) -> None:
-        self.serde, self.reference, self.hasher, self.topics, self.skew = serde, reference, hasher, topics, skew
+        self.serde, self.reference, self.hasher, self.topics, self.senders, self.skew = serde, reference, hasher, topics, senders, skew
         self.enricher = Enricher(reference)
-        self._expected = {topics.camera: "CameraDetection", topics.hotline: "HotlineTicket", topics.app: "AppEvent"}
+        unprefixed = Topics()
+        self._expected = {topics.camera: ("CameraDetection", unprefixed.camera), topics.hotline: ("HotlineTicket", unprefixed.hotline),
+                          topics.app: ("AppEvent", unprefixed.app)}
 
-    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime, arrived: datetime | None = None) -> Output:
+    def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime, arrived: datetime | None = None,
+                headers: Iterable[tuple[str, Any]] = ()) -> Output:
         """One raw record. `arrived` is when Kafka appended it (LogAppendTime); None: `now`, Whistle's own clock."""
         try:
-            return self._route(where, value, arrived or now)
+            return self._route(where, key, value, arrived or now, headers)
         except Exception as exc:  # any failure dead-letters this record; the worker goes on
             return dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)
 
-    def _route(self, where: Position, value: bytes | None, arrived: datetime) -> Output:
-        expected = self._expected.get(where.topic)
+    def _route(self, where: Position, key: bytes | None, value: bytes | None, arrived: datetime, headers: Iterable[tuple[str, Any]]) -> Output:
+        expected, spec_topic = self._expected.get(where.topic) or (None, "")
         if expected is None:
             raise DecodeError(f"topic {where.topic} is not a source topic")
+        credentials, sender = self.senders.verify(spec_topic, key, value, headers)
         decoded = self.serde.decode(value, expect=expected)
         record = decoded.record
         if expected == "CameraDetection":
-            report = normalize_camera(from_record(CameraDetection, record), self.reference)
+            _allowed(may_publish(sender, Source.CAMERA.value))
+            report = normalize_camera(from_record(CameraDetection, record), self.reference, sender.integrator)
         elif expected == "HotlineTicket":
-            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone)
+            _allowed(may_publish(sender, Source.HOTLINE.value))
+            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone, sender.integrator)
         else:
             branch, inner = record["event"]
             if branch == ACTION:
-                action = from_record(HandlingAction, inner)
+                action = replace(from_record(HandlingAction, inner), actor=sender.integrator)
+                refusal = action_refusal(credentials, sender, action)
+                if refusal is not None:
+                    raise refusal.with_context(action_id=action.action_id, case_id=action.case_id)
                 at, skewed = decided_time(action.at, arrived, self.skew)
                 if skewed:
                     action = replace(action, at=at, note=flagged_note(action.note, skewed))
                 return self._inbox(partition_key_of_case(action.case_id), (ACTION, to_record(action)))
-            report = normalize_app_report(from_record(ResidentReport, inner), self.reference, self.hasher.reporter)
+            _allowed(may_publish(sender, Source.APP.value))
+            report = normalize_app_report(from_record(ResidentReport, inner), self.reference, self.hasher.reporter, sender.integrator)
         at, skewed = decided_time(report.occurred_at, arrived, self.skew)
         enriched = self.enricher.enrich(replace(report, occurred_at=at) if skewed else report)
         if skewed:
@@ -139,6 +220,11 @@ class Ingestor:
 
     def _inbox(self, key: str, event: tuple[str, dict[str, Any]]) -> Output:
         return Output(self.topics.inbox, key.encode(), self.serde.encode("CaseInboxEvent", {"event": event}, validate=False))
+
+
+def _allowed(refusal: AuthError | None) -> None:
+    if refusal is not None:
+        raise refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +250,29 @@ class StateWrite:
 class PartitionCases:
     """One case-stream partition's book, merge index and the actions held for cases not opened yet."""
 
-    __slots__ = ("partition", "book", "merge", "held", "hold_ends", "reports", "refused")
+    __slots__ = ("partition", "book", "merge", "held", "hold_ends", "reports", "refused", "tied")
 
     def __init__(self, partition: int, book: CaseBook, merge: MergeIndex) -> None:
         self.partition, self.book, self.merge = partition, book, merge
         self.reports: dict[str, tuple[str, bytes]] = {}  # report id -> (case id, content fingerprint): exactly-once per report
         self.refused: set[str] = set()  # action ids refused once: a redelivery is not decided again
+        self.tied: dict[str, list[str]] = {}  # case id -> its report and refused-action keys: they leave with the case (archive)
         self.held: dict[str, list[HeldAction]] = {}
         self.hold_ends: list[tuple[int, str]] = []  # heap of (held_until_ms, case id); entries of released cases are skipped
+
+    def tie(self, case_id: str, key: str) -> None:
+        self.tied.setdefault(case_id, []).append(key)
+
+    def archive(self, case_id: str) -> list[str]:
+        """Forget an archived case's report and refused-action entries; their changelog keys, to tombstone."""
+        keys = self.tied.pop(case_id, [])
+        for key in keys:
+            kind, _, name = key.partition(":")
+            if kind == "report":
+                self.reports.pop(name, None)
+            else:
+                self.refused.discard(name)
+        return keys
 
     def hold(self, case_id: str, action: HeldAction) -> None:
         self.held.setdefault(case_id, []).append(action)
@@ -235,7 +336,7 @@ class CaseProcessor:
         open_cases: dict[str, OpenCase] = {}
         held: dict[str, list[HeldAction]] = {}
         reports: dict[str, tuple[str, bytes]] = {}
-        refused_ids: set[str] = set()
+        refused_ids: dict[str, str] = {}  # action id -> its case
         clock_ms = None
         refused: list[tuple[int, str, bytes, ChangelogError]] = []
         for offset, key, value in records:
@@ -259,10 +360,9 @@ class CaseProcessor:
                         reports[name] = decode_report_seen(value)
                 elif kind == "refused":
                     if value is None:
-                        refused_ids.discard(name)
+                        refused_ids.pop(name, None)
                     else:
-                        decode_refused(value)
-                        refused_ids.add(name)
+                        refused_ids[name] = decode_refused(value)[0]
                 elif kind == "held":
                     if value is None:
                         held.pop(name, None)
@@ -279,8 +379,16 @@ class CaseProcessor:
         for case_id, actions in held.items():
             for action in actions:
                 part.hold(case_id, action)
-        part.reports, part.refused = reports, refused_ids
+        part.reports, part.refused = reports, set(refused_ids)
+        for report_id, (case_id, _) in reports.items():
+            part.tie(case_id, report_key(report_id))
+        for action_id, case_id in refused_ids.items():
+            part.tie(case_id, refused_key(action_id))
         return refused
+
+    def held(self) -> list[PartitionCases]:
+        """What this processor holds, partition by partition (the benchmarks measure it)."""
+        return list(self._parts.values())
 
     def owned(self) -> set[int]:
         """The case-stream partitions this processor holds state for."""
@@ -354,6 +462,8 @@ class CaseProcessor:
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         part.book.commit()
         part.reports.update(recorded)
+        for report_id, (case_id, _) in recorded.items():
+            part.tie(case_id, report_key(report_id))
         opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
         for entry, joined_at in merge_changes:
             if joined_at is None:
@@ -376,6 +486,8 @@ class CaseProcessor:
             part.keep_held(case_id, still_held)
             held_changed[case_id] = None
         part.refused.update(refusals)
+        for action_id, (case_id, _) in refusals.items():
+            part.tie(case_id, refused_key(action_id))
         return self._emit(part, outputs, events, breaches, opened, held_changed, recorded, refusals)
 
     def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], refusals: dict[str, tuple[str, str]],
@@ -458,6 +570,9 @@ class CaseProcessor:
         for breach in breaches:
             outputs.append(Output(self.topics.breaches, breach.case_id.encode(), encode("Breach", to_record(breach), validate=False),
                                   (("whistle.breach.tier", breach.tier.encode()), ("whistle.breach.kind", breach.kind.encode()))))
+        for case_id in part.book.archived:  # closed for the policy's archive_after: the case leaves memory and the changelog
+            writes[case_key(case_id)] = None
+            writes.update(dict.fromkeys(part.archive(case_id)))
         # Case states first: the changelog is written in this order, so a crash part-way never leaves a report
         # recorded, or held actions released, for a case whose state was not stored (they are decided again).
         states = part.book.states

@@ -20,7 +20,7 @@ EVENTS = 600
 
 def test_a_tiny_bench_reports_consistent_figures_and_cleans_up(isolated, tmp_path):
     options = BenchOptions(events=EVENTS, latency_rate=100, latency_seconds=3, breach_cases=8, breach_spread_s=3,
-                           open_cases=1000, json_path=tmp_path / "bench.json", timeout_s=180)
+                           open_cases=1000, history_days=200, history_incidents_per_day=4, json_path=tmp_path / "bench.json", timeout_s=180)
     output = io.StringIO()
     report = run_bench(isolated, options, Console(file=output, width=200))
 
@@ -45,6 +45,12 @@ def test_a_tiny_bench_reports_consistent_figures_and_cleans_up(isolated, tmp_pat
     recovery = report["recovery"]
     assert recovery["open_cases"] == 1000 and recovery["changelog_records"] == 3000 and recovery["recovery_s"] > 0
     assert {t["met"] for t in report["targets"] if "open cases" in t["target"]} == {None}  # not judged below a million
+
+    history = report["history"]  # 200 days: the cases closed in the first weeks are past archive_after (180 days) and gone
+    assert history["outputs_identical"] and history["archive"]["open_cases"] == history["keep"]["open_cases"]
+    assert history["archive"]["cases_in_memory"] < history["keep"]["cases_in_memory"]
+    assert history["archive"]["changelog_live_keys"] < history["keep"]["changelog_live_keys"]
+    assert history["archive"]["retained_bytes"] < history["keep"]["retained_bytes"] and history["bytes_per_year_of_history"] > 0
 
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["e2e"]["rows"] == e2e["rows"] and written["run_id"] == report["run_id"]

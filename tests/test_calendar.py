@@ -98,9 +98,11 @@ def test_fraction_point_is_measured_on_the_limits_own_axis():
     assert local(CALENDAR.fraction_point(start, due, 0.5, on_working_time=False)) == "2026-03-08 01:30"
 
 
-def test_deadlines_beyond_the_calendar_name_the_missing_year():
+def test_years_without_a_schedule_count_provisionally_through_2099_and_beyond_that_name_the_missing_year():
+    assert CALENDAR.add_working_days(ms("2027-12-30 10:00"), 5) == ms("2028-01-06 18:00")  # Mon-Fri; 1 January a holiday
+    assert CALENDAR.is_provisional(ms("2028-01-06 18:00")) and not CALENDAR.is_provisional(ms("2026-12-31 18:00"))
     with pytest.raises(ConfigError, match="add the year's holiday schedule"):
-        CALENDAR.add_working_days(ms("2027-12-30 10:00"), 5)
+        CALENDAR.add_working_days(ms("2099-12-30 10:00"), 5)
 
 
 def test_naive_datetimes_are_refused():

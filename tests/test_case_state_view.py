@@ -36,18 +36,20 @@ from streams.domain.case import CaseEvent, CaseState, Status, fold, verify_chain
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
-from whistle.devtools.feed import source_record
+from streams.pipeline import CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.feed import Signers, ingest_event
 from whistle.devtools.simulate import SimConfig, simulate
 from whistle.edges.clock import tick_value
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 pytestmark = pytest.mark.clickhouse
 
 FEED_UNTIL = START + timedelta(hours=36)  # the day, and the next morning's handling of it (ratings, late actions)
 LAST_TICK = FEED_UNTIL + timedelta(hours=6)  # deadlines due by then fire: escalations, unrated resolutions close
 INGEST_MS = 1_780_000_000_000
+SIGNERS = Signers(Settings())  # each simulated integrator signs what it sends
 
 # View column -> the same thing read off the Python fold's CaseState.
 SAME_MEANING = {
@@ -77,7 +79,7 @@ def day():
     """The simulated day through the pure pipeline: its case events (decoded, in log order), their fold, and the
     case_events rows the sink would make of the same records."""
     reference, serde, topics = load_reference(), Serde(), Topics()
-    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics)
+    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), reference))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, PARTITIONS)
     inbox_offsets, emitted = [0] * PARTITIONS, []
 
@@ -98,13 +100,14 @@ def day():
             tick(event.at)
             ticked = event.at
         topic, schema = SCHEMAS[event.source]
-        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), serde.encode(schema, source_record(event)), event.at)
+        routed = ingest_event(ingest, SIGNERS, Position(topic, 0, offset), event, event.at)
         if routed.topic == topics.inbox:
             apply(partition_for_key(routed.key.decode(), PARTITIONS), routed.key, routed.value, event.at)
     tick(LAST_TICK)
 
     events = [from_record(CaseEvent, serde.decode(o.value, expect="CaseEvent").record) for o in emitted]
-    maker, event_offsets, rows = RowMaker(serde, PersonalDataHasher("test-key"), topics), [0] * PARTITIONS, []
+    maker = RowMaker(serde, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), reference))
+    event_offsets, rows = [0] * PARTITIONS, []
     for o in emitted:
         partition = o.partition if o.partition is not None else partition_for_key(o.key.decode(), PARTITIONS)
         rows.append(maker.row(Position(topics.case_events, partition, event_offsets[partition]), o.key, o.value, INGEST_MS, INGEST_MS).values)

@@ -32,8 +32,10 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
+from streams.pipeline import CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.feed import Signers
 from whistle.devtools.harness import Pipeline, read_all, sink_caught_up
+from whistle.devtools.simulate import CHANNEL_INTEGRATORS
 from whistle.edges.clock import tick_value, write_ticks
 from whistle.edges.sdk import Publisher
 from whistle.ground.deadletter import Position
@@ -79,7 +81,8 @@ def expected_breaches(settings, records: list[dict]) -> set[str]:
     """The fault-free run: the same records and the same tick through the pure pipeline, in-process."""
     serde, topics = Serde(), Topics.with_prefix(settings.topic_prefix)
     reference = load_reference()
-    ingest = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics)
+    ingest = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference))
+    signer = Signers(settings)(CHANNEL_INTEGRATORS["app"])
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, 6)
     breach_ids = set()
     offsets = [0] * 6
@@ -93,7 +96,8 @@ def expected_breaches(settings, records: list[dict]) -> set[str]:
                 breach_ids.add(serde.decode(out.value).record["breach_id"])
 
     for offset, record in enumerate(records):
-        routed = ingest.process(Position(topics.app, 0, offset), None, serde.encode("AppEvent", record), REPORTED_AT)
+        value = serde.encode("AppEvent", record)
+        routed = ingest.process(Position(topics.app, 0, offset), None, value, REPORTED_AT, headers=signer.headers(Topics().app, None, value))
         apply(partition_for_key(routed.key.decode(), 6), routed.value)
     for partition in range(6):
         apply(partition, tick_value(serde, partition, JUDGED_AT))
@@ -110,10 +114,11 @@ def run_drill(settings, tmp_path, fault, records: list[dict] | None = None, send
         sent = threading.Event()
 
         def send() -> None:
+            signer = Signers(settings)(CHANNEL_INTEGRATORS["app"])
             with Publisher(settings, delivery_timeout_s=120) as publisher:
                 futures = []
                 for record in records:
-                    futures.append(publisher.submit("app", record))
+                    futures.append(publisher.submit("app", record, signer=signer))
                     time.sleep(send_seconds / len(records))
                 for future in futures:
                     future.result(timeout=180)
@@ -213,10 +218,12 @@ def test_malformed_messages_in_every_input_topic_are_dead_lettered(isolated, tmp
     topics = Topics.with_prefix(isolated.topic_prefix)
 
     def inject(pipeline):
+        sender = Signers(isolated)(CHANNEL_INTEGRATORS["camera"])  # a known sender, sending garbage: refused as undecodable
         with Publisher(isolated) as publisher:
             for topic in topics.sources:
                 for poison in (b"", b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"body", b"\x00\x00\x00\x00\x07garbage"):
-                    publisher.produce_raw(topic, b"poison", poison).result(timeout=30)
+                    headers = sender.headers(topic.removeprefix(isolated.topic_prefix), b"poison", poison)
+                    publisher.produce_raw(topic, b"poison", poison, headers).result(timeout=30)
 
     run_drill(isolated, tmp_path, after_a_third(inject))
     letters = read_all(isolated, [topics.deadletter])

@@ -16,12 +16,13 @@ from schemas.serde import Serde
 from sinks import audit
 from sinks.clickhouse import ServerEngine
 from streams.domain.case_id import case_id_for
+from streams.domain.credentials import RETURN_VISIT
 from streams.domain.enrich import Enricher
 from streams.domain.model import Report, Source, Urgency
 from streams.domain.reference import load_reference
-from whistle.devtools.feed import SdkWay, feed
+from whistle.devtools.feed import SdkWay, Signers, feed
 from whistle.devtools.harness import Pipeline, read_all, sink_caught_up
-from whistle.devtools.simulate import SimConfig, simulate
+from whistle.devtools.simulate import CHANNEL_INTEGRATORS, HANDLING_SYSTEM, RETURN_VISITS, SimConfig, simulate
 from whistle.edges.clock import write_ticks
 from whistle.edges.sdk import Publisher
 from whistle.ground.errors import StackError
@@ -64,17 +65,24 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
     camera = reference.cameras["CAM-046"]  # in grid G-S01-C02-003, street S01
     near_lat, near_lon = camera.lat + 0.0004, camera.lon  # ~45 m north of it
     lat_b, lon_b = reference.cameras["CAM-047"].lat, reference.cameras["CAM-047"].lon  # ~570 m east, grid G-S01-C02-006
-    case_a, grid_team, _ = holder_and_id("camera:det-a1", T0, camera.lat, camera.lon, "garbage", Source.CAMERA)
-    case_b, _, above_fire = holder_and_id("app:b1", minutes(1), lat_b, lon_b, "fire_smoke")
-    case_c, road_holder, above_road = holder_and_id("app:c1", minutes(2), lat_b, lon_b, "road_damage")
+    case_a, grid_team, _ = holder_and_id("camera:camera-platform:det-a1", T0, camera.lat, camera.lon, "garbage", Source.CAMERA)
+    case_b, _, above_fire = holder_and_id("app:resident-app:b1", minutes(1), lat_b, lon_b, "fire_smoke")
+    case_c, road_holder, above_road = holder_and_id("app:resident-app:c1", minutes(2), lat_b, lon_b, "road_damage")
     assert {case_a[:3], case_b[:3], case_c[:3]} == {"S01"}
     pipeline = Pipeline(isolated, tmp_path / "logs").wait_ready()
     try:
         topics = Topics.with_prefix(isolated.topic_prefix)
+        signers = Signers(isolated)
         with Publisher(isolated) as publisher:
             def step(source: str, record: dict, case_events_after: int) -> None:
-                """Publish, then wait until it is applied: handlers act on cases they have been dispatched."""
-                publisher.publish(source, record)
+                """Publish as its sender would, then wait until it is applied: handlers act on cases they have been dispatched."""
+                if source != "app":
+                    sender = CHANNEL_INTEGRATORS[source]
+                elif record["event"][0].endswith("ResidentReport"):
+                    sender = CHANNEL_INTEGRATORS["app"]
+                else:
+                    sender = RETURN_VISITS if record["event"][1]["kind"] == "rate" else HANDLING_SYSTEM
+                publisher.publish(source, record, signer=signers(sender))
                 wait_until(lambda: len(read_all(isolated, [topics.case_events])) >= case_events_after, 60,
                            f"{case_events_after} case events", 0.5, TRANSIENT)
 
@@ -87,8 +95,8 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             step("app", action("c-acc", case_c, "accept", road_holder, minutes(12)), 9)
             step("app", action("a-res", case_a, "resolve", grid_team, minutes(20), note="cleared"), 10)
             step("app", action("c-res", case_c, "resolve", road_holder, minutes(22), note="patched"), 11)
-            step("app", action("a-rate", case_a, "rate", "RESIDENT", minutes(25), rating=5), 13)  # rated 5 at 09:55: closed
-            step("app", action("c-rate", case_c, "rate", "RESIDENT", minutes(30), rating=2), 15)  # rated 2: escalated
+            step("app", action("a-rate", case_a, "rate", RETURN_VISIT, minutes(25), rating=5), 13)  # rated 5 at 09:55: closed
+            step("app", action("c-rate", case_c, "rate", RETURN_VISIT, minutes(30), rating=2), 15)  # rated 2: escalated
             write_ticks(publisher, publisher.serde, topics, 6, minutes(35))  # 10:05: case B's accept deadline (09:31 + 30 min) has passed
         serde = Serde()
         wait_until(lambda: len(read_all(isolated, [topics.breaches])) >= 2, 60, "the two breaches", 1.0, TRANSIENT)
@@ -146,7 +154,7 @@ def test_a_simulated_day_replayed_from_the_log_gives_identical_breaches_and_rank
     topics = Topics.with_prefix(isolated.topic_prefix)
     try:
         with Publisher(isolated) as publisher:
-            sdk = SdkWay(publisher)
+            sdk = SdkWay(publisher, Signers(isolated))
             feed(day, {"camera": sdk, "hotline": sdk, "app": sdk, "actions": sdk}, None, speed=20_000, max_gap_s=0.05)
             write_ticks(publisher, publisher.serde, topics, 6, T0 + timedelta(days=10))
         wait_for_sink(isolated, first)

@@ -116,3 +116,52 @@ def test_a_refused_action_redelivered_later_is_not_decided_again():
     [(topic, again)] = partition.feed(ACTION, resolve, T0 + timedelta(minutes=3))
     assert topic == TOPICS.deadletter and "refused before" in again["error_message"]
     assert [e["kind"] for e in partition.of(TOPICS.case_events)] == [Kind.OPENED, Kind.DISPATCHED, Kind.ACCEPTED]
+
+
+# -- bounded memory: a closed case leaves after the policy's archive_after -----------------------------------
+
+def _closed(partition: Partition, enriched, minutes: int = 10) -> str:
+    case_id = case_id_for(enriched)
+    _resolve(partition, case_id, enriched.chain[0].unit_id, minutes)
+    rate = HandlingAction(f"act:{case_id}:rate", case_id, ActionKind.RATE, "return_visit", T0 + timedelta(minutes=minutes + 5), rating=5)
+    partition.feed(ACTION, rate, rate.at)
+    assert partition.cases._parts[0].book.states[case_id].status == "closed"
+    return case_id
+
+
+def test_a_case_closed_longer_than_archive_after_leaves_memory_and_its_changelog_keys_are_tombstoned():
+    policy = next(iter(load_policies().values()))
+    assert policy.archive_after is not None
+    partition = Partition()
+    kept, archived = report("app:keep-1"), report("app:gone-1", at=T0 + timedelta(minutes=1))
+    archived = replace(archived, location=replace(archived.location, lat=archived.location.lat + 0.01))  # not merged into `kept`
+    partition.feed(ENRICHED, kept, T0)
+    partition.feed(ENRICHED, archived, archived.report.occurred_at)
+    case_id = _closed(partition, archived)
+    part = partition.cases._parts[0]
+    assert {f"case:{case_id}", "report:app:gone-1"} <= {k for k, v in partition.changelog.items() if v is not None}
+
+    partition.feed("tick", None, T0 + timedelta(days=179))  # still reopenable: kept
+    assert case_id in part.book.states and "app:gone-1" in part.reports
+    partition.feed("tick", None, T0 + timedelta(days=181))
+    assert case_id not in part.book.states and "app:gone-1" not in part.reports and case_id not in part.tied
+    assert partition.changelog[f"case:{case_id}"] is None and partition.changelog["report:app:gone-1"] is None
+    assert case_id_for(kept) in part.book.states  # the negative control: an open case stays, however old
+    recovered = CaseProcessor(SERDE, load_reference(), load_policies(), load_calendar(), TOPICS, 1)
+    recovered.recover(0, [(n, k, v) for n, (k, v) in enumerate(partition.changelog.items())])
+    assert set(recovered._parts[0].book.states) == {case_id_for(kept)}
+
+
+def test_a_changelog_holding_long_closed_cases_sheds_them_once_recovered():
+    """A worker recovered from a changelog written before archiving existed drops what is past its window at the first tick."""
+    partition = Partition()
+    enriched = report("app:old-1")
+    partition.feed(ENRICHED, enriched, T0)
+    case_id = _closed(partition, enriched)
+    recovered = CaseProcessor(SERDE, load_reference(), load_policies(), load_calendar(), TOPICS, 1)
+    recovered.recover(0, [(n, k, v) for n, (k, v) in enumerate(partition.changelog.items())])
+    again = Partition(recovered)
+    again.offset = partition.offset
+    again.feed("tick", None, T0 + timedelta(days=400))
+    assert case_id not in recovered._parts[0].book.states and again.changelog == {f"case:{case_id}": None, "report:app:old-1": None,
+                                                                                  "clock:0": again.changelog["clock:0"]}

@@ -23,14 +23,16 @@ from schemas.serde import Serde
 from sinks.clickhouse import ServerEngine
 from sinks.migrator import migrate
 from sinks.sink import CASE_EVENT_COLUMNS, RAW_COLUMNS, RowMaker
+from streams.domain.credentials import RecordSigner, load_credentials, verify_sender
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
-from streams.pipeline import Ingestor
+from streams.pipeline import Ingestor, Senders
+from whistle.devtools.feed import Signers
 from whistle.edges import open311
-from whistle.edges.gateway import build_app, find_requests, gateway_publisher, load_api_keys
+from whistle.edges.gateway import build_app, find_requests, gateway_publisher
 from whistle.edges.sdk import Publisher
 from whistle.ground.deadletter import Position
-from whistle.ground.errors import ConfigError
+from whistle.ground.errors import AuthError, ConfigError
 from whistle.ground.names import Topics
 from whistle.ground.settings import PROJECT_ROOT, Settings
 from whistle.ground.times import utc_now
@@ -38,7 +40,9 @@ from whistle.ground.times import utc_now
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 NOW = datetime(2025, 6, 12, 8, 0, tzinfo=UTC)
-CAMERA_KEY, HOTLINE_KEY, APP_KEY, SLOW_KEY = (f"key-{name}-{uuid.uuid4().hex}" for name in ("camera", "hotline", "app", "slow"))
+CAMERA_KEY, HOTLINE_KEY, APP_KEY, SLOW_KEY, OFFICE_KEY, GRID_KEY, OTHER_APP_KEY = (
+    f"key-{name}-{uuid.uuid4().hex}" for name in ("camera", "hotline", "app", "slow", "office", "grid", "other-app"))
+GRID = "G-S01-C01-001"  # a grid of street S01
 PHONE = "+86 138 1234 5678"
 
 
@@ -81,12 +85,15 @@ def publisher(gw_settings: Settings):
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("gateway") / "keys.yaml"
-    entries = [("camera-platform", CAMERA_KEY, ["camera"], 1000, 1000), ("hotline-12345", HOTLINE_KEY, ["hotline"], 1000, 1000),
-               ("resident-app", APP_KEY, ["app"], 1000, 1000), ("slow-camera", SLOW_KEY, ["camera"], 1, 2)]
+    entries = [("camera-platform", CAMERA_KEY, ["camera"], 1000, 1000, {}),
+               ("hotline-12345", HOTLINE_KEY, ["hotline"], 1000, 1000, {"return_visit": True}),
+               ("resident-app", APP_KEY, ["app"], 1000, 1000, {}), ("slow-camera", SLOW_KEY, ["camera"], 1, 2, {}),
+               ("office-s01", OFFICE_KEY, [], 1000, 1000, {"units": ["S01"], "below": True}),
+               ("grid-team", GRID_KEY, [], 1000, 1000, {"units": [GRID]}), ("other-app", OTHER_APP_KEY, ["app"], 1000, 1000, {})]
     path.write_text(orjson.dumps({"keys": [
-        {"integrator": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "sources": sources, "rate_per_second": rate, "burst": burst}
-        for name, key, sources, rate, burst in entries]}).decode())
-    return load_api_keys(path)
+        {"integrator": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "sources": sources, "rate_per_second": rate, "burst": burst,
+         **more} for name, key, sources, rate, burst, more in entries]}).decode())
+    return load_credentials(path, load_reference())
 
 
 def serve(app, scenario):
@@ -299,11 +306,12 @@ def test_open311_status_comes_from_the_audit_store(gw_settings, publisher, keys)
     done, new = serve(build_app(gw_settings, publisher, keys, Clock()), post)
     ch = gw_settings.clickhouse
     admin = ServerEngine(ch.host, ch.port, user=ch.admin_user, password=ch.admin_password.value)
-    rows = RowMaker(publisher.serde, PersonalDataHasher(gw_settings.pii_hmac_key), Topics.with_prefix(gw_settings.topic_prefix))
-    stored = [rows.row(Position(m.topic(), m.partition(), m.offset()), m.key(), m.value(), m.timestamp()[1], 0).values
+    rows = RowMaker(publisher.serde, PersonalDataHasher(gw_settings.pii_hmac_key), Topics.with_prefix(gw_settings.topic_prefix),
+                    Senders(lambda: keys, gw_settings.record_signing_key.value))
+    stored = [rows.row(Position(m.topic(), m.partition(), m.offset()), m.key(), m.value(), m.timestamp()[1], 0, m.headers()).values
               for m in topic_messages(gw_settings, publisher, "app") if publisher.serde.decode(m.value()).record["event"][1]["report_id"] in (done, new)]
     admin.insert(f"{ch.database}.raw_events", RAW_COLUMNS, stored * 2)  # a redelivered batch: every row twice
-    admin.insert(f"{ch.database}.case_events", CASE_EVENT_COLUMNS, case_events("C-1", [("opened", f"app:{done}", "G-1"),
+    admin.insert(f"{ch.database}.case_events", CASE_EVENT_COLUMNS, case_events("C-1", [("opened", f"app:resident-app:{done}", "G-1"),
                  ("dispatched", None, "DEP-WATER"), ("resolved", None, "DEP-WATER"), ("closed", None, "DEP-WATER")]))
     admin.close()
 
@@ -337,27 +345,40 @@ def case_events(case_id: str, events: list[tuple[str, str | None, str]]) -> list
 def test_the_status_query_gives_the_same_answers_on_clickhouse_18_and_modern(engine, database):
     migrate(engine, database)
     serde, topics, hasher = Serde(default_catalog()), Topics(), PersonalDataHasher("test-key")
-    rows = RowMaker(serde, hasher, topics)
+    rows = RowMaker(serde, hasher, topics, Senders.from_settings(Settings(), load_reference()))
+    signers = Signers(Settings())
 
-    def stored(report_id, code, offset):
+    def stored(report_id, code, offset, sender="resident-app", signer=None):
         record = open311.app_event({"service_code": code, "lat": "27.83", "long": "113.14", "device_id": "d-1", "address_string": "建设北路"},
                                    report_id=report_id, received_at=NOW, hasher=hasher, jurisdiction_id="D01",
                                    validate=lambda r: serde.validate("AppEvent", r))
-        return rows.row(Position(topics.app, 0, offset), report_id.encode(), serde.encode("AppEvent", record), 0, 0).values
+        value = serde.encode("AppEvent", record)
+        headers = (signer or signers(sender)).headers(topics.app, report_id.encode(), value)
+        return rows.row(Position(topics.app, 0, offset), report_id.encode(), value, 0, 0, headers).values
 
+    forged = RecordSigner("resident-app", 1, b"not-its-secret")
     engine.insert(f"{database}.raw_events", RAW_COLUMNS, [stored("o311-a", "garbage", 0), stored("o311-a", "garbage", 0),
-                                                          stored("o311-b", "garbage", 1), stored("o311-c", "noise", 2)])
+                                                          stored("o311-b", "garbage", 1), stored("o311-c", "noise", 2),
+                                                          stored("o311-a", "garbage", 3, sender="hotline-12345"),  # another sender's own id
+                                                          stored("o311-f", "garbage", 4, signer=forged)])
     engine.insert(f"{database}.case_events", CASE_EVENT_COLUMNS, case_events("C-1", [
-        ("opened", "app:o311-a", "G-1"), ("report_merged", "app:o311-b", "G-1"), ("accepted", None, "G-1"), ("closed", None, "G-1")]))
+        ("opened", "app:resident-app:o311-a", "G-1"), ("report_merged", "app:resident-app:o311-b", "G-1"), ("accepted", None, "G-1"),
+        ("closed", None, "G-1")]))
 
     def found(**params):
         query = open311.request_query(params, now=NOW + timedelta(days=1), service_codes=default_catalog().categories)
-        return [(p.report_id, p.case_id, p.own_kind, p.last_kind, p.address_text) for p in find_requests(engine, database, query)]
+        return [(p.report_id, p.sender, p.case_id, p.own_kind, p.last_kind, p.address_text) for p in find_requests(engine, database, query)]
 
-    assert found(status="closed") == [("o311-a", "C-1", "opened", "closed", "建设北路"), ("o311-b", "C-1", "report_merged", "closed", "建设北路")]
-    assert found(status="open") == [("o311-c", None, None, None, "建设北路")]
-    assert found(service_request_id="o311-b,o311-x") == [("o311-b", "C-1", "report_merged", "closed", "建设北路")]
+    assert found(status="closed") == [("o311-a", "resident-app", "C-1", "opened", "closed", "建设北路"),
+                                      ("o311-b", "resident-app", "C-1", "report_merged", "closed", "建设北路")]
+    # the same id sent by another integrator is another report: not in resident-app's case; a forged record is nobody's
+    assert found(status="open") == [("o311-a", "hotline-12345", None, None, None, "建设北路"), ("o311-c", "resident-app", None, None, None, "建设北路")]
+    assert found(service_request_id="o311-b,o311-x") == [("o311-b", "resident-app", "C-1", "report_merged", "closed", "建设北路")]
+    assert found(service_request_id="o311-f") == []
     assert found(service_code="noise", end_date="2025-06-11T00:00:00Z") == []
+    assert {p.reporter_hash for p in find_requests(engine, database, open311.request_query(
+        {"service_request_id": "o311-a"}, now=NOW, service_codes=default_catalog().categories))} == {hasher.reporter(
+        open311.feedback({"rating": "1", "device_id": "d-1"}, hasher).pseudonym)}  # the stored hash is the feedback check's
 
 
 def test_the_access_log_names_the_integrator_but_never_keys_or_phone_numbers(gw_settings, publisher, keys, caplog):
@@ -377,13 +398,14 @@ def test_the_access_log_names_the_integrator_but_never_keys_or_phone_numbers(gw_
 
 
 def test_the_example_key_file_loads_and_a_bad_entry_is_named(tmp_path):
-    example = load_api_keys(PROJECT_ROOT / "infra" / "gateway-keys.example.yaml")
+    example = load_credentials(PROJECT_ROOT / "infra" / "gateway-keys.example.yaml", load_reference())
     assert {key.integrator: sorted(key.sources) for key in example.by_sha256.values()} == {
-        "camera-platform": ["camera"], "hotline-12345": ["hotline"], "resident-app": ["app"]}
+        "camera-platform": ["camera"], "hotline-12345": ["hotline"], "resident-app": ["app"], "district-command": [],
+        "oversight-offices": [], "office-s01": []}
     bad = tmp_path / "keys.yaml"
     bad.write_text("keys:\n  - {integrator: cams, sha256: abc, sources: [camera], rate_per_second: 1, burst: 1}\n")
     with pytest.raises(ConfigError) as caught:
-        load_api_keys(bad)
+        load_credentials(bad, load_reference())
     assert caught.value.context["field"] == "keys[0].sha256"
 
 
@@ -428,8 +450,10 @@ def test_a_camera_record_with_lat_and_no_lon_is_refused_by_the_serializer_the_wo
     lone["lon"] = None
     value = serde.encode("CameraDetection", lone, validate=False)
     topics = Topics.with_prefix(gw_settings.topic_prefix)
-    ingestor = Ingestor(serde, load_reference(), PersonalDataHasher(gw_settings.pii_hmac_key), topics)
-    output = ingestor.process(Position(topics.camera, 0, 7), b"k", value, utc_now())
+    ingestor = Ingestor(serde, load_reference(), PersonalDataHasher(gw_settings.pii_hmac_key), topics,
+                        Senders.from_settings(gw_settings, load_reference()))
+    signed = Signers(gw_settings)("camera-platform").headers("whistle.raw.camera", b"k", value)
+    output = ingestor.process(Position(topics.camera, 0, 7), b"k", value, utc_now(), headers=signed)
     letter = serde.decode(output.value).record
     assert output.topic == topics.deadletter and (letter["stage"], letter["field"]) == ("validate", "lon")
     assert "lon: is required when lat is given" in letter["error_message"]
@@ -497,3 +521,156 @@ def test_while_kafka_is_unreachable_every_request_is_answered_503_within_the_con
     with gateway_publisher(shorter) as dead:
         (status, _, elapsed), _ = serve(build_app(shorter, dead, keys, Clock()), scenario)
     assert status == 503 and elapsed < 1.5
+
+
+# ---------------------------------------------------------------------------------------------- identity from the key
+
+CHAIN = "G-S01-C01-001@grid>C-S01-01@community>S01@street>DEP-URBAN@department>SUP@supervision>DIS@discipline"
+
+
+def post_actions(gw_settings, publisher, keys, case_id: str, calls: list[tuple[str, dict]]) -> list[tuple[int, object]]:
+    async def scenario(client):
+        answers = []
+        for key, body in calls:
+            response = await client.post(f"/v1/cases/{case_id}/actions", json=body, headers={"X-API-Key": key})
+            answers.append((response.status, await response.json()))
+        return answers
+
+    return serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
+
+
+def action(**fields):
+    return {"action_id": f"act-{uuid.uuid4().hex[:12]}", "kind": "accept", **fields}
+
+
+def published_actions(gw_settings, publisher, action_ids) -> dict[str, tuple[dict, dict]]:
+    """action id -> (the HandlingAction on the app topic, its headers)."""
+    found = {}
+    for message in topic_messages(gw_settings, publisher, "app"):
+        branch, record = publisher.serde.decode(message.value()).record["event"]
+        if branch.endswith("HandlingAction") and record["action_id"] in action_ids:
+            found[record["action_id"]] = (record, dict(message.headers() or ()))
+    return found
+
+
+def test_a_handling_action_acts_as_the_keys_unit_at_the_gateways_time(gw_settings, publisher, keys):
+    """The unit comes from the key (its unit, or one under it), the time from the gateway's clock, the sender from the
+    key's integrator, signed as the worker will verify it; a body naming who or when is refused, not believed."""
+    case_id = "S01-20250612-a0a0a0a0a0"
+    by_grid, for_grid, by_return_visit = action(), action(unit_id=GRID), action(kind="rate", rating=4)
+    answers = post_actions(gw_settings, publisher, keys, case_id, [
+        (GRID_KEY, by_grid), (OFFICE_KEY, for_grid), (HOTLINE_KEY, by_return_visit),
+        (GRID_KEY, action(at="2020-01-01T00:00:00Z")), (GRID_KEY, action(actor="office-s01")),
+        (OFFICE_KEY, action(unit_id="S02")), (GRID_KEY, action(unit_id="S01")), (OFFICE_KEY, action()),
+        (OFFICE_KEY, action(kind="rate", rating=5, unit_id=GRID)), (CAMERA_KEY, action()), (APP_KEY, action(kind="rate", rating=5)),
+        ("guessed", action())])
+    statuses = [(status, body["errors"][0]["field"] if status != 202 else None) for status, body in answers]
+    assert statuses == [(202, None), (202, None), (202, None), (400, "at"), (400, "actor"), (403, "unit_id"), (403, "unit_id"),
+                        (400, "unit_id"), (403, "kind"), (403, "kind"), (403, "report_id"), (401, "X-API-Key")]
+    assert "a unit never rates or reopens" in answers[8][1]["errors"][0]["message"]
+    found = published_actions(gw_settings, publisher, {by_grid["action_id"], for_grid["action_id"], by_return_visit["action_id"]})
+    assert {a: (r["unit_id"], r["case_id"], r["at"]) for a, (r, _) in found.items()} == {
+        by_grid["action_id"]: (GRID, case_id, NOW), for_grid["action_id"]: (GRID, case_id, NOW),
+        by_return_visit["action_id"]: ("return_visit", case_id, NOW)}
+    assert [found[a][1]["whistle-integrator"] for a in (by_grid["action_id"], by_return_visit["action_id"])] == [b"grid-team", b"hotline-12345"]
+    for message in topic_messages(gw_settings, publisher, "app"):
+        if dict(message.headers() or ()).get("whistle-integrator") == b"grid-team":
+            assert verify_sender(keys, gw_settings.record_signing_key.value, "whistle.raw.app", message.key(), message.value(),
+                                 message.headers()).integrator == "grid-team"
+            with pytest.raises(AuthError):  # the negative control: the same signature on other bytes
+                verify_sender(keys, gw_settings.record_signing_key.value, "whistle.raw.app", message.key(), message.value() + b"x",
+                              message.headers())
+
+
+def test_a_case_the_store_knows_refuses_a_unit_on_none_of_its_chains(gw_settings, publisher, keys):
+    case_id = "S01-20250612-b1b1b1b1b1"
+    rows = case_events(case_id, [("opened", "camera:camera-platform:d-1", GRID), ("dispatched", None, GRID)])
+    note = CASE_EVENT_COLUMNS.index("note")
+    rows[0] = rows[0][:note] + (CHAIN,) + rows[0][note + 1:]
+    ch = gw_settings.clickhouse
+    admin = ServerEngine(ch.host, ch.port, user=ch.admin_user, password=ch.admin_password.value)
+    admin.insert(f"{ch.database}.case_events", CASE_EVENT_COLUMNS, rows)
+    admin.close()
+    answers = post_actions(gw_settings, publisher, keys, case_id, [
+        (OFFICE_KEY, action(unit_id="G-S01-C01-002")), (OFFICE_KEY, action(unit_id=GRID)), (OFFICE_KEY, action(unit_id="S01"))])
+    assert [status for status, _ in answers] == [403, 202, 202]
+    assert "G-S01-C01-002 is on none of case" in answers[0][1]["errors"][0]["message"]
+
+
+def _stored_request(gw_settings, publisher, keys, report_id: str, case_id: str | None) -> None:
+    """The sink's rows for an Open311 request already on Kafka, and (when given) the case it opened."""
+    ch = gw_settings.clickhouse
+    admin = ServerEngine(ch.host, ch.port, user=ch.admin_user, password=ch.admin_password.value)
+    rows = RowMaker(publisher.serde, PersonalDataHasher(gw_settings.pii_hmac_key), Topics.with_prefix(gw_settings.topic_prefix),
+                    Senders(lambda: keys, gw_settings.record_signing_key.value))
+    stored = [rows.row(Position(m.topic(), m.partition(), m.offset()), m.key(), m.value(), m.timestamp()[1], 0, m.headers()).values
+              for m in topic_messages(gw_settings, publisher, "app")
+              if publisher.serde.decode(m.value()).record["event"][1].get("report_id") == report_id]
+    admin.insert(f"{ch.database}.raw_events", RAW_COLUMNS, stored)
+    if case_id:
+        admin.insert(f"{ch.database}.case_events", CASE_EVENT_COLUMNS, case_events(case_id, [
+            ("opened", f"app:resident-app:{report_id}", GRID), ("accepted", None, GRID), ("resolved", None, GRID)]))
+    admin.close()
+
+
+def test_the_reporter_rates_through_their_own_request_and_nobody_else_can(gw_settings, publisher, keys):
+    form = {"service_code": "garbage", "lat": "28.2105", "long": "113.0860", "email": "zhang.san@example.cn", "description": "垃圾没清"}
+
+    async def file(client, **more):
+        response = await client.post("/open311/v2/requests.json", data={**form, **more}, headers={"X-API-Key": APP_KEY})
+        return (await response.json())[0]["service_request_id"]
+
+    async def filed(client):
+        return await file(client), await file(client, description="还有一堆")
+
+    rated_id, not_yet_a_case = serve(build_app(gw_settings, publisher, keys, Clock()), filed)
+    case_id = "S01-20250612-c2c2c2c2c2"
+    _stored_request(gw_settings, publisher, keys, rated_id, case_id)
+    _stored_request(gw_settings, publisher, keys, not_yet_a_case, None)
+
+    async def feedback(client):
+        answers = []
+        for key, request_id, fields in ((APP_KEY, rated_id, {"rating": "2", "email": "ZHANG.SAN@example.cn", "description": "又脏了"}),
+                                        (APP_KEY, rated_id, {"rating": "5", "email": "someone.else@example.cn"}),
+                                        (OTHER_APP_KEY, rated_id, {"rating": "5", "email": "zhang.san@example.cn"}),
+                                        (APP_KEY, not_yet_a_case, {"rating": "4", "email": "zhang.san@example.cn"}),
+                                        (APP_KEY, rated_id, {"rating": "9", "email": "zhang.san@example.cn"})):
+            response = await client.post(f"/open311/v2/requests/{request_id}/feedback.json", data=fields,
+                                         headers={"X-API-Key": key, "Idempotency-Key": f"fb-{uuid.uuid4().hex[:8]}"})
+            answers.append((response.status, await response.json()))
+        return answers
+
+    answers = serve(build_app(gw_settings, publisher, keys, Clock()), feedback)
+    assert [status for status, _ in answers] == [202, 403, 404, 409, 400]
+    rating = published_actions(gw_settings, publisher, {answers[0][1]["action_id"]})[answers[0][1]["action_id"]][0]
+    assert (rating["kind"], rating["case_id"], rating["rating"], rating["unit_id"], rating["report_id"], rating["note"]) == (
+        "rate", case_id, 2, "reporter", f"app:resident-app:{rated_id}", "又脏了")
+
+
+def test_open311_get_shows_its_filer_everything_and_anyone_else_the_public_fields(gw_settings, publisher, keys):
+    form = {"service_code": "garbage", "lat": "28.210512", "long": "113.086034", "phone": "13812345678",
+            "description": "请回电 138 1234 5678 张三", "address_string": "建设路19号3栋401"}
+
+    async def file(client):
+        response = await client.post("/open311/v2/requests.json", data=form, headers={"X-API-Key": APP_KEY})
+        return (await response.json())[0]["service_request_id"]
+
+    request_id = serve(build_app(gw_settings, publisher, keys, Clock()), file)
+    _stored_request(gw_settings, publisher, keys, request_id, None)
+
+    async def read(client):
+        answers = []
+        for headers in ({"X-API-Key": APP_KEY}, {"X-API-Key": OTHER_APP_KEY}, {}, {"X-API-Key": "guessed"}):
+            response = await client.get(f"/open311/v2/requests/{request_id}.json", headers=headers)
+            answers.append((response.status, await response.json()))
+        listed = await client.get(f"/open311/v2/requests.json?service_request_id={request_id}")
+        answers.append((listed.status, await listed.json()))
+        return answers
+
+    own, other, public, guessed, listed = serve(build_app(gw_settings, publisher, keys, Clock()), read)
+    assert own[0] == 200 and own[1][0]["description"] == "请回电 138 1234 5678 张三" and own[1][0]["address"] == "建设路19号3栋401"
+    for status, body in (other, public, listed):
+        assert status == 200 and set(body[0]) == set(open311.PUBLIC_FIELDS)
+        assert (body[0]["service_request_id"], body[0]["lat"], body[0]["long"]) == (request_id, 28.211, 113.086)
+        assert "1234" not in orjson.dumps(body).decode() and "3栋" not in orjson.dumps(body).decode()
+    assert guessed[0] == 401  # a wrong key is refused, not taken for the public

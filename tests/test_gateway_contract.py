@@ -31,22 +31,25 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.specs.openapi.checks import status_code_conformance
 from test_gateway import Clock, closed_port, gw_settings, publisher  # noqa: F401  (fixtures)
 
-from whistle.edges.gateway import build_app, gateway_publisher, load_api_keys
+from streams.domain.credentials import load_credentials
+from streams.domain.reference import load_reference
+from whistle.edges.gateway import build_app, gateway_publisher
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 FUZZ_KEY = f"key-fuzz-{uuid.uuid4().hex}"
 EXAMPLES = 20  # per operation and generation mode
-ENDPOINTS = ("/v1/camera/detections", "/v1/hotline/tickets", "/open311/v2/services.json", "/open311/v2/requests.json",
-             "/open311/v2/requests/o311-x.json", "/openapi.json")
+ENDPOINTS = ("/v1/camera/detections", "/v1/hotline/tickets", "/v1/cases/S01-20250612-0123456789/actions", "/open311/v2/services.json",
+             "/open311/v2/requests.json", "/open311/v2/requests/o311-x.json", "/open311/v2/requests/o311-x/feedback.json", "/openapi.json")
 
 
 @pytest.fixture(scope="module")
 def fuzz_keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("contract") / "keys.yaml"
     path.write_text(orjson.dumps({"keys": [{"integrator": "fuzzer", "sha256": hashlib.sha256(FUZZ_KEY.encode()).hexdigest(),
-                                            "sources": ["camera", "hotline", "app"], "rate_per_second": 1e9, "burst": 10**9}]}).decode())
-    return load_api_keys(path)
+                                            "sources": ["camera", "hotline", "app"], "rate_per_second": 1e9, "burst": 10**9,
+                                            "units": ["S01"], "below": True}]}).decode())
+    return load_credentials(path, load_reference())
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +138,11 @@ def test_openapi_describes_every_endpoint_and_status_from_the_schemas(live_gatew
     assert body["properties"]["confidence"]["maximum"] == 1.0 and "garbage" in body["properties"]["category"]["enum"]
     assert {"202", "400", "401", "403", "413", "429", "503"} <= set(camera["responses"])
     assert "Retry-After" in camera["responses"]["503"]["headers"]
-    assert set(document["paths"]) == {"/v1/camera/detections", "/v1/hotline/tickets", "/open311/v2/services.json", "/open311/v2/requests.json",
-                                      "/open311/v2/requests/{service_request_id}.json", "/openapi.json"}
+    assert set(document["paths"]) == {"/v1/camera/detections", "/v1/hotline/tickets", "/v1/cases/{case_id}/actions",
+                                      "/open311/v2/services.json", "/open311/v2/requests.json", "/open311/v2/requests/{service_request_id}.json",
+                                      "/open311/v2/requests/{service_request_id}/feedback.json", "/openapi.json"}
+    action = document["paths"]["/v1/cases/{case_id}/actions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert not {"case_id", "at", "actor", "report_id"} & set(action["properties"]) and "unit_id" not in action["required"]
     query = {p["name"] for p in document["paths"]["/open311/v2/requests.json"]["get"]["parameters"]}
     assert query == {"jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status"}
 

@@ -55,12 +55,12 @@ def test_negative_control_2_a_valid_record_refused_after_a_bad_one_is_seen(monke
     """The ingest stage, broken: after a record it cannot decode, it refuses the next one too."""
     route = pipeline.Ingestor._route
 
-    def route_after_bad(self, where, value, arrived):
+    def route_after_bad(self, where, key, value, arrived, headers):
         if getattr(self, "poisoned", False):
             self.poisoned = False
             raise pipeline.DecodeError("refused: came after a bad record")
         try:
-            return route(self, where, value, arrived)
+            return route(self, where, key, value, arrived, headers)
         except Exception:
             self.poisoned = True
             raise

@@ -14,6 +14,7 @@ from whistle.ground.errors import ValidationError
 
 AT = datetime(2024, 6, 3, 1, 2, 3, 456000, tzinfo=UTC)
 HASHER = PersonalDataHasher("test-key")
+SENDER = "acme"  # the integrator whose credential sent the record: ids are scoped by it
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +41,19 @@ def app_report(**changes):
 
 
 def test_a_camera_detection_becomes_a_report(ref):
-    report = normalize_camera(detection(), ref)
-    assert (report.report_id, report.source, report.occurred_at, report.category) == ("camera:d-1", Source.CAMERA, AT, "garbage")
+    report = normalize_camera(detection(), ref, SENDER)
+    assert (report.report_id, report.source, report.occurred_at, report.category) == ("camera:acme:d-1", Source.CAMERA, AT, "garbage")
     assert report.urgency is Urgency.NORMAL and report.camera_id == "CAM-007" and report.confidence == 0.91
     assert report.media == ("s3://evidence/d-1.jpg",) and (report.lat, report.lon) == (None, None)
     assert "CAM-007" in report.description and "gv-3.2" in report.description
 
 
 def test_a_low_confidence_detection_is_kept_not_dropped(ref):
-    assert normalize_camera(detection(confidence=0.05), ref).confidence == 0.05
+    assert normalize_camera(detection(confidence=0.05), ref, SENDER).confidence == 0.05
 
 
 def test_a_geolocating_camera_keeps_the_object_position(ref):
-    report = normalize_camera(detection(lat=28.2, lon=113.1), ref)
+    report = normalize_camera(detection(lat=28.2, lon=113.1), ref, SENDER)
     assert (report.lat, report.lon) == (28.2, 113.1)
 
 
@@ -65,42 +66,42 @@ def test_a_geolocating_camera_keeps_the_object_position(ref):
 ])
 def test_a_broken_detection_is_refused_naming_the_field(ref, changes, field):
     with pytest.raises(ValidationError) as caught:
-        normalize_camera(detection(**changes), ref)
+        normalize_camera(detection(**changes), ref, SENDER)
     assert caught.value.context == {"field": field, "source": "camera"}
 
 
 def test_times_are_utc_whether_given_with_an_offset_or_as_epoch_milliseconds(ref):
     beijing = AT.astimezone(timezone(timedelta(hours=8)))
-    assert normalize_camera(detection(detected_at=beijing), ref).occurred_at.utcoffset() == timedelta(0)
-    assert normalize_camera(detection(detected_at=beijing), ref).occurred_at == AT
-    assert normalize_camera(detection(detected_at=1717376523456), ref).occurred_at == AT
+    assert normalize_camera(detection(detected_at=beijing), ref, SENDER).occurred_at.utcoffset() == timedelta(0)
+    assert normalize_camera(detection(detected_at=beijing), ref, SENDER).occurred_at == AT
+    assert normalize_camera(detection(detected_at=1717376523456), ref, SENDER).occurred_at == AT
 
 
 def test_a_hotline_ticket_becomes_a_report_with_the_phone_only_hashed(ref):
-    report = normalize_hotline(ticket(), ref, HASHER.phone)
-    assert (report.report_id, report.source, report.category, report.address_text) == ("hotline:T-1", Source.HOTLINE, "garbage", "建设路19号")
+    report = normalize_hotline(ticket(), ref, HASHER.phone, SENDER)
+    assert (report.report_id, report.source, report.category, report.address_text) == ("hotline:acme:T-1", Source.HOTLINE, "garbage", "建设路19号")
     assert report.description == "垃圾没人清运"
     assert report.reporter_hash == HASHER.phone("13812345678")
     assert "1234" not in repr(report)
 
 
 def test_the_same_caller_written_differently_hashes_the_same(ref):
-    hashes = {normalize_hotline(ticket(caller_phone=p), ref, HASHER.phone).reporter_hash for p in ("13812345678", "0086 138-1234-5678", "+86 138 1234 5678")}
+    hashes = {normalize_hotline(ticket(caller_phone=p), ref, HASHER.phone, SENDER).reporter_hash for p in ("13812345678", "0086 138-1234-5678", "+86 138 1234 5678")}
     assert len(hashes) == 1
 
 
 def test_a_withheld_number_has_no_reporter_hash(ref):
-    assert normalize_hotline(ticket(caller_phone=None), ref, HASHER.phone).reporter_hash is None
+    assert normalize_hotline(ticket(caller_phone=None), ref, HASHER.phone, SENDER).reporter_hash is None
 
 
 @pytest.mark.parametrize("label, code", [("垃圾清运", "garbage"), ("飞线充电", "ebike_charging_hazard"), ("闻到煤气味", "gas_leak"), ("road_damage", "road_damage")])
 def test_operator_labels_map_to_categories(ref, label, code):
-    assert normalize_hotline(ticket(operator_category=label), ref, HASHER.phone).category == code
+    assert normalize_hotline(ticket(operator_category=label), ref, HASHER.phone, SENDER).category == code
 
 
 def test_an_unknown_operator_category_is_refused(ref):
     with pytest.raises(ValidationError) as caught:
-        normalize_hotline(ticket(operator_category="其他"), ref, HASHER.phone)
+        normalize_hotline(ticket(operator_category="其他"), ref, HASHER.phone, SENDER)
     assert caught.value.context["field"] == "operator_category"
 
 
@@ -109,35 +110,35 @@ def test_an_unknown_operator_category_is_refused(ref):
     ("gas_leak", "normal", Urgency.EMERGENCY), ("drainage_blockage", "normal", Urgency.URGENT), ("drainage_blockage", "emergency", Urgency.EMERGENCY),
 ])
 def test_an_operator_may_raise_urgency_but_not_below_the_category_floor(ref, category, stated, expected):
-    assert normalize_hotline(ticket(operator_category=category, urgency=stated), ref, HASHER.phone).urgency is expected
+    assert normalize_hotline(ticket(operator_category=category, urgency=stated), ref, HASHER.phone, SENDER).urgency is expected
 
 
 def test_an_unknown_urgency_is_refused(ref):
     with pytest.raises(ValidationError, match="urgency"):
-        normalize_hotline(ticket(urgency="whenever"), ref, HASHER.phone)
+        normalize_hotline(ticket(urgency="whenever"), ref, HASHER.phone, SENDER)
 
 
 @pytest.mark.parametrize("address", ["", "   ", None])
 def test_an_empty_address_becomes_none(ref, address):
-    assert normalize_hotline(ticket(address_text=address), ref, HASHER.phone).address_text is None
+    assert normalize_hotline(ticket(address_text=address), ref, HASHER.phone, SENDER).address_text is None
 
 
 def test_a_malformed_phone_is_refused_naming_the_field(ref):
     with pytest.raises(ValidationError) as caught:
-        normalize_hotline(ticket(caller_phone="call me maybe"), ref, HASHER.phone)
+        normalize_hotline(ticket(caller_phone="call me maybe"), ref, HASHER.phone, SENDER)
     assert caught.value.context["field"] == "caller_phone"
 
 
 def test_an_app_report_becomes_a_report_with_the_account_only_hashed(ref):
-    report = normalize_app_report(app_report(), ref, HASHER.reporter)
-    assert (report.report_id, report.source, report.category, report.urgency) == ("app:r-1", Source.APP, "noise", Urgency.NORMAL)
+    report = normalize_app_report(app_report(), ref, HASHER.reporter, SENDER)
+    assert (report.report_id, report.source, report.category, report.urgency) == ("app:acme:r-1", Source.APP, "noise", Urgency.NORMAL)
     assert (report.lat, report.lon, report.reporter_role) == (28.19, 113.1, "resident")
     assert report.media == ("s3://a.jpg", "s3://b.jpg")
     assert report.reporter_hash == HASHER.reporter("wx-user-42") and "wx-user-42" not in repr(report)
 
 
 def test_an_app_report_without_a_gps_fix_falls_back_to_its_address(ref):
-    report = normalize_app_report(app_report(lat=0.0, lon=0.0, address_text=" 建设路19号 "), ref, HASHER.reporter)
+    report = normalize_app_report(app_report(lat=0.0, lon=0.0, address_text=" 建设路19号 "), ref, HASHER.reporter, SENDER)
     assert (report.lat, report.lon, report.address_text) == (None, None, "建设路19号")
 
 
@@ -147,5 +148,5 @@ def test_an_app_report_without_a_gps_fix_falls_back_to_its_address(ref):
 ])
 def test_a_broken_app_report_is_refused_naming_the_field(ref, changes, field):
     with pytest.raises(ValidationError) as caught:
-        normalize_app_report(app_report(**changes), ref, HASHER.reporter)
+        normalize_app_report(app_report(**changes), ref, HASHER.reporter, SENDER)
     assert caught.value.context["field"] == field

@@ -102,7 +102,7 @@ def progress(**changes):
 
 
 def test_a_report_not_yet_a_case_is_open_and_received(ref):
-    request = open311.service_request(progress(), ref, {"garbage": "Garbage piled up"})
+    request = open311.service_request(progress(), ref, {"garbage": "Garbage piled up"}, full=True)
     assert (request["status"], request["status_notes"], request["service_name"]) == ("open", "received", "Garbage piled up")
     assert request["requested_datetime"] == request["updated_datetime"] == "2025-06-12T08:00:00Z"
 
@@ -111,8 +111,44 @@ def test_a_case_status_follows_its_latest_event_and_names_the_unit_responsible(r
     unit_id, unit = next(iter(ref.units.items()))
     later = NOW + timedelta(hours=5)
     dispatched = open311.service_request(progress(case_id="C1", own_kind="opened", last_kind="dispatched", updated_at=later,
-                                                  assignee_unit_id=unit_id), ref, {})
+                                                  assignee_unit_id=unit_id), ref, {}, full=True)
     assert (dispatched["status"], dispatched["agency_responsible"]) == ("open", unit.name)
     assert dispatched["updated_datetime"] == "2025-06-12T13:00:00Z"
-    closed = open311.service_request(progress(case_id="C1", own_kind="report_merged", last_kind="closed"), ref, {})
+    closed = open311.service_request(progress(case_id="C1", own_kind="report_merged", last_kind="closed"), ref, {}, full=True)
     assert closed["status"] == "closed" and "merged" in closed["status_notes"]
+
+
+def test_someone_elses_request_shows_only_its_public_fields_and_the_block_not_the_door(ref):
+    """GeoReport's GET is public, personal data is not: a description with a name and a phone, a home address and a
+    photo leave only for the integrator that filed the request."""
+    private = progress(description="请回电 137 3100 2288 张三", address_text="建设路19号3栋2单元401", media_url="https://img.example/1.jpg",
+                       lat=27.830712, lon=113.140251)
+    public = open311.service_request(private, ref, {}, full=False)
+    assert set(public) == set(open311.PUBLIC_FIELDS)
+    assert not {"description", "address", "media_url"} & set(public)
+    assert (public["lat"], public["long"]) == (27.831, 113.14)
+    own = open311.service_request(private, ref, {}, full=True)  # the negative control: its filer sees everything
+    assert (own["description"], own["address"], own["media_url"], own["lat"]) == (private.description, private.address_text,
+                                                                                   private.media_url, 27.830712)
+
+
+def test_feedback_takes_a_rating_or_a_reopening_with_the_reporters_identity():
+    given = open311.feedback({"rating": "2", "description": "还是很脏", "email": "Resident@Example.cn"}, HASHER)
+    assert (given.rating, given.reopen, given.comment) == (2, False, "还是很脏")
+    again = open311.feedback({"reopen": "true", "email": "resident@example.cn"}, HASHER)
+    assert (again.rating, again.reopen) == (None, True)
+    assert again.pseudonym == given.pseudonym  # the same reporter, however the address is cased: one keyed hash
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"rating": "6", "email": "a@b.cn"}, "rating"),
+    ({"rating": "2", "reopen": "true", "email": "a@b.cn"}, "rating"),
+    ({"email": "a@b.cn"}, "rating"),
+    ({"rating": "3"}, "email"),
+    ({"rating": "3", "email": "a@b.cn", "unit_id": "S01"}, "unit_id"),
+    ({"reopen": "maybe", "email": "a@b.cn"}, "reopen"),
+])
+def test_bad_feedback_is_refused_naming_the_field(fields, named):
+    with pytest.raises(ValidationError) as refused:
+        open311.feedback(fields, HASHER)
+    assert named in {field for field, _ in refused.value.problems}

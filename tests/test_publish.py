@@ -1,6 +1,7 @@
 """`whistle publish` (run_publish) against the real local Kafka broker."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -12,6 +13,7 @@ from test_sdk import kafka_settings, message_count, read_back  # noqa: F401 (kaf
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
 from whistle.edges.publish import run_publish
+from whistle.ground.settings import Secret
 
 pytestmark = pytest.mark.kafka
 
@@ -85,3 +87,14 @@ def test_an_unreadable_file_or_unknown_source_exits_two_without_sending(kafka_se
     (tmp_path / "x.jsonl").write_text("{}\n")
     assert run_publish(kafka_settings, "fax", tmp_path / "x.jsonl", out) == 2
     assert "unknown source 'fax'; expected one of app, camera, hotline" in out.file.getvalue()
+
+
+def test_without_an_integrator_identity_nothing_is_sent_and_the_exit_is_two(kafka_settings, kafka_bootstrap, tmp_path):
+    path = tmp_path / "camera.jsonl"
+    path.write_text(json.dumps({**CAMERA, "detection_id": "pub-anonymous"}) + "\n", encoding="utf-8")
+    topic = kafka_settings.topic_prefix + "whistle.raw.camera"
+    before = message_count(kafka_bootstrap, topic)
+    out = console()
+    anonymous = dataclasses.replace(kafka_settings, integrator="", integrator_secret=Secret(""))
+    assert run_publish(anonymous, "camera", path, out) == 2
+    assert "WHISTLE_INTEGRATOR" in out.file.getvalue() and message_count(kafka_bootstrap, topic) == before

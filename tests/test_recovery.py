@@ -17,33 +17,37 @@ from pathlib import Path
 
 import pytest
 
-from schemas.serde import Serde
+from schemas.serde import Serde, from_record, to_record
 from streams.changelog import ChangelogError, decode_case_state
 from streams.domain.calendar import load_calendar
+from streams.domain.case_id import case_id_for
+from streams.domain.model import EnrichedReport
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
-from whistle.devtools.feed import source_record
+from streams.pipeline import ACTION, ENRICHED, CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.feed import Signers, ingest_event
 from whistle.devtools.simulate import SimConfig, simulate
 from whistle.edges.clock import tick_value
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)  # Monday 2026-06-08 00:00 Beijing time
 NOON = START + timedelta(hours=12)
 PARTITIONS = 6
+SIGNERS = Signers(Settings())  # each simulated integrator signs what it sends
 SCHEMAS = {"camera": ("whistle.raw.camera", "CameraDetection"), "hotline": ("whistle.raw.hotline", "HotlineTicket"),
            "app": ("whistle.raw.app", "AppEvent")}
 
 
 def test_a_processor_recovered_from_the_changelog_decides_as_the_one_that_wrote_it():
     reference, serde, topics = load_reference(), Serde(), Topics()
-    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics)
+    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), reference))
     inbox: list[tuple[int, bytes, bytes, datetime]] = []
     for offset, event in enumerate(simulate(reference, SimConfig(seed=5, start=START, incidents_per_day=1200))):
         topic, schema = SCHEMAS[event.source]
-        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), serde.encode(schema, source_record(event)), event.at)
+        routed = ingest_event(ingest, SIGNERS, Position(topic, 0, offset), event, event.at)
         if routed.topic == topics.inbox:
             inbox.append((partition_for_key(routed.key.decode(), PARTITIONS), routed.key, routed.value, event.at))
     ticks = [(p, b"", tick_value(serde, p, START + timedelta(days=2)), START + timedelta(days=2)) for p in range(PARTITIONS)]
@@ -82,16 +86,30 @@ V0_PARTITIONS = 3
 
 
 def _v0_inbox(until: datetime | None = None, since: datetime | None = None):
-    """The case-stream records of the simulation the fixture was written from (seed 11, 240 incidents, 3 partitions)."""
+    """The case-stream records of the simulation the fixture was written from (seed 11, 240 incidents, 3 partitions),
+    as that release wrote them: report ids were not yet scoped by their sender (camera:<id>), and so neither
+    were the case ids derived from them; the actions name those case ids."""
     reference, serde, topics = load_reference(), Serde(), Topics()
-    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics)
+    ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), reference))
+    old_case_ids: dict[str, str] = {}
     for offset, event in enumerate(simulate(reference, SimConfig(seed=11, start=V0_START, incidents_per_day=240))):
         if (until is not None and event.at >= until) or (since is not None and event.at < since):
             continue
         topic, schema = SCHEMAS[event.source]
-        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), serde.encode(schema, source_record(event)), event.at)
-        if routed.topic == topics.inbox:
-            yield Position(topics.inbox, partition_for_key(routed.key.decode(), V0_PARTITIONS), offset), routed.key, routed.value, event.at
+        routed = ingest_event(ingest, SIGNERS, Position(topic, 0, offset), event, event.at)
+        if routed.topic != topics.inbox:
+            continue
+        branch, record = serde.decode(routed.value, expect="CaseInboxEvent").record["event"]
+        if branch == ENRICHED:
+            enriched = from_record(EnrichedReport, record)
+            source, _integrator, own_id = enriched.report.report_id.split(":", 2)
+            unscoped = dataclasses.replace(enriched, report=dataclasses.replace(enriched.report, report_id=f"{source}:{own_id}"))
+            old_case_ids[case_id_for(enriched)] = case_id_for(unscoped)
+            record = to_record(unscoped)
+        elif branch == ACTION:
+            record = {**record, "case_id": old_case_ids.get(record["case_id"], record["case_id"]), "actor": None}
+        value = serde.encode("CaseInboxEvent", {"event": (branch, record)}, validate=False)
+        yield Position(topics.inbox, partition_for_key(routed.key.decode(), V0_PARTITIONS), offset), routed.key, value, event.at
 
 
 def test_a_changelog_written_by_the_pickle_release_recovers_and_decides_as_before():

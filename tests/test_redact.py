@@ -13,10 +13,11 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.redact import id_card_is_valid, redact
 from streams.domain.reference import load_reference
 from streams.domain.trusted_time import SkewBounds
-from streams.pipeline import Ingestor
-from whistle.devtools.feed import NAMESPACE
+from streams.pipeline import Ingestor, Senders
+from whistle.devtools.feed import NAMESPACE, Signers
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 VALID_ID = "430102199001011238"  # check character 8 (ISO 7064 MOD 11-2)
 INVALID_ID = "430102199001011234"  # same number, wrong check character
@@ -84,32 +85,32 @@ def test_normalize_redacts_description_and_address_of_every_channel():
     ref = load_reference()
     ticket = from_record(HotlineTicket, {"ticket_id": "T-1", "received_at": AT, "caller_phone": "13812345678", "address_text": "建设路19号 电话0731-88776655",
                                          "description": "请回电 137 0731 2288 张三", "operator_category": "garbage", "urgency": "normal"})
-    report = normalize_hotline(ticket, ref, HASHER.phone)
+    report = normalize_hotline(ticket, ref, HASHER.phone, "hotline-12345")
     assert (report.description, report.address_text) == ("请回电 [电话] 张三", "建设路19号 电话[电话]")
     app = from_record(ResidentReport, {"report_id": "r-1", "reporter_id": "wx-1", "reporter_role": "resident", "reported_at": AT, "lat": 28.19,
                                        "lon": 113.1, "category": "noise", "description": f"我是业主，身份证{VALID_ID}", "photo_refs": [],
                                        "address_text": "a.b@example.cn"})
-    report = normalize_app_report(app, ref, HASHER.reporter)
+    report = normalize_app_report(app, ref, HASHER.reporter, "resident-app")
     assert (report.description, report.address_text) == ("我是业主，身份证[身份证]", "[邮箱]")
 
 
 @pytest.mark.parametrize("source", ["hotline", "app"])
 def test_the_case_stream_carries_the_redacted_text_and_the_raw_record_the_original(source):
     serde, topics, reference = Serde(), Topics(), load_reference()
-    ingest = Ingestor(serde, reference, PersonalDataHasher("k"), topics, SkewBounds.of_seconds(300, 86_400))
+    ingest = Ingestor(serde, reference, PersonalDataHasher("k"), topics, Senders.from_settings(Settings(), reference), SkewBounds.of_seconds(300, 86_400))
     description = "请回电 137 0731 2288 张三，楼道垃圾"
     if source == "hotline":
         raw = serde.encode("HotlineTicket", {"ticket_id": "T-9", "received_at": AT, "caller_phone": "+86 138 1234 5678", "address_text": "建设路19号",
                                              "description": description, "operator_category": "garbage", "urgency": "normal"})
-        topic = "whistle.raw.hotline"
+        topic, sender = "whistle.raw.hotline", "hotline-12345"
     else:
         ring = reference.grids["G-S03-C02-003"].ring[:-1]
         lat, lon = sum(y for _, y in ring) / len(ring), sum(x for x, _ in ring) / len(ring)
         report = {"report_id": "r-9", "reporter_id": "wx-9", "reporter_role": "resident", "reported_at": AT, "lat": lat, "lon": lon,
                   "category": "garbage", "description": description, "photo_refs": [], "address_text": "建设路19号"}
         raw = serde.encode("AppEvent", {"event": (f"{NAMESPACE}.ResidentReport", report)})
-        topic = "whistle.raw.app"
-    routed = ingest.process(Position(topic, 0, 0), b"k", raw, AT, arrived=AT)
+        topic, sender = "whistle.raw.app", "resident-app"
+    routed = ingest.process(Position(topic, 0, 0), b"k", raw, AT, arrived=AT, headers=Signers(Settings())(sender).headers(topic, b"k", raw))
     assert routed.topic == topics.inbox
     _, enriched = serde.decode(routed.value).record["event"]
     assert enriched["description"] == "请回电 [电话] 张三，楼道垃圾" and enriched["location_grid_id"] is not None

@@ -14,9 +14,12 @@ from confluent_kafka.admin import AdminClient
 from infra.topics import load_topics, provision_topics
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
+from streams.domain.credentials import load_credentials, verify_sender
+from streams.domain.reference import load_reference
+from whistle.devtools.feed import settings_as
 from whistle.edges.sdk import Delivery, Publisher
-from whistle.ground.errors import DeliveryError, ValidationError
-from whistle.ground.settings import Settings
+from whistle.ground.errors import AuthError, ConfigError, DeliveryError, ValidationError
+from whistle.ground.settings import Secret, Settings
 
 pytestmark = pytest.mark.kafka
 
@@ -29,6 +32,7 @@ def kafka_settings(settings: Settings, kafka_bootstrap: str):
     """Settings whose topic prefix points at a fresh copy of every topic in infra/topics.yaml, deleted afterwards."""
     prefixed = dataclasses.replace(settings, topic_prefix=f"test-{uuid.uuid4().hex[:8]}.",
                                    kafka=dataclasses.replace(settings.kafka, bootstrap_servers=kafka_bootstrap))
+    prefixed = settings_as(prefixed, "resident-app")  # the producer's identity: WHISTLE_INTEGRATOR and its secret
     topics = load_topics(prefix=prefixed.topic_prefix)
     provision_topics(prefixed.kafka, topics)
     for topic in topics:
@@ -111,6 +115,22 @@ def test_app_events_are_keyed_per_type_on_the_partitions_faust_expects(kafka_set
         assert SERDE.decode(message.value()).record == SERDE.validate("AppEvent", example)
 
 
+def test_every_record_is_signed_as_the_configured_integrator_and_without_one_nothing_is_sent(kafka_settings, kafka_bootstrap):
+    example = CATALOG.topic("whistle.raw.camera").examples[0]
+    with Publisher(kafka_settings) as publisher:
+        delivery = publisher.publish("camera", example)
+    messages = read_back(kafka_bootstrap, delivery.topic, message_count(kafka_bootstrap, delivery.topic))
+    (message,) = [m for m in messages if (m.partition(), m.offset()) == delivery[1:]]
+    credentials = load_credentials(kafka_settings.keys_file, load_reference())
+    master = kafka_settings.record_signing_key.value
+    assert verify_sender(credentials, master, "whistle.raw.camera", message.key(), message.value(), message.headers()).integrator == "resident-app"
+    with pytest.raises(AuthError):  # the negative control: the signature names these bytes, not others
+        verify_sender(credentials, master, "whistle.raw.camera", message.key(), message.value()[:-1] + b"\x00", message.headers())
+    anonymous = dataclasses.replace(kafka_settings, integrator="", integrator_secret=Secret(""))
+    with Publisher(anonymous) as publisher, pytest.raises(ConfigError, match="WHISTLE_INTEGRATOR"):
+        publisher.publish("camera", example)
+
+
 def test_publish_async_resolves_after_the_broker_acknowledged(kafka_settings, kafka_bootstrap):
     ticket = CATALOG.topic("whistle.raw.hotline").examples[0]
 
@@ -157,6 +177,7 @@ def test_close_flushes_every_submitted_record(kafka_settings, kafka_bootstrap):
 
 def test_a_write_kafka_cannot_take_raises_delivery_error(settings, kafka_bootstrap):
     missing = dataclasses.replace(settings, topic_prefix=f"absent-{uuid.uuid4().hex[:8]}.", kafka=dataclasses.replace(settings.kafka, bootstrap_servers=kafka_bootstrap))
+    missing = settings_as(missing, "camera-platform")
     with Publisher(missing, delivery_timeout_s=1.5) as publisher:
         with pytest.raises(DeliveryError, match="Kafka did not acknowledge the write") as caught:
             publisher.publish("camera", CATALOG.topic("whistle.raw.camera").examples[0])

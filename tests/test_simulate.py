@@ -13,20 +13,23 @@ from schemas.catalog import default_catalog
 from schemas.serde import Serde
 from schemas.validation import RecordValidator
 from streams.domain.calendar import load_calendar
+from streams.domain.credentials import RETURN_VISIT
 from streams.domain.enrich import common_parent
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
-from whistle.devtools.feed import source_record
+from streams.pipeline import CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.feed import Signers, ingest_event
 from whistle.devtools.simulate import BEIJING, SimConfig, simulate, write_jsonl
 from whistle.edges.clock import tick_value
 from whistle.ground.deadletter import Position
 from whistle.ground.errors import ConfigError
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)  # Monday 2026-06-08 00:00 Beijing time
 PARTITIONS = 6
+SIGNERS = Signers(Settings())  # each simulated integrator signs what it sends
 TICK_EVERY = timedelta(minutes=4)  # the demo's feed: a tick every 0.2 s at 1,200 simulated seconds per second
 
 
@@ -46,7 +49,7 @@ def day(ref, events):
     its clock ticking as the demo's feed ticks it: every few simulated minutes, at the time of the event
     being sent; then a tick a month later judges every deadline left."""
     serde, topics = Serde(), Topics()
-    ingest = Ingestor(serde, ref, PersonalDataHasher("test-key"), topics)
+    ingest = Ingestor(serde, ref, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), ref))
     cases = CaseProcessor(serde, ref, load_policies(), load_calendar(), topics, PARTITIONS)
     out = {topics.deadletter: [], topics.case_events: [], topics.breaches: []}
     offsets = [0] * PARTITIONS
@@ -68,7 +71,7 @@ def day(ref, events):
             tick(event.at)
             ticked = event.at
         topic, schema = raw[event.source]
-        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), serde.encode(schema, source_record(event)), event.at)
+        routed = ingest_event(ingest, SIGNERS, Position(topic, 0, offset), event, event.at)
         if routed.topic == topics.deadletter:
             out[topics.deadletter].append(serde.decode(routed.value).record)
         else:
@@ -145,7 +148,7 @@ def test_the_pipeline_refuses_no_action_of_the_day(events, day):
 
 def test_every_action_names_a_case_opened_earlier_by_a_report_and_a_known_unit(ref, events, day):
     for action in (e for e in events if e.record_type == "HandlingAction"):
-        assert action.record["unit_id"] in ref.units or (action.record["kind"], action.record["unit_id"]) == ("rate", "RESIDENT")
+        assert action.record["unit_id"] in ref.units or (action.record["kind"], action.record["unit_id"]) == ("rate", RETURN_VISIT)
         assert action.record["case_id"] in day.cases
         opened = day.cases[action.record["case_id"]][0]
         assert opened["kind"] == "opened" and opened["at"] < action.at

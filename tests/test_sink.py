@@ -32,7 +32,8 @@ from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher, normalize_phone
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
-from streams.pipeline import CaseProcessor, Ingestor, Output, partition_for_key
+from streams.pipeline import CaseProcessor, Ingestor, Output, Senders, partition_for_key
+from whistle.devtools.feed import Signers
 from whistle.devtools.harness import committed_offsets, end_offsets, read_all
 from whistle.devtools.simulate import SimConfig, SimEvent, simulate
 from whistle.edges.clock import tick_value
@@ -57,24 +58,27 @@ class District:
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self.publisher, self.serde, self.topics = publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix)
         reference = load_reference()
-        self.ingestor = Ingestor(self.serde, reference, PersonalDataHasher(settings.pii_hmac_key), self.topics)
+        self.ingestor = Ingestor(self.serde, reference, PersonalDataHasher(settings.pii_hmac_key), self.topics,
+                                 Senders.from_settings(settings, reference))
+        self.signers, self.prefix = Signers(settings), settings.topic_prefix
         self.cases = CaseProcessor(self.serde, reference, load_policies(), load_calendar(), self.topics, 6)
         self.inbox_offsets: Counter[int] = Counter()
 
     def publish_raw(self, events: list[SimEvent]) -> list[Output]:
         """Publish the raw records (acknowledged); return the case events, breaches and dead letters they lead to."""
-        futures = [self.publisher.submit(event.source, self._raw_record(event)) for event in events]
+        futures = [self.publisher.submit(event.source, self._raw_record(event), signer=self.signers(event.integrator)) for event in events]
         derived = []
         for event, future in zip(events, futures):
             where = future.result(timeout=30)
             value = self.serde.encode(RAW_SCHEMAS[event.source], self._raw_record(event))
-            derived += self._derive(where, event.key.encode(), value, event.at)
+            headers = self.signers(event.integrator).headers(where.topic.removeprefix(self.prefix), event.key.encode(), value)
+            derived += self._derive(where, event.key.encode(), value, event.at, headers)
         return derived
 
     def publish_raw_bytes(self, source: str, key: str, value: bytes, at: datetime) -> list[Output]:
         """Bytes a faulty producer wrote to a raw topic, and what the workers make of them."""
         where = self.publisher.produce_raw(getattr(self.topics, source), key, value).result(timeout=30)
-        return self._derive(where, key.encode(), value, at)
+        return self._derive(where, key.encode(), value, at, ())
 
     def tick(self, at: datetime) -> list[Output]:
         """Clock ticks on every case-stream partition: deadlines due by `at` fire."""
@@ -90,8 +94,8 @@ class District:
     def _raw_record(self, event: SimEvent) -> dict:
         return event.record if event.source != "app" else {"event": (f"org.whistle.v1.{event.record_type}", event.record)}
 
-    def _derive(self, where: Delivery, key: bytes, value: bytes, at: datetime) -> list[Output]:
-        routed = self.ingestor.process(Position(*where), key, value, at)
+    def _derive(self, where: Delivery, key: bytes, value: bytes, at: datetime, headers) -> list[Output]:
+        routed = self.ingestor.process(Position(*where), key, value, at, headers=headers)
         if routed.topic != self.topics.inbox:
             return [routed]
         return self._case_stream(partition_for_key(routed.key.decode(), 6), routed.key, routed.value, at)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -12,6 +12,7 @@ from test_case import COMMUNITY, GRID, STREET, report, unit_chain
 
 from streams.domain.calendar import load_calendar
 from streams.domain.case import WAITING_ON_RESIDENT, Kind, Status, fold, verify_chain
+from streams.domain.case_id import case_id_for
 from streams.domain.model import ActionKind, HandlingAction, Tier, Unit, Urgency
 from streams.domain.sla import CaseBook, Deadline, DeadlineIndex, breach_id, load_policies, policy_in_force, rebuild_index
 from whistle.ground.errors import ConfigError, TransitionError
@@ -424,3 +425,19 @@ def test_rebuilding_the_index_from_states_gives_the_same_pending_deadlines():
     for case_id in cases.states:
         assert rebuilt.pending(case_id) == [d for d in cases.index.pending(case_id)]
     assert sum(bool(rebuilt.pending(case_id)) for case_id in cases.states) > 10
+
+
+def test_a_deadline_in_a_year_with_no_published_schedule_is_counted_provisionally_and_says_so():
+    """2028 has no holiday file: its deadlines are counted Monday-Friday minus the fixed-date holidays, and every
+    warning and breach on them is marked provisional; a 2026 deadline is not (the negative control)."""
+    summaries = {}
+    for year in (2026, 2028):
+        at = datetime(year, 3, 1, 1, 0, tzinfo=UTC)
+        book = CaseBook(load_policies(), load_calendar(), lambda a, b, category: None)
+        enriched = report(f"app:prov-{year}", at=at)
+        book.open(enriched, case_id_for(enriched), at)
+        _, breaches = book.advance(at + timedelta(days=30))
+        assert breaches, year
+        summaries[year] = [b.summary for b in breaches]
+    assert all("deadline provisional: no published holiday schedule for 2028" in s for s in summaries[2028])
+    assert not any("provisional" in s for s in summaries[2026])

@@ -26,6 +26,7 @@ from schemas.serde import SINGLE_OBJECT_MARKER, Serde, from_record
 from streams.app import EXIT_TO_BE_RESTARTED
 from streams.domain.case import CaseEvent, Kind, verify_chain
 from streams.domain.case_id import case_id_for, partition_key_of_case
+from streams.domain.credentials import RETURN_VISIT, RecordSigner
 from streams.domain.enrich import Enricher, haversine_m
 from streams.domain.model import CameraDetection, HotlineTicket, ResidentReport
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
@@ -33,12 +34,15 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, Grid, load_reference
 from streams.domain.sla import Breach
 from streams.pipeline import partition_for_key
+from whistle.devtools.feed import Signers
 from whistle.devtools.harness import committed_offsets, end_offsets, read_all, spawn_worker
+from whistle.devtools.simulate import CHANNEL_INTEGRATORS, HANDLING_SYSTEM, RETURN_VISITS
 from whistle.edges.clock import write_ticks
 from whistle.edges.sdk import Delivery, Publisher
 from whistle.ground.errors import StackError
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
+from whistle.ground.times import utc_now
 
 T0 = datetime(2025, 6, 4, 1, 30, tzinfo=UTC)  # Wednesday 09:30 in Beijing: a working day, office hours
 REPORT = "org.whistle.v1.ResidentReport"
@@ -124,6 +128,7 @@ class Pipeline:
         self.inbox_partitions = partitions_of(self.topics.inbox, settings.topic_prefix)
         self.serde = Serde.from_settings(settings)
         self.publisher = Publisher(settings, serde=self.serde)
+        self.signers = Signers(settings)
         self.reference = load_reference()
         self.enricher = Enricher(self.reference)
         self.hasher = PersonalDataHasher(settings.pii_hmac_key)
@@ -144,25 +149,33 @@ class Pipeline:
     # -- input --------------------------------------------------------------------------------------
     def report(self, source: str, record: dict[str, Any]) -> Case:
         """Publish a camera/hotline/app report; the case it opens, named by the pipeline's own rules."""
+        sender = CHANNEL_INTEGRATORS[source]
         if source == "camera":
-            report = normalize_camera(from_record(CameraDetection, record), self.reference)
+            report = normalize_camera(from_record(CameraDetection, record), self.reference, sender)
         elif source == "hotline":
-            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone)
+            report = normalize_hotline(from_record(HotlineTicket, record), self.reference, self.hasher.phone, sender)
         else:
-            report = normalize_app_report(from_record(ResidentReport, record), self.reference, self.hasher.reporter)
-        self.publisher.publish(source, {"event": (REPORT, record)} if source == "app" else record)
+            report = normalize_app_report(from_record(ResidentReport, record), self.reference, self.hasher.reporter, sender)
+        self.publisher.publish(source, {"event": (REPORT, record)} if source == "app" else record, signer=self.signers(sender))
         enriched = self.enricher.enrich(report)
         return Case(case_id_for(enriched), tuple(unit.unit_id for unit in enriched.chain))
 
-    def act(self, case_id: str, kind: str, unit_id: str, at: datetime, **fields: Any) -> str:
-        """Publish a handling action (app topic, keyed by case id); returns its action id."""
+    def act(self, case_id: str, kind: str, unit_id: str, at: datetime, sender: str | None = None, **fields: Any) -> str:
+        """Publish a handling action (app topic, keyed by case id), signed as `sender` (default: the hotline's return
+        visit for ratings and reopenings, the district's handling system for the rest); returns its action id."""
         action_id = f"act-{next(self._action_ids):04d}"
-        self.publisher.publish("app", {"event": (ACTION, handling_action(action_id, case_id, kind, unit_id, at, **fields))})
+        sender = sender or (RETURN_VISITS if kind in ("rate", "reopen") else HANDLING_SYSTEM)
+        self.publisher.publish("app", {"event": (ACTION, handling_action(action_id, case_id, kind, unit_id, at, **fields))},
+                               signer=self.signers(sender))
         return action_id
 
     def tick(self, *moments: datetime) -> None:
         for moment in moments:
             write_ticks(self.publisher, self.serde, self.topics, self.inbox_partitions, moment)
+
+    def signed(self, topic: str, key: bytes, value: bytes, sender: str) -> list[tuple[str, bytes]]:
+        """The headers `sender` puts on a record of `topic` (a prefixed topic: it signs the spec's name)."""
+        return self.signers(sender).headers(topic.removeprefix(self.settings.topic_prefix), key, value)
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes | None, headers=None, partition: int | None = None) -> Delivery:
         return self.publisher.produce_raw(topic, key, value, headers, partition=partition).result(timeout=30)
@@ -289,6 +302,77 @@ def pipeline(isolated: Settings, tmp_path: Path):
     deployment.close()
 
 
+# -- who may act ----------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_an_action_counts_only_as_far_as_its_senders_credential_allows(pipeline: Pipeline):
+    """A real worker: a street office's key acting on another street's case, and the handling units' key rating
+    a case, are dead-lettered at ingest with the rule they break, nothing of them applied; the same accept from a
+    key that may act for the holder is applied."""
+    worker = pipeline.start("worker-1")
+    reference = pipeline.reference
+    camera = next(c for c in reference.cameras.values() if c.grid_id is not None and reference.grids[c.grid_id].street_id != "S01")
+    case = pipeline.report("camera", camera_detection("det-far", camera.camera_id))
+    pipeline.wait_for_events(2)
+    refused = {pipeline.act(case.case_id, "accept", case.holder, T0 + timedelta(minutes=1), sender="office-s01"): "unit_not_in_credential",
+               pipeline.act(case.case_id, "rate", case.holder, T0 + timedelta(minutes=2), sender=HANDLING_SYSTEM, rating=5): "unit_cannot_rate"}
+    accepted = pipeline.act(case.case_id, "accept", case.holder, T0 + timedelta(minutes=3))
+    pipeline.wait_for_events(3)
+    pipeline.settle()
+    letters = [dict((name, value.decode()) for name, value in letter.headers()) for letter in pipeline.records(pipeline.topics.deadletter)]
+    assert {h["whistle.error.action_id"]: (h["whistle.error.stage"], h["whistle.error.reason"]) for h in letters} == {
+        action_id: ("authenticate", reason) for action_id, reason in refused.items()}
+    events = pipeline.case_events()[case.case_id]
+    assert [(e.kind, e.cause_id, e.actor_unit_id) for _, e in events] == [
+        (Kind.OPENED, "camera:camera-platform:det-far", None), (Kind.DISPATCHED, "camera:camera-platform:det-far", None),
+        (Kind.ACCEPTED, accepted, case.holder)]
+    assert worker.alive()
+
+
+# -- trusted time and early actions, on a real worker ------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_a_device_clock_years_ahead_moves_no_clock_and_an_early_action_waits_for_its_case(pipeline: Pipeline):
+    """A camera whose clock is three years ahead: its report is decided at its arrival (the broker's LogAppendTime),
+    flagged with the claimed time, and the street's later, correctly dated reports are handled with no breach before
+    its deadline. An accept sent before the report that opens its case is held and applied once the case opens."""
+    worker = pipeline.start("worker-1")
+    reference = pipeline.reference
+    now = utc_now()
+    spots = [spot for spot in spread_spots(reference, 40) if spot.grid.street_id == "S01"][:2]
+    assert len(spots) == 2
+    camera = next(c for c in reference.cameras.values() if c.grid_id is not None and reference.grids[c.grid_id].street_id == "S01")
+    skewed = camera_detection("det-ahead", camera.camera_id, at=now.replace(year=now.year + 3))
+    pipeline.report("camera", skewed)
+    later = pipeline.report("app", resident_report("rep-after-skew", spots[0], at=now))
+    early_case = Case(*_predicted(pipeline, resident_report("rep-late", spots[1], at=now + timedelta(seconds=1))))
+    assert early_case.case_id.startswith("S01-") and later.case_id.startswith("S01-")  # the skewed report's street
+    early_accept = pipeline.act(early_case.case_id, "accept", early_case.holder, now)  # before its report
+    pipeline.report("app", resident_report("rep-late", spots[1], at=now + timedelta(seconds=1)))
+    pipeline.wait_for_events(2 + 2 + 3)
+    pipeline.tick(now + timedelta(minutes=5))
+    pipeline.settle()
+    events = pipeline.case_events()
+    flagged = [e for cases in events.values() for _, e in cases if e.kind == Kind.OPENED and e.cause_id.endswith("det-ahead")]
+    assert len(flagged) == 1 and f"clock_skew:device={now.year + 3}" in (flagged[0].reason or "")
+    assert abs((flagged[0].at - now).total_seconds()) < 120  # decided at its arrival, not in the future
+    assert [e.kind for _, e in events[later.case_id]] == [Kind.OPENED, Kind.DISPATCHED]
+    assert [(e.kind, e.cause_id) for _, e in events[early_case.case_id]][2:] == [(Kind.ACCEPTED, early_accept)]
+    assert [b for _, b in pipeline.breaches() if b.kind != "warning"] == []  # nothing is overdue five minutes in
+    assert all(b.fired_at < b.deadline for _, b in pipeline.breaches())  # warnings only, before their deadlines
+    assert pipeline.records(pipeline.topics.deadletter) == []
+    assert worker.alive()
+
+
+def _predicted(pipeline: Pipeline, record: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The case an app report will open, as an integrator's app names it from the report alone."""
+    report = normalize_app_report(from_record(ResidentReport, record), pipeline.reference, pipeline.hasher.reporter, CHANNEL_INTEGRATORS["app"])
+    enriched = pipeline.enricher.enrich(report)
+    return case_id_for(enriched), tuple(unit.unit_id for unit in enriched.chain)
+
+
 # -- dead letters ---------------------------------------------------------------------------------
 
 
@@ -325,13 +409,18 @@ def test_every_kind_of_poison_is_dead_lettered_with_its_bytes_and_position_and_t
          "validate", "ValidationError", ("whistle.error.field", "confidence")),
     ]
     poisons = []
-    for topic, value, stage, error_class, detail in raw_poisons:
-        delivery = pipeline.produce_raw(topic, b"poison-key", value)
+    for topic, value, stage, error_class, detail in raw_poisons:  # sent by a known integrator: refused for what they hold
+        delivery = pipeline.produce_raw(topic, b"poison-key", value, pipeline.signed(topic, b"poison-key", value, "camera-platform"))
         poisons.append(Poison(topic, b"poison-key", value, delivery.partition, delivery.offset, stage, error_class, detail))
+    for headers, reason in (((), "unsigned"), (RecordSigner("camera-platform", 1, b"guessed").headers("whistle.raw.camera", b"k", good_detection),
+                                                "bad_signature")):  # a valid record, but nobody's: refused before it is read
+        delivery = pipeline.produce_raw(topics.camera, b"k", good_detection, headers)
+        poisons.append(Poison(topics.camera, b"k", good_detection, delivery.partition, delivery.offset, "authenticate", "AuthError",
+                              ("whistle.error.reason", reason)))
     refused = {  # action id -> the refusal reason; all on the dispatched (unaccepted) case, in this order
         pipeline.act(case.case_id, "resolve", case.holder, T0 + timedelta(minutes=5), note="已处理"): "not_accepted",
         pipeline.act(case.case_id, "accept", case.chain[1], T0 + timedelta(minutes=6)): "not_assignee",
-        pipeline.act(case.case_id, "rate", "RESIDENT", T0 + timedelta(minutes=7), rating=5): "not_resolved",
+        pipeline.act(case.case_id, "rate", RETURN_VISIT, T0 + timedelta(minutes=7), rating=5): "not_resolved",
         pipeline.act(f"{case.case_id[:-10]}0000000000", "accept", case.holder, T0 + timedelta(minutes=8)): "unknown_case",
     }
     accepted = pipeline.act(case.case_id, "accept", case.holder, T0 + timedelta(minutes=10))
@@ -371,7 +460,7 @@ def test_every_kind_of_poison_is_dead_lettered_with_its_bytes_and_position_and_t
 
     events = pipeline.case_events()
     assert [(e.kind, e.cause_id) for _, e in events[case.case_id]] == [
-        (Kind.OPENED, "app:rep-1"), (Kind.DISPATCHED, "app:rep-1"), (Kind.ACCEPTED, accepted)]
+        (Kind.OPENED, "app:resident-app:rep-1"), (Kind.DISPATCHED, "app:resident-app:rep-1"), (Kind.ACCEPTED, accepted)]
     assert [e.kind for _, e in events[later_case.case_id]] == [Kind.OPENED, Kind.DISPATCHED]
     assert worker.alive()
 
@@ -415,7 +504,7 @@ def test_replaying_the_same_input_reproduces_every_case_event_and_breach_byte_fo
             original.act(case.case_id, "accept", case.holder, soon)
         original.act(cases[3].case_id, "accept", cases[3].holder, soon)
         original.act(cases[3].case_id, "resolve", cases[3].holder, soon + timedelta(minutes=10), note="已清运")
-        original.act(cases[3].case_id, "rate", "RESIDENT", soon + timedelta(minutes=20), rating=2)
+        original.act(cases[3].case_id, "rate", RETURN_VISIT, soon + timedelta(minutes=20), rating=2)
         original.act(cases[4].case_id, "transfer", cases[4].holder, soon, reason="outside_jurisdiction", note="非本网格辖区")
         original.settle()
         phase_ends.append(_raw_end_offsets(original))

@@ -17,12 +17,13 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
 from streams.domain.trusted_time import SkewBounds, decided_time
-from streams.pipeline import CaseProcessor, Ingestor, partition_for_key
-from whistle.devtools.feed import source_record
+from streams.pipeline import CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.feed import Signers, source_record
 from whistle.devtools.simulate import SimConfig, simulate
 from whistle.edges.clock import tick_value
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 ARRIVED = datetime(2026, 6, 8, 2, 0, tzinfo=UTC)  # Monday 10:00 in the city
 BOUNDS = SkewBounds.of_seconds(300, 86_400)
@@ -56,7 +57,8 @@ def _street_morning(serde: Serde, topics: Topics):
 def _run(bounds: SkewBounds, years_ahead: int):
     """The morning through the pipeline, with the first camera detection's device clock `years_ahead` years ahead."""
     serde, topics, reference = Serde(), Topics(), load_reference()
-    ingest = Ingestor(serde, reference, PersonalDataHasher("k"), topics, bounds)
+    ingest = Ingestor(serde, reference, PersonalDataHasher("k"), topics, Senders.from_settings(Settings(), reference), bounds)
+    signers = Signers(Settings())
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, 3)
     outputs, skewed_street = [], None
     inbox = []
@@ -64,7 +66,8 @@ def _run(bounds: SkewBounds, years_ahead: int):
         if skewed_street is None and event.source == "camera":
             record = {**source_record(event), "detected_at": event.at.replace(year=event.at.year + years_ahead)}
             value = serde.encode("CameraDetection", record)
-        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), value, event.at, arrived=event.at)
+        routed = ingest.process(Position(topic, 0, offset), event.key.encode(), value, event.at, arrived=event.at,
+                                headers=signers.headers(event, topic, event.key.encode(), value))
         outputs.append(routed)
         if routed.topic == topics.inbox:
             if skewed_street is None and event.source == "camera":

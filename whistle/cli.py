@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from whistle.ground.errors import WhistleError
+from whistle.ground.errors import ConfigError, WhistleError
 from whistle.ground.names import Topics
 from whistle.ground.settings import Settings
-from whistle.ground.times import utc_now
+from whistle.ground.times import to_epoch_ms, utc_now
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Whistle: the data backbone for city incident handling.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local Kafka + ClickHouse stack (development, tests, demo).")
@@ -154,14 +154,49 @@ def sink(batch_rows: int = typer.Option(20_000), batch_seconds: float = typer.Op
 
 
 @app.command("gateway")
-def gateway(keys: Path = typer.Option(..., "--keys", help="API key file (see infra/gateway-keys.example.yaml)"),
-            host: str = typer.Option("127.0.0.1"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
+def gateway(host: str = typer.Option("127.0.0.1"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
             max_body_bytes: int = typer.Option(65536)) -> None:
-    """Serve the HTTP ingest gateway: camera webhooks, the hotline, and Open311 GeoReport v2."""
+    """Serve the HTTP gateway: camera webhooks, the hotline, handling actions and Open311 GeoReport v2 (keys: WHISTLE_KEYS_FILE)."""
     from whistle.edges.gateway import run_gateway
 
     settings = _settings()
-    run_gateway(settings, host, port or settings.gateway_port, keys, max_body_bytes=max_body_bytes)
+    run_gateway(settings, host, port or settings.gateway_port, max_body_bytes=max_body_bytes)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="The key file (WHISTLE_KEYS_FILE): who may send what.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("check")
+def keys_check() -> None:
+    """Parse the key file as the gateway and the workers will, and list who may do what."""
+    from streams.domain.credentials import load_credentials
+    from streams.domain.reference import load_reference
+
+    settings = _settings()
+    credentials = load_credentials(settings.keys_file, load_reference())
+    table = Table(title=f"{settings.keys_file} (sha256 {credentials.digest[:12]})")
+    for column in ("integrator", "sources", "acts as", "return visit", "generation"):
+        table.add_column(column)
+    for credential in credentials.by_integrator.values():
+        acting = ", ".join(sorted(credential.units)) + (f" and {len(credentials.acting[credential.integrator]) - len(credential.units)} under them"
+                                                        if credential.below else "")
+        table.add_row(credential.integrator, ", ".join(sorted(credential.sources)) or "-", acting or "-",
+                      "yes" if credential.return_visit else "-", str(credential.generation))
+    _wide_console().print(table)
+
+
+@keys_app.command("signing-secret")
+def keys_signing_secret(integrator: str = typer.Option(..., "--integrator")) -> None:
+    """Print the record-signing secret to hand to INTEGRATOR (its WHISTLE_INTEGRATOR_SECRET), from the master key."""
+    from streams.domain.credentials import issued_secret, load_credentials
+    from streams.domain.reference import load_reference
+
+    settings = _settings()
+    credential = load_credentials(settings.keys_file, load_reference()).by_integrator.get(integrator)
+    if credential is None:
+        raise ConfigError(f"{settings.keys_file} has no integrator {integrator!r}", field="integrator")
+    typer.echo(issued_secret(settings.record_signing_key.value, credential))
 
 
 @app.command("dashboard")
@@ -218,8 +253,11 @@ def audit_breaches(tier: str | None = typer.Option(None, "--tier"), unit: str | 
 
 @audit_app.command("verify")
 def audit_verify(fmt: str = FormatOption,
-                 kafka_timeout: float = typer.Option(10.0, "--kafka-timeout", help="seconds for each Kafka request")) -> None:
-    """ClickHouse against Kafka and itself: every Kafka record stored exactly once, every hash chain intact.
+                 kafka_timeout: float = typer.Option(10.0, "--kafka-timeout", help="seconds for each Kafka request"),
+                 since: datetime | None = typer.Option(None, "--from", help="dead letters reported from (UTC if no zone; default: all)"),
+                 until: datetime | None = typer.Option(None, "--to", help="... until")) -> None:
+    """ClickHouse against Kafka and itself: every Kafka record stored exactly once, every hash chain intact; dead letters
+    by stage and reason, failing where a partition's share passes WHISTLE_VERIFY_DEAD_LETTER_SHARE.
 
     Exit 0 clean, 2 behind (only the sink's lag), 1 broken (any error; wins over behind), 3 could not verify.
     """
@@ -231,18 +269,22 @@ def audit_verify(fmt: str = FormatOption,
         console.print(f"[bold red]error:[/bold red] --format must be table, csv or json, not {fmt!r}")
         raise typer.Exit(3)
     started = time.monotonic()
+    settings = _settings()
+    policy = audit.DeadLetterPolicy(settings.verify_dead_letter_share, settings.verify_dead_letter_min,
+                                    to_epoch_ms(_utc(since)) if since else 0, to_epoch_ms(_utc(until)) if until else 2**63 - 1)
     try:
-        kafka = audit.read_kafka_ranges(_settings(), timeout_s=kafka_timeout)
+        kafka = audit.read_kafka_ranges(settings, timeout_s=kafka_timeout)
+        case_stream = audit.read_kafka_ranges(settings, timeout_s=kafka_timeout, topics=[Topics.with_prefix(settings.topic_prefix).inbox])
         with _auditor() as (engine, db):
-            findings = audit.verify_against_kafka(engine, db, kafka)
+            findings = audit.verify_against_kafka(engine, db, kafka, case_stream=case_stream, dead_letters=policy)
     except WhistleError as exc:  # not exit 2: that is "behind"
         console.print(f"[bold red]error:[/bold red] verify could not run: {exc}")
         raise typer.Exit(3) from exc
     status, seconds = audit.status_of(findings), time.monotonic() - started
     in_kafka = sum(k.high - k.low for k in kafka)
     summary = (f"verify: {status} · {len(kafka)} partitions, {in_kafka} records in Kafka · "
-               f"{sum(f.status == audit.BROKEN for f in findings)} broken, {sum(f.status == audit.BEHIND for f in findings)} behind"
-               f" · {seconds:.1f}s")
+               f"{sum(f.status == audit.BROKEN for f in findings)} broken, {sum(f.status == audit.BEHIND for f in findings)} behind · "
+               f"{sum(f.records for f in findings if f.kind == 'dead_letters')} dead letters · {seconds:.1f}s")
     result = audit.findings_result(findings)
     if fmt == "json":
         sys.stdout.write(orjson.dumps({"status": status, "exit_code": audit.EXIT_CODES[status], "partitions": len(kafka),
@@ -317,12 +359,14 @@ def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one 
 @app.command("bench")
 def bench(events: int = typer.Option(50_000, help="simulated events, generated and encoded once, used by every phase"),
           workers: int = typer.Option(1, help="`whistle worker` processes"),
-          phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery"),
+          phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery, history"),
           latency_seconds: float = typer.Option(20.0, help="how long the half-rate latency phase publishes"),
           latency_rate: float | None = typer.Option(None, help="events/s of the latency phase (default: half the e2e rate)"),
           breach_cases: int = typer.Option(200, help="emergency cases whose accept deadline falls during the breach phase"),
           open_cases: int = typer.Option(100_000, help="open cases held by the recovered worker"),
           million: bool = typer.Option(False, "--million", help="the recovered worker holds 1,000,000 open cases"),
+          history_days: float = typer.Option(365.0, help="simulated days of the history phase (archived vs kept closed cases)"),
+          history_incidents: float = typer.Option(150.0, help="incidents per day of the history phase"),
           json_path: Path | None = typer.Option(None, "--json", help="where to write the figures (default: .whistle/bench/<run id>.json)"),
           keep: bool = typer.Option(False, "--keep", help="keep the bench's topics and databases")) -> None:
     """Measure throughput, latency, breach timeliness, per-process CPU/RSS and recovery against the running local stack."""
@@ -331,7 +375,7 @@ def bench(events: int = typer.Option(50_000, help="simulated events, generated a
 
     options = BenchOptions(events=events, workers=workers, phases=tuple(phase) or PHASES, latency_seconds=latency_seconds,
                            latency_rate=latency_rate, breach_cases=breach_cases, open_cases=MILLION if million else open_cases,
-                           json_path=json_path, keep=keep)
+                           history_days=history_days, history_incidents_per_day=history_incidents, json_path=json_path, keep=keep)
     report = run_bench(_settings(), options, _wide_console())
     raise typer.Exit(1 if report["errors"] else 0)
 

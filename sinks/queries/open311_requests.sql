@@ -4,20 +4,26 @@
 --
 -- Parameters (bound by clickhouse-driver; {db} is the only identifier):
 --   by_id            1: the reports in `ids` (other filters ignored, as the spec says); 0: the window below
---   ids              tuple of report ids (ResidentReport.report_id); ('') when by_id = 0
+--   ids              tuple of report ids (ResidentReport.report_id, as the sender gave it); ('') when by_id = 0
 --   start_ms, end_ms reported_at window, epoch ms, inclusive
 --   all_codes        1: every category; 0: those in `codes` (('') when all_codes = 1)
 --   want_open, want_closed  1/0: which Open311 statuses to return
 --   closed_kinds     tuple of case event kinds after which a request is closed (whistle.edges.open311.CLOSED_KINDS)
 --   limit            at most this many rows, newest first
 --
--- One row per report. A report that has not become a case yet has case_id '' (and last_kind '', i.e. open).
+-- One row per report: a report is its sender's (the integrator whose signature verified) and its id, and
+-- reaches its case by the scoped id the worker gave it (app:<sender>:<id>). Unsigned reports are left out:
+-- the worker refused them. `reporter_hash` is the stored (keyed-hash) reporter id, for the reporter's
+-- feedback check; the gateway never returns it.
+-- A report that has not become a case yet has case_id '' (and last_kind '', i.e. open).
 -- Duplicates are collapsed by key: raw_events may hold a report twice (a retried send, a redelivered
 -- offset), case_events a redelivered event: GROUP BY report / case, argMax by seq.
 -- Report fields are read from the payload JSON with visitParam* (18.16 has no JSON functions):
 -- each name occurs once in a ResidentReport payload, wherever the envelope puts it.
 SELECT
     report_id,
+    sender,
+    reporter_hash,
     category,
     description,
     lat,
@@ -34,6 +40,9 @@ FROM
 (
     SELECT
         event_id AS report_id,
+        sender,
+        concat('app:', sender, ':', event_id) AS scoped_id,
+        visitParamExtractString(argMin(payload, kafka_offset), 'reporter_id') AS reporter_hash,
         visitParamExtractString(argMin(payload, kafka_offset), 'category') AS category,
         visitParamExtractString(argMin(payload, kafka_offset), 'description') AS description,
         visitParamExtractFloat(argMin(payload, kafka_offset), 'lat') AS lat,
@@ -42,16 +51,16 @@ FROM
         visitParamExtractRaw(argMin(payload, kafka_offset), 'photo_refs') AS photo_refs_json,
         min(event_ms) AS requested_ms
     FROM {db}.raw_events
-    WHERE source = 'app' AND record_type = 'ResidentReport' AND decode_error = ''
+    WHERE source = 'app' AND record_type = 'ResidentReport' AND decode_error = '' AND sender != ''
       AND ((%(by_id)s = 1 AND event_id IN %(ids)s)
         OR (%(by_id)s = 0 AND event_ms >= %(start_ms)s AND event_ms <= %(end_ms)s
             AND (%(all_codes)s = 1 OR visitParamExtractString(payload, 'category') IN %(codes)s)))
-    GROUP BY event_id
+    GROUP BY sender, event_id
 ) AS reports
 ANY LEFT JOIN
 (
     SELECT
-        substring(tupleElement(link, 1), 5) AS report_id,
+        tupleElement(link, 1) AS scoped_id,
         tupleElement(link, 2) AS own_kind,
         case_id,
         last_kind,
@@ -73,9 +82,9 @@ ANY LEFT JOIN
             WHERE kind IN ('opened', 'report_merged')
               AND report_id IN
               (
-                  SELECT concat('app:', event_id)
+                  SELECT concat('app:', sender, ':', event_id)
                   FROM {db}.raw_events
-                  WHERE source = 'app' AND record_type = 'ResidentReport' AND decode_error = ''
+                  WHERE source = 'app' AND record_type = 'ResidentReport' AND decode_error = '' AND sender != ''
                     AND ((%(by_id)s = 1 AND event_id IN %(ids)s)
                       OR (%(by_id)s = 0 AND event_ms >= %(start_ms)s AND event_ms <= %(end_ms)s))
               )
@@ -83,7 +92,7 @@ ANY LEFT JOIN
         GROUP BY case_id
     )
     ARRAY JOIN links AS link
-) AS cases USING report_id
+) AS cases USING scoped_id
 WHERE (%(want_open)s = 1 AND last_kind NOT IN %(closed_kinds)s)
    OR (%(want_closed)s = 1 AND last_kind IN %(closed_kinds)s)
 ORDER BY requested_ms DESC, report_id

@@ -106,6 +106,10 @@ class BusinessCalendar:
     _holidays: frozenset[date] = field(repr=False)
     _make_up_days: frozenset[date] = field(repr=False)
 
+    def is_provisional(self, ms: int) -> bool:
+        """Whether the instant falls on a day counted by the provisional rule (no published schedule for its year)."""
+        return self.provisional_from is not None and self.local_time(ms).date() >= self.provisional_from
+
     def is_working_day(self, day: date) -> bool:
         """Make-up working days work; holidays do not; otherwise Monday-Friday."""
         return _is_working_day(day, self._holidays, self._make_up_days)

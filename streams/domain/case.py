@@ -501,6 +501,8 @@ def close_unrated(state: CaseState, at: datetime, cause_id: str, reason: str) ->
 def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRules, at: int) -> list[CaseEvent]:
     writer = _EventWriter.after(state)
     above = escalation_target(state)
+    if action.report_id is not None and not state.has_applied(action.report_id):  # the reporter acts through a report of this case
+        raise _refuse(state, action, "not_this_case_reporter", f"report {action.report_id} is not one of case {state.case_id}'s reports", "report_id")
     if action.kind == ActionKind.RATE:
         if state.status != Status.RESOLVED:
             raise _refuse(state, action, "not_resolved", f"cannot rate a case that is {state.status}: only a resolved, unrated case can be rated")

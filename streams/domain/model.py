@@ -114,11 +114,20 @@ class ResidentReport:
     address_text: Any = None
 
 
+def scoped_report_id(source: str, integrator: str, record_id: str) -> str:
+    """A report's Whistle id: its channel, the integrator that sent it (from its credential) and that integrator's own id.
+
+    Ids live in the sender's namespace: one integrator reusing another's id names another report.
+    Integrator names hold no ':', so the three parts are never ambiguous.
+    """
+    return f"{source}:{integrator}:{record_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """One canonical report, whatever channel it came by.
 
-    `report_id` is globally unique and source-prefixed ("camera:…", "hotline:…", "app:…").
+    `report_id` is globally unique: channel, sending integrator and its id (`scoped_report_id`).
     `reporter_hash` is the keyed hash (HMAC) of the caller phone / reporter identity: personal
     data never leaves the input topics in clear.
     """
@@ -181,3 +190,6 @@ class HandlingAction:
     note: str | None = None
     rating: int | None = None
     extension_hours: int | None = None
+    report_id: str | None = None  # a reporter's rating or reopening: the report (of this case) they act through
+    evidence: tuple[str, ...] = ()  # references to photos or documents of what was done
+    actor: str | None = None  # the integrator whose credential sent it: set by Whistle's ingest, never by the sender

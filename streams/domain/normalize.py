@@ -2,16 +2,16 @@
 
 Each channel's quirks live in its own function here and nowhere else:
 
-camera   report id "camera:<detection_id>"; the snapshot is the evidence (media); urgency is the
+camera   report id "camera:<integrator>:<detection_id>" (ids are scoped by the sender: `scoped_report_id`); the snapshot is the evidence (media); urgency is the
          category's default. Low-confidence detections are NOT rejected: they become reports like
          any other and enrich routes them to a dispatch desk for review (the threshold is per
          category in the reference data, since a model's precision differs by category and a
          missed fire costs more than a false one). Dropping them would hide data from auditors.
-hotline  report id "hotline:<ticket_id>"; the operator's category may be a code or one of the
+hotline  report id "hotline:<integrator>:<ticket_id>"; the operator's category may be a code or one of the
          operator labels listed in the reference data (垃圾清运 -> garbage); an empty address
          becomes None (enrich sends it to the district desk, flagged); the caller's phone leaves
          only as a keyed hash (`hash_phone`, streams.domain.pii).
-app      report id "app:<report_id>"; the account id leaves only as a keyed hash (`hash_reporter`);
+app      report id "app:<integrator>:<report_id>"; the account id leaves only as a keyed hash (`hash_reporter`);
          (0, 0) coordinates are a phone's "no fix" and count as absent, so the typed address (if
          any) is used instead.
 
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency
+from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency, scoped_report_id
 from streams.domain.redact import redact
 from streams.domain.reference import DistrictReference
 from whistle.ground.errors import ValidationError
@@ -43,7 +43,7 @@ _URGENCIES = {urgency.value: urgency for urgency in Urgency}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def normalize_camera(record: CameraDetection, reference: DistrictReference) -> Report:
+def normalize_camera(record: CameraDetection, reference: DistrictReference, integrator: str) -> Report:
     """An AI camera detection (whistle.raw.camera) as a Report."""
     source = "camera"
     category = _category(reference, record, "category", source)
@@ -53,7 +53,7 @@ def normalize_camera(record: CameraDetection, reference: DistrictReference) -> R
     camera_id = _text(record, "camera_id", source)
     lat, lon = _coordinates(record, source)
     return Report(
-        report_id=f"camera:{_text(record, 'detection_id', source)}",
+        report_id=scoped_report_id(source, integrator, _text(record, 'detection_id', source)),
         source=Source.CAMERA,
         occurred_at=_instant(record, "detected_at", source),
         category=category,
@@ -67,7 +67,7 @@ def normalize_camera(record: CameraDetection, reference: DistrictReference) -> R
     )
 
 
-def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_phone: HashPii) -> Report:
+def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_phone: HashPii, integrator: str) -> Report:
     """A 12345 hotline ticket (whistle.raw.hotline) as a Report; the caller's phone only as its keyed hash."""
     source = "hotline"
     category = _category(reference, record, "operator_category", source)
@@ -80,7 +80,7 @@ def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_
     if address is not None and not isinstance(address, str):
         raise _invalid(source, "address_text", f"must be a string, got {type(address).__name__}")
     return Report(
-        report_id=f"hotline:{_text(record, 'ticket_id', source)}",
+        report_id=scoped_report_id(source, integrator, _text(record, 'ticket_id', source)),
         source=Source.HOTLINE,
         occurred_at=_instant(record, "received_at", source),
         category=category,
@@ -91,7 +91,7 @@ def normalize_hotline(record: HotlineTicket, reference: DistrictReference, hash_
     )
 
 
-def normalize_app_report(record: ResidentReport, reference: DistrictReference, hash_reporter: HashPii) -> Report:
+def normalize_app_report(record: ResidentReport, reference: DistrictReference, hash_reporter: HashPii, integrator: str) -> Report:
     """A resident's or grid worker's app report (ResidentReport in whistle.raw.app) as a Report."""
     source = "app"
     category = _category(reference, record, "category", source)
@@ -101,7 +101,7 @@ def normalize_app_report(record: ResidentReport, reference: DistrictReference, h
     if not isinstance(photos, (list, tuple)) or not all(isinstance(p, str) and p for p in photos):
         raise _invalid(source, "photo_refs", "must be a list of non-empty strings")
     return Report(
-        report_id=f"app:{_text(record, 'report_id', source)}",
+        report_id=scoped_report_id(source, integrator, _text(record, 'report_id', source)),
         source=Source.APP,
         occurred_at=_instant(record, "reported_at", source),
         category=category,

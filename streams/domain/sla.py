@@ -68,6 +68,7 @@ class DeadlineKind(StrEnum):
     REOPENED = "reopened"
     AUTO_CLOSE = "auto_close"
     TRANSFER_LIMIT = TRANSFER_LIMIT
+    ARCHIVE = "archive"  # a case closed for the policy's archive_after leaves the worker (the audit store keeps it)
 
 
 class BreachKind(StrEnum):
@@ -114,6 +115,7 @@ class SlaPolicy:
     max_pause: Duration
     rules: HandlingRules
     early_action_hold: Duration = Duration(1, "hours")  # how long an action for a case not opened yet is held
+    archive_after: Duration | None = None  # how long a closed case may still be reopened; then it leaves the worker (None: never)
 
     def class_of(self, category: str, urgency: str) -> str:
         """The stricter of the category's class and the urgency's class."""
@@ -165,7 +167,7 @@ class _PolicyReader:
 
     KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
             "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
-    OPTIONAL = {"early_action_hold"}
+    OPTIONAL = {"early_action_hold", "archive_after"}
 
     def __init__(self, path: Path, doc: Any) -> None:
         self.path = path
@@ -227,6 +229,7 @@ class _PolicyReader:
             extension_grant=self.duration(extension["grant"], "extension.grant"),
             max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules,
             **({"early_action_hold": self.duration(doc["early_action_hold"], "early_action_hold")} if "early_action_hold" in doc else {}),
+            **({"archive_after": self.duration(doc["archive_after"], "archive_after")} if "archive_after" in doc else {}),
         )
 
     def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
@@ -310,6 +313,7 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
     - accepted: resolve warning and resolve_overdue, from acceptance, plus granted extensions,
       pushed back by waiting-on-resident pauses (an open pause counts up to the policy maximum).
     - resolved: auto_close. rated (unsatisfied) / reopened: the breach is due at once.
+    - closed: archive, once the policy's archive_after has passed (reopening is allowed until then).
     Warnings fall at `warning_fraction` of the way to the deadline, on the limit's own time axis.
     """
     status = state.status
@@ -345,6 +349,9 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
         return [Deadline(state.status_since_ms, case_id, DeadlineKind.UNSATISFIED_RATING, seq, state.status_since_ms)]
     if status == Status.REOPENED:
         return [Deadline(state.status_since_ms, case_id, DeadlineKind.REOPENED, seq, state.status_since_ms)]
+    if status == Status.CLOSED and policy.archive_after is not None:
+        due = calendar.add(state.status_since_ms, policy.archive_after)
+        return [Deadline(due, case_id, DeadlineKind.ARCHIVE, seq, due)]
     return []
 
 
@@ -515,14 +522,15 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
         breach_type: str = _WARNED[kind]
         left_min = (deadline.deadline_ms - now_ms) // 60_000
         summary = (f"warning: {holder.unit_id} ({holder.tier}) has {left_min} min left before {breach_type} "
-                   f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}")
+                   f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}{_provisional_note(calendar, deadline.deadline_ms)}")
         return [], [_breach(state, BreachKind.WARNING, breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, summary)]
     target = _arbiter(state, common_parent) if kind == DeadlineKind.TRANSFER_LIMIT else escalation_target(state)
     referral = target is not None and target.tier == Tier.DISCIPLINE.value
     breach_type = FINAL_OVERDUE if referral and kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE) else kind
     tier = target.tier if target is not None else holder.tier
     where = f"escalated to {target.unit_id} ({target.tier})" if target is not None else "no unit above to escalate to"
-    summary = f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}"
+    summary = (f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}"
+               f"{_provisional_note(calendar, deadline.deadline_ms)}")
     breach = _breach(state, BreachKind.REFERRAL if referral else BreachKind.BREACH, breach_type, tier, deadline.deadline_ms, now_ms, target, policy, summary)
     if target is None:
         return [], [breach]
@@ -540,6 +548,14 @@ def _arbiter(state: CaseState, common_parent: CommonParent) -> Link | None:
         return escalation_target(state)
     parent = common_parent(returned[0], returned[1], state.category)
     return find_link(state, parent.unit_id) or Link(parent.unit_id, Tier(parent.tier).value)
+
+
+def _provisional_note(calendar: BusinessCalendar, deadline_ms: int) -> str:
+    """What a summary says of a deadline counted on the provisional rule (Monday-Friday minus fixed-date holidays)."""
+    if not calendar.is_provisional(deadline_ms):
+        return ""
+    year = calendar.local_time(deadline_ms).year
+    return f"; deadline provisional: no published holiday schedule for {year}, counted Monday-Friday minus fixed-date holidays"
 
 
 def _breach(state: CaseState, kind: BreachKind, breach_type: str, tier: str, deadline_ms: int, now_ms: int, target: Link | None,
@@ -584,17 +600,19 @@ class CaseBook:
     whose processing fails half-way (a bug, or deadline arithmetic outside the calendar) leaves no trace.
     """
 
-    __slots__ = ("policies", "calendar", "common_parent", "states", "index", "_saved")
+    __slots__ = ("policies", "calendar", "common_parent", "states", "index", "archived", "_saved")
 
     def __init__(self, policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, common_parent: CommonParent,
                  states: MutableMapping[str, CaseState] | None = None, clock_ms: int | None = None) -> None:
         self.policies, self.calendar, self.common_parent = policies, calendar, common_parent
         self.states: MutableMapping[str, CaseState] = {} if states is None else states
         self.index = rebuild_index(self.states.values(), policies, calendar, clock_ms if clock_ms is not None else -(2**62))
+        self.archived: list[str] = []  # cases archived since `begin`: the caller drops what it keeps of them and tombstones their keys
         self._saved: dict[str, CaseState | None] | None = None
 
     def begin(self) -> None:
         self._saved = {}
+        self.archived = []
         self.index.begin()
 
     def commit(self) -> None:
@@ -602,6 +620,7 @@ class CaseBook:
         self.index.commit()
 
     def rollback(self) -> None:
+        self.archived = []
         saved, self._saved = self._saved, None
         for case_id, state in (saved or {}).items():
             if state is None:
@@ -644,11 +663,22 @@ class CaseBook:
                 state = self.states.get(deadline.case_id)
                 if state is None:
                     continue
+                if deadline.kind == DeadlineKind.ARCHIVE:
+                    if state.seq == deadline.seq:
+                        self._archive(state)
+                    continue
                 fired_events, fired_breaches = fire(state, deadline, now_ms, _policy_of(self.policies, state), self.calendar, self.common_parent)
                 breaches.extend(fired_breaches)
                 events.extend(self._apply(fired_events))
             due = self.index.pop_due(now_ms)
         return events, breaches
+
+    def _archive(self, state: CaseState) -> None:
+        saved = self._saved
+        if saved is not None and state.case_id not in saved:
+            saved[state.case_id] = state
+        del self.states[state.case_id]
+        self.archived.append(state.case_id)
 
     def _apply(self, events: list[CaseEvent]) -> list[CaseEvent]:
         if not events:

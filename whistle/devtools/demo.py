@@ -11,7 +11,6 @@ every record; then print the month's rankings, a breach summary by tier, three c
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import secrets
 import time
@@ -32,9 +31,9 @@ from infra.topics import partitions_of
 from sinks import audit
 from sinks.clickhouse import ServerEngine
 from streams.domain.reference import load_reference
-from whistle.devtools.feed import GatewayWay, PublishWay, SdkWay, SimulatedClock, feed
+from whistle.devtools.feed import GatewayWay, PublishWay, SdkWay, Signers, SimulatedClock, feed, settings_as, write_dev_key_file
 from whistle.devtools.harness import sink_caught_up, spawn_worker, wait_for_group
-from whistle.devtools.simulate import SimConfig, simulate
+from whistle.devtools.simulate import CHANNEL_INTEGRATORS, SimConfig, simulate
 from whistle.edges.clock import write_ticks
 from whistle.edges.publish import run_publish
 from whistle.edges.sdk import Publisher
@@ -70,7 +69,8 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
         step.detail(line)
     topics = Topics.with_prefix(settings.topic_prefix)
     logs = settings.stack.state_dir / "demo"
-    api_key = _gateway_keys(logs / "gateway-keys.yaml")
+    api_keys = write_dev_key_file(logs / "gateway-keys.yaml")
+    settings = replace(settings, keys_file=logs / "gateway-keys.yaml")  # every process reads the same key file
     dashboard_password = _dashboard_users(logs / "dashboard-users.yaml")
 
     processes = step("Starting a worker, the sink, the gateway and the dashboard", lambda: _start(settings, logs))
@@ -87,10 +87,12 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
     events = [event for event in simulated if event.at <= replayed_until]
     partitions = partitions_of(topics.inbox, settings.topic_prefix)
     quiet = Console(file=io.StringIO())
+    signers = Signers(settings)
+    hotline_system = settings_as(settings, CHANNEL_INTEGRATORS["hotline"])
     with Publisher(settings) as publisher:
-        ways = {"camera": GatewayWay(f"http://127.0.0.1:{settings.gateway_port}", api_key),
-                "hotline": PublishWay(lambda source, path: run_publish(settings, source, path, quiet), "hotline", chunk=5),
-                "app": SdkWay(publisher), "actions": SdkWay(publisher)}
+        ways = {"camera": GatewayWay(f"http://127.0.0.1:{settings.gateway_port}", api_keys),
+                "hotline": PublishWay(lambda source, path: run_publish(hotline_system, source, path, quiet), "hotline", chunk=5),
+                "app": SdkWay(publisher, signers), "actions": SdkWay(publisher, signers)}
         ticks = lambda at: write_ticks(publisher, publisher.serde, topics, partitions, at)  # noqa: E731
         step.note(f"Simulated day: {start:%A %Y-%m-%d} (city time), {len(events):,} events from {incidents} incidents, "
                   f"replayed at {speed:.0f}x ({len(simulated) - len(events):,} later ones would fall after now: not replayed)")
@@ -115,7 +117,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
 
 def _start(settings: Settings, logs: Path) -> list[WhistleProcess]:
     return [spawn_worker(settings, "worker-1", logs), spawn(settings, "sink", ["sink"], logs),
-            spawn(settings, "gateway", ["gateway", "--keys", str(logs / "gateway-keys.yaml")], logs),
+            spawn(settings, "gateway", ["gateway"], logs),
             spawn(settings, "dashboard", ["dashboard", "--users", str(logs / "dashboard-users.yaml")], logs)]
 
 
@@ -130,15 +132,6 @@ def _dashboard_users(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"users": [{"username": DASHBOARD_USER, "password_scrypt": hash_password(password)}]}))
     return password
-
-
-def _gateway_keys(path: Path) -> str:
-    """A fresh demo key file: one key for every channel (kept in the file only as its SHA-256)."""
-    key = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"keys": [{"integrator": "demo", "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                                              "sources": ["camera", "hotline", "app"], "rate_per_second": 1000, "burst": 2000}]}))
-    return key
 
 
 def _gateway_up(settings: Settings) -> bool:

@@ -17,23 +17,32 @@ couple of wall seconds, so a tick never overtakes a report still passing through
 """
 from __future__ import annotations
 
+import hashlib
+import secrets
 import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import httpx
 import orjson
+import yaml
 from rich.console import Console
 
+from streams.domain.credentials import RecordSigner, derived_signer, issued_secret, load_credentials
+from streams.domain.reference import load_reference
+from streams.pipeline import Ingestor, Output
 from whistle.devtools.simulate import SimEvent
 from whistle.edges.sdk import Publisher
-from whistle.ground.errors import DeliveryError, WhistleError
+from whistle.ground.datafiles import read_entries
+from whistle.ground.deadletter import Position
+from whistle.ground.errors import ConfigError, DeliveryError, WhistleError
+from whistle.ground.settings import PROJECT_ROOT, Secret, Settings
 
 NAMESPACE = "org.whistle.v1"
 
@@ -56,14 +65,66 @@ class Way(Protocol):
     def drain(self) -> None: ...
 
 
-class SdkWay:
-    """Publish with the SDK; `drain` waits for every acknowledgement."""
+class Signers:
+    """Each simulated integrator's record signer, derived from the master key (dev tools stand in for every integrator)."""
 
-    def __init__(self, publisher: Publisher) -> None:
-        self.publisher, self._pending = publisher, []
+    def __init__(self, settings: Settings) -> None:
+        self.master = settings.record_signing_key.value
+        self.credentials = load_credentials(settings.keys_file, load_reference())
+        self._signers: dict[str, RecordSigner] = {}
+
+    def __call__(self, integrator: str) -> RecordSigner:
+        signer = self._signers.get(integrator)
+        if signer is None:
+            credential = self.credentials.by_integrator.get(integrator)
+            if credential is None:
+                raise ConfigError(f"the key file has no integrator {integrator!r} (the simulator's integrators: infra/gateway-keys.example.yaml)",
+                                  field="integrator")
+            signer = self._signers[integrator] = derived_signer(self.master, credential)
+        return signer
+
+    def headers(self, event: SimEvent, spec_topic: str, key: bytes | None, value: bytes | None) -> list[tuple[str, bytes]]:
+        """The headers `event`'s integrator puts on its encoded record."""
+        return self(event.integrator).headers(spec_topic, key, value)
+
+
+EXAMPLE_KEY_FILE = PROJECT_ROOT / "infra" / "gateway-keys.example.yaml"
+
+
+def write_dev_key_file(path: Path) -> dict[str, str]:
+    """A key file with the example's integrators and scopes, each with a fresh random API key; returns integrator -> key
+    (the file keeps only their SHA-256). The demo and tests stand in for every integrator with it."""
+    entries = read_entries(EXAMPLE_KEY_FILE, "keys")
+    keys = {entry["integrator"]: secrets.token_urlsafe(24) for entry in entries}
+    for entry in entries:
+        entry["sha256"] = hashlib.sha256(keys[entry["integrator"]].encode()).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"keys": entries}, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return keys
+
+
+def settings_as(settings: Settings, integrator: str) -> Settings:
+    """`settings` for a producer that is `integrator` (WHISTLE_INTEGRATOR and its issued secret), as `whistle publish` needs."""
+    credential = load_credentials(settings.keys_file, load_reference()).by_integrator[integrator]
+    return replace(settings, integrator=integrator, integrator_secret=Secret(issued_secret(settings.record_signing_key.value, credential)))
+
+
+def ingest_event(ingestor: Ingestor, signers: Signers, where: Position, event: SimEvent, now: datetime,
+                 arrived: datetime | None = None) -> Output:
+    """A simulated event through the pure ingest stage, as its sender produces it: validated, encoded, signed."""
+    spec = ingestor.serde.catalog.topic_for_source(event.source)
+    key, value = event.key.encode(), ingestor.serde.encode(spec.schema, source_record(event))
+    return ingestor.process(where, key, value, now, arrived, signers.headers(event, spec.name, key, value))
+
+
+class SdkWay:
+    """Publish with the SDK, each record signed as its integrator; `drain` waits for every acknowledgement."""
+
+    def __init__(self, publisher: Publisher, signers: Signers) -> None:
+        self.publisher, self.signers, self._pending = publisher, signers, []
 
     def send(self, event: SimEvent) -> None:
-        self._pending.append(self.publisher.submit(event.source, source_record(event)))
+        self._pending.append(self.publisher.submit(event.source, source_record(event), signer=self.signers(event.integrator)))
 
     def drain(self) -> None:
         pending, self._pending = self._pending, []
@@ -76,12 +137,13 @@ class GatewayWay:
 
     PATHS = {"camera": "/v1/camera/detections", "hotline": "/v1/hotline/tickets"}
 
-    def __init__(self, base_url: str, api_key: str) -> None:
-        self.client = httpx.Client(base_url=base_url, headers={"X-API-Key": api_key}, timeout=30)
+    def __init__(self, base_url: str, api_keys: Mapping[str, str]) -> None:
+        self.client, self.api_keys = httpx.Client(base_url=base_url, timeout=30), api_keys
 
     def send(self, event: SimEvent) -> None:
         body = orjson.dumps(event.record, option=orjson.OPT_UTC_Z)
-        answer = self.client.post(self.PATHS[event.source], content=body, headers={"Content-Type": "application/json"})
+        answer = self.client.post(self.PATHS[event.source], content=body,
+                                  headers={"Content-Type": "application/json", "X-API-Key": self.api_keys[event.integrator]})
         if answer.status_code != 202:
             raise DeliveryError(f"gateway answered {answer.status_code}: {answer.text[:200]}", source=event.source)
 
@@ -197,14 +259,17 @@ def feed(events: Iterable[SimEvent], ways: dict[str, Way], clock: SimulatedClock
 
 
 def write_channel_files(events: Iterable[SimEvent], folder: Path) -> Counter:
-    """One JSON-lines file per channel (camera, hotline, app — handling actions travel on app), ready for `whistle publish`."""
+    """One JSON-lines file per channel and sender, `<channel>.<integrator>.jsonl` (handling actions travel on app),
+    each ready for `whistle publish` run as that integrator (WHISTLE_INTEGRATOR, WHISTLE_INTEGRATOR_SECRET)."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {channel: (folder / f"{channel}.jsonl").open("wb") for channel in ("camera", "hotline", "app")}
+    files: dict[str, BinaryIO] = {}
     counts: Counter = Counter()
     try:
         for event in events:
-            files[event.source].write(json_line(event))
-            counts[event.source] += 1
+            name = f"{event.source}.{event.integrator}"
+            out = files.get(name) or files.setdefault(name, (folder / f"{name}.jsonl").open("wb"))
+            out.write(json_line(event))
+            counts[name] += 1
     finally:
         for out in files.values():
             out.close()

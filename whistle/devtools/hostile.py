@@ -9,7 +9,9 @@ sequence per raw topic partition (6 each, keyed as the producers key them), and 
 - `skew`: a device clock off by seconds to years, either way (the record's time field is edited; the
   arrival passed to `Ingestor.process` stays the simulated time); `calendar`: a date outside every
   calendar (year 1, 1900, 2100, 9999);
-- `spoof`: an action by a unit of another street; `rating_by_handler`: a rating by a unit that handled the case;
+- `spoof`: an action naming a unit of another street, sent by a key of one street (refused at ingest), by the
+  district's handling system (refused by the case: not its holder), with a forged signature, or unsigned;
+  `rating_by_handler`: a rating sent by the handling units' key (units never rate);
 - `invalid`: transitions the lifecycle refuses (reopen before resolution, ratings outside 1..5, an
   action on a case that never opens);
 - `garbage`: random bytes; `truncated`: a valid record cut short; `wrong_schema`: valid Avro of another topic's schema.
@@ -46,15 +48,18 @@ from schemas.catalog import default_catalog
 from schemas.serde import Serde, from_record
 from streams.domain.calendar import load_calendar
 from streams.domain.case import CaseEvent, verify_chain
+from streams.domain.credentials import INTEGRATOR_HEADER, RETURN_VISIT, RecordSigner
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
 from streams.domain.trusted_time import DEFAULT_SKEW, decided_time
-from streams.pipeline import ACTION, ENRICHED, TICK, CaseProcessor, Ingestor, Output, partition_for_key
-from whistle.devtools.simulate import SimConfig, simulate
+from streams.pipeline import ACTION, ENRICHED, TICK, CaseProcessor, Ingestor, Output, Senders, partition_for_key
+from whistle.devtools.feed import Signers
+from whistle.devtools.simulate import HANDLING_SYSTEM, RETURN_VISITS, SimConfig, simulate
 from whistle.edges.clock import tick_value
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
+from whistle.ground.settings import Settings
 
 START = datetime(2026, 6, 7, 16, 0, tzinfo=UTC)  # Monday 2026-06-08 00:00 Beijing time
 RAW_PARTITIONS = 6
@@ -70,6 +75,7 @@ SKEWS_S = (1, 59, 299, 300, 301, 3_600, 86_399, 86_400, 86_401, 30 * 86_400, 3 *
 CALENDAR_YEARS = (1, 1900, 1969, 1990, 2098, 2100, 9999)  # in and out of the contract's 1970..2099, all outside the business calendar
 NAMESPACE = "org.whistle.v1"
 SERDE, TOPICS = Serde(), Topics()
+SPOOFING_OFFICE, SPOOFING_STREET = "office-s01", "S01"  # a street office's key (infra/gateway-keys.example.yaml): S01 and the units under it
 
 
 # -- the base period ------------------------------------------------------------------------------------
@@ -83,6 +89,7 @@ class Raw:
     source: str
     record_type: str
     key: str
+    integrator: str  # its sender
     record: dict[str, Any] = field(hash=False)
     at: datetime  # simulated time: the arrival
 
@@ -98,7 +105,7 @@ class Base:
 @cache
 def base_period(seed: int, incidents: int) -> Base:
     reference = load_reference()
-    raws = tuple(Raw(n, e.source, e.record_type, e.key, e.record, e.at)
+    raws = tuple(Raw(n, e.source, e.record_type, e.key, e.integrator, e.record, e.at)
                  for n, e in enumerate(simulate(reference, SimConfig(seed=seed, start=START, incidents_per_day=incidents))))
     actions: dict[str, list[int]] = defaultdict(list)
     for raw in raws:
@@ -151,6 +158,7 @@ class Item:
     where: Position
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...]  # the sender's signature (or a forged or missing one)
     arrived: datetime
     order: float  # sort key of the interleaving
     hostile: str | None = None  # the mutation kind; None: a valid record
@@ -169,7 +177,9 @@ def build(scenario: Scenario) -> list[Item]:
     items: list[Item] = []
     for raw in raws:
         topic, _ = SOURCES[raw.source]
-        item = Item(Position(topic, partition_for_key(raw.key, RAW_PARTITIONS), 0), raw.key.encode(), encode_raw(raw), raw.at, float(raw.index))
+        value = encode_raw(raw)
+        item = Item(Position(topic, partition_for_key(raw.key, RAW_PARTITIONS), 0), raw.key.encode(), value,
+                    signed(raw.integrator, topic, raw.key.encode(), value), raw.at, float(raw.index))
         items.append(item)
     inserts: list[tuple[int, int, Item]] = []  # (base index it goes before (or after, +0.5 duplicates), tie, item)
     replaced: dict[int, Item] = {}
@@ -184,7 +194,7 @@ def build(scenario: Scenario) -> list[Item]:
             items = [replaced.get(i, item) for i, item in enumerate(items)]
             replaced = {}
             original = items[m.target % len(items)]
-            copy = Item(original.where, original.key, original.value, original.arrived, 0.0, "duplicate")
+            copy = Item(original.where, original.key, original.value, original.headers, original.arrived, 0.0, "duplicate")
             inserts.append((m.target % len(items), 1 + int(m.param), copy))
         elif kind in ("skew", "calendar"):
             index = m.target % len(raws)
@@ -195,11 +205,13 @@ def build(scenario: Scenario) -> list[Item]:
                 continue
             mutated = encode_raw(raw, {**raw.record, name: claimed}, validate=False)
             old = replaced.get(index, items[index])
+            headers = signed(raw.integrator, old.where.topic, old.key, mutated)  # the device's clock is wrong, its sender is not
             if not 1970 <= claimed.year <= 2099:  # outside the contract's range: refused at decode, so sent as an extra copy
-                inserts.append((index, 0, Item(old.where, old.key, mutated, raw.at, 0.0, kind)))
+                inserts.append((index, 0, Item(old.where, old.key, mutated, headers, raw.at, 0.0, kind)))
                 continue
             believed = kind == "skew" and decided_time(claimed, raw.at, DEFAULT_SKEW)[1] is None
-            replaced[index] = Item(old.where, old.key, mutated, raw.at, old.order, None if believed else kind, None if believed else old.value)
+            replaced[index] = Item(old.where, old.key, mutated, headers, raw.at, old.order, None if believed else kind,
+                                   None if believed else old.value)
         elif kind in ("spoof", "rating_by_handler", "invalid"):
             pool = actions if kind == "spoof" else rates if kind == "rating_by_handler" else firsts
             if not pool:
@@ -207,28 +219,39 @@ def build(scenario: Scenario) -> list[Item]:
             raw = raws[pool[m.target % len(pool)]]
             record = dict(raw.record, action_id=f"hostile-{n}", note=None)
             case_id = record["case_id"]
+            sender = raw.integrator
             if kind == "spoof":
                 street = case_id.split("-")[0]
-                others = [g for g in base.foreign_grids if base.grid_street[g] != street]
+                others = [g for g in base.foreign_grids if base.grid_street[g] != street and base.grid_street[g] != SPOOFING_STREET]
                 record["unit_id"] = others[int(m.param) % len(others)]
+                sender = SPOOFING_OFFICE if int(m.param) % 4 == 0 else HANDLING_SYSTEM
             elif kind == "rating_by_handler":
                 handlers = [raws[i].record["unit_id"] for i in base.actions_by_case[case_id] if raws[i].record["kind"] not in ("rate", "reopen")]
                 if not handlers:
                     continue
                 record["unit_id"] = handlers[int(m.param) % len(handlers)]
                 record["rating"] = 5
+                sender = HANDLING_SYSTEM
             else:
                 variant = int(m.param) % 4
-                record.update(unit_id="RESIDENT", reason=None, extension_hours=None)
+                record.update(unit_id=RETURN_VISIT, reason=None, extension_hours=None)
+                sender = RETURN_VISITS
                 if variant == 0:
                     record.update(kind="reopen", rating=None, reason="not fixed")
                 elif variant in (1, 2):
                     record.update(kind="rate", rating=(0, 6)[variant - 1])
                 else:  # a case that never opens: held, then dead-lettered as unknown
                     head, _, _ = case_id.rpartition("-")
-                    record.update(case_id=f"{head}-ffffffffff", kind="accept", rating=None)
+                    record.update(case_id=f"{head}-ffffffffff", kind="accept", rating=None, unit_id=raws[pool[0]].record["unit_id"])
+                    sender = HANDLING_SYSTEM
             value = encode_raw(raw, record, validate=False)  # a hostile sender does not validate
-            inserts.append((raw.index, 0, Item(items[raw.index].where, record["case_id"].encode(), value, raw.at, 0.0, kind)))
+            where, key = items[raw.index].where, record["case_id"].encode()
+            headers = signed(sender, where.topic, key, value)
+            if kind == "spoof" and int(m.param) % 4 == 2:  # forged: the handling system's name, a secret it does not hold
+                headers = RecordSigner(HANDLING_SYSTEM, 1, b"not-the-secret").headers(where.topic, key, value)
+            elif kind == "spoof" and int(m.param) % 4 == 3:  # unsigned
+                headers = ()
+            inserts.append((raw.index, 0, Item(where, key, value, tuple(headers), raw.at, 0.0, kind)))
         elif kind in ("garbage", "truncated", "wrong_schema"):
             index = m.target % len(raws)
             raw, neighbour = raws[index], items[index]
@@ -244,7 +267,8 @@ def build(scenario: Scenario) -> list[Item]:
                 if int(m.param) % 2:
                     value = tick_value(SERDE, 0, raw.at)  # a case-stream record on a raw topic
             where = Position(where_topic, partition_for_key(raw.key, RAW_PARTITIONS), 0)
-            inserts.append((index, 0, Item(where, raw.key.encode(), value, raw.at, 0.0, kind)))
+            inserts.append((index, 0, Item(where, raw.key.encode(), value, signed(raw.integrator, where_topic, raw.key.encode(), value),
+                                           raw.at, 0.0, kind)))
     for index, item in replaced.items():
         items[index] = item
     # lay the records and insertions into their partitions: an insertion goes right before its target
@@ -318,6 +342,27 @@ class Run:
 
 
 @cache
+def _signers() -> Signers:
+    return Signers(Settings())
+
+
+@cache
+def _senders() -> Senders:
+    return Senders.from_settings(Settings(), load_reference())
+
+
+def signed(integrator: str, topic: str, key: bytes, value: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The headers `integrator` puts on the record (the topics here carry no prefix: the spec name is the topic)."""
+    return tuple(_signers()(integrator).headers(topic, key, value))
+
+
+def signed_for_clean(item: Item, value: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The clean run's record as its sender would have signed it."""
+    integrator = dict(item.headers).get(INTEGRATOR_HEADER, b"").decode()
+    return signed(integrator, item.where.topic, item.key, value) if integrator else item.headers
+
+
+@cache
 def _static():
     return load_reference(), load_policies(), load_calendar()
 
@@ -330,8 +375,8 @@ def run(items: list[Item], *, clean: bool = False, make_ingestor: Callable[[], I
     the case stream stands there as a tick at its decided time; an out-of-bounds skewed record is sent as the device should have.
     """
     reference, policies, calendar = _static()
-    ingest = make_ingestor() if make_ingestor else Ingestor(SERDE, reference, PersonalDataHasher("hostile-key"), TOPICS)
-    aside = make_ingestor() if make_ingestor else Ingestor(SERDE, reference, PersonalDataHasher("hostile-key"), TOPICS)
+    ingest = make_ingestor() if make_ingestor else Ingestor(SERDE, reference, PersonalDataHasher("hostile-key"), TOPICS, _senders())
+    aside = make_ingestor() if make_ingestor else Ingestor(SERDE, reference, PersonalDataHasher("hostile-key"), TOPICS, _senders())
     cases = make_processor() if make_processor else CaseProcessor(SERDE, reference, policies, calendar, TOPICS, CASE_PARTITIONS)
     result = Run([], [], [], [])
     offsets = [0] * CASE_PARTITIONS
@@ -343,7 +388,8 @@ def run(items: list[Item], *, clean: bool = False, make_ingestor: Callable[[], I
                 value = item.clean_value
             # the clean run never shows its ingest stage a hostile record: a separate instance says where it would have gone
             stage = aside if clean and item.hostile is not None and item.clean_value is None else ingest
-            routed = stage.process(item.where, item.key, value, item.arrived, arrived=item.arrived)
+            headers = signed_for_clean(item, value) if value is not item.value else item.headers
+            routed = stage.process(item.where, item.key, value, item.arrived, arrived=item.arrived, headers=headers)
             last = max(last, item.arrived)
             result.ingest_out.append(routed)
             if routed.topic != TOPICS.inbox:

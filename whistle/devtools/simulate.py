@@ -60,6 +60,7 @@ from schemas.serde import from_record
 from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent, CaseState, Kind, Status
 from streams.domain.case_id import case_id_for
+from streams.domain.credentials import RETURN_VISIT
 from streams.domain.enrich import Enricher, common_parent, haversine_m
 from streams.domain.merge import MergeIndex
 from streams.domain.model import ActionKind, CameraDetection, EnrichedReport, HandlingAction, HotlineTicket, ResidentReport, Source, Urgency
@@ -77,7 +78,11 @@ _MINUTE_MS = 60_000
 # records still on their way through ingestion.
 CLOCK_TOLERANCE = timedelta(minutes=5)
 REACTION_TIME = timedelta(minutes=3)  # the least time between a change of a case and its next step
-REPORTER = "RESIDENT"  # the unit_id of ratings: they come from the reporter, never from a handling unit
+# Who sends what in the simulated district: integrators of infra/gateway-keys.example.yaml (the demo writes the same names).
+CHANNEL_INTEGRATORS = {"camera": "camera-platform", "hotline": "hotline-12345", "app": "resident-app"}
+HANDLING_SYSTEM = "district-command"  # the district command centre's case-handling system: every handling unit
+OVERSIGHT_SYSTEM = "oversight-offices"  # the supervision office and the discipline commission
+RETURN_VISITS = "hotline-12345"  # ratings come from the hotline's return visit (回访), never from a handling unit
 HOURLY_PROFILE = {
     "camera": (0.3, 0.2, 0.2, 0.2, 0.3, 0.5, 0.9, 1.6, 2.0, 1.6, 1.3, 1.2, 1.1, 1.1, 1.2, 1.3, 1.5, 1.9, 2.0, 1.5, 1.0, 0.8, 0.6, 0.4),
     "hotline": (0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.9, 1.8, 2.2, 2.2, 1.8, 1.2, 1.4, 1.9, 2.0, 1.8, 1.4, 1.0, 0.9, 0.8, 0.6, 0.5, 0.4),
@@ -155,6 +160,7 @@ class SimEvent:
     source: str
     record_type: str  # CameraDetection | HotlineTicket | ResidentReport | HandlingAction
     key: str
+    integrator: str  # who sends it (the record is signed as this integrator)
     record: dict[str, Any] = field(hash=False)
 
 
@@ -170,11 +176,11 @@ def simulate(reference: DistrictReference, config: SimConfig, *, policies: Mappi
 
 
 def write_jsonl(events: Iterable[SimEvent], out: BinaryIO) -> int:
-    """Write events as JSON lines ({at, source, record_type, key, record}, times RFC 3339 UTC); returns the count."""
+    """Write events as JSON lines ({at, source, record_type, key, integrator, record}, times RFC 3339 UTC); returns the count."""
     count = 0
     for event in events:
-        out.write(orjson.dumps({"at": event.at, "source": event.source, "record_type": event.record_type,
-                                "key": event.key, "record": event.record}, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE))
+        out.write(orjson.dumps({"at": event.at, "source": event.source, "record_type": event.record_type, "key": event.key,
+                                "integrator": event.integrator, "record": event.record}, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE))
         count += 1
     return count
 
@@ -434,9 +440,10 @@ class _Simulation:
         channel, record = payload
         time_field, record_type, key_field = self.shapes[channel]
         record[time_field] = from_epoch_ms(at_ms)
-        report = (normalize_camera(from_record(CameraDetection, record), self.ref) if channel == "camera"
-                  else normalize_hotline(from_record(HotlineTicket, record), self.ref, _identity_not_needed) if channel == "hotline"
-                  else normalize_app_report(from_record(ResidentReport, record), self.ref, _identity_not_needed))
+        integrator = CHANNEL_INTEGRATORS[channel]
+        report = (normalize_camera(from_record(CameraDetection, record), self.ref, integrator) if channel == "camera"
+                  else normalize_hotline(from_record(HotlineTicket, record), self.ref, _identity_not_needed, integrator) if channel == "hotline"
+                  else normalize_app_report(from_record(ResidentReport, record), self.ref, _identity_not_needed, integrator))
         enriched = self.enricher.enrich(report)
         at = report.occurred_at
         self._advance(to_epoch_ms(at))
@@ -450,7 +457,7 @@ class _Simulation:
             events, _ = self.book.open(enriched, case_id, at)
             self.merge.add(self.merge.open_case(case_id, enriched))
         self._react(events, at_ms)
-        return SimEvent(record[time_field], channel, record_type, record[key_field], record)
+        return SimEvent(record[time_field], channel, record_type, record[key_field], integrator, record)
 
     def _emit_action(self, at_ms: int, step: _Step) -> SimEvent | None:
         """Carry out a planned step (None: the plan has moved on since), applying it to the engine as the pipeline will."""
@@ -468,7 +475,13 @@ class _Simulation:
         self._react(events, at_ms)
         record = {"action_id": action.action_id, "case_id": step.case_id, "kind": step.kind.value, "unit_id": step.unit_id, "at": at,
                   "reason": step.reason, "note": step.note, "rating": step.rating, "extension_hours": step.extension_hours}
-        return SimEvent(at, "app", "HandlingAction", step.case_id, record)
+        if step.kind in (ActionKind.RATE, ActionKind.REOPEN):
+            integrator = RETURN_VISITS
+        elif step.unit_id in (self.ref.supervision.unit_id, self.ref.discipline.unit_id):
+            integrator = OVERSIGHT_SYSTEM
+        else:
+            integrator = HANDLING_SYSTEM
+        return SimEvent(at, "app", "HandlingAction", step.case_id, integrator, record)
 
     def _advance(self, at_ms: int) -> None:
         events, _ = self.book.advance(from_epoch_ms(at_ms))
@@ -574,7 +587,7 @@ class _Simulation:
         elif state.status == Status.RESOLVED and handling.rating_due:
             handling.rating_due = False
             unsatisfied = rng.random() < (config.late_unsatisfied_share if handling.resolve_breached else config.unsatisfied_share)
-            schedule(ActionKind.RATE, REPORTER, rng.uniform(2, 30) * _HOUR_MS, False, rating=rng.choice((1, 2)) if unsatisfied else rng.choice((4, 5, 5, 5)),
+            schedule(ActionKind.RATE, RETURN_VISIT, rng.uniform(2, 30) * _HOUR_MS, False, rating=rng.choice((1, 2)) if unsatisfied else rng.choice((4, 5, 5, 5)),
                      note="处理不及时，问题没解决" if unsatisfied else None)
 
     def _schedule(self, handling: _Handling, case_id: str, kind: ActionKind, unit_id: str, wanted_ms: int, late: bool, **fields: Any) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
+import hmac
 import logging
 import math
 import re
@@ -52,97 +53,58 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from schemas.serde import Serde
+from schemas.serde import Serde, from_record
 from schemas.validation import ID_RULE, id_problem, json_schema
 from sinks.audit import run_query
 from sinks.clickhouse import Engine, ServerEngine
-from streams.domain.model import Source
+from streams.domain.case import Kind, decode_chain
+from streams.domain.case_id import partition_key_of_case
+from streams.domain.credentials import (
+    REPORTER,
+    REPORTER_ACTIONS,
+    RETURN_VISIT,
+    Credential,
+    Credentials,
+    CredentialsFile,
+    RecordSigner,
+    action_refusal,
+    derived_signer,
+    may_publish,
+    not_a_unit,
+)
+from streams.domain.model import HandlingAction, Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_reference
 from whistle.edges import open311
 from whistle.edges.sdk import Delivery, Publisher
-from whistle.ground.datafiles import read_entries
-from whistle.ground.errors import ConfigError, DeliveryError, StoreError, ValidationError, WhistleError
+from whistle.ground.errors import ConfigError, ContractError, DeliveryError, StoreError, ValidationError, WhistleError
 from whistle.ground.settings import ClickHouseSettings, Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms, utc_now
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
 REQUESTS_QUERY = "open311_requests"  # sinks/queries/open311_requests.sql
+CASE_UNITS_QUERY = "case_units"  # sinks/queries/case_units.sql
 API_KEY_HEADER = "X-API-Key"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-SOURCES = tuple(source.value for source in Source)
 
 Clock = Callable[[], datetime]
 _log = logging.getLogger("whistle.edges.gateway")
 _access_log = logging.getLogger("whistle.edges.gateway.access")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
-_KEY_FIELDS = {"integrator", "sha256", "sources", "rate_per_second", "burst"}
 _OPEN311_PREFIX = "/open311/"
 _LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
+_SET_BY_WHISTLE = ("case_id", "at", "actor", "report_id")  # fields of a handling action the gateway sets, never the client
 _RECEIVED_NOTICE = "Received. A case is opened once the report has been routed to the responsible unit."
 
 
 
-# ---------------------------------------------------------------------------------------------- API keys
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """One integrator's key: which sources it may publish and how fast (token bucket)."""
-
-    integrator: str
-    sha256: str  # hex SHA-256 of the key: the file never holds keys in clear
-    sources: frozenset[str]
-    rate_per_second: float
-    burst: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeys:
-    by_sha256: Mapping[str, ApiKey]
-
-    def find(self, presented: str) -> ApiKey | None:
-        """The key whose hash matches `presented`, if any."""
-        return self.by_sha256.get(hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest())
-
-
-def load_api_keys(path: Path | str) -> ApiKeys:
-    """Parse and check the key file (format: infra/gateway-keys.example.yaml); errors name the file and the field."""
-    path = Path(path)
-    entries = read_entries(path, "keys")
-    keys: dict[str, ApiKey] = {}
-    integrators: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"keys[{index}]"
-
-        def fail(name: str, why: str, where: str = where) -> ConfigError:
-            return ConfigError(f"{path}: {where}.{name} {why}", file=str(path), field=f"{where}.{name}")
-
-        if not isinstance(entry, dict) or set(entry) != _KEY_FIELDS:
-            raise ConfigError(f"{path}: {where} needs exactly {', '.join(sorted(_KEY_FIELDS))}", file=str(path), field=where)
-        integrator, digest, sources = entry["integrator"], entry["sha256"], entry["sources"]
-        rate, burst = entry["rate_per_second"], entry["burst"]
-        if not isinstance(integrator, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", integrator) or integrator in integrators:
-            raise fail("integrator", f"{integrator!r} must be a new lowercase name (a-z, 0-9, _ . -)")
-        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest) or digest in keys:
-            raise fail("sha256", "must be a new 64-character lowercase hex SHA-256 of the key (printf %s KEY | sha256sum)")
-        if not isinstance(sources, list) or not sources or not set(sources) <= set(SOURCES):
-            raise fail("sources", f"must be a non-empty list of {', '.join(SOURCES)}, got {sources!r}")
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
-            raise fail("rate_per_second", f"must be a positive number, got {rate!r}")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise fail("burst", f"must be a whole number >= 1, got {burst!r}")
-        integrators.add(integrator)
-        keys[digest] = ApiKey(integrator, digest, frozenset(sources), float(rate), burst)
-    return ApiKeys(keys)
+# ---------------------------------------------------------------------------------------------- rate limits
 
 
 @dataclass(slots=True)
@@ -247,13 +209,20 @@ class RequestStatusReader:
 
     def lookup(self, query: open311.RequestQuery) -> list[open311.RequestProgress]:
         """Reports matching `query`, newest first (blocking: call it in a thread). StoreError if ClickHouse fails."""
+        return find_requests(self._engine(), self._clickhouse.database, query)
+
+    def case_units(self, case_id: str) -> frozenset[str]:
+        """Every unit on the case's handling chains or that held it (empty: the store does not know the case yet)."""
+        return case_units(self._engine(), self._clickhouse.database, case_id)
+
+    def _engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
         if engine is None:
             ch = self._clickhouse
             engine = self._local.engine = ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value,
                                                        database=ch.database, secure=ch.secure, connect_timeout=5.0,
                                                        send_receive_timeout=30.0)
-        return find_requests(engine, self._clickhouse.database, query)
+        return engine
 
 
 def find_requests(engine: Engine, database: str, query: open311.RequestQuery) -> list[open311.RequestProgress]:
@@ -273,14 +242,26 @@ def find_requests(engine: Engine, database: str, query: open311.RequestQuery) ->
     return [_progress(row) for row in run_query(engine, database, REQUESTS_QUERY, params).rows]
 
 
+def case_units(engine: Engine, database: str, case_id: str) -> frozenset[str]:
+    """Run sinks/queries/case_units.sql: the units of the case's chains (as recorded on its opened and merged events) and its holders."""
+    units: set[str] = set()
+    for kind, chain_text, holder in run_query(engine, database, CASE_UNITS_QUERY, {"case_id": case_id}).rows:
+        units.add(holder)
+        if kind in (Kind.OPENED, Kind.REPORT_MERGED) and chain_text:
+            units.update(link.unit_id for link in decode_chain(chain_text))
+    return frozenset(units)
+
+
 def _progress(row: tuple) -> open311.RequestProgress:
-    report_id, category, description, lat, lon, address, photos_json, requested_ms, case_id, own_kind, last_kind, updated_ms, unit = row
+    (report_id, sender, reporter_hash, category, description, lat, lon, address, photos_json, requested_ms, case_id, own_kind,
+     last_kind, updated_ms, unit) = row
     photos = orjson.loads(photos_json) if photos_json else []
     return open311.RequestProgress(
         report_id=report_id, category=category, description=description, lat=lat, lon=lon, address_text=address or None,
         media_url=photos[0] if photos else None, requested_at=from_epoch_ms(requested_ms),
         case_id=case_id or None, own_kind=own_kind or None, last_kind=last_kind or None,
         updated_at=from_epoch_ms(updated_ms) if updated_ms else None, assignee_unit_id=unit or None,
+        sender=sender, reporter_hash=reporter_hash,
     )
 
 
@@ -290,10 +271,12 @@ def _progress(row: tuple) -> open311.RequestProgress:
 class Gateway:
     """Request handlers and their state (keys, buckets, receipts). Build it with `build_app`."""
 
-    def __init__(self, settings: Settings, publisher: Publisher, keys: ApiKeys, clock: Clock, *, serde: Serde,
+    def __init__(self, settings: Settings, publisher: Publisher, credentials: Callable[[], Credentials], clock: Clock, *, serde: Serde,
                  reference: DistrictReference, reader: RequestStatusReader, max_body_bytes: int, idempotency_capacity: int) -> None:
         self.publisher = publisher
-        self.keys = keys
+        self.credentials = credentials
+        self.master = settings.record_signing_key.value
+        self._signers: dict[tuple[str, int], RecordSigner] = {}
         self.clock = clock
         self.serde = serde
         self.reference = reference
@@ -367,23 +350,124 @@ class Gateway:
             raise _invalid(exc) from exc
 
         def acknowledged(delivery: Delivery) -> Any:
-            self._received.put(report_id, open311.received(record))
+            self._received.put(report_id, open311.received(record, key.integrator))
             return [{"service_request_id": report_id, "service_notice": _RECEIVED_NOTICE, "account_id": None}]
 
         return await self._publish_once(request, key, Source.APP.value, report_id, idempotency_key or report_id, fields, record, acknowledged)
 
     async def get_open311_requests(self, request: web.Request) -> web.Response:
-        self._authenticate(request, Source.APP.value, request.query)
+        reader = self._reader_of(request)
         params = {name: ",".join(request.query.getall(name)) for name in request.query}
         try:
             query = open311.request_query(params, now=self.clock(), service_codes=self._service_names)
         except ValidationError as exc:
             raise _invalid(exc) from exc
-        return _json([open311.service_request(p, self.reference, self._service_names) for p in await self._lookup(query)])
+        return _json([self._service_request(p, reader) for p in await self._lookup(query)])
 
     async def get_open311_request(self, request: web.Request) -> web.Response:
-        self._authenticate(request, Source.APP.value, request.query)
+        reader = self._reader_of(request)
+        found = await self._request_by_id(request.match_info["report_id"])
+        return _json([self._service_request(p, reader) for p in found])
+
+    async def post_open311_feedback(self, request: web.Request) -> web.Response:
+        """The reporter rates (or reopens) a request they filed, proving it by the identity they filed it with.
+
+        Only the integrator that filed the request may send it (its key), and only with the reporter's
+        identity (its keyed hash must equal the stored one): a unit can never rate what it handled.
+        """
+        fields = await self._open311_fields(request)
+        key = self._authenticate(request, Source.APP.value, fields)
+        fields = {name: value for name, value in fields.items() if name != "api_key"}
+        try:
+            given = open311.feedback(fields, self.hasher)
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
         report_id = request.match_info["report_id"]
+        mine = [p for p in await self._request_by_id(report_id) if p.sender == key.integrator]
+        if not mine:
+            raise Refused(404, [("service_request_id", f"no service request {report_id!r} filed by this integrator")])
+        progress = mine[0]
+        if not progress.reporter_hash or not hmac.compare_digest(self.hasher.reporter(given.pseudonym), progress.reporter_hash):
+            raise Refused(403, [("email", "the identity given is not the one this request was filed with")])
+        if progress.case_id is None:
+            raise Refused(409, [("service_request_id", "the request has not become a case yet; rate it once it is resolved")])
+        action_id = self._idempotency_key(request) or f"fb-{uuid.uuid4().hex}"
+        action = {"action_id": action_id, "case_id": progress.case_id, "kind": "reopen" if given.reopen else "rate",
+                  "unit_id": REPORTER, "at": self.clock(), "rating": given.rating, "note": given.comment,
+                  "reason": "reopened by the reporter" if given.reopen else None,
+                  "report_id": scoped_report_id(Source.APP.value, key.integrator, progress.report_id)}
+        return await self._publish_action(request, key, action, fields)
+
+    async def post_case_action(self, request: web.Request) -> web.Response:
+        """A handling unit's action on a case. The unit is the key's (one of its units, or one under them);
+        the time is the gateway's clock; nothing of who or when is taken from the body."""
+        key = self._authenticate(request, None, {})
+        body = self._parse_json(await request.read())
+        set_by_whistle = [name for name in _SET_BY_WHISTLE if name in body]
+        if set_by_whistle:
+            raise Refused(400, [(name, "is set by Whistle (case from the path, time from its clock, actor from the key), not by the request")
+                                for name in set_by_whistle])
+        acting = self.credentials().acting.get(key.integrator, frozenset())
+        kind = body.get("kind")
+        if isinstance(kind, str) and kind in REPORTER_ACTIONS:
+            body = {**body, "unit_id": RETURN_VISIT if key.return_visit else REPORTER}
+        elif not key.units:
+            raise Refused(403, [("kind", not_a_unit(key, str(kind)).message)])
+        elif "unit_id" not in body and len(key.units) == 1 and not key.below:
+            body = {**body, "unit_id": next(iter(key.units))}
+        elif "unit_id" not in body:
+            raise Refused(400, [("unit_id", f"this key acts for {len(acting)} units: name the acting one")])
+        action = {**body, "case_id": request.match_info["case_id"], "at": self.clock()}
+        return await self._publish_action(request, key, action, body)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    async def _publish_action(self, request: web.Request, key: Credential, action: Mapping[str, Any], body: Any) -> web.Response:
+        """Validate `action` as the worker will, check the key may send it (the worker's own rules), publish it once."""
+        try:
+            record = self.serde.validate("AppEvent", {"event": {"HandlingAction": action}})
+            partition_key_of_case(action["case_id"])
+        except ValidationError as exc:
+            raise Refused(400, [((name or "").removeprefix("event.") or None, reason) for name, reason in exc.problems]
+                          or [(exc.context.get("field"), exc.message)]) from exc
+        except ContractError as exc:
+            raise Refused(404, [("case_id", exc.message)]) from exc
+        refusal = action_refusal(self.credentials(), key, from_record(HandlingAction, record["event"][1]))
+        if refusal is not None:
+            raise Refused(403, [(refusal.context.get("field"), refusal.message)])
+        refusal_on_case = await self._case_refusal(action)
+        if refusal_on_case is not None:
+            raise Refused(403, [("unit_id", refusal_on_case)])
+        action_id = record["event"][1]["action_id"]
+
+        def acknowledged(delivery: Delivery) -> Any:
+            return {"action_id": action_id, "topic": delivery.topic, "partition": delivery.partition, "offset": delivery.offset}
+
+        return await self._publish_once(request, key, Source.APP.value, action_id, f"action:{action_id}", body, record, acknowledged)
+
+    async def _case_refusal(self, action: Mapping[str, Any]) -> str | None:
+        """Why the case (as the audit store knows it) does not allow the acting unit; None if it may, or the
+        store does not know the case yet (the worker holds an early action and decides it once the case opens)."""
+        if action["kind"] in ("rate", "reopen"):
+            return None
+        try:
+            units = await asyncio.to_thread(self.reader.case_units, action["case_id"])
+        except StoreError as exc:
+            raise Refused(503, [(None, "the case store is unavailable; retry later")], {"Retry-After": "5"}) from exc
+        if not units or action["unit_id"] in units:
+            return None
+        return f"{action['unit_id']} is on none of case {action['case_id']}'s handling chains ({', '.join(sorted(units))})"
+
+    def _reader_of(self, request: web.Request) -> str | None:
+        """Who reads Open311 requests: the integrator of a valid key (its own requests in full), None for the public."""
+        if self._presented_key(request, request.query) is None:
+            return None
+        return self._authenticate(request, None, request.query).integrator
+
+    def _service_request(self, progress: open311.RequestProgress, reader: str | None) -> dict[str, Any]:
+        return open311.service_request(progress, self.reference, self._service_names, full=reader is not None and progress.sender == reader)
+
+    async def _request_by_id(self, report_id: str) -> list[open311.RequestProgress]:
         bad_id = id_problem(report_id)
         if bad_id:
             raise Refused(400, [("service_request_id", f"an id {bad_id}")])
@@ -391,22 +475,20 @@ class Gateway:
         found = await self._lookup(open311.RequestQuery(ids=(report_id,), service_codes=(), start=now, end=now, statuses=open311.STATUSES))
         if not found:
             raise Refused(404, [("service_request_id", f"no service request {report_id!r}")])
-        return _json([open311.service_request(found[0], self.reference, self._service_names)])
+        return found
 
-    # -- steps -------------------------------------------------------------------------------------
-
-    def _authenticate(self, request: web.Request, source: str, parameters: Mapping[str, Any]) -> ApiKey:
-        """The caller's key (401 unknown, 403 not for `source`), with one token taken from its bucket (429)."""
-        presented = request.headers.get(API_KEY_HEADER) or parameters.get("api_key")
-        if not presented or not isinstance(presented, str):
+    def _authenticate(self, request: web.Request, source: str | None, parameters: Mapping[str, Any]) -> Credential:
+        """The caller's credential (401 unknown; 403 when it may not publish on `source`), with one token taken from its bucket (429)."""
+        presented = self._presented_key(request, parameters)
+        if presented is None:
             raise Refused(401, [(API_KEY_HEADER, f"an API key is required ({API_KEY_HEADER} header)")], {"WWW-Authenticate": API_KEY_HEADER})
-        key = self.keys.find(presented)
+        key = self.credentials().find(presented)
         if key is None:
             raise Refused(401, [(API_KEY_HEADER, "unknown API key")], {"WWW-Authenticate": API_KEY_HEADER})
         entry = request[_LOG_ENTRY]
         entry["integrator"], entry["source"] = key.integrator, source
-        if source not in key.sources:
-            raise Refused(403, [(API_KEY_HEADER, f"this key may not use the {source} channel")])
+        if source is not None and (refusal := may_publish(key, source)) is not None:
+            raise Refused(403, [(API_KEY_HEADER, refusal.message)])
         now = self.clock()
         bucket = self._buckets.get(key.sha256)
         if bucket is None:
@@ -416,6 +498,18 @@ class Gateway:
             raise Refused(429, [(None, f"rate limit of {key.rate_per_second:g}/s (burst {key.burst}) exceeded")],
                           {"Retry-After": str(max(1, math.ceil(wait_s)))})
         return key
+
+    @staticmethod
+    def _presented_key(request: web.Request, parameters: Mapping[str, Any]) -> str | None:
+        presented = request.headers.get(API_KEY_HEADER) or parameters.get("api_key")
+        return presented if presented and isinstance(presented, str) else None
+
+    def _signer(self, key: Credential) -> RecordSigner:
+        """Records the gateway publishes for `key` are signed as its integrator, at its current generation."""
+        signer = self._signers.get((key.integrator, key.generation))
+        if signer is None:
+            signer = self._signers[(key.integrator, key.generation)] = derived_signer(self.master, key)
+        return signer
 
     async def _open311_fields(self, request: web.Request) -> Mapping[str, Any]:
         """The POSTed Open311 parameters: a JSON object, or form fields (url-encoded or multipart), text only."""
@@ -457,7 +551,7 @@ class Gateway:
 
         return await self._publish_once(request, key, source, event_id, idempotency_key or event_id, body, record, acknowledged)
 
-    async def _publish_once(self, request: web.Request, key: ApiKey, source: str, event_id: str, client_id: str,
+    async def _publish_once(self, request: web.Request, key: Credential, source: str, event_id: str, client_id: str,
                             body: Any, record: Mapping[str, Any], acknowledged: Callable[[Delivery], Any]) -> web.Response:
         """Publish `record` unless this client id already was: 202 after Kafka's ack, the first response on a retry."""
         request[_LOG_ENTRY]["event_id"] = event_id
@@ -476,7 +570,7 @@ class Gateway:
         self._receipts.put(receipt_key, receipt)
         try:
             # bounded: while Kafka is away a request is answered 503 within kafka_timeout_s, not held open
-            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record), self.kafka_timeout_s)
+            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record, signer=self._signer(key)), self.kafka_timeout_s)
         except BaseException as exc:  # not written (or not known to be): forget the attempt so a retry publishes again
             self._receipts.pop(receipt_key)
             receipt.settled.set_result(None)
@@ -643,6 +737,33 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
         "parameters": [{"name": "service_request_id", "in": "path", "required": True, "description": f"The request's id: {ID_RULE}.",
                         "schema": {"type": "string"}}],
         "responses": _responses("200", {"type": "array", "items": service_request}, (*get_statuses, "404"), _ERRORS_OPEN311)}}
+    action_schema = json_schema(catalog.schema("HandlingAction").definition, vocabularies)
+    for name in _SET_BY_WHISTLE:
+        action_schema["properties"].pop(name, None)
+    action_schema["required"] = [name for name in action_schema.get("required", []) if name not in (*_SET_BY_WHISTLE, "unit_id")]
+    action_schema["additionalProperties"] = False
+    action_schema["properties"]["unit_id"] = {**action_schema["properties"]["unit_id"], "description": (
+        "The acting unit: one of the key's units (or under them). May be left out when the key acts for exactly one unit.")}
+    accepted_action = {"type": "object", "required": ["action_id", "topic", "partition", "offset"], "properties": {
+        "action_id": text, "topic": text, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}
+    paths["/v1/cases/{case_id}/actions"] = {"post": {
+        "operationId": "post_case_action", "security": keyed, "parameters": [
+            {"name": "case_id", "in": "path", "required": True, "description": "The case (CaseEvent.case_id).", "schema": {"type": "string"}}],
+        "summary": "A handling unit's action on a case: accept, transfer (return as not ours), resolve, request_extension",
+        "description": "The unit is the key's (units, below), the time the gateway's clock: neither is taken from the body. Rating and "
+                       "reopening are the reporter's (Open311 feedback) or the hotline return visit's (a return_visit key).",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": action_schema}}},
+        "responses": _responses("202", accepted_action, (*post_statuses, "404"), _ERRORS_V1)}}
+    feedback_properties = {name: {**text, "description": doc} for name, doc in open311.FEEDBACK_FIELDS.items() if name != "api_key"}
+    feedback_body = {"type": "object", "additionalProperties": False, "properties": feedback_properties}
+    paths["/open311/v2/requests/{service_request_id}/feedback.json"] = {"post": {
+        "operationId": "open311_post_feedback", "security": open311_keyed, "parameters": [
+            {"name": "service_request_id", "in": "path", "required": True, "description": "The request's id.", "schema": {"type": "string"}},
+            idempotency],
+        "summary": "The reporter rates (or reopens) a request they filed (a Whistle extension of GeoReport v2)",
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": feedback_body},
+                                                      "application/json": {"schema": feedback_body}}},
+        "responses": _responses("202", accepted_action, (*post_statuses, "404"), _ERRORS_OPEN311)}}
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This description", "security": [],
                                       "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
     return {
@@ -659,7 +780,7 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
 def build_app(
     settings: Settings,
     publisher: Publisher,
-    keys: ApiKeys,
+    credentials: Credentials | Callable[[], Credentials],
     clock: Clock = utc_now,
     *,
     reader: RequestStatusReader | None = None,
@@ -675,7 +796,8 @@ def build_app(
     """
     if clock().utcoffset() is None:
         raise ConfigError("the gateway clock returns naive datetimes; it must return UTC-aware ones", field="clock")
-    gateway = Gateway(settings, publisher, keys, clock, serde=publisher.serde, reference=reference or load_reference(),
+    current = credentials if callable(credentials) else (lambda: credentials)
+    gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_reference(),
                       reader=reader or RequestStatusReader(settings.clickhouse), max_body_bytes=max_body_bytes,
                       idempotency_capacity=idempotency_capacity)
     app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
@@ -683,6 +805,8 @@ def build_app(
         web.get("/openapi.json", gateway.get_openapi),
         web.post("/v1/camera/detections", gateway.post_camera),
         web.post("/v1/hotline/tickets", gateway.post_hotline),
+        web.post("/v1/cases/{case_id}/actions", gateway.post_case_action),
+        web.post("/open311/v2/requests/{report_id}/feedback.json", gateway.post_open311_feedback),
         web.get("/open311/v2/services.json", gateway.get_services),
         web.post("/open311/v2/requests.json", gateway.post_open311_request),
         web.get("/open311/v2/requests.json", gateway.get_open311_requests),
@@ -696,13 +820,16 @@ def gateway_publisher(settings: Settings) -> Publisher:
     return Publisher(settings, delivery_timeout_s=settings.gateway_kafka_timeout_s)
 
 
-def run_gateway(settings: Settings, host: str, port: int, keys_file: Path | str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit."""
-    keys = load_api_keys(keys_file)
+def run_gateway(settings: Settings, host: str, port: int, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit.
+
+    The key file (`settings.keys_file`) is re-read when it changes: keys rotate without a restart."""
+    reference = load_reference()
+    credentials = CredentialsFile(settings.keys_file, reference)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     publisher = gateway_publisher(settings)
-    app = build_app(settings, publisher, keys, max_body_bytes=max_body_bytes)
+    app = build_app(settings, publisher, credentials.current, reference=reference, max_body_bytes=max_body_bytes)
 
     async def close_publisher(_app: web.Application) -> None:
         try:

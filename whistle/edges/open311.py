@@ -69,6 +69,21 @@ QUERY_PARAMETERS: Mapping[str, str] = {
     "end_date": "ISO 8601 date-time with a time zone; default: now. The range may span at most 90 days.",
     "status": "open, closed, or both comma-separated.",
 }
+# POST requests/{id}/feedback.json (a Whistle extension: the reporter rates or reopens through the request they filed).
+FEEDBACK_FIELDS: Mapping[str, str] = {
+    "api_key": "The integrator's API key (or the X-API-Key header): the app that filed the request.",
+    "rating": "1 (very unsatisfied) to 5 (very satisfied): rates a resolved request.",
+    "reopen": "true: the problem is not solved; reopens a resolved or closed request (instead of rating).",
+    "description": "The reporter's comment, up to 4000 characters.",
+    "email": "The identity the request was filed with (any one of email, phone, device_id, account_id): it must match.",
+    "phone": "As email.",
+    "device_id": "As email.",
+    "account_id": "As email.",
+}
+# What anyone may read of a request that is not their own: the standard's GET is public, personal data is not.
+PUBLIC_FIELDS = ("service_request_id", "status", "status_notes", "service_name", "service_code", "agency_responsible",
+                 "service_notice", "requested_datetime", "updated_datetime", "expected_datetime", "lat", "long")
+PUBLIC_COORDINATE_DECIMALS = 3  # about 100 m: the block, not the door
 _REQUEST_FIELDS = frozenset(REQUEST_FIELDS)
 _QUERY_PARAMETERS = frozenset(QUERY_PARAMETERS)
 _MISNAMED = {"lon": "long", "lng": "long", "latitude": "lat", "longitude": "long", "address": "address_string", "category": "service_code"}
@@ -192,6 +207,41 @@ def app_event(
     if problems:
         raise invalid(problems, schema="AppEvent")
     return record
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A reporter's rating (or reopening) of their request, parsed; `pseudonym` is the identity they presented, hashed."""
+
+    rating: int | None
+    reopen: bool
+    comment: str | None
+    pseudonym: str
+
+
+def feedback(fields: Mapping[str, Any], hasher: PersonalDataHasher) -> Feedback:
+    """Parse POST requests/{id}/feedback.json; ValidationError naming every bad field."""
+    problems: list[tuple[str, str]] = [(name, "unknown field") for name in fields if name not in FEEDBACK_FIELDS]
+    rating_text = _text(fields, "rating", problems)
+    reopen_text = (_text(fields, "reopen", problems) or "").lower()
+    rating = None
+    if reopen_text not in ("", "true", "false"):
+        problems.append(("reopen", "must be true or false"))
+    reopen = reopen_text == "true"
+    if rating_text:
+        if not rating_text.strip().isdigit() or not 1 <= int(rating_text) <= 5:
+            problems.append(("rating", "must be a whole number 1 to 5"))
+        else:
+            rating = int(rating_text)
+    if (rating is None) == (not reopen) and not any(name == "rating" for name, _ in problems):
+        problems.append(("rating", "give either a rating (1 to 5) or reopen=true"))
+    comment = _text(fields, "description", problems)
+    if comment and len(comment) > 4000:
+        problems.append(("description", f"is {len(comment)} characters long, the limit is 4000"))
+    pseudonym = _reporter_pseudonym(fields, hasher, problems)
+    if problems or pseudonym is None:
+        raise invalid(problems, schema="feedback")
+    return Feedback(rating, reopen, comment or None, pseudonym)
 
 
 def _text(fields: Mapping[str, Any], name: str, problems: list[tuple[str, str]]) -> str | None:
@@ -348,6 +398,8 @@ class RequestProgress:
     updated_at: datetime | None = None
     assignee_unit_id: str | None = None
     expected_at: datetime | None = None
+    sender: str = ""  # the integrator that filed it (its signature verified)
+    reporter_hash: str = ""  # the stored keyed hash of the reporter's pseudonym (never returned)
 
 
 def status_of(progress: RequestProgress) -> str:
@@ -355,8 +407,25 @@ def status_of(progress: RequestProgress) -> str:
     return "closed" if progress.last_kind in CLOSED_KINDS else "open"
 
 
-def service_request(progress: RequestProgress, reference: DistrictReference, service_names: Mapping[str, str]) -> dict[str, Any]:
-    """The GeoReport v2 service request for a report's progress; agency is the unit now responsible."""
+def service_request(progress: RequestProgress, reference: DistrictReference, service_names: Mapping[str, str], *,
+                    full: bool) -> dict[str, Any]:
+    """The GeoReport v2 service request for a report's progress; agency is the unit now responsible.
+
+    `full` for the integrator that filed it; anyone else gets the public fields only (PUBLIC_FIELDS:
+    no description, address or photo, which may hold a name, a phone number or a home), and the
+    location rounded to the block.
+    """
+    request = _service_request(progress, reference, service_names)
+    if full:
+        return request
+    public = {name: request[name] for name in PUBLIC_FIELDS}
+    for name in ("lat", "long"):
+        if public[name] is not None:
+            public[name] = round(public[name], PUBLIC_COORDINATE_DECIMALS)
+    return public
+
+
+def _service_request(progress: RequestProgress, reference: DistrictReference, service_names: Mapping[str, str]) -> dict[str, Any]:
     if progress.case_id is None:
         notes = RECEIVED_NOTE
     else:
@@ -385,7 +454,7 @@ def service_request(progress: RequestProgress, reference: DistrictReference, ser
     }
 
 
-def received(record: Mapping[str, Any]) -> RequestProgress:
+def received(record: Mapping[str, Any], sender: str) -> RequestProgress:
     """The progress of a report this gateway just published (not yet in the audit store): received."""
     report = record["event"][1]
     photos = report.get("photo_refs") or ()
@@ -398,6 +467,7 @@ def received(record: Mapping[str, Any]) -> RequestProgress:
         address_text=report.get("address_text"),
         media_url=photos[0] if photos else None,
         requested_at=report["reported_at"],
+        sender=sender,
     )
 
 

@@ -1,6 +1,7 @@
 """`whistle publish --source camera|hotline|app FILE.jsonl`: validate each line, publish it, report.
 
-Every line is one record in the topic's JSON form (see schemas/topics/<topic>.yaml for examples).
+Every line is one record in the topic's JSON form (see schemas/topics/<topic>.yaml for examples),
+signed as the integrator the settings name (WHISTLE_INTEGRATOR, WHISTLE_INTEGRATOR_SECRET).
 A line is *sent* once Kafka acknowledged it; otherwise it is *rejected* with its line number and
 why (bad JSON, a field the schema or its value rules refuse, or Kafka not acknowledging it).
 Valid lines are published even when others are rejected; the exit code is 1 if any line was
@@ -31,10 +32,14 @@ def run_publish(settings: Settings, source: str, path: Path, console: Console) -
         size = path.stat().st_size
         serde = Serde.from_settings(settings)
         spec = serde.catalog.topic_for_source(source)
+        publisher = Publisher(settings, serde=serde)
+        if publisher.signer is None:
+            publisher.close()
+            raise ConfigError("no integrator identity: set WHISTLE_INTEGRATOR and WHISTLE_INTEGRATOR_SECRET "
+                              "(`whistle keys signing-secret --integrator NAME` prints the secret)", field="integrator")
     except (OSError, ConfigError) as exc:
         console.print(f"[red]cannot publish {path}: {exc}[/red]")
         return 2
-    publisher = Publisher(settings, serde=serde)
     delivered: list[int] = []  # appended on the delivery thread (list.append is atomic)
     rejected: list[tuple[int, str]] = []
     lines_read = 0

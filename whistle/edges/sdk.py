@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NamedTuple
@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.serde import Serde
-from whistle.ground.errors import DeliveryError, ValidationError
+from streams.domain.credentials import RecordSigner, parse_signer
+from whistle.ground.errors import ConfigError, DeliveryError, ValidationError
 from whistle.ground.settings import Settings
 
 _log = logging.getLogger("whistle.edges.sdk")
@@ -63,9 +64,11 @@ class Publisher:
         *,
         serde: Serde | None = None,
         delivery_timeout_s: float = 30.0,
+        signer: RecordSigner | None = None,
     ) -> None:
         self.settings = settings
         self.serde = serde or Serde.from_settings(settings)
+        self.signer = signer or (parse_signer(settings.integrator, settings.integrator_secret.value) if settings.integrator else None)
         self.delivery_timeout_s = delivery_timeout_s
         self._producer = Producer({
             **settings.kafka.librdkafka(),
@@ -84,11 +87,17 @@ class Publisher:
         """The Kafka topic for a topic spec name (applies `settings.topic_prefix`)."""
         return self.settings.topic_prefix + name
 
-    def submit(self, source: str, record: Mapping[str, Any], *, wait_for_queue: bool = True) -> Future[Delivery]:
-        """Validate and send a camera/hotline/app record; the future resolves when Kafka acknowledged it.
+    def submit(self, source: str, record: Mapping[str, Any], *, wait_for_queue: bool = True, signer: RecordSigner | None = None) -> Future[Delivery]:
+        """Validate, sign and send a camera/hotline/app record; the future resolves when Kafka acknowledged it.
 
+        Signed as `signer` (the gateway, on behalf of the API key's integrator), else as this publisher's
+        own integrator (WHISTLE_INTEGRATOR, WHISTLE_INTEGRATOR_SECRET): the worker takes no unsigned record.
         Raises ValidationError (naming every bad field) before anything is sent.
         """
+        signer = signer or self.signer
+        if signer is None:
+            raise ConfigError("no integrator identity to sign records with: set WHISTLE_INTEGRATOR and WHISTLE_INTEGRATOR_SECRET "
+                              "(whistle keys signing-secret prints the secret)", field="integrator")
         spec = self.serde.catalog.topic_for_source(source)
         try:
             checked = self.serde.validate(spec.schema, record)
@@ -96,29 +105,31 @@ class Publisher:
             exc.with_context(topic=spec.name)
             raise
         value = self.serde.encode(spec.schema, checked, validate=False)
-        return self.produce_raw(self.topic(spec.name), spec.key_for(checked), value, wait_for_queue=wait_for_queue)
+        key = spec.key_for(checked)
+        key_bytes = key.encode("utf-8") if isinstance(key, str) else key
+        return self.produce_raw(self.topic(spec.name), key_bytes, value, signer.headers(spec.name, key_bytes, value), wait_for_queue=wait_for_queue)
 
-    def publish(self, source: str, record: Mapping[str, Any]) -> Delivery:
+    def publish(self, source: str, record: Mapping[str, Any], *, signer: RecordSigner | None = None) -> Delivery:
         """Send one record and wait for Kafka's acknowledgement; DeliveryError if it was not written."""
-        future = self.submit(source, record)
+        future = self.submit(source, record, signer=signer)
         try:
             return future.result(timeout=self.delivery_timeout_s + 5.0)
         except FutureTimeout as exc:  # message.timeout.ms should have answered first
             raise DeliveryError(f"no delivery report within {self.delivery_timeout_s + 5.0:.0f}s", source=source) from exc
 
-    async def publish_async(self, source: str, record: Mapping[str, Any]) -> Delivery:
+    async def publish_async(self, source: str, record: Mapping[str, Any], *, signer: RecordSigner | None = None) -> Delivery:
         """`publish` for asyncio: returns (topic, partition, offset) only after the broker acknowledged.
 
         Never blocks the event loop: a full local queue raises DeliveryError at once (back-pressure).
         """
-        return await asyncio.wrap_future(self.submit(source, record, wait_for_queue=False))
+        return await asyncio.wrap_future(self.submit(source, record, wait_for_queue=False, signer=signer))
 
     def produce_raw(
         self,
         topic: str,
         key: str | bytes | None,
         value: bytes | None,
-        headers: Mapping[str, str | bytes] | list[tuple[str, str | bytes]] | None = None,
+        headers: Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]] | None = None,
         *,
         partition: int | None = None,
         wait_for_queue: bool = True,
@@ -130,7 +141,7 @@ class Publisher:
         future: Future[Delivery] = Future()
         arguments: dict[str, Any] = {"value": value, "key": key, "on_delivery": _settle(future)}
         if headers:
-            arguments["headers"] = list(headers.items()) if isinstance(headers, Mapping) else headers
+            arguments["headers"] = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         if partition is not None:
             arguments["partition"] = partition
         deadline = time.monotonic() + self.delivery_timeout_s

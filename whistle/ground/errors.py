@@ -86,6 +86,12 @@ class TransitionError(DomainError):
     stage = "transition"
 
 
+class AuthError(WhistleError):
+    """A sender without a valid credential, or one its credential does not allow."""
+
+    stage = "authenticate"
+
+
 class DeliveryError(WhistleError):
     """A write was not acknowledged: by Kafka, or by an alert receiver."""
 

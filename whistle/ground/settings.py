@@ -102,11 +102,19 @@ class Settings:
     stack: StackSettings = field(default_factory=StackSettings)
     time: TimeSettings = field(default_factory=TimeSettings)
     pii_hmac_key: Secret = Secret("whistle-dev-only-key")
+    # Who may send what (API key hashes, units, record-signing generations): read by the gateway and the worker, re-read on change
+    keys_file: Path = PROJECT_ROOT / "infra" / "gateway-keys.example.yaml"
+    record_signing_key: Secret = Secret("whistle-dev-only-signing-key")  # master of every integrator's record-signing secret
+    integrator: str = ""  # a producer's own identity (SDK, `whistle publish`): its name in the key file ...
+    integrator_secret: Secret = Secret("")  # ... and its record-signing secret, as `whistle keys signing-secret` printed it
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process
     gateway_port: int = 18080
     gateway_kafka_timeout_s: float = 2.0  # how long the gateway waits for Kafka's ack before answering 503 (Retry-After)
     dashboard_port: int = 18090  # `whistle dashboard`, on loopback
+    # `whistle audit verify` fails where a partition's dead letters pass this share of its records (with at least the minimum)
+    verify_dead_letter_share: float = 0.05
+    verify_dead_letter_min: int = 20
 
     def to_env(self) -> dict[str, str]:
         """The `WHISTLE_*` variables that rebuild these settings in a child process (secrets included: never log it)."""

@@ -11,12 +11,12 @@ from schemas.catalog import default_catalog
 from schemas.serde import Serde, from_record
 from streams.domain.calendar import load_calendar
 from streams.domain.enrich import Enricher
-from streams.domain.model import CameraDetection, EnrichedReport, HotlineTicket, ResidentReport
+from streams.domain.model import CameraDetection, EnrichedReport, HotlineTicket, ResidentReport, scoped_report_id
 from streams.domain.normalize import normalize_app_report, normalize_camera, normalize_hotline
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import load_policies, policy_in_force
 from whistle.devtools.bench.options import BenchOptions
-from whistle.devtools.feed import source_record
+from whistle.devtools.feed import Signers, source_record
 from whistle.devtools.simulate import SimConfig, SimEvent, simulate
 from whistle.ground.errors import ConfigError
 from whistle.ground.times import to_epoch_ms
@@ -33,6 +33,7 @@ class Message:
     key: bytes
     value: bytes
     cause_id: str
+    headers: tuple[tuple[str, bytes], ...]  # the sender's signature (streams.domain.credentials)
 
 
 def generate_events(reference: DistrictReference, options: BenchOptions) -> Iterator[SimEvent]:
@@ -45,25 +46,27 @@ def generate_events(reference: DistrictReference, options: BenchOptions) -> Iter
     return itertools.islice(events, options.events)
 
 
-def encode_event(serde: Serde, event: SimEvent) -> Message:
-    """Validate and encode a simulated event exactly as `Publisher.submit` does."""
+def encode_event(serde: Serde, signers: Signers, event: SimEvent) -> Message:
+    """Validate, encode and sign a simulated event exactly as `Publisher.submit` does."""
     spec = serde.catalog.topic_for_source(event.source)
     checked = serde.validate(spec.schema, source_record(event))
     key = spec.key_for(checked)
+    key_bytes = key.encode() if isinstance(key, str) else key
+    value = serde.encode(spec.schema, checked, validate=False)
     record_id = event.record[serde.catalog.record_facts(event.record_type).id_field]
-    # A case event names a handling action by its id, a report by its report id: "<source>:<id>" (streams.domain.normalize).
-    cause_id = record_id if event.record_type == "HandlingAction" else f"{event.source}:{record_id}"
-    return Message(event.source, key.encode() if isinstance(key, str) else key, serde.encode(spec.schema, checked, validate=False), cause_id)
+    # A case event names a handling action by its id, a report by its sender-scoped report id.
+    cause_id = record_id if event.record_type == "HandlingAction" else scoped_report_id(event.source, event.integrator, record_id)
+    return Message(event.source, key_bytes, value, cause_id, tuple(signers.headers(event, spec.name, key_bytes, value)))
 
 
 def _enriched(reference: DistrictReference, enricher: Enricher, event: SimEvent) -> EnrichedReport:
     """A simulated report through the pipeline's own normalize and enrich functions."""
     if event.source == "camera":
-        report = normalize_camera(from_record(CameraDetection, event.record), reference)
+        report = normalize_camera(from_record(CameraDetection, event.record), reference, event.integrator)
     elif event.source == "hotline":
-        report = normalize_hotline(from_record(HotlineTicket, event.record), reference, lambda phone: phone)
+        report = normalize_hotline(from_record(HotlineTicket, event.record), reference, lambda phone: phone, event.integrator)
     else:
-        report = normalize_app_report(from_record(ResidentReport, event.record), reference, lambda reporter: reporter)
+        report = normalize_app_report(from_record(ResidentReport, event.record), reference, lambda reporter: reporter, event.integrator)
     return enricher.enrich(report)
 
 

@@ -12,7 +12,7 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference
 from streams.domain.sla import load_policies
 from streams.domain.trusted_time import SkewBounds
-from streams.pipeline import CaseProcessor, Ingestor, StateWrite, partition_for_key
+from streams.pipeline import CaseProcessor, Ingestor, Senders, StateWrite, partition_for_key
 from whistle.devtools.bench.events import Message
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
@@ -25,13 +25,13 @@ def pipeline_rate(settings: Settings, reference: DistrictReference, messages: li
     topics = Topics()
     serde = Serde.from_settings(settings)
     partitions = partitions_of(topics.inbox)
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics,
+    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
                         SkewBounds.of(settings.time))
     cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, partitions)
     topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
     now = utc_now()
     began = time.perf_counter()
-    routed = [ingestor.process(Position(topic_of[m.source], 0, n), m.key, m.value, now) for n, m in enumerate(messages)]
+    routed = [ingestor.process(Position(topic_of[m.source], 0, n), m.key, m.value, now, headers=m.headers) for n, m in enumerate(messages)]
     ingested = time.perf_counter()
     offsets = [0] * partitions
     outputs = 0

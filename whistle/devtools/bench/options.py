@@ -6,7 +6,7 @@ from pathlib import Path
 
 from whistle.ground.errors import ConfigError
 
-PHASES = ("pipeline", "e2e", "backlog", "latency", "breach", "recovery")
+PHASES = ("pipeline", "e2e", "backlog", "latency", "breach", "recovery", "history")
 MILLION = 1_000_000
 
 
@@ -22,6 +22,8 @@ class BenchOptions:
     breach_cases: int = 200  # emergency reports whose accept deadline falls during the breach phase
     breach_spread_s: float = 20.0  # their deadlines spread over this many seconds of the run
     open_cases: int = 100_000  # open cases in the recovered worker's changelog
+    history_days: float = 365.0  # the simulated period of the history phase (memory and recovery with and without archiving)
+    history_incidents_per_day: float = 150.0
     seed: int = 7
     phases: tuple[str, ...] = PHASES
     json_path: Path | None = None  # default: <state dir>/bench/<run id>.json

@@ -69,6 +69,7 @@ from streams.changelog import changelog_topic
 from streams.domain.reference import load_reference
 from whistle.devtools.bench.changelog import open_case_writes, write_open_cases
 from whistle.devtools.bench.events import SIM_START, Message, emergency_reports, encode_event, generate_events
+from whistle.devtools.bench.history import history_phase
 from whistle.devtools.bench.inprocess import pipeline_rate
 from whistle.devtools.bench.kafka_admin import create_topic, drained, edge_timestamp, group_lag, set_log_append_time
 from whistle.devtools.bench.machine import describe_machine, stack_pids
@@ -76,9 +77,9 @@ from whistle.devtools.bench.measure import _AUDIT_TABLES, CaseEventWatch, ClickH
 from whistle.devtools.bench.options import PHASES, BenchOptions
 from whistle.devtools.bench.passthrough import _PASSTHROUGH_MAIN
 from whistle.devtools.bench.report import judge_targets, print_report
-from whistle.devtools.feed import NAMESPACE, source_record
+from whistle.devtools.feed import NAMESPACE, Signers, source_record
 from whistle.devtools.harness import end_offsets, group_members, read_all, spawn_worker
-from whistle.devtools.simulate import SimEvent
+from whistle.devtools.simulate import HANDLING_SYSTEM, SimEvent
 from whistle.edges.clock import Timeline, run_clock, write_ticks
 from whistle.edges.sdk import Publisher
 from whistle.ground.errors import ConfigError, StackError, WhistleError
@@ -118,6 +119,7 @@ class _Bench:
         self.dir = settings.stack.state_dir / "bench" / self.run_id
         self.serde = Serde.from_settings(settings)
         self.reference = load_reference()
+        self.signers = Signers(settings)
         self.processes: list[WhistleProcess] = []
         self.phase_settings: list[Settings] = []
         self.report: dict[str, Any] = {"run_id": self.run_id, "started_at": utc_now().isoformat(timespec="seconds"),
@@ -137,7 +139,7 @@ class _Bench:
                                                    lambda: pipeline_rate(self.settings, self.reference, messages)),
                     "e2e": lambda: self._e2e(messages), "backlog": lambda: self._backlog(messages),
                     "latency": lambda: self._latency(messages), "breach": lambda: self._breach(events),
-                    "recovery": lambda: self._recovery(events)}
+                    "recovery": lambda: self._recovery(events), "history": self._history}
             for phase in PHASES:
                 if phase not in phases:
                     continue
@@ -150,6 +152,21 @@ class _Bench:
                         process.stop(10)
         report["targets"] = judge_targets(report)
         return report
+
+    def _history(self) -> dict[str, Any]:
+        tasks: dict[str, Any] = {}
+
+        def progress(description: str, done: int, total: int) -> None:
+            task = tasks.get(description)
+            if task is None:
+                task = tasks[description] = self.progress.add_task(description, total=total)
+            self.progress.update(task, completed=done, total=total)
+
+        result = history_phase(self.settings, self.reference, self.options.history_days, self.options.history_incidents_per_day,
+                               self.options.seed, progress)
+        for task in tasks.values():
+            self.progress.update(task, completed=self.progress.tasks[task].total)
+        return result
 
     def close(self) -> None:
         for process in self.processes:
@@ -172,7 +189,7 @@ class _Bench:
         events, messages = [], []
         for event in generate_events(self.reference, self.options):
             events.append(event)
-            messages.append(encode_event(self.serde, event))
+            messages.append(encode_event(self.serde, self.signers, event))
             if len(messages) % 5000 == 0:
                 self.progress.update(task, completed=len(messages))
         self.progress.update(task, completed=len(messages))
@@ -318,7 +335,7 @@ class _Bench:
                 if ahead > 0.002:
                     time.sleep(ahead)
             sent_at.append(time.time())
-            futures.append(publisher.produce_raw(topic_of[message.source], message.key, message.value))
+            futures.append(publisher.produce_raw(topic_of[message.source], message.key, message.value, message.headers))
             if n % 2000 == 0:
                 self.progress.update(task, completed=n)
         publisher.flush()
@@ -471,7 +488,7 @@ class _Bench:
         self._wait_groups(settings, workers, None)
         group = Groups.with_prefix(settings.topic_prefix).cases
         with Publisher(settings) as publisher:
-            sending = [publisher.submit(event.source, source_record(event)) for event in reports]
+            sending = [publisher.submit(event.source, source_record(event), signer=self.signers(event.integrator)) for event in reports]
             for future in sending:
                 future.result(timeout=60)
         self._step(f"breach: {len(reports)} emergency reports opening cases before the clock starts",
@@ -544,7 +561,8 @@ class _Bench:
         usage = self._usage(settings, [worker])
         with usage:
             with Publisher(settings) as publisher:
-                sending = [publisher.submit("app", {"event": (_APP_ACTION, probe)}) for probe in loaded.probes.values()]
+                sending = [publisher.submit("app", {"event": (_APP_ACTION, probe)}, signer=self.signers(HANDLING_SYSTEM))
+                           for probe in loaded.probes.values()]
                 for future in sending:
                     future.result(timeout=60)
             probe_cases = {probe["case_id"] for probe in loaded.probes.values()}

@@ -104,6 +104,21 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                              ("peak RSS", f"{r['peak_rss_mb']:,} MB"), ("bytes per open case", f"{r['bytes_per_case']:,}")):
             recovery.add_row(label, value)
         console.print(recovery)
+    if "history" in report:
+        h = report["history"]
+        history = Table(title=f"{h['days']:g} simulated days ({h['incidents_per_day']:g} incidents/day, {h['events']:,} events): "
+                              f"closed cases archived after {h['archive_after']}, or kept")
+        for column in ("measure", "archived", "kept"):
+            history.add_column(column, justify="left" if column == "measure" else "right")
+        a, k = h["archive"], h["keep"]
+        for label, key in (("cases in the worker's memory", "cases_in_memory"), ("  of them open", "open_cases"),
+                           ("retained bytes of the case state", "retained_bytes"), ("changelog live keys", "changelog_live_keys"),
+                           ("changelog live bytes", "changelog_bytes"), ("case stage (s)", "case_stage_s"), ("recovery of every partition (s)", "recovery_s")):
+            history.add_row(label, f"{a[key]:,}", f"{k[key]:,}")
+        history.add_row("same case events and breaches", "[green]yes[/green]" if h["outputs_identical"] else "[red]NO: the figures do not count[/red]", "")
+        history.add_row("bytes per case held (archived run)", f"{h['bytes_per_open_case']:,}", "")
+        history.add_row("bytes per year of history, kept", "", f"{h['bytes_per_year_of_history']:,}")
+        console.print(history)
     usage = Table(title="Processes (CPU seconds, % of one core, peak RSS MB) per phase")
     for column in ("phase", "process", "CPU s", "CPU %", "peak RSS MB"):
         usage.add_column(column, justify="left" if column in ("phase", "process") else "right")
