@@ -202,7 +202,7 @@ class Ingestor:
         else:
             branch, inner = record["event"]
             if branch == ACTION:
-                action = replace(from_record(HandlingAction, inner), actor=sender.integrator)
+                action = from_record(HandlingAction, {**inner, "actor": sender.integrator})  # who signed it, whatever it says
                 refusal = action_refusal(credentials, sender, action)
                 if refusal is not None:
                     raise refusal.with_context(action_id=action.action_id, case_id=action.case_id)

@@ -155,6 +155,16 @@ def test_bug_a_rating_by_a_handling_unit_is_refused():
     assert "valid_unchanged" not in check(scenario)
 
 
+def test_bug_a_skew_flag_before_a_backdated_flag_is_compared_without_its_separator():
+    """Seed 3, 50 incidents: an accept whose device clock ran 301 s ahead is decided at its arrival and flagged,
+    then backdated to the case's last event: its note reads '[clock_skew:…] [backdated:…]'. Without the skew flag it
+    must equal the clean run's '[backdated:…]'. Found by the 100,000-input run: the comparison kept the space
+    that joined the two flags, and reported the valid record as changed (the checker's bug, not the pipeline's)."""
+    scenario = Scenario(seed=3, incidents=50, order_seed=11237, delays=(20, 25, 40, 12, 28, 17, 39, 10, 0, 33, 20),
+                        mutations=(Mutation(kind="skew", target=27956, param=301),))
+    assert check(scenario) == {}
+
+
 def test_bug_a_truncated_record_is_dead_lettered_deterministically():
     """Seed 1, 120 incidents: a camera detection cut to 64 bytes. Expected: the same dead letter bytes on
     every run. Actual: error_message 'CameraDetection body does not decode: EOFError: cannot read double from

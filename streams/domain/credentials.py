@@ -23,6 +23,7 @@ The key file is re-read when it changes (`CredentialsFile`), so keys and scopes 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -171,6 +172,7 @@ def _credential(path: Path, where: str, entry: dict, reference: DistrictReferenc
 # -- record signatures (the Kafka path) --------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_secret(master: str, integrator: str, generation: int) -> bytes:
     """The record-signing secret of `integrator` at `generation`, derived from Whistle's master key."""
     return hmac.new(master.encode("utf-8"), b"\0".join((_SIGNING_CONTEXT, integrator.encode(), str(generation).encode())),

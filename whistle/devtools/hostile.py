@@ -443,7 +443,7 @@ def comparable(event: dict) -> tuple:
         reason = ",".join(part for part in reason.split(",") if not part.startswith("clock_skew:")) or None
     note = event["note"]
     if note:
-        note = _SKEW_NOTE.sub("", note) or None
+        note = _SKEW_NOTE.sub("", note).strip() or None  # the flag and the space that joined it to the next one
     return tuple((k, v) for k, v in {**event, "reason": reason, "note": note}.items() if k not in ("hash", "prev_hash"))
 
 
