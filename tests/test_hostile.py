@@ -165,6 +165,22 @@ def test_bug_a_skew_flag_before_a_backdated_flag_is_compared_without_its_separat
     assert check(scenario) == {}
 
 
+def test_bug_a_record_skewed_twice_is_compared_with_what_its_device_should_have_sent():
+    """Seed 2, 120 incidents: the first record skewed twice, by 59 s (believed) and then by an hour (not): the second
+    edit replaces the first, so the clean run must send the base record. Found by the 100,000-input run: the clean run
+    sent the 59-second version, decided 59 s later than the hostile run's arrival time (the checker's bug)."""
+    scenario = Scenario(seed=2, incidents=120, order_seed=760, delays=(),
+                        mutations=(Mutation(kind="skew", target=0, param=59), Mutation(kind="skew", target=0, param=3600)))
+    assert check(scenario) == {}
+
+
+def test_bug_a_skew_flag_joined_to_an_extensions_note_is_compared_without_its_separator():
+    """Seed 1, 50 incidents: an extension request from a device 30 days ahead: the granted event's note reads
+    'requested 72 h; [clock_skew:…]', which without the flag is the clean run's 'requested 72 h' (the checker's bug)."""
+    scenario = Scenario(seed=1, incidents=50, order_seed=267178607, delays=(), mutations=(Mutation(kind="skew", target=508056, param=2592000),))
+    assert check(scenario) == {}
+
+
 def test_bug_a_truncated_record_is_dead_lettered_deterministically():
     """Seed 1, 120 incidents: a camera detection cut to 64 bytes. Expected: the same dead letter bytes on
     every run. Actual: error_message 'CameraDetection body does not decode: EOFError: cannot read double from

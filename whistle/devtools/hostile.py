@@ -210,8 +210,9 @@ def build(scenario: Scenario) -> list[Item]:
                 inserts.append((index, 0, Item(old.where, old.key, mutated, headers, raw.at, 0.0, kind)))
                 continue
             believed = kind == "skew" and decided_time(claimed, raw.at, DEFAULT_SKEW)[1] is None
+            # the clean run sends what the device should have sent: the base record, whatever earlier edits made of it
             replaced[index] = Item(old.where, old.key, mutated, headers, raw.at, old.order, None if believed else kind,
-                                   None if believed else old.value)
+                                   None if believed else encode_raw(raw))
         elif kind in ("spoof", "rating_by_handler", "invalid"):
             pool = actions if kind == "spoof" else rates if kind == "rating_by_handler" else firsts
             if not pool:
@@ -433,7 +434,7 @@ def _all_case_outputs(r: Run) -> list[Output]:
     return [o for produced in r.case_out for o in produced]
 
 
-_SKEW_NOTE = re.compile(r" ?\[clock_skew:device=[^\]]*\]")
+_SKEW_NOTE = re.compile(r"(?:;? )?\[clock_skew:device=[^\]]*\]")  # the flag, and the separator that joined it to a note
 
 
 def comparable(event: dict) -> tuple:
@@ -443,7 +444,7 @@ def comparable(event: dict) -> tuple:
         reason = ",".join(part for part in reason.split(",") if not part.startswith("clock_skew:")) or None
     note = event["note"]
     if note:
-        note = _SKEW_NOTE.sub("", note).strip() or None  # the flag and the space that joined it to the next one
+        note = _SKEW_NOTE.sub("", note).strip() or None
     return tuple((k, v) for k, v in {**event, "reason": reason, "note": note}.items() if k not in ("hash", "prev_hash"))
 
 
