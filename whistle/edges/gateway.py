@@ -3,14 +3,20 @@
 Endpoints
 - POST /v1/camera/detections      a CameraDetection as JSON (camera platforms' webhooks)
 - POST /v1/hotline/tickets        a HotlineTicket as JSON (the 12345 call-centre system)
+- POST /v1/cases/{id}/actions     a handling unit's action; the unit is the key's, the time the gateway's clock
 - GET  /open311/v2/services.json  our categories as Open311 services (public)
 - POST /open311/v2/requests.json  Open311 GeoReport v2 service request (form-encoded or JSON) -> app report
-- GET  /open311/v2/requests.json and /open311/v2/requests/{id}.json   request status from the audit store
+- GET  /open311/v2/requests.json and /open311/v2/requests/{id}.json   request status from the audit store (no key:
+                                  public fields only; the filer's key: its own requests in full)
+- POST /open311/v2/requests/{id}/feedback.json   the reporter rates or reopens their request (a Whistle extension)
 - GET  /openapi.json              this API as OpenAPI 3.0, generated from the Avro schemas and the Open311 mapping (public)
+
+Who may do what is `streams.domain.credentials`'s (the key file, re-read when it changes); every record the
+gateway publishes is signed as the key's integrator, as the worker verifies it.
 
 Guarantees, in the order a request meets them:
 - 401 without a known API key (`X-API-Key` header; Open311 clients may send the `api_key` parameter),
-  403 when the key may not publish that source (camera | hotline | app; GET requests need app);
+  403 naming the rule the key breaks (a channel it may not publish on, a unit it may not act as, a rating by a unit);
 - 429 when the key's token bucket is empty (per key: rate per second and burst, from the key file);
 - 413 over the body size limit (default 64 KiB; an Open311 POST is read first, as its key may be in the body);
 - 400 naming every invalid field at once: {"errors": [{"field", "message"}]} on /v1, and the Open311

@@ -13,6 +13,9 @@ Why these producer settings (librdkafka's defaults bite, see REFERENCE.md):
 - `linger.ms=5` with large batches and lz4: batching under load, a few ms of latency when idle;
 - `message.timeout.ms` = the delivery timeout: every send ends in an ack or a DeliveryError within it.
 Delivery reports are served by a background poll thread; `close()` (or leaving the `with` block) flushes.
+
+Identity: every record goes out with `whistle-integrator` and `whistle-signature` headers (HMAC-SHA256 of the
+topic, key and value with the integrator's secret, `streams.domain.credentials`); the worker refuses any other.
 """
 from __future__ import annotations
 
