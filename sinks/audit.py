@@ -328,7 +328,6 @@ def verify_against_kafka(engine: Engine, database: str, kafka: Iterable[KafkaRan
     """Everything `verify` checks (as broken findings), Kafka's ranges compared with the stored ones, then the dead letters:
     by stage and reason, and failing where a partition's share passes `dead_letters` (against the raw records stored,
     or `case_stream`'s Kafka log for the case stage)."""
-    kafka = list(kafka)
     problems = verify(engine, database, events_per_pass=events_per_pass)
     stored = stored_ranges(engine, database)
     sizes = {(s.topic, s.partition): s.offsets for s in stored}

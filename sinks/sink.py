@@ -82,8 +82,7 @@ class RowMaker:
     def __init__(self, serde: Serde, hasher: PersonalDataHasher, topics: Topics, senders: Senders) -> None:
         self.serde, self.hasher, self.topics, self.senders = serde, hasher, topics, senders
         self._sources = {topics.camera: "camera", topics.hotline: "hotline", topics.app: "app"}
-        unprefixed = Topics()
-        self._spec_topics = {topics.camera: unprefixed.camera, topics.hotline: unprefixed.hotline, topics.app: unprefixed.app}
+        self._spec_topics = topics.source_spec_names()
 
     def row(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int, ingest_ms: int,
             headers: Iterable[tuple[str, Any]] = ()) -> Row:

@@ -174,9 +174,9 @@ class Ingestor:
                  skew: SkewBounds = DEFAULT_SKEW) -> None:
         self.serde, self.reference, self.hasher, self.topics, self.senders, self.skew = serde, reference, hasher, topics, senders, skew
         self.enricher = Enricher(reference)
-        unprefixed = Topics()
-        self._expected = {topics.camera: ("CameraDetection", unprefixed.camera), topics.hotline: ("HotlineTicket", unprefixed.hotline),
-                          topics.app: ("AppEvent", unprefixed.app)}
+        specs = topics.source_spec_names()
+        self._expected = {topic: (schema, specs[topic]) for topic, schema in
+                          ((topics.camera, "CameraDetection"), (topics.hotline, "HotlineTicket"), (topics.app, "AppEvent"))}
 
     def process(self, where: Position, key: bytes | None, value: bytes | None, now: datetime, arrived: datetime | None = None,
                 headers: Iterable[tuple[str, Any]] = ()) -> Output:
@@ -203,9 +203,7 @@ class Ingestor:
             branch, inner = record["event"]
             if branch == ACTION:
                 action = from_record(HandlingAction, {**inner, "actor": sender.integrator})  # who signed it, whatever it says
-                refusal = action_refusal(credentials, sender, action)
-                if refusal is not None:
-                    raise refusal.with_context(action_id=action.action_id, case_id=action.case_id)
+                _allowed(action_refusal(credentials, sender, action), action_id=action.action_id, case_id=action.case_id)
                 at, skewed = decided_time(action.at, arrived, self.skew)
                 if skewed:
                     action = replace(action, at=at, note=flagged_note(action.note, skewed))
@@ -222,9 +220,9 @@ class Ingestor:
         return Output(self.topics.inbox, key.encode(), self.serde.encode("CaseInboxEvent", {"event": event}, validate=False))
 
 
-def _allowed(refusal: AuthError | None) -> None:
+def _allowed(refusal: AuthError | None, **context: Any) -> None:
     if refusal is not None:
-        raise refusal
+        raise refusal.with_context(**context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +258,14 @@ class PartitionCases:
         self.held: dict[str, list[HeldAction]] = {}
         self.hold_ends: list[tuple[int, str]] = []  # heap of (held_until_ms, case id); entries of released cases are skipped
 
-    def tie(self, case_id: str, key: str) -> None:
-        self.tied.setdefault(case_id, []).append(key)
+    def remember(self, reports: Mapping[str, tuple[str, bytes]], refusals: Mapping[str, str]) -> None:
+        """Record reports (id -> (case id, fingerprint)) and refused actions (id -> case id), each tied to its case."""
+        self.reports.update(reports)
+        self.refused.update(refusals)
+        for report_id, (case_id, _) in reports.items():
+            self.tied.setdefault(case_id, []).append(report_key(report_id))
+        for action_id, case_id in refusals.items():
+            self.tied.setdefault(case_id, []).append(refused_key(action_id))
 
     def archive(self, case_id: str) -> list[str]:
         """Forget an archived case's report and refused-action entries; their changelog keys, to tombstone."""
@@ -379,11 +383,7 @@ class CaseProcessor:
         for case_id, actions in held.items():
             for action in actions:
                 part.hold(case_id, action)
-        part.reports, part.refused = reports, set(refused_ids)
-        for report_id, (case_id, _) in reports.items():
-            part.tie(case_id, report_key(report_id))
-        for action_id, case_id in refused_ids.items():
-            part.tie(case_id, refused_key(action_id))
+        part.remember(reports, refused_ids)
         return refused
 
     def held(self) -> list[PartitionCases]:
@@ -461,9 +461,6 @@ class CaseProcessor:
             part.book.rollback()
             return [dead_letter(self.serde, self.topics, where, key, value, with_position(exc, where), now)], []
         part.book.commit()
-        part.reports.update(recorded)
-        for report_id, (case_id, _) in recorded.items():
-            part.tie(case_id, report_key(report_id))
         opened: list[OpenCase | None] = []  # merge entries to persist (None: a touch that changed nothing)
         for entry, joined_at in merge_changes:
             if joined_at is None:
@@ -485,9 +482,7 @@ class CaseProcessor:
                 refusals[action_id] = (case_id, "unknown_case")
             part.keep_held(case_id, still_held)
             held_changed[case_id] = None
-        part.refused.update(refusals)
-        for action_id, (case_id, _) in refusals.items():
-            part.tie(case_id, refused_key(action_id))
+        part.remember(recorded, {action_id: case_id for action_id, (case_id, _) in refusals.items()})
         return self._emit(part, outputs, events, breaches, opened, held_changed, recorded, refusals)
 
     def _release(self, part: PartitionCases, actions: list[HeldAction], outputs: list[Output], refusals: dict[str, tuple[str, str]],

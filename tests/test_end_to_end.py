@@ -56,6 +56,14 @@ def holder_and_id(report_id: str, at: datetime, lat: float, lon: float, category
     return case_id_for(enriched), enriched.chain[0].unit_id, enriched.chain[1]
 
 
+def send_day(settings, day, judged_at: datetime) -> None:
+    """A simulated period through the SDK, each record signed by its sender, then the case stream's clock to `judged_at`."""
+    with Publisher(settings) as publisher:
+        sdk = SdkWay(publisher, Signers(settings))
+        feed(day, {"camera": sdk, "hotline": sdk, "app": sdk, "actions": sdk}, None, speed=20_000, max_gap_s=0.05)
+        write_ticks(publisher, publisher.serde, Topics.with_prefix(settings.topic_prefix), 6, judged_at)
+
+
 def wait_for_sink(settings, pipeline) -> None:
     wait_until(lambda: pipeline.supervise() or sink_caught_up(settings), 120, "the sink to store every record", 1.0, TRANSIENT)
 
@@ -153,10 +161,7 @@ def test_a_simulated_day_replayed_from_the_log_gives_identical_breaches_and_rank
     first = Pipeline(isolated, tmp_path / "first").wait_ready()
     topics = Topics.with_prefix(isolated.topic_prefix)
     try:
-        with Publisher(isolated) as publisher:
-            sdk = SdkWay(publisher, Signers(isolated))
-            feed(day, {"camera": sdk, "hotline": sdk, "app": sdk, "actions": sdk}, None, speed=20_000, max_gap_s=0.05)
-            write_ticks(publisher, publisher.serde, topics, 6, T0 + timedelta(days=10))
+        send_day(isolated, day, T0 + timedelta(days=10))
         wait_for_sink(isolated, first)
     finally:
         first.stop()

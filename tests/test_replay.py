@@ -9,18 +9,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from test_end_to_end import TRANSIENT, wait_for_sink
+from test_end_to_end import TRANSIENT, send_day, wait_for_sink
 
 from infra.processes import wait_until
 from sinks.clickhouse import ServerEngine
 from sinks.replay import replay
 from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS
 from streams.domain.reference import load_reference
-from whistle.devtools.feed import SdkWay, Signers, feed
 from whistle.devtools.harness import Pipeline, read_all
 from whistle.devtools.simulate import SimConfig, simulate
-from whistle.edges.clock import write_ticks
-from whistle.edges.sdk import Publisher
 from whistle.ground.names import Topics
 
 START = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
@@ -31,10 +28,7 @@ def _run_a_day(settings, logs) -> None:
     pipeline = Pipeline(settings, logs).wait_ready()
     topics = Topics.with_prefix(settings.topic_prefix)
     try:
-        with Publisher(settings) as publisher:
-            sdk = SdkWay(publisher, Signers(settings))
-            feed(day, {"camera": sdk, "hotline": sdk, "app": sdk, "actions": sdk}, None, speed=20_000, max_gap_s=0.05)
-            write_ticks(publisher, publisher.serde, topics, 6, START + timedelta(days=3))
+        send_day(settings, day, START + timedelta(days=3))
         wait_until(lambda: len(read_all(settings, [topics.breaches])) > 0, 60, "the day's breaches", 1.0, TRANSIENT)
         wait_for_sink(settings, pipeline)
     finally:

@@ -674,11 +674,15 @@ class CaseBook:
         return events, breaches
 
     def _archive(self, state: CaseState) -> None:
-        saved = self._saved
-        if saved is not None and state.case_id not in saved:
-            saved[state.case_id] = state
+        self._remember(state.case_id)
         del self.states[state.case_id]
         self.archived.append(state.case_id)
+
+    def _remember(self, case_id: str) -> None:
+        """Within a transaction, keep the case's state as it was before its first change (rollback restores it)."""
+        saved = self._saved
+        if saved is not None and case_id not in saved:
+            saved[case_id] = self.states.get(case_id)
 
     def _apply(self, events: list[CaseEvent]) -> list[CaseEvent]:
         if not events:
@@ -687,9 +691,7 @@ class CaseBook:
         for event in events[1:]:
             state = evolve(state, event)
         deadlines = deadlines_for(state, _policy_of(self.policies, state), self.calendar)  # before anything changes
-        saved = self._saved
-        if saved is not None and state.case_id not in saved:
-            saved[state.case_id] = self.states.get(state.case_id)
+        self._remember(state.case_id)
         self.states[state.case_id] = state
         self.index.schedule(state.case_id, state.seq, deadlines)
         return events

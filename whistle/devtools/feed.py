@@ -71,17 +71,13 @@ class Signers:
     def __init__(self, settings: Settings) -> None:
         self.master = settings.record_signing_key.value
         self.credentials = load_credentials(settings.keys_file, load_reference())
-        self._signers: dict[str, RecordSigner] = {}
 
     def __call__(self, integrator: str) -> RecordSigner:
-        signer = self._signers.get(integrator)
-        if signer is None:
-            credential = self.credentials.by_integrator.get(integrator)
-            if credential is None:
-                raise ConfigError(f"the key file has no integrator {integrator!r} (the simulator's integrators: infra/gateway-keys.example.yaml)",
-                                  field="integrator")
-            signer = self._signers[integrator] = derived_signer(self.master, credential)
-        return signer
+        credential = self.credentials.by_integrator.get(integrator)
+        if credential is None:
+            raise ConfigError(f"the key file has no integrator {integrator!r} (the simulator's integrators: infra/gateway-keys.example.yaml)",
+                              field="integrator")
+        return derived_signer(self.master, credential)  # the secret's derivation is cached
 
     def headers(self, event: SimEvent, spec_topic: str, key: bytes | None, value: bytes | None) -> list[tuple[str, bytes]]:
         """The headers `event`'s integrator puts on its encoded record."""

@@ -77,7 +77,6 @@ from streams.domain.credentials import (
     Credential,
     Credentials,
     CredentialsFile,
-    RecordSigner,
     action_refusal,
     derived_signer,
     may_publish,
@@ -148,8 +147,10 @@ class Refused(WhistleError):
         self.headers = dict(headers or {})
 
 
-def _invalid(exc: ValidationError) -> Refused:
-    return Refused(400, [(field or None, reason) for field, reason in exc.problems] or [(exc.context.get("field"), exc.message)])
+def _invalid(exc: ValidationError, envelope: str = "") -> Refused:
+    """400 naming every invalid field; `envelope` is the prefix a field of an enveloped record carries (`event.`), left out."""
+    return Refused(400, [(field.removeprefix(envelope) or None, reason) for field, reason in exc.problems]
+                   or [(exc.context.get("field"), exc.message)])
 
 
 def _error_response(refusal: Refused, open311_format: bool) -> web.Response:
@@ -282,7 +283,6 @@ class Gateway:
         self.publisher = publisher
         self.credentials = credentials
         self.master = settings.record_signing_key.value
-        self._signers: dict[tuple[str, int], RecordSigner] = {}
         self.clock = clock
         self.serde = serde
         self.reference = reference
@@ -434,8 +434,7 @@ class Gateway:
             record = self.serde.validate("AppEvent", {"event": {"HandlingAction": action}})
             partition_key_of_case(action["case_id"])
         except ValidationError as exc:
-            raise Refused(400, [((name or "").removeprefix("event.") or None, reason) for name, reason in exc.problems]
-                          or [(exc.context.get("field"), exc.message)]) from exc
+            raise _invalid(exc, "event.") from exc
         except ContractError as exc:
             raise Refused(404, [("case_id", exc.message)]) from exc
         refusal = action_refusal(self.credentials(), key, from_record(HandlingAction, record["event"][1]))
@@ -454,7 +453,7 @@ class Gateway:
     async def _case_refusal(self, action: Mapping[str, Any]) -> str | None:
         """Why the case (as the audit store knows it) does not allow the acting unit; None if it may, or the
         store does not know the case yet (the worker holds an early action and decides it once the case opens)."""
-        if action["kind"] in ("rate", "reopen"):
+        if action["kind"] in REPORTER_ACTIONS:
             return None
         try:
             units = await asyncio.to_thread(self.reader.case_units, action["case_id"])
@@ -509,13 +508,6 @@ class Gateway:
     def _presented_key(request: web.Request, parameters: Mapping[str, Any]) -> str | None:
         presented = request.headers.get(API_KEY_HEADER) or parameters.get("api_key")
         return presented if presented and isinstance(presented, str) else None
-
-    def _signer(self, key: Credential) -> RecordSigner:
-        """Records the gateway publishes for `key` are signed as its integrator, at its current generation."""
-        signer = self._signers.get((key.integrator, key.generation))
-        if signer is None:
-            signer = self._signers[(key.integrator, key.generation)] = derived_signer(self.master, key)
-        return signer
 
     async def _open311_fields(self, request: web.Request) -> Mapping[str, Any]:
         """The POSTed Open311 parameters: a JSON object, or form fields (url-encoded or multipart), text only."""
@@ -576,7 +568,7 @@ class Gateway:
         self._receipts.put(receipt_key, receipt)
         try:
             # bounded: while Kafka is away a request is answered 503 within kafka_timeout_s, not held open
-            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record, signer=self._signer(key)), self.kafka_timeout_s)
+            delivery = await asyncio.wait_for(self.publisher.publish_async(source, record, signer=derived_signer(self.master, key)), self.kafka_timeout_s)
         except BaseException as exc:  # not written (or not known to be): forget the attempt so a retry publishes again
             self._receipts.pop(receipt_key)
             receipt.settled.set_result(None)

@@ -38,6 +38,11 @@ class Topics:
     def sources(self) -> tuple[str, str, str]:
         return (self.camera, self.hotline, self.app)
 
+    def source_spec_names(self) -> dict[str, str]:
+        """Each source topic of this deployment -> its name without the prefix (the topic spec's): what a record signature covers."""
+        specs = Topics()
+        return {self.camera: specs.camera, self.hotline: specs.hotline, self.app: specs.app}
+
     @property
     def audited(self) -> tuple[str, ...]:
         """Every topic whose records the sink stores and `audit verify` accounts for."""
