@@ -118,6 +118,40 @@ def breaches(engine: Engine, database: str, *, tier: str | None = None, unit: st
     return run_query(engine, database, "breaches", params)
 
 
+TREND_BUCKETS = ("day", "week")
+
+
+def trend_breaches(engine: Engine, database: str, month: str, *, tz: str = LOCAL_TIMEZONE) -> Result:
+    """Breaches and referrals fired in `month`, per city day and tier (sinks/queries/dashboard_trend_breaches.sql):
+    the rows `breaches(since=, until=)` lists for the month, counted."""
+    from_ms, to_ms = month_bounds(month, tz)
+    return run_query(engine, database, "dashboard_trend_breaches", {"from_ms": from_ms, "to_ms": to_ms, "tz": tz})
+
+
+def trend_on_time(engine: Engine, database: str, month: str, months: int = 12, *, as_of: datetime | None = None,
+                  tz: str = LOCAL_TIMEZONE) -> Result:
+    """Each street's on-time rate in each of the `months` months ending with `month` (dashboard_trend_on_time.sql):
+    per month, ranking(month, "street")'s on_time_rate_pct."""
+    if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= 36:
+        raise ValidationError(f"months must be a whole number from 1 to 36, got {months!r}", field="months")
+    end_ms = month_bounds(month, tz)[1]  # validates month
+    first = int(month[:4]) * 12 + int(month[5:7]) - months  # the first month, counted in months since year 0
+    scope = {**_ranking_scope(f"{first // 12:04d}-{first % 12 + 1:02d}", "street", as_of, tz), "end_ms": end_ms}
+    return run_query(engine, database, "dashboard_trend_on_time", {**scope, "tz": tz})
+
+
+def trend_durations(engine: Engine, database: str, month: str, bucket: str = "day", *, as_of: datetime | None = None,
+                    tz: str = LOCAL_TIMEZONE) -> Result:
+    """p50 / p90 time to accept and to resolve of the cases opened in `month`, per day or week of their opening
+    (sinks/queries/dashboard_trend_durations.sql)."""
+    if bucket not in TREND_BUCKETS:
+        raise ValidationError(f"bucket must be one of {', '.join(TREND_BUCKETS)}, got {bucket!r}", field="bucket")
+    start_ms, end_ms = month_bounds(month, tz)
+    as_of_ms = _END_OF_TIME_MS if as_of is None else to_epoch_ms(as_of, "as_of")
+    return run_query(engine, database, "dashboard_trend_durations",
+                     {"start_ms": start_ms, "end_ms": end_ms, "as_of_ms": as_of_ms, "bucket": bucket, "tz": tz})
+
+
 def verify(engine: Engine, database: str, *, events_per_pass: int = 200_000) -> list[Problem]:
     """Everything that would make the audit store untrustworthy; [] when it is sound.
 

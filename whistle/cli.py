@@ -251,6 +251,21 @@ def audit_breaches(tier: str | None = typer.Option(None, "--tier"), unit: str | 
                              include_warnings=warnings), fmt, "Breaches")
 
 
+@audit_app.command("trends")
+def audit_trends(month: str = typer.Option(..., "--month", help="YYYY-MM (city time)"),
+                 months: int = typer.Option(12, "--months", help="months of on-time rates, ending with --month"),
+                 bucket: str = typer.Option("day", "--bucket", help="day | week: the p50/p90 durations' period"),
+                 fmt: str = FormatOption) -> None:
+    """The dashboard's trends: breaches per day and tier, each street's on-time rate month by month, p50/p90 time to
+    accept and to resolve per day or week (the same queries as its trends page)."""
+    from sinks import audit
+
+    with _auditor() as (engine, db):
+        _emit(audit.trend_breaches(engine, db, month), fmt, f"Breaches and referrals per day and tier, {month}")
+        _emit(audit.trend_on_time(engine, db, month, months), fmt, f"On-time rate per street, {months} months to {month}")
+        _emit(audit.trend_durations(engine, db, month, bucket), fmt, f"Time to accept and to resolve per {bucket}, {month}")
+
+
 @audit_app.command("verify")
 def audit_verify(fmt: str = FormatOption,
                  kafka_timeout: float = typer.Option(10.0, "--kafka-timeout", help="seconds for each Kafka request"),
