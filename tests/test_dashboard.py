@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from test_audit_queries import C1, load, store  # noqa: F401  (store: fixture)
+from test_audit_queries import C1, dataset, load, store  # noqa: F401  (store: fixture)
 
 from sinks import audit
 from whistle.edges import dashboard
@@ -25,8 +26,12 @@ PAGES = list(dashboard.PAGES)
 STATIC = ["/static/app.js", "/static/i18n.js", "/static/style.css", "/static/echarts.min.js"]
 ENDPOINTS = [f"/api/overview?month={MONTH}", f"/api/ranking?month={MONTH}&by=street&min_cases=1", f"/api/provenance?month={MONTH}",
              "/api/grids", "/api/map", "/api/cases?street=S1", "/api/case/C1", "/api/reference",
+             f"/api/trends?month={MONTH}&months=2&bucket=week", f"/api/dead_letters?month={MONTH}", "/api/verify",
              *(f"/api/export/{name}.{fmt}?month={MONTH}&case_id=C1" for name in ("overview", "breach_summary", "ranking", "provenance",
-                                                                                 "map", "cases", "timeline") for fmt in ("csv", "xlsx"))]
+                                                                                 "map", "cases", "timeline", "trend_breaches", "trend_on_time",
+                                                                                 "trend_durations", "dead_letters") for fmt in ("csv", "xlsx"))]
+NEW_ENDPOINTS = [path for path in ENDPOINTS if path.startswith(("/api/trends", "/api/dead_letters", "/api/verify", "/api/export/trend_",
+                                                                "/api/export/dead_letters"))]
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +53,19 @@ async def login(client, username=USER, password=PASSWORD):
     return await client.post("/login", data={"username": username, "password": password, "next": "/"}, allow_redirects=False)
 
 
-def app_on(engine, database, users, **kwargs):
-    return build_app(AuditReader(lambda: engine, database, serialize=True, owns_engines=False), users, **kwargs)
+def kafka_as_stored(engine, database, lag=0):
+    """Kafka's offsets as they would be with everything stored (the sink caught up), or `lag` records more in each partition."""
+    stored = audit.stored_ranges(engine, database)
+    ranges = [audit.KafkaRange(s.topic, s.partition, 0, s.last + 1 + lag, s.last + 1) for s in stored if s.last is not None]
+    return lambda: (ranges, [])
 
 
-def get_json(engine, database, users, *paths):
+def app_on(engine, database, users, kafka=None, **kwargs):
+    reader = AuditReader(lambda: engine, database, serialize=True, owns_engines=False, kafka=kafka or kafka_as_stored(engine, database))
+    return build_app(reader, users, **kwargs)
+
+
+def get_json(engine, database, users, *paths, kafka=None):
     async def scenario(client):
         assert (await login(client)).status == 303
         answers = []
@@ -62,7 +75,7 @@ def get_json(engine, database, users, *paths):
             answers.append(await response.json())
         return answers
 
-    return serve(app_on(engine, database, users), scenario)
+    return serve(app_on(engine, database, users, kafka), scenario)
 
 
 def get_bytes(engine, database, users, path):
@@ -174,12 +187,106 @@ def test_exports_are_the_same_tables(store, users):
     assert list(book["ranking_provenance"].iter_rows(values_only=True))[1:] == list(provenance.rows)
 
 
+def test_trends_are_the_cli_queries(store, users):
+    (week,) = get_json(*store, users, f"/api/trends?month={MONTH}&months=2&bucket=week")
+    # What `whistle audit trends --month 2025-03 --months 2 --bucket week --format json` prints (the same functions).
+    assert week["breaches"]["rows"] == orjson.loads(audit.to_json(audit.trend_breaches(*store, MONTH)))
+    assert week["on_time"]["rows"] == orjson.loads(audit.to_json(audit.trend_on_time(*store, MONTH, 2)))
+    assert week["durations"]["rows"] == orjson.loads(audit.to_json(audit.trend_durations(*store, MONTH, "week")))
+    # Breaches and referrals fired in March, by Beijing day: B2a 03-05, B2b 03-06 (street), B3 03-10, B5a + B5b 03-12
+    # (community + street), B6 03-16, B4 03-25 (its copy once); not the warning W5. As many as `audit breaches` lists.
+    assert [(r["day"], r["tier"], r["breaches"]) for r in week["breaches"]["rows"]] == [
+        ("2025-03-05", "community", 1), ("2025-03-06", "street", 1), ("2025-03-10", "community", 1), ("2025-03-12", "community", 1),
+        ("2025-03-12", "street", 1), ("2025-03-16", "community", 1), ("2025-03-25", "community", 1)]
+    start, end = audit.month_bounds(MONTH)
+    listed = audit.breaches(*store, since=datetime.fromtimestamp(start / 1000, UTC), until=datetime.fromtimestamp(end / 1000, UTC))
+    assert sum(r["breaches"] + r["referrals"] for r in week["breaches"]["rows"]) == len(listed.rows) == 7
+    # On-time rates: no case in February; March equals the month's street ranking, unit by unit.
+    ranking = {r["unit_id"]: r["on_time_rate_pct"] for r in orjson.loads(audit.to_json(audit.ranking(*store, MONTH, "street", 1)))}
+    assert {r["month"] for r in week["on_time"]["rows"]} == {MONTH}
+    assert {r["unit_id"]: r["on_time_rate_pct"] for r in week["on_time"]["rows"]} == ranking == {
+        "S1": "50.00", "S2": "0.00", "S3": "0.00", "S4": "100.00", "S5": "100.00"}
+    # Week of 03-03: C1 accepted after 600 s, resolved after 4 h; C2 after 9000 s and 24 h: p50 the 1st, p90 the 2nd of 2.
+    first = week["durations"]["rows"][0]
+    assert first == {"bucket_start": "2025-03-03", "cases": 2, "accepted": 2, "resolved": 2, "p50_accept_s": 600, "p90_accept_s": 9000,
+                     "p50_resolve_h": "4.00", "p90_resolve_h": "24.00"}
+    assert [r["bucket_start"] for r in week["durations"]["rows"]] == ["2025-03-03", "2025-03-10", "2025-03-17", "2025-03-24", "2025-03-31"]
+    (day,) = get_json(*store, users, f"/api/trends?month={MONTH}&bucket=day")
+    c5 = [r for r in day["durations"]["rows"] if r["bucket_start"] == "2025-03-12"]  # C5: never accepted, never resolved
+    assert c5 == [{"bucket_start": "2025-03-12", "cases": 1, "accepted": 0, "resolved": 0, "p50_accept_s": None, "p90_accept_s": None,
+                   "p50_resolve_h": None, "p90_resolve_h": None}]
+    assert day["months"] == dashboard.DEFAULT_TREND_MONTHS and sum(r["cases"] for r in day["durations"]["rows"]) == 10
+
+
+def test_dead_letters_by_stage_and_latest(store, users):
+    engine, database = store
+    # The same record dead-lettered again (a redelivery): counted and listed once.
+    (again,) = [{**row, "kafka_offset": 1} for row in dataset()["dead_letters"]]
+    columns = [c for c in again if c != "later_batch"]
+    engine.insert(f"{database}.dead_letters", columns, [tuple(again[c] for c in columns)])
+    march, april, validate = get_json(*store, users, f"/api/dead_letters?month={MONTH}", "/api/dead_letters?month=2025-04",
+                                      f"/api/dead_letters?month={MONTH}&stage=validate")
+    assert march["counts"]["rows"] == [{"original_topic": "whistle.raw.app", "original_partition": 2, "stage": "decode",
+                                        "error_class": "DecodeError", "reason": "", "records": 1}]
+    (example,) = march["examples"]["rows"]
+    assert (example["original_topic"], example["original_partition"], example["original_offset"], example["kafka_topic"],
+            example["kafka_partition"], example["kafka_offset"]) == ("whistle.raw.app", 2, 41, "whistle.deadletter", 0, 0)
+    assert (example["stage"], example["error_message"], example["original_key"]) == ("decode", "not an Avro single-object record", "R-bad")
+    assert april["counts"]["rows"] == april["examples"]["rows"] == [] and validate["examples"]["rows"] == []
+
+
+def test_verify_states_clean_and_behind(store, users):
+    engine, database = store
+    (clean,) = get_json(engine, database, users, "/api/verify")
+    expected = audit.verify_against_kafka(engine, database, kafka_as_stored(engine, database)()[0])
+    assert clean["findings"]["rows"] == orjson.loads(audit.to_json(audit.findings_result(expected)))
+    assert (clean["status"], clean["exit_code"], clean["broken"], clean["behind"], clean["dead_letters"]) == ("clean", 0, 0, 0, 1)
+    (behind,) = get_json(engine, database, users, "/api/verify", kafka=kafka_as_stored(engine, database, lag=3))
+    assert behind["status"] == "behind" and behind["exit_code"] == 2
+    assert {(f["kind"], f["records"]) for f in behind["findings"]["rows"] if f["status"] == "behind"} == {("lag", 3)}
+    assert behind["behind"] == len(kafka_as_stored(engine, database)()[0])
+
+
+def test_verify_states_broken_on_an_altered_event(engine, database, users):
+    def alter(tables):
+        for row in tables["case_events"]:
+            if row["event_id"] == "C1:5":
+                row["note"] = "nothing was done"
+
+    load(engine, database, tamper=alter)
+    (broken,) = get_json(engine, database, users, "/api/verify")
+    assert broken["status"] == "broken" and broken["exit_code"] == 1 and broken["broken"] >= 1
+    assert any(f["kind"] == "chain" and "case C1" in f["detail"] for f in broken["findings"]["rows"])
+
+
+def test_verify_without_kafka_is_503_not_a_verdict(store, users):
+    async def scenario(client):
+        await login(client)
+        response = await client.get("/api/verify")
+        return response.status, (await response.json())["error"]
+
+    app = build_app(AuditReader(lambda: store[0], store[1], serialize=True, owns_engines=False), users)
+    status, message = serve(app, scenario)
+    assert status == 503 and "Kafka" in message
+
+
+def test_with_a_login_the_new_endpoints_answer(store, users):
+    async def scenario(client):
+        await login(client)
+        return {path: (await client.get(path)).status for path in NEW_ENDPOINTS}
+
+    statuses = serve(app_on(*store, users), scenario)
+    assert len(statuses) == 11 and set(statuses.values()) == {200}, statuses
+
+
 def test_bad_inputs_are_400(store, users):
     async def scenario(client):
         await login(client)
         answers = {}
         for path in ("/api/ranking?month=2025-13", "/api/ranking?by=grid", "/api/ranking?min_cases=-1", "/api/cases?status=lost",
-                     "/api/cases?from=2025-3-1", "/api/cases?limit=100000", "/api/export/nothing.csv"):
+                     "/api/cases?from=2025-3-1", "/api/cases?limit=100000", "/api/export/nothing.csv",
+                     "/api/trends?month=2025-3", "/api/trends?months=0", "/api/trends?months=x", "/api/trends?bucket=hour",
+                     "/api/dead_letters?month=03-2025", "/api/dead_letters?limit=0", "/api/export/trend_nothing.csv"):
             response = await client.get(path)
             answers[path] = (response.status, (await response.json())["error"])
         return answers

@@ -6,6 +6,10 @@ Pages (HTML + Apache ECharts served from the project: the page loads nothing fro
 - /ranking     streets and departments (sortable, the minimum-case rule shown, provenance one click away)
 - /map         the reference grid polygons (`echarts.registerMap`, no tiles) coloured by open / overdue cases
 - /cases       case search, and a case's timeline with each event's hash-chain check
+- /trends      breaches per day and tier, each street's on-time rate month by month, p50/p90 time to accept and
+               to resolve per day or week
+- /dead-letters  what the pipeline could not process (by stage and reason, the latest examples with their Kafka
+               positions) and `whistle audit verify`'s verdict, run on request
 - /export      every table as CSV or Excel (.xlsx, provenance on its own sheet)
 Chinese by default; `?lang=en` switches to English (a small dictionary, dashboard_static/i18n.js).
 
@@ -14,7 +18,10 @@ Data endpoints (JSON; decimals as strings so they stay exact, as `whistle audit 
   GET /api/provenance?month=&by=                  GET /api/map?from=&to=      GET /api/grids (GeoJSON)
   GET /api/cases?case_id=&street=&grid=&category=&status=&from=&to=&limit=
   GET /api/case/{case_id}                         GET /api/reference
-  GET /api/export/{table}.csv|.xlsx?...           (table: overview, breach_summary, ranking, provenance, map, cases, timeline)
+  GET /api/trends?month=&months=&bucket=day|week  GET /api/dead_letters?month=&stage=&limit=
+  GET /api/verify   runs `whistle audit verify`'s checks now (read-only; one run at a time, concurrent requests share it)
+  GET /api/export/{table}.csv|.xlsx?...           (table: overview, breach_summary, ranking, provenance, map, cases, timeline,
+                                                   trend_breaches, trend_on_time, trend_durations, dead_letters)
 Every figure comes from a named SQL file in sinks/queries/ run through `sinks.audit` with bound
 parameters (the same functions `whistle audit` calls), as the read-only `auditor` user.
 
@@ -53,8 +60,10 @@ from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
 from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, DistrictReference, load_reference
 from whistle.ground.datafiles import read_entries
-from whistle.ground.errors import ConfigError, StoreError, ValidationError, WhistleError
+from whistle.ground.errors import ConfigError, StackError, StoreError, ValidationError, WhistleError
+from whistle.ground.names import Topics
 from whistle.ground.settings import ClickHouseSettings, Settings
+from whistle.ground.times import to_epoch_ms
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 ECHARTS_JS = STATIC_DIR / "node_modules" / "echarts" / "dist" / "echarts.min.js"  # `npm ci` in dashboard_static (make bootstrap)
@@ -63,8 +72,12 @@ SESSION_COOKIE = "whistle_session"
 DEFAULT_SESSION_TTL_S = 8 * 3600
 DEFAULT_MIN_CASES = 5  # as `whistle audit ranking`
 MAX_CASES_LISTED = 500
+MAX_DEAD_LETTERS_LISTED = 200
+DEFAULT_TREND_MONTHS = 12
+DEFAULT_DEAD_LETTER_POLICY = audit.DeadLetterPolicy()  # WHISTLE_VERIFY_DEAD_LETTER_* when served by `whistle dashboard`
 LANGUAGES = ("zh-CN", "en")
-PAGES = {"/": "overview", "/ranking": "ranking", "/map": "map", "/cases": "cases", "/export": "export"}
+PAGES = {"/": "overview", "/ranking": "ranking", "/map": "map", "/cases": "cases", "/trends": "trends", "/dead-letters": "dead_letters",
+         "/export": "export"}
 STATIC_FILES = {"app.js": "application/javascript", "i18n.js": "application/javascript", "style.css": "text/css"}
 CASE_STATUSES = ("open", "opened", "dispatched", "accepted", "resolved", "rated", "reopened", "closed")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -179,11 +192,16 @@ class AuditReader:
 
     `connect()` makes an engine for a thread (clickhouse-driver clients are not thread-safe); with
     `serialize=True` every call takes one lock instead (for an engine shared across threads, e.g. chdb in tests).
+    `kafka()` reads Kafka's offsets for `verify` as `whistle audit verify` does: (the audited topics' ranges, the
+    case stream's); without it the dashboard cannot verify (503), since a verdict without Kafka could not say "behind".
     """
 
     def __init__(self, connect: Callable[[], Engine], database: str, *, serialize: bool = False, owns_engines: bool = True,
-                 tz: str = audit.LOCAL_TIMEZONE) -> None:
+                 tz: str = audit.LOCAL_TIMEZONE, kafka: KafkaRanges | None = None,
+                 dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY) -> None:
         self._connect = connect
+        self._kafka = kafka
+        self.dead_letter_policy = dead_letter_policy
         self.database = database
         self.tz = tz
         self._zone = ZoneInfo(tz)
@@ -193,7 +211,8 @@ class AuditReader:
         self._engines: list[Engine] = []
 
     @classmethod
-    def for_auditor(cls, clickhouse: ClickHouseSettings) -> AuditReader:
+    def for_auditor(cls, clickhouse: ClickHouseSettings, *, kafka: KafkaRanges | None = None,
+                    dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY) -> AuditReader:
         """The read-only auditor user of `clickhouse` (the settings' auditor_user / auditor_password)."""
         ch = clickhouse
 
@@ -201,7 +220,18 @@ class AuditReader:
             return ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value, database=ch.database,
                                 secure=ch.secure, connect_timeout=5.0, send_receive_timeout=60.0)
 
-        return cls(connect, ch.database)
+        return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AuditReader:
+        """As `whistle audit verify` reads: the auditor user, Kafka's offsets of settings' deployment, its dead-letter policy."""
+        inbox = Topics.with_prefix(settings.topic_prefix).inbox
+
+        def kafka() -> tuple[list[audit.KafkaRange], list[audit.KafkaRange]]:
+            return audit.read_kafka_ranges(settings), audit.read_kafka_ranges(settings, topics=[inbox])
+
+        policy = audit.DeadLetterPolicy(settings.verify_dead_letter_share, settings.verify_dead_letter_min)
+        return cls.for_auditor(settings.clickhouse, kafka=kafka, dead_letter_policy=policy)
 
     def _engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
@@ -267,6 +297,48 @@ class AuditReader:
         return {"case_id": case_id, "columns": [*timeline.columns, "chain"], "rows": rows, "chain": {k: v for k, v in chain.items() if k != "events"}}
 
 
+    def trends(self, month: str, months: int, bucket: str) -> dict[str, Any]:
+        def work(engine: Engine, db: str) -> tuple[audit.Result, audit.Result, audit.Result]:
+            return (audit.trend_breaches(engine, db, month, tz=self.tz), audit.trend_on_time(engine, db, month, months, tz=self.tz),
+                    audit.trend_durations(engine, db, month, bucket, tz=self.tz))
+
+        breaches, on_time, durations = self.call(work)
+        return {"month": month, "months": months, "bucket": bucket, "breaches": table(breaches), "on_time": table(on_time),
+                "durations": table(durations)}
+
+    def dead_letters(self, month: str, stage: str, limit: int) -> dict[str, Any]:
+        """The month's dead letters (by failure time): counts per original partition, stage and reason (the query
+        `audit verify` reports them with) and the latest `limit` of them (of `stage` only, unless '')."""
+        from_ms, to_ms = audit.month_bounds(month, self.tz)
+
+        def work(engine: Engine, db: str) -> tuple[audit.Result, audit.Result]:
+            scope = {"from_ms": from_ms, "to_ms": to_ms}
+            return (audit.run_query(engine, db, "verify_dead_letters", scope),
+                    audit.run_query(engine, db, "dashboard_dead_letter_examples", {**scope, "stage": stage, "limit": limit}))
+
+        counts, examples = self.call(work)
+        return {"month": month, "stage": stage, "counts": table(counts), "examples": table(examples)}
+
+    def verify(self) -> dict[str, Any]:
+        """`whistle audit verify` now: Kafka's offsets read first (as the CLI does), then every check on ClickHouse
+        (SELECTs only). Raises StackError when there is no Kafka to compare with or it does not answer."""
+        if self._kafka is None:
+            raise StackError("this dashboard has no Kafka settings: verify compares ClickHouse with Kafka")
+        started = time.monotonic()
+        kafka, case_stream = self._kafka()
+        findings = self.call(lambda engine, db: audit.verify_against_kafka(engine, db, kafka, case_stream=case_stream,
+                                                                          dead_letters=self.dead_letter_policy))
+        status = audit.status_of(findings)
+        return {"status": status, "exit_code": audit.EXIT_CODES[status], "seconds": round(time.monotonic() - started, 3),
+                "partitions": len(kafka), "records_in_kafka": sum(k.high - k.low for k in kafka),
+                "broken": sum(f.status == audit.BROKEN for f in findings), "behind": sum(f.status == audit.BEHIND for f in findings),
+                "dead_letters": sum(f.records for f in findings if f.kind == "dead_letters"),
+                "findings": table(audit.findings_result(findings))}
+
+
+KafkaRanges = Callable[[], tuple[list[audit.KafkaRange], list[audit.KafkaRange]]]
+
+
 def check_case_chain(rows: tuple[tuple, ...] | list[tuple]) -> dict[str, Any]:
     """One case's stored events (dashboard_case_chain.sql rows) checked as `audit verify` does: copies of an event
     collapsed (a differing copy is a problem), then `verify_chain`. Per seq: whether the row's hash matches its
@@ -330,6 +402,7 @@ class Dashboard:
         self.reference = reference
         self.clock = clock
         self._grids = GRIDS_GEOJSON.read_bytes()
+        self._verifying: asyncio.Future | None = None  # the verify run in progress, shared by the requests that wait for it
 
     # -- access ---------------------------------------------------------------------------------------
 
@@ -421,6 +494,24 @@ class Dashboard:
     async def api_case(self, request: web.Request) -> web.Response:
         return _json(await asyncio.to_thread(self.reader.case, request.match_info["case_id"]))
 
+    async def api_trends(self, request: web.Request) -> web.Response:
+        month, months, bucket = self._trend_args(request)
+        return _json(await asyncio.to_thread(self.reader.trends, month, months, bucket))
+
+    async def api_dead_letters(self, request: web.Request) -> web.Response:
+        return _json(await asyncio.to_thread(self.reader.dead_letters, *self._dead_letter_args(request)))
+
+    async def api_verify(self, request: web.Request) -> web.Response:
+        """Runs verify, or waits for the run already in progress: one run at a time however many auditors ask."""
+        if self._verifying is None:
+            self._verifying = asyncio.ensure_future(asyncio.to_thread(self.reader.verify))
+            self._verifying.add_done_callback(self._verified)
+        result = await asyncio.shield(self._verifying)
+        return _json({**result, "checked_at_ms": to_epoch_ms(self.clock(), "clock")})
+
+    def _verified(self, _done: asyncio.Future) -> None:
+        self._verifying = None
+
     async def api_reference(self, request: web.Request) -> web.Response:
         ref = self.reference
         return _json({
@@ -433,6 +524,7 @@ class Dashboard:
             "statuses": list(CASE_STATUSES),
             "default_month": self._default_month(),
             "min_cases": DEFAULT_MIN_CASES,
+            "trend_months": DEFAULT_TREND_MONTHS,
         })
 
     async def api_export(self, request: web.Request) -> web.StreamResponse:
@@ -468,6 +560,10 @@ class Dashboard:
             return [self.reader.grid_cases(*self._period(request))]
         if name == "cases":
             return [self.reader.cases(self._search_params(request))]
+        if name in ("trend_breaches", "trend_on_time", "trend_durations"):  # the trends page's three figures, as it shows them
+            return [_result(self.reader.trends(*self._trend_args(request))[name.removeprefix("trend_")])]
+        if name == "dead_letters":
+            return [_result(self.reader.dead_letters(*self._dead_letter_args(request))["examples"])]
         if name == "timeline":
             case_id = query.get("case_id", "")
             figures = self.reader.case(case_id)
@@ -488,6 +584,22 @@ class Dashboard:
         if not raw.isdigit():
             raise ValidationError(f"min_cases must be a whole number >= 0, got {raw!r}", field="min_cases")
         return month, by, int(raw)
+
+    def _trend_args(self, request: web.Request) -> tuple[str, int, str]:
+        query = request.query
+        raw = query.get("months", str(DEFAULT_TREND_MONTHS))
+        if not raw.isdigit():
+            raise ValidationError(f"months must be a whole number from 1 to 36, got {raw!r}", field="months")
+        return query.get("month") or self._default_month(), int(raw), query.get("bucket", "day")
+
+    def _dead_letter_args(self, request: web.Request) -> tuple[str, str, int]:
+        query = request.query
+        raw = query.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_DEAD_LETTERS_LISTED:
+            raise ValidationError(f"limit must be a whole number from 1 to {MAX_DEAD_LETTERS_LISTED}, got {raw!r}", field="limit")
+        month = query.get("month") or self._default_month()
+        audit.month_bounds(month)  # validates
+        return month, query.get("stage", ""), int(raw)
 
     def _period(self, request: web.Request) -> tuple[int, int]:
         """`from` and `to` (YYYY-MM-DD, city time; `to` inclusive) as [start, end) epoch ms; missing = open-ended."""
@@ -529,6 +641,9 @@ async def _errors(request: web.Request, handler):
     except StoreError as exc:
         _log.error("dashboard query failed: %s", exc)
         return _json_error(503, "ClickHouse did not answer the query")
+    except StackError as exc:
+        _log.error("dashboard verify could not run: %s", exc)
+        return _json_error(503, f"verify could not run: {exc}")
 
 
 def build_app(reader: AuditReader, users: Users, *, sessions: Sessions | None = None, reference: DistrictReference | None = None,
@@ -552,6 +667,9 @@ def build_app(reader: AuditReader, users: Users, *, sessions: Sessions | None = 
         web.get("/api/cases", dashboard.api_cases),
         web.get("/api/case/{case_id}", dashboard.api_case),
         web.get("/api/reference", dashboard.api_reference),
+        web.get("/api/trends", dashboard.api_trends),
+        web.get("/api/dead_letters", dashboard.api_dead_letters),
+        web.get("/api/verify", dashboard.api_verify),
         web.get(r"/api/export/{name:[a-z_]+}.{fmt:csv|xlsx}", dashboard.api_export),
     ])
     app[DASHBOARD] = dashboard
@@ -565,7 +683,7 @@ def build_app(reader: AuditReader, users: Users, *, sessions: Sessions | None = 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 API_ENDPOINTS = ("/api/overview", "/api/ranking", "/api/provenance", "/api/grids", "/api/map", "/api/cases", "/api/case/C1",
-                 "/api/reference", "/api/export/ranking.csv", "/api/export/ranking.xlsx")
+                 "/api/reference", "/api/trends", "/api/dead_letters", "/api/verify", "/api/export/ranking.csv", "/api/export/ranking.xlsx")
 
 
 def run_dashboard(settings: Settings, host: str, port: int, users_file: Path | str) -> None:
@@ -575,7 +693,7 @@ def run_dashboard(settings: Settings, host: str, port: int, users_file: Path | s
     users = load_users(users_file)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = build_app(AuditReader.for_auditor(settings.clickhouse), users)
+    app = build_app(AuditReader.for_settings(settings), users)
     web.run_app(app, host=host, port=port, access_log=None, print=_log.info)
 
 

@@ -79,7 +79,7 @@
   langLink.textContent = t("other_lang");
   langLink.href = location.pathname + (other.toString() ? "?" + other : "");
   const nav = document.getElementById("nav");
-  for (const [path, page] of [["/", "overview"], ["/ranking", "ranking"], ["/map", "map"], ["/cases", "cases"], ["/export", "export"]]) {
+  for (const [path, page] of [["/", "overview"], ["/ranking", "ranking"], ["/map", "map"], ["/cases", "cases"], ["/trends", "trends"], ["/dead-letters", "dead_letters"], ["/export", "export"]]) {
     nav.append(el("a", { href: withLang(path), class: page === PAGE ? "active" : null, id: "nav-" + page, text: t(page) }));
   }
   const main = document.getElementById("main");
@@ -327,12 +327,162 @@
     await search();
   }
 
+  // -- trends --------------------------------------------------------------------------------------
+  const TIERS = ["grid", "community", "street", "department", "supervision", "discipline"];
+  const TIER_COLORS = { grid: "#f5b041", community: "#e67e22", street: "#e74c3c", department: "#c0392b", supervision: "#7d3c98", discipline: "#1b2631" };
+  function daysOf(month) {
+    const [year, number] = month.split("-").map(Number);
+    const count = new Date(Date.UTC(year, number, 0)).getUTCDate();
+    return [...Array(count).keys()].map((i) => month + "-" + String(i + 1).padStart(2, "0"));
+  }
+  function monthsUpTo(month, count) {
+    const [year, number] = month.split("-").map(Number);
+    return [...Array(count).keys()].map((i) => {
+      const m = year * 12 + number - count + i; // months since year 0, the first of the window at i = 0
+      return Math.floor(m / 12) + "-" + String((m % 12) + 1).padStart(2, "0");
+    });
+  }
+  function numberOrNull(v) { return v === null || v === undefined ? null : Number(v); }
+  async function trends() {
+    const month = el("input", { type: "month", id: "month", value: monthDefault });
+    const bucket = el("select", { id: "bucket" }, ["day", "week"].map((b) => el("option", { value: b, text: t("bucket_" + b), selected: (params.get("bucket") || "day") === b })));
+    const months = el("input", { type: "number", id: "months", min: "1", max: "36", value: params.get("months") || String(state.reference.trend_months) });
+    const out = el("div", { id: "trends" });
+    main.append(el("h1", { text: t("trends") }), el("div", { class: "controls" }, el("label", { text: t("month") }, month),
+      el("label", { text: t("bucket") }, bucket), el("label", { text: t("trend_months") }, months),
+      el("button", { id: "load", text: t("load"), onclick: () => load() })), out);
+    async function load() {
+      out.replaceChildren(el("p", { class: "muted", text: "…" }));
+      let data;
+      try { data = await api("/api/trends", { month: month.value, months: months.value, bucket: bucket.value }); } catch (exc) { return error(out, exc); }
+      state.trends = data;
+      const q = { month: data.month, months: data.months, bucket: data.bucket };
+      const links = (name) => el("p", { class: "muted" }, el("a", { href: withLang("/api/export/trend_" + name + ".csv", q), text: "CSV" }), " · ",
+        el("a", { href: withLang("/api/export/trend_" + name + ".xlsx", q), text: "Excel" }));
+      const nodes = { breaches: chart("trend-breaches", 340), onTime: chart("trend-on-time", 380), accept: chart("trend-accept", 300), resolve: chart("trend-resolve", 300) };
+      out.replaceChildren(
+        el("h2", { text: t("trend_breaches_title") }), nodes.breaches, links("breaches"),
+        el("h2", { text: t("trend_on_time_title", { n: data.months }) }), nodes.onTime, el("p", { class: "muted", text: t("trend_on_time_note") }), links("on_time"),
+        el("h2", { text: t("trend_durations_title") }), el("div", { class: "split even" }, nodes.accept, nodes.resolve),
+        el("p", { class: "muted", text: t("trend_durations_note") }), links("durations"));
+
+      const days = daysOf(data.month);
+      const tiers = TIERS.filter((tier) => data.breaches.rows.some((r) => r.tier === tier));
+      const perDay = (tier) => days.map((day) => data.breaches.rows.filter((r) => r.day === day && r.tier === tier).reduce((n, r) => n + r.breaches + r.referrals, 0));
+      mount(nodes.breaches).setOption({
+        textStyle: FONT, tooltip: { trigger: "axis" }, legend: { data: tiers.map((x) => T.tiers[x] || x) }, grid: { left: 50, right: 20 },
+        xAxis: { type: "category", data: days.map((d) => d.slice(5)) }, yAxis: { type: "value", minInterval: 1, name: t("breaches_and_referrals") },
+        series: tiers.map((tier) => ({ id: tier, name: T.tiers[tier] || tier, type: "bar", stack: "tiers", data: perDay(tier), itemStyle: { color: TIER_COLORS[tier] } })),
+      });
+
+      const span = monthsUpTo(data.month, data.months);
+      const streets = state.reference.streets.filter((s) => data.on_time.rows.some((r) => r.unit_id === s.id));
+      mount(nodes.onTime).setOption({
+        textStyle: FONT, tooltip: { trigger: "axis", valueFormatter: (v) => (v === null || v === undefined ? "" : v + "%") },
+        legend: { type: "scroll", data: streets.map((s) => s.name) }, grid: { left: 50, right: 20, top: 50 },
+        xAxis: { type: "category", data: span }, yAxis: { type: "value", min: 0, max: 100, axisLabel: { formatter: "{value}%" } },
+        series: streets.map((s) => ({ id: s.id, name: s.name, type: "line", connectNulls: false, symbolSize: 6,
+          data: span.map((m) => { const r = data.on_time.rows.find((x) => x.month === m && x.unit_id === s.id); return r ? Number(r.on_time_rate_pct) : null; }) })),
+      });
+
+      const buckets = data.durations.rows.map((r) => r.bucket_start);
+      const line = (id, key, scale, color, dashed) => ({ id, name: t(id), type: "line", symbolSize: 5, itemStyle: { color }, lineStyle: dashed ? { type: "dashed" } : undefined,
+        data: data.durations.rows.map((r) => (r[key] === null ? null : Math.round(Number(r[key]) * scale * 100) / 100)) });
+      mount(nodes.accept).setOption({
+        textStyle: FONT, title: { text: t("time_to_accept"), left: "center", textStyle: { fontSize: 14 } }, tooltip: { trigger: "axis" },
+        legend: { top: 24, data: [t("p50_accept_min"), t("p90_accept_min")] }, grid: { top: 60, left: 50, right: 20 },
+        xAxis: { type: "category", data: buckets.map((b) => b.slice(5)) }, yAxis: { type: "value", name: t("minutes") },
+        series: [line("p50_accept_min", "p50_accept_s", 1 / 60, "#1f618d"), line("p90_accept_min", "p90_accept_s", 1 / 60, "#1f618d", true)],
+      });
+      mount(nodes.resolve).setOption({
+        textStyle: FONT, title: { text: t("time_to_resolve"), left: "center", textStyle: { fontSize: 14 } }, tooltip: { trigger: "axis" },
+        legend: { top: 24, data: [t("p50_resolve_h"), t("p90_resolve_h")] }, grid: { top: 60, left: 50, right: 20 },
+        xAxis: { type: "category", data: buckets.map((b) => b.slice(5)) }, yAxis: { type: "value", name: t("hours") },
+        series: [line("p50_resolve_h", "p50_resolve_h", 1, "#27ae60"), line("p90_resolve_h", "p90_resolve_h", 1, "#27ae60", true)],
+      });
+    }
+    await load();
+  }
+
+  // -- dead letters and verify -------------------------------------------------------------------------
+  async function deadLetters() {
+    const month = el("input", { type: "month", id: "month", value: monthDefault });
+    const out = el("div", { id: "dead-letters" });
+    const verify = el("div", { id: "verify", class: "panel" });
+    main.append(el("h1", { text: t("dead_letters") }), el("h2", { text: t("verify_title") }), verify,
+      el("div", { class: "controls" }, el("label", { text: t("failed_in") }, month), el("button", { id: "load", text: t("load"), onclick: () => load() })), out);
+    async function load() {
+      out.replaceChildren(el("p", { class: "muted", text: "…" }));
+      let data;
+      try { data = await api("/api/dead_letters", { month: month.value }); } catch (exc) { return error(out, exc); }
+      state.deadLetters = data;
+      const groups = new Map(); // stage + reason -> {stage, reason, records, topics}
+      for (const r of data.counts.rows) {
+        const reason = r.reason || r.error_class, key = r.stage + "\u0000" + reason;
+        const g = groups.get(key) || { stage: r.stage, reason, records: 0, topics: new Set() };
+        g.records += r.records; g.topics.add(r.original_topic + "[" + r.original_partition + "]");
+        groups.set(key, g);
+      }
+      const rows = [...groups.values()].sort((a, b) => b.records - a.records || a.stage.localeCompare(b.stage) || a.reason.localeCompare(b.reason));
+      const total = rows.reduce((n, g) => n + g.records, 0);
+      const chartNode = chart("dead-letter-chart", Math.max(160, 60 + 32 * rows.length));
+      const cols = ["failed_ms", "stage", "reason", "error_message", "original", "original_key", "original_value_size", "dead_letter"];
+      out.replaceChildren(
+        el("div", { class: "cards" }, el("div", { class: "card", id: "card-dead-letters", "data-value": String(total) },
+          el("div", { class: "label", text: t("dead_letters_in", { month: data.month }) }), el("div", { class: "value", text: String(total) }))),
+        el("h2", { text: t("dead_letters_by_stage") }),
+        el("div", { class: "split" }, chartNode, el("table", { id: "dead-letter-counts" },
+          el("thead", {}, el("tr", {}, [t("stage"), t("reason"), t("records"), t("original_partitions")].map((h) => el("th", { text: h })))),
+          el("tbody", {}, rows.map((g) => el("tr", { "data-stage": g.stage, "data-reason": g.reason }, cell(g.stage, T.stages[g.stage] || g.stage),
+            cell(g.reason), cell(g.records), cell([...g.topics].sort().join(", "))))))),
+        el("h2", { text: t("dead_letter_examples", { n: data.examples.rows.length }) }),
+        el("table", { id: "dead-letter-examples" }, el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: t(c) })))),
+          el("tbody", {}, data.examples.rows.map((r) => el("tr", { "data-offset": r.original_topic + "[" + r.original_partition + "]@" + r.original_offset },
+            cell(r.failed_ms, when(r.failed_ms)), cell(r.stage, T.stages[r.stage] || r.stage), cell(r.reason || r.error_class),
+            el("td", { class: "message", title: r.error_message, text: r.error_message + (r.field ? " (" + r.field + ")" : "") }),
+            cell(r.original_topic + "[" + r.original_partition + "]@" + r.original_offset), cell(r.original_key), cell(r.original_value_size),
+            cell(r.kafka_topic + "[" + r.kafka_partition + "]@" + r.kafka_offset))))),
+        el("p", { class: "muted" }, el("a", { href: withLang("/api/export/dead_letters.csv", { month: data.month, limit: 200 }), text: "CSV" }), " · ",
+          el("a", { href: withLang("/api/export/dead_letters.xlsx", { month: data.month, limit: 200 }), text: "Excel" })));
+      mount(chartNode).setOption({
+        textStyle: FONT, tooltip: { trigger: "axis", axisPointer: { type: "shadow" } }, grid: { left: 220, right: 30, top: 10, bottom: 30 },
+        xAxis: { type: "value", minInterval: 1 }, yAxis: { type: "category", inverse: true, data: rows.map((g) => (T.stages[g.stage] || g.stage) + " · " + g.reason) },
+        series: [{ id: "dead_letters", name: t("records"), type: "bar", data: rows.map((g) => g.records), itemStyle: { color: "#c0392b" } }],
+      });
+    }
+    async function runVerify() {
+      verify.replaceChildren(el("p", { id: "verify-verdict", class: "muted", "data-status": "running", text: t("verify_running") }));
+      let v;
+      try { v = await api("/api/verify"); } catch (exc) {
+        verify.replaceChildren(el("p", { id: "verify-verdict", class: "bad", "data-status": "error", text: t("verify_failed") + ": " + exc.message }),
+          el("button", { id: "verify-run", text: t("verify_again"), onclick: () => runVerify() }));
+        body.dataset.verify = "error";
+        return;
+      }
+      state.verify = v;
+      const shown = v.findings.rows.filter((f) => f.status !== "noted");
+      const cols = ["status", "kind", "topic", "partition", "first_offset", "last_offset", "records", "detail"];
+      verify.replaceChildren(
+        el("p", { id: "verify-verdict", class: "verdict " + v.status, "data-status": v.status,
+          text: t("verdict_" + v.status, { broken: v.broken, behind: v.behind }) }),
+        el("p", { class: "muted", id: "verify-summary", text: t("verify_summary", { partitions: v.partitions, records: v.records_in_kafka,
+          dead: v.dead_letters, seconds: Number(v.seconds).toFixed(2), at: when(v.checked_at_ms) }) }),
+        shown.length ? el("table", { id: "verify-findings" }, el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: t("f_" + c) })))),
+          el("tbody", {}, shown.map((f) => el("tr", { "data-status": f.status, "data-kind": f.kind }, cols.map((c) => c === "status" ? cell(f.status, t("status_" + f.status)) : cell(f[c])))))) : null,
+        el("button", { id: "verify-run", text: t("verify_again"), onclick: () => runVerify() }));
+      body.dataset.verify = v.status;
+    }
+    runVerify(); // in parallel with the dead letters: the page is drawn when they are, the verdict follows
+    await load();
+  }
+
   // -- export --------------------------------------------------------------------------------------
   async function exportPage() {
     const month = el("input", { type: "month", id: "month", value: monthDefault });
     const by = el("select", { id: "by" }, ["street", "department"].map((u) => el("option", { value: u, text: t(u) })));
     const list = el("tbody");
-    const tables = [["overview", ["month"]], ["breach_summary", ["month"]], ["ranking", ["month", "by", "min_cases"]], ["provenance", ["month", "by"]], ["map", []], ["cases", []]];
+    const tables = [["overview", ["month"]], ["breach_summary", ["month"]], ["ranking", ["month", "by", "min_cases"]], ["provenance", ["month", "by"]], ["map", []], ["cases", []],
+      ["trend_breaches", ["month"]], ["trend_on_time", ["month"]], ["trend_durations", ["month"]], ["dead_letters", ["month"]]];
     function render() {
       const q = { month: month.value, by: by.value, min_cases: state.reference.min_cases };
       list.replaceChildren(...tables.map(([name, keys]) => {
@@ -351,7 +501,7 @@
 
   async function start() {
     try { state.reference = await api("/api/reference"); } catch (exc) { return error(main, exc); }
-    const pages = { overview, ranking, map: gridMap, cases, export: exportPage };
+    const pages = { overview, ranking, map: gridMap, cases, trends, dead_letters: deadLetters, export: exportPage };
     await pages[PAGE]();
     body.dataset.ready = "true";
   }
