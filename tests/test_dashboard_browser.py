@@ -3,7 +3,10 @@ generated cases on the reference district's real grids, stored in the real Click
 dashboard as the read-only auditor. Checks: login; the ranking's table and chart equal what
 `whistle audit ranking --format json` prints (the same function); the map draws every grid of the reference
 data and a click lists a grid's cases; a search finds a known case and its timeline shows every event with a
-verified hash chain; no request leaves 127.0.0.1; no console errors. Saves tests/screenshots/*.png."""
+verified hash chain; the trends page's breaches per day sum to what `whistle audit breaches` lists for the month and
+its on-time and duration lines are the trend queries' rows; the dead-letters page counts the seeded dead letters by stage
+and reason, lists them with their Kafka positions and states verify's verdict; no request leaves 127.0.0.1; no console
+errors. Saves tests/screenshots/*.png."""
 from __future__ import annotations
 
 import asyncio
@@ -103,6 +106,28 @@ def district_cases(seed: int = 11):
     return kafka_log("whistle.cases.events", partitions), kafka_log("whistle.sla.breaches", [breach_rows]), known
 
 
+# What the pipeline could not process in November: (stage, error class, message, original topic, partition, offset).
+DEAD_LETTERS = [
+    *(("decode", "DecodeError", "not an Avro single-object record", "whistle.raw.camera", p, 100 + i) for i, p in enumerate([0, 1, 0, 2, 1])),
+    *(("authenticate", "AuthenticationError", "record signature does not verify (integrator=acme-cams, reason=unsigned)",
+       "whistle.raw.camera", 0, 200 + i) for i in range(3)),
+    *(("transition", "TransitionError", "action for an unknown case (reason=unknown_case)", "whistle.cases.inbox", i % 4, 300 + i) for i in range(4)),
+    ("validate", "ValidationError", "hotline ticket without a location", "whistle.raw.hotline", 0, 400),
+]
+
+
+def dead_letter_rows():
+    """DEAD_LETTERS as dead_letters rows, a day apart in November, and the first one dead-lettered again (a redelivery)."""
+    rows = []
+    for index, (stage, error_class, message, topic, partition, offset) in enumerate([*DEAD_LETTERS, DEAD_LETTERS[0]]):
+        failed = datetime(2026, 11, 2 + min(index, len(DEAD_LETTERS) - 1), 9, 30, tzinfo=BEIJING)
+        rows.append({"original_topic": topic, "original_partition": partition, "original_offset": offset, "original_key": f"key-{offset}",
+                     "original_value_sha256": f"{offset:064x}", "original_value_size": 64 + offset, "stage": stage, "error_class": error_class,
+                     "error_message": message, "field": "location" if stage == "validate" else None,
+                     "failed_ms": int(failed.timestamp() * 1000)})
+    return kafka_log("whistle.deadletter", [rows])
+
+
 @pytest.fixture(scope="module")
 def district_store(settings, clickhouse_native):
     """A database of generated cases on the real server, loaded as the admin user; dropped afterwards."""
@@ -111,9 +136,12 @@ def district_store(settings, clickhouse_native):
     admin = ServerEngine(host, port)
     migrate(admin, database)
     events, breaches, known = district_cases()
-    for table, rows in (("case_events", [event_row(r) for r in events]), ("breaches", breaches)):
+    for table, rows in (("case_events", [event_row(r) for r in events]), ("breaches", breaches), ("dead_letters", dead_letter_rows())):
         columns = [c for c in rows[0] if c != "later_batch"]
         admin.insert(f"{database}.{table}", columns, [tuple(r[c] for c in columns) for r in rows])
+    for table, key, rows in (("case_events", "event_id", events), ("breaches", "breach_id", breaches)):  # the sink's offset ledger
+        admin.insert(f"{database}.offset_ledger", ("table_name", "kafka_topic", "kafka_partition", "kafka_offset", "record_key", "ingest_ms"),
+                     [(table, r["kafka_topic"], r["kafka_partition"], r["kafka_offset"], r[key], r["ingest_ms"]) for r in rows])
     yield dataclasses.replace(settings.clickhouse, host=host, port=port, database=database), known, events
     admin.execute(f"DROP DATABASE IF EXISTS {database}")
     admin.close()
@@ -156,7 +184,12 @@ def live(district_store, tmp_path_factory):
     clickhouse, _, _ = district_store
     users_file = tmp_path_factory.mktemp("dash") / "users.yaml"
     users_file.write_text(orjson.dumps({"users": [{"username": USER, "password_scrypt": hash_password(PASSWORD)}]}).decode())
-    app = build_app(AuditReader.for_auditor(clickhouse), load_users(users_file),
+    reader = AuditReader.for_auditor(clickhouse)
+    stored = reader.call(audit.stored_ranges)
+    reader.close()
+    # Kafka as it is once the sink has caught up: every partition ends where the store does, all of it committed.
+    kafka = [audit.KafkaRange(s.topic, s.partition, 0, s.last + 1, s.last + 1) for s in stored if s.last is not None]
+    app = build_app(AuditReader.for_auditor(clickhouse, kafka=lambda: (kafka, [])), load_users(users_file),
                     clock=lambda: datetime(2026, 11, 28, 12, 0, tzinfo=BEIJING))
     with LiveDashboard(app) as server:
         yield server
@@ -318,10 +351,75 @@ def test_dashboard_in_chromium(live, browser, district_store):
     assert chain_cells == sum(1 for row in timeline if row["record"] == "case_event")
     driver.save_screenshot(str(SCREENSHOTS / "case-timeline.png"))
 
+    # Trends: the breaches per day sum to what `whistle audit breaches --from <Nov 1> --to <Dec 1> --format json` lists; each
+    # day and tier is the query's count; the on-time and duration lines are the trend queries' rows.
+    start_ms, end_ms = audit.month_bounds(MONTH)
+    reader = AuditReader.for_auditor(clickhouse)
+    try:
+        listed = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.breaches(
+            engine, db, since=datetime.fromtimestamp(start_ms / 1000, BEIJING), until=datetime.fromtimestamp(end_ms / 1000, BEIJING)))))
+        per_day = reader.call(lambda engine, db: audit.trend_breaches(engine, db, MONTH)).as_dicts()
+        on_time = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.trend_on_time(engine, db, MONTH, 12))))
+        durations = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.trend_durations(engine, db, MONTH, "day"))))
+        partitions = sum(s.last is not None for s in reader.call(audit.stored_ranges))
+    finally:
+        reader.close()
+    driver.get(f"{live.url}/trends?month={MONTH}")
+    wait_ready(driver)
+    assert driver.find_element(By.ID, "nav-trends").text == "趋势分析"
+    bars = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('trend-breaches')).getOption();
+        return {days: c.xAxis[0].data, series: c.series.map(s => [s.id, s.name, s.data])}""")
+    assert len(bars["days"]) == 30 and bars["days"][0] == "11-01"
+    assert sum(sum(data) for _, _, data in bars["series"]) == len(listed) > 20
+    shown_per_day = {(f"2026-{day}", tier): n for tier, _, data in bars["series"] for day, n in zip(bars["days"], data) if n}
+    assert shown_per_day == {(r["day"], r["tier"]): r["breaches"] + r["referrals"] for r in per_day}
+    assert {name for _, name, _ in bars["series"]} == {"社区"}  # every generated breach escalates to the community, labelled in Chinese
+    lines = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('trend-on-time')).getOption();
+        return {months: c.xAxis[0].data, series: c.series.map(s => [s.id, s.data])}""")
+    assert lines["months"][-2:] == [PREVIOUS, MONTH] and len(lines["months"]) == 12
+    expected_lines = {street: [next((float(r["on_time_rate_pct"]) for r in on_time if r["unit_id"] == street and r["month"] == m), None)
+                               for m in lines["months"]] for street in {r["unit_id"] for r in on_time}}
+    assert dict(lines["series"]) == expected_lines and len(expected_lines) == 10
+    accept = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('trend-accept')).getOption();
+        return {x: c.xAxis[0].data, series: c.series.map(s => [s.id, s.data])}""")
+    assert accept["x"] == [r["bucket_start"][5:] for r in durations]
+    assert dict(accept["series"])["p90_accept_min"] == [None if r["p90_accept_s"] is None else round(r["p90_accept_s"] / 60, 2) for r in durations]
+    resolve = driver.execute_script("return echarts.getInstanceByDom(document.getElementById('trend-resolve')).getOption().series.map(s => [s.id, s.data])")
+    assert dict(resolve)["p50_resolve_h"] == [None if r["p50_resolve_h"] is None else float(r["p50_resolve_h"]) for r in durations]
+    time.sleep(0.6)
+    driver.save_screenshot(str(SCREENSHOTS / "dashboard-trends.png"))
+
+    # Dead letters and verify: the seeded dead letters counted once each (the redelivered one too), by stage and reason,
+    # the latest listed with their original and dead-letter positions; verify's verdict stated.
+    driver.get(f"{live.url}/dead-letters?month={MONTH}")
+    wait_ready(driver)
+    assert driver.find_element(By.ID, "card-dead-letters").get_attribute("data-value") == str(len(DEAD_LETTERS))
+    counts = driver.execute_script("""return [...document.querySelectorAll('#dead-letter-counts tbody tr')].map(
+        tr => [tr.dataset.stage, tr.dataset.reason, Number(tr.cells[2].dataset.value)])""")
+    # Most first; the reason a message names (reason=...), else the error's class.
+    assert counts == [["decode", "DecodeError", 5], ["transition", "unknown_case", 4], ["authenticate", "unsigned", 3],
+                      ["validate", "ValidationError", 1]]
+    positions = driver.execute_script("return [...document.querySelectorAll('#dead-letter-examples tbody tr')].map(tr => tr.dataset.offset)")
+    assert sorted(positions) == sorted(f"{topic}[{partition}]@{offset}" for *_, topic, partition, offset in DEAD_LETTERS)
+    assert positions[0] == "whistle.raw.hotline[0]@400"  # newest first
+    deadline = time.monotonic() + 30
+    while driver.execute_script("return document.body.dataset.verify || ''") in ("", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    verdict = driver.find_element(By.ID, "verify-verdict")
+    assert verdict.get_attribute("data-status") == "clean" and verdict.text.startswith("✔ 校验通过")
+    assert driver.find_elements(By.ID, "verify-findings") == [] and "null" not in driver.find_element(By.ID, "verify").text
+    assert f"{partitions} 个分区" in driver.find_element(By.ID, "verify-summary").text
+    time.sleep(0.6)
+    driver.save_screenshot(str(SCREENSHOTS / "dashboard-dead-letters.png"))
+
     # English on request.
     driver.get(f"{live.url}/ranking?month={MONTH}&lang=en")
     wait_ready(driver)
     assert driver.find_element(By.ID, "nav-ranking").text == "Rankings"
+    driver.get(f"{live.url}/trends?month={MONTH}&lang=en")
+    wait_ready(driver)
+    assert driver.find_element(By.ID, "nav-trends").text == "Trends"
+    assert driver.execute_script("return echarts.getInstanceByDom(document.getElementById('trend-breaches')).getOption().series[0].name") == "Community"
 
     # Nothing but the dashboard itself was requested, and the console stayed clean.
     urls = []

@@ -467,8 +467,8 @@
           text: t("verdict_" + v.status, { broken: v.broken, behind: v.behind }) }),
         el("p", { class: "muted", id: "verify-summary", text: t("verify_summary", { partitions: v.partitions, records: v.records_in_kafka,
           dead: v.dead_letters, seconds: Number(v.seconds).toFixed(2), at: when(v.checked_at_ms) }) }),
-        shown.length ? el("table", { id: "verify-findings" }, el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: t("f_" + c) })))),
-          el("tbody", {}, shown.map((f) => el("tr", { "data-status": f.status, "data-kind": f.kind }, cols.map((c) => c === "status" ? cell(f.status, t("status_" + f.status)) : cell(f[c])))))) : null,
+        ...(shown.length ? [el("table", { id: "verify-findings" }, el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: t("f_" + c) })))),
+          el("tbody", {}, shown.map((f) => el("tr", { "data-status": f.status, "data-kind": f.kind }, cols.map((c) => c === "status" ? cell(f.status, t("status_" + f.status)) : cell(f[c]))))))] : []),
         el("button", { id: "verify-run", text: t("verify_again"), onclick: () => runVerify() }));
       body.dataset.verify = v.status;
     }
