@@ -296,8 +296,9 @@ class AuditReader:
             row["chain"] = chain["events"].get(row["seq"]) if row["record"] == "case_event" else None
         return {"case_id": case_id, "columns": [*timeline.columns, "chain"], "rows": rows, "chain": {k: v for k, v in chain.items() if k != "events"}}
 
-
     def trends(self, month: str, months: int, bucket: str) -> dict[str, Any]:
+        """The trends page's three figures (the functions `whistle audit trends` calls), on one connection in turn."""
+
         def work(engine: Engine, db: str) -> tuple[audit.Result, audit.Result, audit.Result]:
             return (audit.trend_breaches(engine, db, month, tz=self.tz), audit.trend_on_time(engine, db, month, months, tz=self.tz),
                     audit.trend_durations(engine, db, month, bucket, tz=self.tz))
