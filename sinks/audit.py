@@ -35,7 +35,7 @@ from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
-AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters")
+AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters", "rule_files", "chain_anchors")
 # Tables keyed by business id, whose offsets are accounted in the sink's ledger (migration 004): (ledger view, key column).
 LEDGERED = {"case_events": ("case_event_offsets", "event_id"), "breaches": ("breach_offsets", "breach_id")}
 RANKING_UNITS = ("street", "department")
@@ -93,6 +93,12 @@ def ranking_provenance(engine: Engine, database: str, month: str, by: str = "str
                        as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
     """The Kafka offset ranges and policy versions behind `ranking(month, by, as_of=as_of)`."""
     return run_query(engine, database, "ranking_provenance", _ranking_scope(month, by, as_of, tz))
+
+
+def ranking_rules(engine: Engine, database: str, month: str, by: str = "street", *,
+                  as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
+    """The policy versions (with their registered content hashes) and calendar editions behind `ranking(month, by, as_of=as_of)`."""
+    return run_query(engine, database, "ranking_rules", _ranking_scope(month, by, as_of, tz))
 
 
 def case_timeline(engine: Engine, database: str, case_id: str) -> Result:

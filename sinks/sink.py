@@ -58,13 +58,19 @@ CASE_EVENT_COLUMNS = ("event_id", "case_id", "seq", "kind", "at_ms", "cause_id",
                       "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
 BREACH_COLUMNS = ("breach_id", "case_id", "kind", "breach_type", "tier", "deadline_ms", "fired_at_ms", "overdue_ms",
                   "responsible_unit_id", "escalation_target_unit_id", "policy_version", "category", "urgency", "street_id",
-                  "department_id", "summary", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+                  "department_id", "summary", "policy_sha256", "calendar_sha256", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
 DEAD_LETTER_COLUMNS = ("original_topic", "original_partition", "original_offset", "original_key", "original_value_sha256",
                        "original_value_size", "stage", "error_class", "error_message", "field", "failed_ms",
                        "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
-COLUMNS = {"raw_events": RAW_COLUMNS, "case_events": CASE_EVENT_COLUMNS, "breaches": BREACH_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS}
+RULE_FILE_COLUMNS = ("rule_id", "kind", "name", "file", "sha256", "content", "in_force_from_ms", "registered_at_ms", "registered_by",
+                     "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+ANCHOR_COLUMNS = ("anchor_id", "anchored_topic", "anchored_partition", "first_offset", "last_offset", "records", "digest", "keyed",
+                  "anchored_at_ms", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms")
+COLUMNS = {"raw_events": RAW_COLUMNS, "case_events": CASE_EVENT_COLUMNS, "breaches": BREACH_COLUMNS, "dead_letters": DEAD_LETTER_COLUMNS,
+           "rule_files": RULE_FILE_COLUMNS, "chain_anchors": ANCHOR_COLUMNS}
 # The column each table is partitioned by (month of an epoch-ms value): one INSERT must stay in one month.
-MONTH_COLUMN = {"raw_events": "kafka_timestamp_ms", "case_events": "at_ms", "breaches": "deadline_ms", "dead_letters": "failed_ms"}
+MONTH_COLUMN = {"raw_events": "kafka_timestamp_ms", "case_events": "at_ms", "breaches": "deadline_ms", "dead_letters": "failed_ms",
+                "rule_files": "registered_at_ms", "chain_anchors": "anchored_at_ms"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,14 @@ class RowMaker:
                       record["stage"], record["error_class"], record["error_message"], record["field"], _ms(record["failed_at"]))
             values = values[:8] + (self._without_personal_values(values[8], original),) + values[9:]
             return Row("dead_letters", values + kafka + (ingest_ms,), where, key, value)
+        if where.topic == self.topics.rules:
+            values = (record["rule_id"], record["kind"], record["name"], record["file"], record["sha256"],
+                      record["content"].decode("utf-8", "replace"), _ms(record["in_force_from"]), _ms(record["registered_at"]), record["registered_by"])
+            return Row("rule_files", values + kafka + (ingest_ms,), where, key, value)
+        if where.topic == self.topics.anchors:
+            values = (record["anchor_id"], record["topic"], record["partition"], record["first_offset"], record["last_offset"], record["records"],
+                      record["digest"], int(record["keyed"]), _ms(record["anchored_at"]))
+            return Row("chain_anchors", values + kafka + (ingest_ms,), where, key, value)
         raise StoreError(f"topic {where.topic} is not audited", topic=where.topic)
 
     def _raw(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int) -> tuple:
@@ -443,7 +457,8 @@ class Sink:
     def _table_of(self, topic: str) -> str:
         if topic in self.topics.sources:
             return "raw_events"
-        return {self.topics.case_events: "case_events", self.topics.breaches: "breaches", self.topics.deadletter: "dead_letters"}[topic]
+        return {self.topics.case_events: "case_events", self.topics.breaches: "breaches", self.topics.deadletter: "dead_letters",
+                self.topics.rules: "rule_files", self.topics.anchors: "chain_anchors"}[topic]
 
 
 def _month_of(epoch_ms: int) -> tuple[int, int]:

@@ -44,10 +44,12 @@ from schemas.serde import Serde
 from streams.changelog import ensure_changelog, read_partition
 from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
-from streams.domain.reference import load_reference
+from streams.domain.reference import REFERENCE_ROOT, load_reference
+from streams.domain.rules import rule_files
 from streams.domain.sla import load_policies
 from streams.domain.trusted_time import SkewBounds
 from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Senders, StateWrite, dead_letter
+from streams.rules import register_rules
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
@@ -63,14 +65,16 @@ RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million op
 
 
 def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> faust.App:
-    """Build the worker app: reference data, policies and schemas are loaded (and validated) here, once."""
+    """Build the worker app: reference data, policies and schemas are loaded (and validated) here, once, and checked
+    against the rules registry (streams.rules) before anything is decided with them."""
     topics = Topics.with_prefix(settings.topic_prefix)
     inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
     serde = Serde.from_settings(settings)
-    reference = load_reference()
+    reference, policies, calendar = load_reference(), load_policies(), load_calendar()
+    register_rules(settings, serde, rule_files(policies, calendar, REFERENCE_ROOT / reference.version), clock=clock)
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
                         SkewBounds.of(settings.time))
-    cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, inbox_partitions)
+    cases = CaseProcessor(serde, reference, policies, calendar, topics, inbox_partitions)
     worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
     worker_dir.mkdir(parents=True, exist_ok=True)
 

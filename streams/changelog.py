@@ -76,10 +76,18 @@ def ensure_changelog(settings: Settings, partitions: int, timeout_s: float = 30.
 
 
 def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iterator[tuple[int, str, bytes | None]]:
-    """Changelog partition `partition` as (offset, key, value) in log order (None: deleted), from the beginning to its
-    end. Transient errors (a broker restarting) are waited out; StackError on a fatal one, or if the end is
-    not reached within `timeout_s`."""
-    topic = changelog_topic(settings)
+    """Changelog partition `partition` as (offset, key, value) in log order (None: deleted), from the beginning to its end."""
+    for offset, key, value in read_log(settings, changelog_topic(settings), partition, timeout_s):
+        assert key is not None  # changelog records are always keyed
+        yield offset, key.decode("utf-8", "replace"), value
+
+
+def read_log(settings: Settings, topic: str, partition: int, timeout_s: float) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    """One partition of `topic` as (offset, key, value) in log order, from the beginning to the end it had when asked.
+
+    Without a consumer group (nothing is committed). Transient errors (a broker restarting) are waited out;
+    StackError on a fatal one, or if the end is not reached within `timeout_s`.
+    """
     consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"{topic}-reader", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
     try:
@@ -90,18 +98,20 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
         deadline, last = time.monotonic() + timeout_s, -1
         while last + 1 < end:  # or until the end of the partition is reported (compaction may leave holes at the end)
             if time.monotonic() > deadline:
-                raise StackError(f"reading the changelog timed out at offset {last} of {end}", topic=topic, partition=partition)
+                raise StackError(f"reading {topic} timed out at offset {last} of {end}", topic=topic, partition=partition)
             for message in consumer.consume(10_000, timeout=0.5):
                 error = message.error()
                 if error is None:
-                    offset, key = message.offset(), message.key()
-                    assert offset is not None and key is not None  # a consumed record without error has both (changelog records are always keyed)
-                    yield offset, key.decode("utf-8", "replace"), message.value()
+                    offset = message.offset()
+                    assert offset is not None  # a consumed record without error has its offset
+                    yield offset, message.key(), message.value()
                     last = offset
                 elif error.code() == KafkaError._PARTITION_EOF:
                     return
                 elif error.fatal():
-                    raise StackError(f"reading the changelog failed: {error}", topic=topic, partition=partition)
+                    raise StackError(f"reading {topic} failed: {error}", topic=topic, partition=partition)
+    except KafkaException as exc:
+        raise StackError(f"Kafka did not answer reading {topic} within {timeout_s:.0f}s: {exc}", topic=topic, partition=partition) from exc
     finally:
         consumer.close()
 

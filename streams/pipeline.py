@@ -447,7 +447,8 @@ class CaseProcessor:
                                             reason="already_refused", case_id=action.case_id, action_id=action.action_id, field="action_id")
                     outputs.append(dead_letter(self.serde, self.topics, where, key, value, with_position(again, where), now))
                 elif action.case_id not in part.book.states:
-                    until = self.calendar.add(part.book.index.clock_ms, policy_in_force(self.policies, action.at).early_action_hold)
+                    clock_ms = part.book.index.clock_ms
+                    until = self.calendar.edition_at(clock_ms).add(clock_ms, policy_in_force(self.policies, action.at).early_action_hold)
                     new_hold = (action.case_id, HeldAction(where.partition, where.offset, key, value or b"", until))
                 else:
                     try:

@@ -32,6 +32,8 @@ import orjson
 import pytest
 
 from sinks import audit
+from sinks.anchor import GENESIS as DIGEST_START
+from sinks.anchor import Anchor, advance, anchor_findings
 from sinks.clickhouse import render_identifiers, strip_comment_lines
 from sinks.migrator import migrate
 from whistle.ground.errors import ConfigError, ValidationError
@@ -324,6 +326,54 @@ def test_ranking_as_of_ignores_what_happened_later(store):
     assert list(result.rows) == [
         ("S1", 1, 2, 1, 1, 1, 1, 1, D("50.00"), D("50.00"), D("50.00"), D("100.00"), 4800, 9000, D("4.00"), D("4.00"), 1, 1, 0, 0, 0, 2),
     ]
+
+
+def test_ranking_rules_name_the_registered_content_of_each_policy_and_calendar_edition(engine, database):
+    """The month's cases were judged by sla-v1 (registered) and sla-v2 (not: listed with no hash); one breach names the
+    calendar edition that counted it. Breaches outside the selection or warnings add nothing."""
+    def tamper(tables):
+        for row in tables["breaches"]:
+            row["calendar_sha256"] = {"B2a": "c" * 64, "W5": "d" * 64}.get(row["breach_id"])
+    load(engine, database, tamper)
+    engine.insert(f"{database}.rule_files", ("rule_id", "kind", "name", "file", "sha256", "content", "in_force_from_ms", "registered_at_ms",
+                                             "registered_by", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms"),
+                  [("policy:sla-v1", "policy", "sla-v1", "policy-sla-v1.yaml", "a" * 64, "version: sla-v1", None, INGEST_MS, "worker-1",
+                    "whistle.audit.rules", 0, 0, INGEST_MS)])
+    result = audit.ranking_rules(engine, database, "2025-03", "street")
+
+    assert result.columns == ("kind", "name", "sha256")
+    assert list(result.rows) == [("calendar_edition", "", "c" * 64), ("policy", "sla-v1", "a" * 64), ("policy", "sla-v2", "")]
+
+
+def test_the_anchor_entries_are_every_ledgered_offsets_event_hash_in_offset_order_and_a_tamper_is_seen(engine, database):
+    """What verify folds into the anchored digest (sinks/queries/verify_anchor_entries.sql), against the data set itself;
+    then the same after the stored events of one case are re-hashed (the digest's input changes: control)."""
+    load(engine, database)
+    expected = sorted((r["kafka_offset"], r["hash"]) for r in dataset()["case_events"] if r["kafka_partition"] == 0)
+    entries = audit.run_query(engine, database, "verify_anchor_entries", {"topic": EVENTS_TOPIC, "partition": 0}).rows
+    assert [(int(o), e) for o, e in entries] == expected and len(expected) > 10
+    anchors = [Anchor(EVENTS_TOPIC, 0, 0, expected[-1][0], len(expected), _digest(expected), False, 0)]
+    assert anchor_findings(anchors, lambda p: [(int(o), e) for o, e in entries], {0: 10**6}, None) == []
+
+    def resealed(tables):
+        for row in tables["case_events"]:
+            if row["case_id"] == tables["case_events"][0]["case_id"]:
+                row["hash"] = hashlib.sha256(row["hash"].encode()).hexdigest()
+    tampered = f"{database}_t"
+    try:
+        load(engine, tampered, resealed)
+        changed = audit.run_query(engine, tampered, "verify_anchor_entries", {"topic": EVENTS_TOPIC, "partition": 0}).rows
+        (finding,) = anchor_findings(anchors, lambda p: [(int(o), e) for o, e in changed], {0: 10**6}, None)
+        assert finding.status == audit.BROKEN
+    finally:
+        engine.execute(f"DROP DATABASE IF EXISTS {tampered}")
+
+
+def _digest(entries):
+    digest = DIGEST_START
+    for offset, entry in entries:
+        digest = advance(digest, offset, bytes.fromhex(entry))
+    return digest.hex()
 
 
 def test_ranking_provenance_names_offset_ranges_and_policies(store):

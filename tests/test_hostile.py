@@ -85,8 +85,8 @@ def test_negative_control_2b_a_comparison_that_sees_every_difference_fails_on_ha
 def test_negative_control_3_a_breach_fired_before_its_deadline_is_seen(monkeypatch):
     make = sla._breach
 
-    def early(state, kind, breach_type, tier, deadline_ms, now_ms, target, policy, summary):
-        breach = make(state, kind, breach_type, tier, deadline_ms, now_ms, target, policy, summary)
+    def early(state, kind, breach_type, tier, deadline_ms, now_ms, target, policy, calendar, summary):
+        breach = make(state, kind, breach_type, tier, deadline_ms, now_ms, target, policy, calendar, summary)
         return breach if kind == sla.BreachKind.WARNING else replace(breach, fired_at=sla.from_epoch_ms(deadline_ms - 60_000))
 
     monkeypatch.setattr(sla, "_breach", early)

@@ -29,10 +29,10 @@ def test_migrate_creates_the_audit_tables_with_the_contract_columns(engine, data
 
     assert [(m.version, m.name, m.state) for m in applied] == [(1, "audit_tables", "applied"), (2, "sink_batches", "applied"),
                                                                   (3, "case_state_view", "applied"), (4, "offset_ledger", "applied"),
-                                                                  (5, "raw_sender", "applied")]
+                                                                  (5, "raw_sender", "applied"), (6, "rules_and_anchors", "applied")]
     tables = {name for name, in engine.execute("SELECT name FROM system.tables WHERE database = %(db)s", {"db": database})}
     assert tables == {"schema_migrations", "raw_events", "case_events", "case_state", "breaches", "dead_letters", "sink_batches",
-                      "offset_ledger", "case_event_offsets", "breach_offsets"}
+                      "offset_ledger", "case_event_offsets", "breach_offsets", "rule_files", "chain_anchors"}
     case_event_fields = ["at_ms" if f.name == "at" else f.name for f in dataclasses.fields(CaseEvent)]
     breach_fields = [f"{f.name}_ms" if f.name in ("deadline", "fired_at") else f.name for f in dataclasses.fields(Breach)]
     assert sorted(table_columns(engine, database, "case_events")) == sorted(case_event_fields + KAFKA_COLUMNS)
@@ -45,25 +45,26 @@ def test_migrating_again_changes_nothing(engine, database):
 
     assert migrate(engine, database) == []
     assert (schema_snapshot(engine, database), status(engine, database)) == before
-    assert engine.execute(f"SELECT count() FROM {database}.schema_migrations") == [(5,)]
+    assert engine.execute(f"SELECT count() FROM {database}.schema_migrations") == [(6,)]
 
 
 def test_status_lists_pending_migrations_of_a_new_database(engine, database):
     assert [(s.version, s.state, s.applied_ms) for s in status(engine, database)] == [(1, "pending", None), (2, "pending", None),
-                                                                                  (3, "pending", None), (4, "pending", None), (5, "pending", None)]
+                                                                                  (3, "pending", None), (4, "pending", None), (5, "pending", None),
+                                                                                  (6, "pending", None)]
 
 
 def test_a_new_migration_is_applied_alone_and_in_order(engine, database, tmp_path):
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)
     migrate(engine, database, directory)
-    (directory / "006_scratch.sql").write_text(
+    (directory / "007_scratch.sql").write_text(
         "-- a later migration with two statements\n"
         "CREATE TABLE IF NOT EXISTS {db}.scratch_a (k String) ENGINE = MergeTree() ORDER BY k;\n"
         "CREATE TABLE IF NOT EXISTS {db}.scratch_b (k String) ENGINE = MergeTree() ORDER BY k;\n")
 
-    assert [s.state for s in status(engine, database, directory)] == ["applied", "applied", "applied", "applied", "applied", "pending"]
-    assert [(m.version, m.name) for m in migrate(engine, database, directory)] == [(6, "scratch")]
+    assert [s.state for s in status(engine, database, directory)] == ["applied"] * 6 + ["pending"]
+    assert [(m.version, m.name) for m in migrate(engine, database, directory)] == [(7, "scratch")]
     assert engine.execute("SELECT count() FROM system.tables WHERE database = %(db)s AND name LIKE 'scratch%%'", {"db": database}) == [(2,)]
 
 
@@ -73,11 +74,11 @@ def test_an_added_column_interrupted_before_it_was_recorded_completes_on_the_nex
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)
     migrate(engine, database, directory)
-    (directory / "006_more_columns.sql").write_text(
+    (directory / "007_more_columns.sql").write_text(
         "ALTER TABLE {db}.raw_events ADD COLUMN sender String DEFAULT '' AFTER decode_error;\n"
         "ALTER TABLE {db}.raw_events ADD COLUMN scratch String DEFAULT '';\n")
 
-    assert [(m.version, m.name) for m in migrate(engine, database, directory)] == [(6, "more_columns")]
+    assert [(m.version, m.name) for m in migrate(engine, database, directory)] == [(7, "more_columns")]
     columns = table_columns(engine, database, "raw_events")
     assert columns.count("sender") == 1 and "scratch" in columns
 
@@ -89,7 +90,7 @@ def test_an_applied_migration_that_changed_is_refused(engine, database, tmp_path
     edited = directory / "001_audit_tables.sql"
     edited.write_text(edited.read_text() + "\n-- an edit after the fact\n")
 
-    assert [s.state for s in status(engine, database, directory)] == ["changed", "applied", "applied", "applied", "applied"]
+    assert [s.state for s in status(engine, database, directory)] == ["changed"] + ["applied"] * 5
     with pytest.raises(ConfigError, match=r"001_audit_tables.sql changed after it was applied"):
         migrate(engine, database, directory)
 
@@ -100,8 +101,7 @@ def test_a_database_ahead_of_the_code_is_refused(engine, database, tmp_path):
     directory.mkdir()
     shutil.copy(MIGRATIONS_DIR / "001_audit_tables.sql", directory)
 
-    assert [(s.version, s.state) for s in status(engine, database, directory)] == [(1, "applied"), (2, "unknown"), (3, "unknown"), (4, "unknown"),
-                                                                                      (5, "unknown")]
+    assert [(s.version, s.state) for s in status(engine, database, directory)] == [(1, "applied")] + [(v, "unknown") for v in range(2, 7)]
     with pytest.raises(ConfigError, match=r"has migration 002_sink_batches applied, which this code does not have"):
         migrate(engine, database, directory)
 

@@ -153,6 +153,21 @@ def sink(batch_rows: int = typer.Option(20_000), batch_seconds: float = typer.Op
     runner.run()
 
 
+@app.command("anchor")
+def anchor(max_idle: float | None = typer.Option(None, "--max-idle", help="stop after this many seconds without a case event (backfills)")) -> None:
+    """Publish running digests of the case-events topic (whistle.audit.anchors) every WHISTLE_ANCHOR_INTERVAL_S seconds."""
+    import logging
+
+    from schemas.serde import Serde
+    from sinks.anchor import Anchorer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    settings = _settings()
+    anchorer = Anchorer(settings, Serde.from_settings(settings))
+    anchorer.run(_stop_flag(), max_idle_s=max_idle)
+    _progress(f"anchorer stopped after {anchorer.published} anchors")
+
+
 @app.command("gateway")
 def gateway(host: str = typer.Option("127.0.0.1"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
             max_body_bytes: int = typer.Option(65536)) -> None:
@@ -220,13 +235,15 @@ def audit_ranking(month: str = typer.Option(..., "--month", help="YYYY-MM (city 
                   by: str = typer.Option("street", "--by", help="street | department"),
                   min_cases: int = typer.Option(5, "--min-cases", help="units with fewer cases are listed, not ranked"),
                   fmt: str = FormatOption) -> None:
-    """Monthly ranking of streets or departments, with its provenance (offset ranges, policy versions)."""
+    """Monthly ranking of streets or departments, with its provenance (offset ranges, policy versions) and the content hashes
+    of the rules behind it."""
     from sinks import audit
 
     with _auditor() as (engine, db):
         ranking = audit.ranking(engine, db, month, by, min_cases)
         _emit(audit.ranking_view(ranking) if fmt == "table" else ranking, fmt, f"Ranking by {by}, {month}")
         _emit(audit.ranking_provenance(engine, db, month, by), fmt, "Provenance")
+        _emit(audit.ranking_rules(engine, db, month, by), fmt, "Rules (content hashes from the rules registry)")
 
 
 @audit_app.command("case")
@@ -270,15 +287,20 @@ def audit_trends(month: str = typer.Option(..., "--month", help="YYYY-MM (city t
 def audit_verify(fmt: str = FormatOption,
                  kafka_timeout: float = typer.Option(10.0, "--kafka-timeout", help="seconds for each Kafka request"),
                  since: datetime | None = typer.Option(None, "--from", help="dead letters reported from (UTC if no zone; default: all)"),
-                 until: datetime | None = typer.Option(None, "--to", help="... until")) -> None:
-    """ClickHouse against Kafka and itself: every Kafka record stored exactly once, every hash chain intact; dead letters
-    by stage and reason, failing where a partition's share passes WHISTLE_VERIFY_DEAD_LETTER_SHARE.
+                 until: datetime | None = typer.Option(None, "--to", help="... until"),
+                 anchors_file: Path | None = typer.Option(None, "--anchors", help="also hold the store to anchors exported earlier "
+                                                                                   "(`audit anchors --format json`), as an outside party kept them")) -> None:
+    """ClickHouse against Kafka and itself: every Kafka record stored exactly once, every hash chain intact, every anchored
+    digest of the case events recomputed from the store (WHISTLE_ANCHOR_KEY for keyed anchors); dead letters by stage and
+    reason, failing where a partition's share passes WHISTLE_VERIFY_DEAD_LETTER_SHARE.
 
     Exit 0 clean, 2 behind (only the sink's lag), 1 broken (any error; wins over behind), 3 could not verify.
     """
     import orjson
 
+    from schemas.serde import Serde
     from sinks import audit
+    from sinks.anchor import read_anchors, verify_anchors
 
     if fmt not in ("table", "csv", "json"):
         console.print(f"[bold red]error:[/bold red] --format must be table, csv or json, not {fmt!r}")
@@ -290,8 +312,11 @@ def audit_verify(fmt: str = FormatOption,
     try:
         kafka = audit.read_kafka_ranges(settings, timeout_s=kafka_timeout)
         case_stream = audit.read_kafka_ranges(settings, timeout_s=kafka_timeout, topics=[Topics.with_prefix(settings.topic_prefix).inbox])
+        anchors = read_anchors(settings, Serde.from_settings(settings), timeout_s=kafka_timeout) + _exported_anchors(anchors_file)
         with _auditor() as (engine, db):
             findings = audit.verify_against_kafka(engine, db, kafka, case_stream=case_stream, dead_letters=policy)
+            findings += verify_anchors(engine, db, anchors, kafka, settings.anchor_key.value.encode("utf-8") or None,
+                                       Topics.with_prefix(settings.topic_prefix).case_events)
     except WhistleError as exc:  # not exit 2: that is "behind"
         console.print(f"[bold red]error:[/bold red] verify could not run: {exc}")
         raise typer.Exit(3) from exc
@@ -309,9 +334,57 @@ def audit_verify(fmt: str = FormatOption,
     elif findings:
         _emit(result, fmt, f"verify: {status}")
     colour = {audit.CLEAN: "green", audit.BEHIND: "yellow", audit.BROKEN: "bold red"}[status]
-    console.print(f"[{colour}]{summary}[/{colour}]" + (" · every Kafka record stored exactly once; every hash chain is intact"
-                                                      if status == audit.CLEAN else ""))
+    console.print(f"[{colour}]{summary}[/{colour}]" + (" · every Kafka record stored exactly once; every hash chain is intact; "
+                                                      f"{len(anchors)} anchors recomputed" if status == audit.CLEAN else ""))
     raise typer.Exit(audit.EXIT_CODES[status])
+
+
+def _exported_anchors(path: Path | None) -> list:
+    """The anchors of a file `audit anchors --format json` wrote (none without a file); its root must match its anchors."""
+    import orjson
+
+    from sinks.anchor import Anchor, anchors_root
+
+    if path is None:
+        return []
+    try:
+        document = orjson.loads(path.read_bytes())
+        anchors = [Anchor(a["topic"], int(a["partition"]), int(a["first_offset"]), int(a["last_offset"]), int(a["records"]), str(a["digest"]),
+                          bool(a["keyed"]), int(a["anchored_at_ms"])) for a in document["anchors"]]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not an anchors export (`whistle audit anchors --format json`): {exc}", file=str(path)) from exc
+    if anchors_root(anchors) != document.get("root"):
+        raise ConfigError(f"{path}: root {document.get('root')} is not the root of the anchors it lists ({anchors_root(anchors)})",
+                          file=str(path), field="root")
+    return anchors
+
+
+@audit_app.command("anchors")
+def audit_anchors(month: str | None = typer.Option(None, "--month", help="YYYY-MM (city time): the digests as they stood at its end "
+                                                                           "(default: the latest)"),
+                  fmt: str = FormatOption, kafka_timeout: float = typer.Option(10.0, "--kafka-timeout")) -> None:
+    """The latest anchored digest of every case-events partition and their root, for an outside party to keep
+    (`audit verify --anchors FILE` holds the store to them later). Read from Kafka, not from the audit store."""
+    import orjson
+
+    from schemas.serde import Serde
+    from sinks import audit
+    from sinks.anchor import anchors_root, latest_anchors, read_anchors
+
+    settings = _settings()
+    before_ms = audit.month_bounds(month)[1] if month else None
+    try:
+        latest = latest_anchors(read_anchors(settings, Serde.from_settings(settings), timeout_s=kafka_timeout), before_ms)
+    except WhistleError as exc:
+        console.print(f"[bold red]error:[/bold red] could not read the anchors: {exc}")
+        raise typer.Exit(3) from exc
+    root = anchors_root(latest)
+    rows = tuple((a.topic, a.partition, a.first_offset, a.last_offset, a.records, a.digest, a.keyed, a.anchored_at_ms) for a in latest)
+    result = audit.Result("anchors", ("topic", "partition", "first_offset", "last_offset", "records", "digest", "keyed", "anchored_at_ms"), rows)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps({"month": month, "root": root, "anchors": result.as_dicts()}).decode() + "\n")
+        return
+    _emit(result, fmt, f"anchors{' at the end of ' + month if month else ''} · root {root}")
 
 
 @audit_app.command("replay")

@@ -18,7 +18,9 @@ SELECT
     urgency,
     street_id,
     department_id,
-    summary
+    summary,
+    policy_sha256,
+    calendar_sha256
 FROM {db}.breaches
 WHERE fired_at_ms >= %(from_ms)s AND fired_at_ms < %(to_ms)s
 ORDER BY breach_id, kafka_topic, kafka_partition, kafka_offset

@@ -23,6 +23,10 @@ FROM
     UNION ALL
     SELECT kafka_topic, kafka_partition, kafka_offset, toUInt8(0) AS dead FROM {db}.dead_letters
     UNION ALL
+    SELECT kafka_topic, kafka_partition, kafka_offset, toUInt8(0) AS dead FROM {db}.rule_files
+    UNION ALL
+    SELECT kafka_topic, kafka_partition, kafka_offset, toUInt8(0) AS dead FROM {db}.chain_anchors
+    UNION ALL
     SELECT original_topic AS kafka_topic, original_partition AS kafka_partition, original_offset AS kafka_offset, toUInt8(1) AS dead
     FROM {db}.dead_letters
 )

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from whistle.ground.datafiles import config_error, read_yaml
+from whistle.ground.datafiles import config_error, files_sha256, read_yaml
 from whistle.ground.errors import ConfigError
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
@@ -79,6 +79,16 @@ class YearSchedule:
     year: int
     holidays: frozenset[date]
     make_up_working_days: frozenset[date]
+    in_force_from_ms: int | None = None  # None: in force from the start; else decisions from this instant on use it
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarSource:
+    """One file a calendar was read from, for the rules registry (streams.domain.rules): what it is and when it counts."""
+
+    name: str  # the version name it goes by: the calendar id, or "<calendar id>/<year>" for a year's schedule
+    path: Path
+    in_force_from_ms: int | None  # a year file's `in_force_from`; None for the base file and for years in force from the start
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -105,6 +115,24 @@ class BusinessCalendar:
     _work_through: tuple[int, ...] = field(repr=False)  # working ms elapsed when each period ends
     _holidays: frozenset[date] = field(repr=False)
     _make_up_days: frozenset[date] = field(repr=False)
+    sha256: str = ""  # content hash of this edition: the base file and the year files it counts (streams.domain.rules)
+    sources: tuple[CalendarSource, ...] = ()  # every file of the calendar, later editions' too
+    _later: tuple[tuple[int, BusinessCalendar], ...] = field(default=(), repr=False)  # (in force from, edition), ascending
+
+    def edition_at(self, ms: int) -> BusinessCalendar:
+        """The calendar as it stood at `ms`: a year file with `in_force_from` counts only for decisions from then on.
+
+        WHY: a year's holiday schedule is published in November of the year before. Deadlines already
+        decided by the provisional rule must stay as they were when the schedule is added (a replay of the
+        log gives the same decisions), so a schedule added later applies to decisions at or after its
+        `in_force_from`, an instant of trusted time (the decision's, never the wall clock's).
+        """
+        chosen = self
+        for since, edition in self._later:
+            if since > ms:
+                break
+            chosen = edition
+        return chosen
 
     def is_provisional(self, ms: int) -> bool:
         """Whether the instant falls on a day counted by the provisional rule (no published schedule for its year)."""
@@ -294,16 +322,52 @@ def load_calendar(path: Path | str = DEFAULT_CALENDAR_FILE) -> BusinessCalendar:
         raise config_error(path, "provisional_years", f"must be a whole number >= 0, got {provisional_years!r}")
     provisional_holidays = [_month_day(text, path, f"provisional_holidays[{i}]") for i, text in enumerate(doc.get("provisional_holidays") or [])]
     year_files = doc.get("year_files")
+    if isinstance(year_files, str):  # a pattern: a year published later is added as a file, leaving this one (and its hash) as it was
+        year_files = sorted(p.name for p in path.parent.glob(year_files))
     if not isinstance(year_files, list) or not year_files:
-        raise config_error(path, "year_files", "must list at least one year file")
-    schedules = [_load_year(path.parent / str(name)) for name in year_files]
+        raise config_error(path, "year_files", "must list at least one year file, or be a file name pattern that matches one")
+    year_paths = {path.parent / str(name): _load_year(path.parent / str(name)) for name in year_files}
+    schedules = list(year_paths.values())
     years = sorted(s.year for s in schedules)
     if years != list(range(years[0], years[0] + len(years))):
         raise config_error(path, "year_files", f"years must be consecutive with no repeats, got {years}")
     clash = frozenset().union(*(s.holidays for s in schedules)) & frozenset().union(*(s.make_up_working_days for s in schedules))
     if clash:
         raise config_error(path, "year_files", f"{min(clash)} is a holiday in one year file and a make-up working day in another")
-    return build_calendar(calendar_id, tz_name, periods, schedules, provisional_years, provisional_holidays)
+    sources = (CalendarSource(calendar_id, path, None),
+               *(CalendarSource(f"{calendar_id}/{s.year}", p, s.in_force_from_ms) for p, s in sorted(year_paths.items(), key=lambda ps: ps[1].year)))
+    return _editions(path, calendar_id, tz_name, periods, year_paths, provisional_years, provisional_holidays, sources)
+
+
+def _editions(path: Path, calendar_id: str, tz_name: str, periods: list[tuple[int, int]], year_paths: dict[Path, YearSchedule],
+              provisional_years: int, provisional_holidays: list[tuple[int, int]], sources: tuple[CalendarSource, ...]) -> BusinessCalendar:
+    """The calendar from the start, holding each later edition (a year file with `in_force_from` adds one).
+
+    Every edition counts through the same last day (the start's last year plus `provisional_years`), so a
+    schedule added later only replaces provisional days by published ones.
+    """
+    initial = {p: s for p, s in year_paths.items() if s.in_force_from_ms is None}
+    if not initial:
+        raise config_error(path, "year_files", "at least one year file must be in force from the start (no in_force_from)")
+    last_year = max(s.year for s in initial.values()) + provisional_years
+    for p, s in year_paths.items():
+        if s.in_force_from_ms is not None and s.year <= max(i.year for i in initial.values()):
+            raise config_error(p, "in_force_from", f"only a year after those in force from the start ({max(i.year for i in initial.values())}) can come into force later")
+        if s.year > last_year:
+            raise config_error(p, "year", f"{s.year} is after the calendar's last year {last_year} (raise provisional_years)")
+
+    def edition(files: dict[Path, YearSchedule]) -> BusinessCalendar:
+        ordered = sorted(files.items(), key=lambda ps: ps[1].year)
+        last = ordered[-1][1].year
+        built = build_calendar(calendar_id, tz_name, periods, [s for _, s in ordered], last_year - last, provisional_holidays)
+        return replace(built, sha256=files_sha256([path, *(p for p, _ in ordered)]), sources=sources)
+
+    later: list[tuple[int, BusinessCalendar]] = []
+    counted = dict(initial)
+    for since in sorted({s.in_force_from_ms for s in year_paths.values() if s.in_force_from_ms is not None}):
+        counted.update({p: s for p, s in year_paths.items() if s.in_force_from_ms == since})
+        later.append((since, edition(counted)))
+    return replace(edition(initial), _later=tuple(later))
 
 
 def _load_year(path: Path) -> YearSchedule:
@@ -336,7 +400,17 @@ def _load_year(path: Path) -> YearSchedule:
         if day in holidays:
             raise config_error(path, f"{where}.date", f"{day} is also listed as a holiday")
         make_up.add(day)
-    return YearSchedule(year, frozenset(holidays), frozenset(make_up))
+    return YearSchedule(year, frozenset(holidays), frozenset(make_up), _in_force_from(doc, path))
+
+
+def _in_force_from(doc: dict, path: Path) -> int | None:
+    """A year file published after the calendar went live says from when it counts (an aware date-time)."""
+    value = doc.get("in_force_from")
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise config_error(path, "in_force_from", f"must be a date-time with its zone, like 2026-11-20T00:00:00+08:00, got {value!r}")
+    return to_epoch_ms(value)
 
 
 def _entries(doc: dict, key: str, path: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from heapq import heapify, heappop, heappush
@@ -47,7 +47,7 @@ from streams.domain.case import (
     open_case,
 )
 from streams.domain.model import EnrichedReport, HandlingAction, Tier, Unit, Urgency
-from whistle.ground.datafiles import config_error, read_yaml
+from whistle.ground.datafiles import config_error, file_sha256, read_yaml
 from whistle.ground.errors import ConfigError
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
@@ -116,6 +116,7 @@ class SlaPolicy:
     rules: HandlingRules
     early_action_hold: Duration = Duration(1, "hours")  # how long an action for a case not opened yet is held
     archive_after: Duration | None = None  # how long a closed case may still be reopened; then it leaves the worker (None: never)
+    sha256: str = ""  # the file's content hash (`sha256sum`), bound to `version` by the rules registry (streams.domain.rules)
 
     def class_of(self, category: str, urgency: str) -> str:
         """The stricter of the category's class and the urgency's class."""
@@ -159,7 +160,7 @@ def policy_in_force(policies: Mapping[str, SlaPolicy], at: datetime | int) -> Sl
 def _load_policy(path: Path) -> SlaPolicy:
     doc = read_yaml(path)
     reader = _PolicyReader(path, doc)
-    return reader.policy()
+    return replace(reader.policy(), sha256=file_sha256(path))
 
 
 class _PolicyReader:
@@ -220,6 +221,7 @@ class _PolicyReader:
             max_extensions=self.whole(extension["max_per_stage"], "extension.max_per_stage", 0, 10),
             max_pauses=self.whole(waiting["max_per_stage"], "waiting_on_resident.max_per_stage", 0, 10),
         )
+        optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL) if name in doc}
         return SlaPolicy(
             version=version, effective_from_ms=to_epoch_ms(effective), file=str(self.path), classes=tuple(classes),
             category_classes=MappingProxyType(category_classes), default_class=default_class,
@@ -228,8 +230,7 @@ class _PolicyReader:
             auto_close_after=self.duration(doc["auto_close_after"], "auto_close_after"),
             extension_grant=self.duration(extension["grant"], "extension.grant"),
             max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules,
-            **({"early_action_hold": self.duration(doc["early_action_hold"], "early_action_hold")} if "early_action_hold" in doc else {}),
-            **({"archive_after": self.duration(doc["archive_after"], "archive_after")} if "archive_after" in doc else {}),
+            **optional,
         )
 
     def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
@@ -316,6 +317,7 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
     - closed: archive, once the policy's archive_after has passed (reopening is allowed until then).
     Warnings fall at `warning_fraction` of the way to the deadline, on the limit's own time axis.
     """
+    calendar = calendar.edition_at(state.last_at_ms)  # the case's deadlines as the calendar stood at its latest event
     status = state.status
     case_id, seq = state.case_id, state.seq
     if status == Status.DISPATCHED:
@@ -492,6 +494,8 @@ class Breach:
     street_id: str | None
     department_id: str | None
     summary: str
+    policy_sha256: str | None = None  # the content of the rules that counted the deadline (None: a record from before they were recorded)
+    calendar_sha256: str | None = None
 
 
 def breach_id(case_id: str, breach_type: str, tier: str, deadline_ms: int) -> str:
@@ -511,6 +515,7 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
     """
     if state is None or state.seq != deadline.seq or state.case_id != deadline.case_id:
         return [], []
+    calendar = calendar.edition_at(state.last_at_ms)  # the edition `deadlines_for` counted this deadline on
     kind = deadline.kind
     holder = state.assignee
     if kind == DeadlineKind.AUTO_CLOSE:
@@ -523,7 +528,7 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
         left_min = (deadline.deadline_ms - now_ms) // 60_000
         summary = (f"warning: {holder.unit_id} ({holder.tier}) has {left_min} min left before {breach_type} "
                    f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}{_provisional_note(calendar, deadline.deadline_ms)}")
-        return [], [_breach(state, BreachKind.WARNING, breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, summary)]
+        return [], [_breach(state, BreachKind.WARNING, breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, calendar, summary)]
     target = _arbiter(state, common_parent) if kind == DeadlineKind.TRANSFER_LIMIT else escalation_target(state)
     referral = target is not None and target.tier == Tier.DISCIPLINE.value
     breach_type = FINAL_OVERDUE if referral and kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE) else kind
@@ -531,7 +536,8 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
     where = f"escalated to {target.unit_id} ({target.tier})" if target is not None else "no unit above to escalate to"
     summary = (f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}"
                f"{_provisional_note(calendar, deadline.deadline_ms)}")
-    breach = _breach(state, BreachKind.REFERRAL if referral else BreachKind.BREACH, breach_type, tier, deadline.deadline_ms, now_ms, target, policy, summary)
+    breach = _breach(state, BreachKind.REFERRAL if referral else BreachKind.BREACH, breach_type, tier, deadline.deadline_ms, now_ms, target, policy,
+                     calendar, summary)
     if target is None:
         return [], [breach]
     return escalate(state, target, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary), [breach]
@@ -559,14 +565,14 @@ def _provisional_note(calendar: BusinessCalendar, deadline_ms: int) -> str:
 
 
 def _breach(state: CaseState, kind: BreachKind, breach_type: str, tier: str, deadline_ms: int, now_ms: int, target: Link | None,
-            policy: SlaPolicy, summary: str) -> Breach:
+            policy: SlaPolicy, calendar: BusinessCalendar, summary: str) -> Breach:
     return Breach(
         breach_id=breach_id(state.case_id, breach_type, tier, deadline_ms), case_id=state.case_id, kind=kind, breach_type=breach_type,
         tier=tier, deadline=from_epoch_ms(deadline_ms), fired_at=from_epoch_ms(now_ms),
         overdue_ms=0 if kind == BreachKind.WARNING else max(0, now_ms - deadline_ms), responsible_unit_id=state.assignee.unit_id,
         escalation_target_unit_id=None if target is None else target.unit_id, policy_version=policy.version,
         category=state.category, urgency=state.urgency, street_id=state.place.street_id, department_id=state.place.department_id,
-        summary=summary,
+        summary=summary, policy_sha256=policy.sha256, calendar_sha256=calendar.sha256,
     )
 
 

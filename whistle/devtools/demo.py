@@ -116,7 +116,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
 
 
 def _start(settings: Settings, logs: Path) -> list[WhistleProcess]:
-    return [spawn_worker(settings, "worker-1", logs), spawn(settings, "sink", ["sink"], logs),
+    return [spawn_worker(settings, "worker-1", logs), spawn(settings, "sink", ["sink"], logs), spawn(settings, "anchor", ["anchor"], logs),
             spawn(settings, "gateway", ["gateway"], logs),
             spawn(settings, "dashboard", ["dashboard", "--users", str(logs / "dashboard-users.yaml")], logs)]
 

@@ -98,12 +98,14 @@ def sink_caught_up(settings: Settings) -> bool:
 
 
 class Pipeline:
-    """A worker and the sink as processes; `supervise` restarts a crashed one, as a production restart policy would."""
+    """A worker and the sink (and, with `anchor`, the anchorer) as processes; `supervise` restarts a crashed worker or sink,
+    as a production restart policy would."""
 
-    def __init__(self, settings: Settings, logs: Path, sink_args: tuple[str, ...] = ("--batch-seconds", "0.3")) -> None:
+    def __init__(self, settings: Settings, logs: Path, sink_args: tuple[str, ...] = ("--batch-seconds", "0.3"), *, anchor: bool = False) -> None:
         self.settings, self.logs, self.sink_args = settings, logs, sink_args
         self.worker = spawn_worker(settings, "worker-1", logs)
         self.sink = spawn(settings, "sink", ["sink", *sink_args], logs)
+        self.anchorer = spawn(settings, "anchor", ["anchor"], logs) if anchor else None
         self.restarts = 0
 
     def wait_ready(self, timeout_s: float = 90.0) -> Pipeline:
@@ -120,3 +122,5 @@ class Pipeline:
     def stop(self) -> None:
         self.worker.stop()
         self.sink.stop()
+        if self.anchorer is not None:
+            self.anchorer.stop()

@@ -6,8 +6,9 @@ Every problem is a ConfigError of one shape, naming the file and the place insid
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,21 @@ from whistle.ground.errors import ConfigError
 def config_error(path: Path | str, field: str, message: str) -> ConfigError:
     """The one shape of a data-file error: file, place inside it, what is wrong."""
     return ConfigError(f"{path}: {field}: {message}", file=str(path), field=field)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's content hash, as `sha256sum FILE` prints it."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise config_error(path, "-", f"unreadable: {exc}") from exc
+
+
+def files_sha256(paths: Iterable[Path]) -> str:
+    """The content hash of a set of files, as `cd DIR && sha256sum FILE... | sha256sum` prints it (names without
+    their directory, in the order given): an auditor can recompute it from the files with standard tools."""
+    listing = "".join(f"{file_sha256(path)}  {path.name}\n" for path in paths)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 def read_yaml(path: Path) -> Any:

@@ -29,6 +29,8 @@ class Topics:
     case_events: str = "whistle.cases.events"
     breaches: str = "whistle.sla.breaches"
     deadletter: str = "whistle.deadletter"
+    rules: str = "whistle.audit.rules"
+    anchors: str = "whistle.audit.anchors"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -46,7 +48,7 @@ class Topics:
     @property
     def audited(self) -> tuple[str, ...]:
         """Every topic whose records the sink stores and `audit verify` accounts for."""
-        return (self.camera, self.hotline, self.app, self.case_events, self.breaches, self.deadletter)
+        return (self.camera, self.hotline, self.app, self.case_events, self.breaches, self.deadletter, self.rules, self.anchors)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,10 @@ class Settings:
     # `whistle audit verify` fails where a partition's dead letters pass this share of its records (with at least the minimum)
     verify_dead_letter_share: float = 0.05
     verify_dead_letter_min: int = 20
+    # The anchorer (`whistle anchor`): seconds between anchors, and its HMAC key (empty: plain SHA-256). Give the key to the
+    # anchorer and to auditors running `audit verify`, never to the audit store's writers.
+    anchor_interval_s: float = 5.0
+    anchor_key: Secret = Secret("")
 
     def to_env(self) -> dict[str, str]:
         """The `WHISTLE_*` variables that rebuild these settings in a child process (secrets included: never log it)."""
