@@ -19,13 +19,13 @@ $(VENV)/.installed: pyproject.toml infra/constraints.txt
 	@command -v mvn >/dev/null || { echo "error: Maven not found: install it (apt-get install -y maven)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c infra/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c infra/constraints.txt -e '.[test,audit]'
 	touch $@
 
 # Re-resolve the dependency ranges of pyproject.toml in a scratch venv and pin the result (then `make test`, commit).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q --upgrade pip
-	.lock-venv/bin/pip install -q -e '.[test]'
+	.lock-venv/bin/pip install -q -e '.[test,audit]'
 	{ head -2 infra/constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^whistle'; } > infra/constraints.new && mv infra/constraints.new infra/constraints.txt
 	rm -rf .lock-venv
 

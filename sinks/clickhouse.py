@@ -3,7 +3,8 @@
 WHY two: production runs a ClickHouse server (18.16 on the reference deployment, reached with
 clickhouse-driver over the native protocol); compatibility tests also run every migration and audit
 query on a modern ClickHouse embedded in-process (chdb). Both take the same SQL text, so every
-statement Whistle ships is proven on the oldest and the newest engine.
+statement Whistle ships is proven on the oldest and the newest engine (and `whistle audit replay` can
+rank what it re-derived with the audit store's own queries, in a scratch chdb store).
 
 SQL conventions shared by migrations and audit queries:
 - Values are bound, never formatted in: `%(name)s` placeholders, substituted by clickhouse-driver's
@@ -176,7 +177,7 @@ def _is_transient(exc: Exception, code: int | None) -> bool:
 
 
 class ChdbEngine:
-    """ClickHouse embedded in-process (chdb), for compatibility tests against a modern engine.
+    """ClickHouse embedded in-process (chdb): compatibility tests against a modern engine, and `audit replay`'s scratch store.
 
     chdb allows one data path per process at a time: close an engine before opening one on another path.
     Results are read as JSONCompact and converted by column type, so rows look like clickhouse-driver's
@@ -184,7 +185,7 @@ class ChdbEngine:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from chdb import session  # test-only dependency: imported where used
+        from chdb import session  # a test and `audit` extra dependency, not a worker's: imported where used
 
         try:
             self._session = session.Session(str(path))

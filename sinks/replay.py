@@ -11,19 +11,31 @@ is what the log and the rules give; a difference names the case.
 Replay starts at the beginning of the case stream whatever the period (a case's state is the fold of all
 its history) and compares what falls in the period: case events by their time, breaches by when they fired.
 It reads ClickHouse as the auditor (read-only) and Kafka as a consumer without a group: it commits nothing.
+
+Rankings too: a ranking is a query over the case events and breaches, so replay puts what it derived into a
+scratch ClickHouse (chdb, embedded, in a temporary directory deleted afterwards), migrated by the project's one
+migrator and laid out by the sink's own row rule, and runs the same named ranking query (sinks/queries/ranking.sql)
+there and on the audit store: every month the period touches, each dimension, the same as_of (the period's end).
+A figure that differs names the month, dimension and unit. WHY in a store and not in Python: a second copy of the
+ranking's formulas would prove only that two copies agree; this proves the published query, run on what the log
+gives, yields what the store yields. Without chdb replay says that rankings were not recomputed, and why.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from schemas.serde import Serde, from_record, to_record
-from sinks.audit import Result, run_query, stored_case_event
-from sinks.clickhouse import Engine
-from sinks.sink import BREACH_COLUMNS
+from sinks.audit import LOCAL_TIMEZONE, RANKING_UNITS, Result, ranking, run_query, stored_case_event
+from sinks.clickhouse import ChdbEngine, Engine
+from sinks.migrator import migrate
+from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS, breach_values, case_event_values
 from streams.domain.calendar import load_calendar
 from streams.domain.case import CaseEvent
 from streams.domain.reference import load_reference
@@ -36,13 +48,18 @@ from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
 
 LISTED_PER_TABLE = 20  # differences listed per table (all are counted)
-_BREACH_FIELDS = tuple(c for c in BREACH_COLUMNS if not c.startswith("kafka_") and c != "ingest_ms")
+_BREACH_FIELDS = BREACH_COLUMNS[:-4]  # without the Kafka position and ingest time, as `breach_values` gives them
+_END_OF_TIME_MS = 2**63 - 1
+SCRATCH_DATABASE = "replay"
+# The scratch rows' Kafka position: they never were Kafka records, so topic "replay" and offset = emission order.
+_SCRATCH_TOPIC = "replay"
 
 
 @dataclass(frozen=True, slots=True)
 class Difference:
     """One record replay and the store disagree on. kind: missing (in replay, not stored) | extra (stored, not
-    derived) | differs (a stored copy is not the derived record; `detail` names the first field)."""
+    derived) | differs (a stored copy is not the derived record; `detail` names the first field). A rankings
+    difference is keyed 'month dimension unit' (one ranking row), its case_id empty."""
 
     table: str
     kind: str
@@ -58,6 +75,8 @@ class ReplayReport:
     stored: dict[str, int] = field(default_factory=dict)  # table -> distinct records stored in the period
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> kind -> differences
     listed: list[Difference] = field(default_factory=list)
+    months: tuple[str, ...] = ()  # the months ranked (city time), each in every dimension of RANKING_UNITS
+    rankings_not_recomputed: str = ""  # why, when the rankings could not be recomputed ('' when they were)
     seconds: float = 0.0
 
     @property
@@ -134,14 +153,20 @@ def rederive(serde: Serde, topics: Topics, partitions: int, records: Iterable[tu
     return count, events, breaches
 
 
-def compare(events: list[CaseEvent], breaches: list[Breach], engine: Engine, database: str, from_ms: int, to_ms: int,
-            report: ReplayReport) -> ReplayReport:
-    """Diff the derived records of the period against every stored copy of the period's records."""
-    derived_events = {e.event_id: e for e in events if from_ms <= to_epoch_ms(e.at) < to_ms}
-    stored_events: dict[str, list[CaseEvent]] = defaultdict(list)
+def stored_case_events(engine: Engine, database: str, from_ms: int, to_ms: int) -> dict[str, list[CaseEvent]]:
+    """Every stored copy of the case events of the period, by event id."""
+    stored: dict[str, list[CaseEvent]] = defaultdict(list)
     for row in run_query(engine, database, "replay_case_events", {"from_ms": from_ms, "to_ms": to_ms}).rows:
         event, _ = stored_case_event(row)
-        stored_events[event.event_id].append(event)
+        stored[event.event_id].append(event)
+    return stored
+
+
+def compare(events: list[CaseEvent], breaches: list[Breach], stored_events: dict[str, list[CaseEvent]], engine: Engine, database: str,
+            from_ms: int, to_ms: int, report: ReplayReport) -> ReplayReport:
+    """Diff the derived records of the period against every stored copy of the period's records (`stored_events`:
+    `stored_case_events` of the period)."""
+    derived_events = {e.event_id: e for e in events if from_ms <= to_epoch_ms(e.at) < to_ms}
     _diff(report, "case_events", derived_events, stored_events, lambda e: e.case_id, lambda e: tuple(to_record(e).items()))
     derived_breaches = {b.breach_id: b for b in breaches if from_ms <= to_epoch_ms(b.fired_at) < to_ms}
     stored_breaches: dict[str, list[tuple]] = defaultdict(list)
@@ -153,11 +178,66 @@ def compare(events: list[CaseEvent], breaches: list[Breach], engine: Engine, dat
 
 
 def _breach_row(breach: Breach) -> tuple:
-    record = to_record(breach)
-    values = {name: record[name[:-3]] if name in ("deadline_ms", "fired_at_ms") else record[name] for name in _BREACH_FIELDS}
-    for name in ("deadline_ms", "fired_at_ms"):
-        values[name] = to_epoch_ms(values[name])
-    return tuple((name, values[name]) for name in _BREACH_FIELDS)
+    return tuple(zip(_BREACH_FIELDS, breach_values(to_record(breach))))
+
+
+def period_months(from_ms: int, to_ms: int, times_ms: Iterable[int], tz: str = LOCAL_TIMEZONE) -> tuple[str, ...]:
+    """The months ('YYYY-MM' in `tz`) that the period [from_ms, to_ms), clipped to the span of `times_ms`, touches.
+
+    WHY clipped: the default period is all time; the case log's own event times bound the months worth ranking.
+    """
+    times = list(times_ms)
+    low, high = max(from_ms, min(times, default=_END_OF_TIME_MS)), min(to_ms - 1, max(times, default=-1))
+    if low > high:
+        return ()
+    zone = ZoneInfo(tz)
+    first, last = from_epoch_ms(low).astimezone(zone), from_epoch_ms(high).astimezone(zone)
+    months, (year, month) = [], (first.year, first.month)
+    while (year, month) <= (last.year, last.month):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return tuple(months)
+
+
+def compare_rankings(events: list[CaseEvent], breaches: list[Breach], engine: Engine, database: str, months: tuple[str, ...],
+                     as_of: datetime | None, report: ReplayReport, *, ingest_ms: int = 0) -> ReplayReport:
+    """Rank `months` in every dimension from the derived records (a scratch chdb store) and from the audit store, with
+    the same query and `as_of`, and diff the ranking rows. Without chdb, says so in `report.rankings_not_recomputed`.
+
+    Order: the scratch store is created in a temporary directory, migrated, filled with every derived record (a
+    ranking counts a case's events before the period too), ranked, closed and deleted; only then is the audit
+    store ranked (read-only).
+    """
+    report.months = months
+    with tempfile.TemporaryDirectory(prefix="whistle-replay-") as directory:
+        try:
+            scratch = ChdbEngine(directory)
+        except ImportError as exc:
+            report.rankings_not_recomputed = (f"chdb (the scratch ClickHouse) is not importable: {exc}; "
+                                              f"install it with pip install -c infra/constraints.txt 'whistle[audit]'")
+            return report
+        try:
+            migrate(scratch, SCRATCH_DATABASE)
+            scratch.insert(f"{SCRATCH_DATABASE}.case_events", CASE_EVENT_COLUMNS,
+                           [case_event_values(to_record(e)) + (_SCRATCH_TOPIC, 0, n, ingest_ms) for n, e in enumerate(events)])
+            scratch.insert(f"{SCRATCH_DATABASE}.breaches", BREACH_COLUMNS,
+                           [breach_values(to_record(b)) + (_SCRATCH_TOPIC, 1, n, ingest_ms) for n, b in enumerate(breaches)])
+            derived = _rankings(scratch, SCRATCH_DATABASE, months, as_of)
+        finally:
+            scratch.close()
+    stored = {key: [row] for key, row in _rankings(engine, database, months, as_of).items()}
+    _diff(report, "rankings", derived, stored, lambda row: "", lambda row: row)
+    return report
+
+
+def _rankings(engine: Engine, database: str, months: tuple[str, ...], as_of: datetime | None) -> dict[str, tuple]:
+    """Every ranking row of `months` x RANKING_UNITS by 'month dimension unit', as (column, value) pairs."""
+    rows = {}
+    for month in months:
+        for by in RANKING_UNITS:
+            for row in ranking(engine, database, month, by, as_of=as_of).as_dicts():
+                rows[f"{month} {by} {row['unit_id']}"] = tuple(row.items())
+    return rows
 
 
 def _diff(report: ReplayReport, table: str, derived: dict[str, Any], stored: dict[str, list[Any]], case_of: Callable[[Any], str],
@@ -192,11 +272,17 @@ def _diff(report: ReplayReport, table: str, derived: dict[str, Any], stored: dic
 
 def replay(settings: Settings, engine: Engine, database: str, from_ms: int, to_ms: int, *, timeout_s: float = 30.0,
            progress: Callable[[int], None] = lambda n: None) -> ReplayReport:
-    """Re-derive everything from the case stream and diff the period [from_ms, to_ms) against the audit store."""
-    started = time.monotonic()
+    """Re-derive everything from the case stream and diff the period [from_ms, to_ms) against the audit store: case
+    events, breaches, then the rankings of the period's months as of its end (of everything when unbounded)."""
+    started, started_ms = time.monotonic(), time.time_ns() // 1_000_000
     serde, topics = Serde.from_settings(settings), Topics.with_prefix(settings.topic_prefix)
     partitions, records = read_case_stream(settings, timeout_s=timeout_s)
     count, events, breaches = rederive(serde, topics, partitions, records, progress)
-    report = compare(events, breaches, engine, database, from_ms, to_ms, ReplayReport(inbox_records=count))
+    stored = stored_case_events(engine, database, from_ms, to_ms)
+    report = compare(events, breaches, stored, engine, database, from_ms, to_ms, ReplayReport(inbox_records=count))
+    times = [to_epoch_ms(e.at) for e in events] + [to_epoch_ms(c.at) for copies in stored.values() for c in copies]
+    months = period_months(from_ms, to_ms, times)
+    as_of = None if to_ms >= _END_OF_TIME_MS else from_epoch_ms(to_ms)
+    compare_rankings(events, breaches, engine, database, months, as_of, report, ingest_ms=started_ms)
     report.seconds = round(time.monotonic() - started, 2)
     return report

@@ -1,11 +1,13 @@
 """`whistle audit replay` on real Kafka and ClickHouse: a simulated day re-derived from the case stream alone is
-identical to what the audit store holds, and an altered or invented row is named."""
+identical to what the audit store holds, rankings included (recomputed in a scratch chdb store, deleted afterwards);
+an altered or invented row is named, and so is each ranking unit an altered row moves."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -13,7 +15,7 @@ from test_end_to_end import TRANSIENT, send_day, wait_for_sink
 
 from infra.processes import wait_until
 from sinks.clickhouse import ServerEngine
-from sinks.replay import replay
+from sinks.replay import ReplayReport, compare_rankings, period_months, replay
 from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS
 from streams.domain.reference import load_reference
 from whistle.devtools.harness import Pipeline, read_all
@@ -43,21 +45,51 @@ def _cli_replay(settings) -> tuple[int, dict]:
     return done.returncode, orjson.loads(first)
 
 
-def test_a_day_replayed_from_the_case_stream_is_identical_and_an_altered_row_is_named(isolated, tmp_path):
-    _run_a_day(isolated, tmp_path / "logs")
-    ch = isolated.clickhouse
+def _replay_as_auditor(settings):
+    ch = settings.clickhouse
     auditor = ServerEngine.from_settings(dataclasses.replace(ch, user=ch.auditor_user, password=ch.auditor_password))
     try:
-        clean = replay(isolated, auditor, ch.database, 0, 2**63 - 1)
+        return replay(settings, auditor, ch.database, 0, 2**63 - 1)
     finally:
         auditor.close()
+
+
+def test_a_day_replayed_from_the_case_stream_is_identical_and_an_altered_row_is_named(isolated, tmp_path, monkeypatch):
+    _run_a_day(isolated, tmp_path / "logs")
+    ch, db = isolated.clickhouse, isolated.clickhouse.database
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_parent))  # where replay's scratch store goes
+    clean = _replay_as_auditor(isolated)
     assert clean.identical and clean.derived["case_events"] == clean.stored["case_events"] > 100 and clean.derived["breaches"] > 0
-    assert _cli_replay(isolated)[0] == 0  # the command, as the auditor: identical
+    assert clean.months == ("2026-11",) and not clean.rankings_not_recomputed
+    assert clean.derived["rankings"] == clean.stored["rankings"] > 2  # streets and departments of the month, all identical
+    assert not list(scratch_parent.iterdir())  # the scratch store is gone
+    code, summary = _cli_replay(isolated)  # the command, as the auditor: identical, rankings its third table
+    assert code == 0 and [row["table"] for row in summary] == ["case_events", "breaches", "rankings"]
+
+    admin = ServerEngine.from_settings(ch)
+    try:  # move one case to another street: a copy of its opened event, street changed (the last copy wins in FINAL)
+        opened = admin.execute(f"SELECT {', '.join(CASE_EVENT_COLUMNS)} FROM {db}.case_events "
+                               f"WHERE kind = 'opened' AND street_id IS NOT NULL ORDER BY case_id LIMIT 1")[0]
+        street = CASE_EVENT_COLUMNS.index("street_id")
+        other = admin.execute(f"SELECT any(street_id) FROM {db}.case_events WHERE kind = 'opened' AND street_id IS NOT NULL "
+                              f"AND street_id != %(street)s", {"street": opened[street]})[0][0]
+        admin.insert(f"{db}.case_events", CASE_EVENT_COLUMNS, [opened[:street] + (other,) + opened[street + 1:]])
+    finally:
+        admin.close()
+    moved = _replay_as_auditor(isolated)
+    assert moved.counts["case_events"] == {"missing": 0, "extra": 0, "differs": 1} and moved.counts["breaches"]["differs"] == 0
+    ranked = [d for d in moved.listed if d.table == "rankings"]
+    assert sum(moved.counts["rankings"].values()) == len(ranked) > 0 and moved.counts["rankings"]["extra"] == 0
+    assert {d.key for d in ranked} >= {f"2026-11 street {opened[street]}", f"2026-11 street {other}"}
+    assert all(d.key.startswith("2026-11 street ") for d in ranked)  # its department is unchanged: that ranking is identical
+    gained = next(d for d in ranked if d.key == f"2026-11 street {other}")
+    assert gained.kind == "differs" and ("received: stored" in gained.detail or "rank: stored" in gained.detail)
 
     admin = ServerEngine.from_settings(ch)
     try:
-        db = ch.database
-        row = admin.execute(f"SELECT {', '.join(CASE_EVENT_COLUMNS)} FROM {db}.case_events ORDER BY case_id, seq LIMIT 1")[0]
+        row = admin.execute(f"SELECT {', '.join(CASE_EVENT_COLUMNS)} FROM {db}.case_events WHERE seq > 1 ORDER BY case_id, seq LIMIT 1")[0]
         note = CASE_EVENT_COLUMNS.index("note")
         admin.insert(f"{db}.case_events", CASE_EVENT_COLUMNS, [row[:note] + ("rewritten by hand",) + row[note + 1:]])
         breach = admin.execute(f"SELECT {', '.join(BREACH_COLUMNS)} FROM {db}.breaches LIMIT 1")[0]
@@ -66,13 +98,32 @@ def test_a_day_replayed_from_the_case_stream_is_identical_and_an_altered_row_is_
         admin.close()
     code, _ = _cli_replay(isolated)
     assert code == 1
-    auditor = ServerEngine.from_settings(dataclasses.replace(ch, user=ch.auditor_user, password=ch.auditor_password))
-    try:
-        altered = replay(isolated, auditor, ch.database, 0, 2**63 - 1)
-    finally:
-        auditor.close()
+    altered = _replay_as_auditor(isolated)
     assert not altered.identical
-    assert altered.counts["case_events"] == {"missing": 0, "extra": 0, "differs": 1}
+    assert altered.counts["case_events"] == {"missing": 0, "extra": 0, "differs": 2}  # the street moved above, and the note
     assert altered.counts["breaches"] == {"missing": 0, "extra": 1, "differs": 0}
-    differs = next(d for d in altered.listed if d.kind == "differs")
-    assert (differs.case_id, differs.key) == (row[1], row[0]) and "note: stored 'rewritten by hand'" in differs.detail
+    differs = next(d for d in altered.listed if d.table == "case_events" and d.key == row[0])
+    assert differs.case_id == row[1] and "note: stored 'rewritten by hand'" in differs.detail
+
+
+def test_the_months_ranked_are_the_period_s_clipped_to_the_case_log():
+    day = 86_400_000
+    nov_2 = int(datetime(2026, 11, 2, tzinfo=UTC).timestamp() * 1000)
+    assert period_months(0, 2**63 - 1, [nov_2, nov_2 + 40 * day]) == ("2026-11", "2026-12")
+    assert period_months(nov_2 + day, 2**63 - 1, [nov_2, nov_2 + 2 * day]) == ("2026-11",)
+    assert period_months(0, nov_2, [nov_2, nov_2 + day]) == ()  # everything after the period
+    assert period_months(0, 2**63 - 1, []) == ()
+    # 2026-10-31 17:00 UTC is November 1st, 01:00 in the city (Asia/Shanghai): the city's month counts
+    assert period_months(0, 2**63 - 1, [int(datetime(2026, 10, 31, 17, 0, tzinfo=UTC).timestamp() * 1000)]) == ("2026-11",)
+
+
+class _Untouchable:
+    def execute_with_columns(self, *args, **kwargs):
+        raise AssertionError("the audit store was ranked although the scratch store could not be made")
+
+
+def test_without_chdb_replay_says_rankings_were_not_recomputed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "chdb", None)  # `import chdb` raises ImportError
+    report = compare_rankings([], [], _Untouchable(), "whistle", ("2026-11",), None, ReplayReport())
+    assert "chdb" in report.rankings_not_recomputed and "not importable" in report.rankings_not_recomputed
+    assert "rankings" not in report.counts and report.identical is True

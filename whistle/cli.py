@@ -391,9 +391,10 @@ def audit_anchors(month: str | None = typer.Option(None, "--month", help="YYYY-M
 def audit_replay(since: datetime | None = typer.Option(None, "--from", help="compare records from (UTC if no zone; default: all)"),
                  until: datetime | None = typer.Option(None, "--to", help="... until"), fmt: str = FormatOption,
                  kafka_timeout: float = typer.Option(30.0, "--kafka-timeout", help="seconds any Kafka wait may take")) -> None:
-    """Re-derive case events and breaches from the case stream alone and diff the period against the audit store.
+    """Re-derive case events and breaches from the case stream alone and diff the period against the audit store; then
+    recompute the period's monthly rankings from them (a scratch chdb store) and diff those against the audit store's.
 
-    Exit 0 identical, 1 differences, 3 could not run.
+    Exit 0 identical (rankings included, or said not recomputed and why), 1 differences, 3 could not run.
     """
     from sinks import audit
     from sinks.replay import replay
@@ -412,9 +413,13 @@ def audit_replay(since: datetime | None = typer.Option(None, "--from", help="com
     _emit(summary, fmt, "Replay: the case stream against the audit store")
     if report.listed:
         _emit(report.differences(), fmt, "First differences")
+    if report.rankings_not_recomputed:
+        console.print(f"[bold yellow]rankings NOT recomputed: {report.rankings_not_recomputed}[/]")
     verdict = "identical" if report.identical else "DIFFERENT"
+    ranked = (f"rankings of {', '.join(report.months) or 'no month'} recomputed" if not report.rankings_not_recomputed
+              else "rankings not recomputed")
     console.print(f"[{'green' if report.identical else 'bold red'}]replay: {verdict} · {report.inbox_records:,} case-stream records "
-                  f"re-derived · {report.seconds:.1f}s[/]")
+                  f"re-derived · {ranked} · {report.seconds:.1f}s[/]")
     raise typer.Exit(0 if report.identical else 1)
 
 
