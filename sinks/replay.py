@@ -38,11 +38,13 @@ from sinks.migrator import migrate
 from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS, breach_values, case_event_values
 from streams.domain.calendar import load_calendar
 from streams.domain.case import CaseEvent
-from streams.domain.reference import load_reference
+from streams.domain.reference import REFERENCE_ROOT, load_reference
+from streams.domain.rules import refusals, rule_files
 from streams.domain.sla import Breach, load_policies
 from streams.pipeline import CaseProcessor
+from streams.rules import read_registry
 from whistle.ground.deadletter import Position
-from whistle.ground.errors import StackError
+from whistle.ground.errors import ConfigError, StackError
 from whistle.ground.names import Topics
 from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
@@ -270,12 +272,23 @@ def _diff(report: ReplayReport, table: str, derived: dict[str, Any], stored: dic
                 break
 
 
+def check_rules(settings: Settings, serde: Serde, now_ms: int, *, timeout_s: float = 30.0) -> None:
+    """Refuse to replay with rule files other than those the log's decisions were made with (the rules registry,
+    streams.rules): a replay with an edited policy would report every decision it changed as the store's fault."""
+    reference = load_reference()
+    problems = refusals(read_registry(settings, serde, timeout_s=timeout_s),
+                        rule_files(load_policies(), load_calendar(), REFERENCE_ROOT / reference.version), now_ms)
+    if problems:
+        raise ConfigError("replay's rule files are not those the log recorded:\n  " + "\n  ".join(problems), field="rules")
+
+
 def replay(settings: Settings, engine: Engine, database: str, from_ms: int, to_ms: int, *, timeout_s: float = 30.0,
            progress: Callable[[int], None] = lambda n: None) -> ReplayReport:
     """Re-derive everything from the case stream and diff the period [from_ms, to_ms) against the audit store: case
     events, breaches, then the rankings of the period's months as of its end (of everything when unbounded)."""
     started, started_ms = time.monotonic(), time.time_ns() // 1_000_000
     serde, topics = Serde.from_settings(settings), Topics.with_prefix(settings.topic_prefix)
+    check_rules(settings, serde, started_ms, timeout_s=timeout_s)
     partitions, records = read_case_stream(settings, timeout_s=timeout_s)
     count, events, breaches = rederive(serde, topics, partitions, records, progress)
     stored = stored_case_events(engine, database, from_ms, to_ms)

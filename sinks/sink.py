@@ -110,13 +110,13 @@ class RowMaker:
             values = values[:8] + (self._without_personal_values(values[8], original),) + values[9:]
             return Row("dead_letters", values + kafka + (ingest_ms,), where, key, value)
         if where.topic == self.topics.rules:
-            values = (record["rule_id"], record["kind"], record["name"], record["file"], record["sha256"],
-                      record["content"].decode("utf-8", "replace"), _ms(record["in_force_from"]), _ms(record["registered_at"]), record["registered_by"])
-            return Row("rule_files", values + kafka + (ingest_ms,), where, key, value)
+            rule = (record["rule_id"], record["kind"], record["name"], record["file"], record["sha256"],
+                    record["content"].decode("utf-8", "replace"), _ms(record["in_force_from"]), _ms(record["registered_at"]), record["registered_by"])
+            return Row("rule_files", rule + kafka + (ingest_ms,), where, key, value)
         if where.topic == self.topics.anchors:
-            values = (record["anchor_id"], record["topic"], record["partition"], record["first_offset"], record["last_offset"], record["records"],
+            anchor = (record["anchor_id"], record["topic"], record["partition"], record["first_offset"], record["last_offset"], record["records"],
                       record["digest"], int(record["keyed"]), _ms(record["anchored_at"]))
-            return Row("chain_anchors", values + kafka + (ingest_ms,), where, key, value)
+            return Row("chain_anchors", anchor + kafka + (ingest_ms,), where, key, value)
         raise StoreError(f"topic {where.topic} is not audited", topic=where.topic)
 
     def _raw(self, where: Position, key: bytes | None, value: bytes | None, timestamp_ms: int) -> tuple:
