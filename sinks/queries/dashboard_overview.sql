@@ -52,7 +52,7 @@ FROM
             countIf(kind = 'resolved' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s) > 0 AS resolved_in_month,
             countIf(kind = 'closed' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s) > 0 AS closed_in_month,
             countIf(kind = 'accepted') > 0 AS accepted,
-            maxIf(seq, kind = 'resolved') > greatest(maxIf(seq, kind = 'reopened'), maxIf(seq, kind = 'escalated')) AS is_resolved,
+            {_case_is_resolved},
             countIf(kind = 'rated') > 0 AS is_rated,
             ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating
         FROM {db}.case_events FINAL

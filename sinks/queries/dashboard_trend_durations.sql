@@ -45,7 +45,7 @@ FROM
             toDate(toDateTime(intDiv(minIf(at_ms, kind = 'opened'), 1000), %(tz)s)) AS opened_day,
             countIf(kind = 'accepted') > 0 AS is_accepted,
             minIf(at_ms, kind = 'accepted') AS first_accepted_ms,
-            maxIf(seq, kind = 'resolved') > greatest(maxIf(seq, kind = 'reopened'), maxIf(seq, kind = 'escalated')) AS is_resolved,
+            {_case_is_resolved},
             maxIf(at_ms, kind = 'resolved') AS last_resolved_ms
         FROM {db}.case_events FINAL
         WHERE at_ms >= %(start_ms)s AND at_ms < %(as_of_ms)s

@@ -32,7 +32,7 @@ FROM
             case_id,
             substring(toString(toDate(toDateTime(intDiv(minIf(at_ms, kind = 'opened'), 1000), %(tz)s))), 1, 7) AS month,
             ifNull(anyIf(street_id, kind = 'opened'), '') AS unit_id,
-            maxIf(seq, kind = 'resolved') > greatest(maxIf(seq, kind = 'reopened'), maxIf(seq, kind = 'escalated')) AS is_resolved
+            {_case_is_resolved}
         FROM {db}.case_events FINAL
         WHERE at_ms < %(as_of_ms)s
           AND case_id IN ({_month_cases})

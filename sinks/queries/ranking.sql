@@ -153,7 +153,7 @@ FROM
                         minIf(at_ms, kind = 'opened') AS opened_ms,
                         countIf(kind = 'accepted') > 0 AS accepted,
                         minIf(at_ms, kind = 'accepted') AS first_accepted_ms,
-                        maxIf(seq, kind = 'resolved') > greatest(maxIf(seq, kind = 'reopened'), maxIf(seq, kind = 'escalated')) AS is_resolved,
+                        {_case_is_resolved},
                         maxIf(at_ms, kind = 'resolved') AS last_resolved_ms,
                         countIf(kind = 'rated') > 0 AS is_rated,
                         ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating
