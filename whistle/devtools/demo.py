@@ -73,7 +73,7 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
     settings = replace(settings, keys_file=logs / "gateway-keys.yaml")  # every process reads the same key file
     dashboard_password = _dashboard_users(logs / "dashboard-users.yaml")
 
-    processes = step("Starting a worker, the sink, the gateway and the dashboard", lambda: _start(settings, logs))
+    processes = step("Starting a worker, the sink, the anchorer, the gateway and the dashboard", lambda: _start(settings, logs))
     step("Waiting for the worker and the sink to join their groups", lambda: (
         wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).cases, 1),
         wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).sink, 1),
