@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.serde import Serde
-from sinks.audit import BROKEN, NOTED, Finding, KafkaRange, run_query
+from sinks.audit import BROKEN, NOTED, DeadLetterPolicy, Finding, KafkaRange, run_query, verify_against_kafka
 from sinks.clickhouse import Engine
 from streams.changelog import read_log
 from whistle.ground.errors import ConfigError, DeliveryError, StackError, WhistleError
@@ -291,3 +291,11 @@ def verify_anchors(engine: Engine, database: str, anchors: Iterable[Anchor], kaf
     unanchored = [Finding("anchor", NOTED, k.topic, k.partition, k.low, k.high - 1, k.high - k.low,
                           "no anchor yet: is the anchorer (`whistle anchor`) running?") for k in ranges if k.high > k.low and k.partition not in anchored]
     return unanchored + anchor_findings(listed, entries, {k.partition: k.committed or 0 for k in ranges}, key)
+
+
+def verify_all(engine: Engine, database: str, kafka: list[KafkaRange], case_stream: list[KafkaRange], dead_letters: DeadLetterPolicy,
+               anchors: list[Anchor] | None, key: bytes | None, case_events: str) -> list[Finding]:
+    """Everything `whistle audit verify` reports, in one place for the CLI and the dashboard: `verify_against_kafka`, then
+    the anchors (None: not checked, for a reader that has no anchors to hold the store to)."""
+    findings = verify_against_kafka(engine, database, kafka, case_stream=case_stream, dead_letters=dead_letters)
+    return findings if anchors is None else findings + verify_anchors(engine, database, anchors, kafka, key, case_events)

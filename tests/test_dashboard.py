@@ -12,9 +12,11 @@ from decimal import Decimal as D
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from test_audit_queries import C1, dataset, load, store  # noqa: F401  (store: fixture)
+from test_audit_queries import C1, EVENTS_TOPIC, dataset, load, store  # noqa: F401  (store: fixture)
 
 from sinks import audit
+from sinks.anchor import GENESIS as DIGEST_START
+from sinks.anchor import Anchor, advance
 from whistle.edges import dashboard
 from whistle.edges.dashboard import AuditReader, Sessions, build_app, hash_password, load_users, verify_password
 from whistle.ground.errors import ConfigError, StoreError
@@ -257,6 +259,28 @@ def test_verify_states_broken_on_an_altered_event(engine, database, users):
     (broken,) = get_json(engine, database, users, "/api/verify")
     assert broken["status"] == "broken" and broken["exit_code"] == 1 and broken["broken"] >= 1
     assert any(f["kind"] == "chain" and "case C1" in f["detail"] for f in broken["findings"]["rows"])
+
+
+def test_verify_holds_the_store_to_the_anchors_as_the_cli_does(store, users):
+    """The page's verdict is `whistle audit verify`'s, anchors included: anchors the store gives verify; a forged one breaks."""
+    engine, database = store
+    entries = [(int(o), e) for o, e in audit.run_query(engine, database, "verify_anchor_entries", {"topic": EVENTS_TOPIC, "partition": 0}).rows]
+    digest = DIGEST_START
+    for offset, entry in entries:
+        digest = advance(digest, offset, bytes.fromhex(entry))
+    true = Anchor(EVENTS_TOPIC, 0, 0, entries[-1][0], len(entries), digest.hex(), False, 0)
+
+    def verdict(anchor):
+        reader = AuditReader(lambda: engine, database, serialize=True, owns_engines=False, kafka=kafka_as_stored(engine, database),
+                             anchors=dashboard.Anchors(lambda: [anchor], None, EVENTS_TOPIC))
+        async def scenario(client):
+            assert (await login(client)).status == 303
+            return await (await client.get("/api/verify")).json()
+        return serve(build_app(reader, users), scenario)
+
+    assert verdict(true)["status"] == "clean"
+    forged = verdict(dataclasses.replace(true, digest="f" * 64))
+    assert forged["status"] == "broken" and any(f["kind"] == "anchor" for f in forged["findings"]["rows"])
 
 
 def test_verify_without_kafka_is_503_not_a_verdict(store, users):

@@ -300,7 +300,7 @@ def audit_verify(fmt: str = FormatOption,
 
     from schemas.serde import Serde
     from sinks import audit
-    from sinks.anchor import read_anchors, verify_anchors
+    from sinks.anchor import read_anchors, verify_all
 
     if fmt not in ("table", "csv", "json"):
         console.print(f"[bold red]error:[/bold red] --format must be table, csv or json, not {fmt!r}")
@@ -314,9 +314,8 @@ def audit_verify(fmt: str = FormatOption,
         case_stream = audit.read_kafka_ranges(settings, timeout_s=kafka_timeout, topics=[Topics.with_prefix(settings.topic_prefix).inbox])
         anchors = read_anchors(settings, Serde.from_settings(settings), timeout_s=kafka_timeout) + _exported_anchors(anchors_file)
         with _auditor() as (engine, db):
-            findings = audit.verify_against_kafka(engine, db, kafka, case_stream=case_stream, dead_letters=policy)
-            findings += verify_anchors(engine, db, anchors, kafka, settings.anchor_key.value.encode("utf-8") or None,
-                                       Topics.with_prefix(settings.topic_prefix).case_events)
+            findings = verify_all(engine, db, kafka, case_stream, policy, anchors, settings.anchor_key.value.encode("utf-8") or None,
+                                  Topics.with_prefix(settings.topic_prefix).case_events)
     except WhistleError as exc:  # not exit 2: that is "behind"
         console.print(f"[bold red]error:[/bold red] verify could not run: {exc}")
         raise typer.Exit(3) from exc

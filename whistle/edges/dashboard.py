@@ -55,7 +55,9 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
+from schemas.serde import Serde
 from sinks import audit
+from sinks.anchor import Anchor, read_anchors, verify_all
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
 from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, DistrictReference, load_reference
@@ -198,9 +200,10 @@ class AuditReader:
 
     def __init__(self, connect: Callable[[], Engine], database: str, *, serialize: bool = False, owns_engines: bool = True,
                  tz: str = audit.LOCAL_TIMEZONE, kafka: KafkaRanges | None = None,
-                 dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY) -> None:
+                 dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None) -> None:
         self._connect = connect
         self._kafka = kafka
+        self.anchors = anchors  # the anchored digests verify holds the store to (None: not checked)
         self.dead_letter_policy = dead_letter_policy
         self.database = database
         self.tz = tz
@@ -212,7 +215,7 @@ class AuditReader:
 
     @classmethod
     def for_auditor(cls, clickhouse: ClickHouseSettings, *, kafka: KafkaRanges | None = None,
-                    dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY) -> AuditReader:
+                    dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None) -> AuditReader:
         """The read-only auditor user of `clickhouse` (the settings' auditor_user / auditor_password)."""
         ch = clickhouse
 
@@ -220,18 +223,21 @@ class AuditReader:
             return ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value, database=ch.database,
                                 secure=ch.secure, connect_timeout=5.0, send_receive_timeout=60.0)
 
-        return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy)
+        return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy, anchors=anchors)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> AuditReader:
-        """As `whistle audit verify` reads: the auditor user, Kafka's offsets of settings' deployment, its dead-letter policy."""
+        """As `whistle audit verify` reads: the auditor user, Kafka's offsets and anchors of settings' deployment, its dead-letter policy."""
         inbox = Topics.with_prefix(settings.topic_prefix).inbox
 
         def kafka() -> tuple[list[audit.KafkaRange], list[audit.KafkaRange]]:
             return audit.read_kafka_ranges(settings), audit.read_kafka_ranges(settings, topics=[inbox])
 
+        serde = Serde.from_settings(settings)
         policy = audit.DeadLetterPolicy(settings.verify_dead_letter_share, settings.verify_dead_letter_min)
-        return cls.for_auditor(settings.clickhouse, kafka=kafka, dead_letter_policy=policy)
+        anchors = Anchors(lambda: read_anchors(settings, serde), settings.anchor_key.value.encode("utf-8") or None,
+                          Topics.with_prefix(settings.topic_prefix).case_events)
+        return cls.for_auditor(settings.clickhouse, kafka=kafka, dead_letter_policy=policy, anchors=anchors)
 
     def _engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
@@ -327,8 +333,9 @@ class AuditReader:
             raise StackError("this dashboard has no Kafka settings: verify compares ClickHouse with Kafka")
         started = time.monotonic()
         kafka, case_stream = self._kafka()
-        findings = self.call(lambda engine, db: audit.verify_against_kafka(engine, db, kafka, case_stream=case_stream,
-                                                                          dead_letters=self.dead_letter_policy))
+        anchors = None if self.anchors is None else self.anchors.read()
+        key, case_events = (None, "") if self.anchors is None else (self.anchors.key, self.anchors.case_events)
+        findings = self.call(lambda engine, db: verify_all(engine, db, kafka, case_stream, self.dead_letter_policy, anchors, key, case_events))
         status = audit.status_of(findings)
         return {"status": status, "exit_code": audit.EXIT_CODES[status], "seconds": round(time.monotonic() - started, 3),
                 "partitions": len(kafka), "records_in_kafka": sum(k.high - k.low for k in kafka),
@@ -338,6 +345,15 @@ class AuditReader:
 
 
 KafkaRanges = Callable[[], tuple[list[audit.KafkaRange], list[audit.KafkaRange]]]
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Where `verify` reads the anchors from (Kafka, as `whistle audit verify` does), their key, and the topic they anchor."""
+
+    read: Callable[[], list[Anchor]]
+    key: bytes | None
+    case_events: str
 
 
 def check_case_chain(rows: tuple[tuple, ...] | list[tuple]) -> dict[str, Any]:
