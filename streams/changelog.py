@@ -90,12 +90,19 @@ def read_log(settings: Settings, topic: str, partition: int, timeout_s: float) -
     """
     consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"{topic}-reader", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    deadline, last = time.monotonic() + timeout_s, -1
     try:
-        low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        while True:  # a topic created a moment ago may not be in this client's metadata yet (unknown partition): wait it out
+            try:
+                low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         if end <= low:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        deadline, last = time.monotonic() + timeout_s, -1
         while last + 1 < end:  # or until the end of the partition is reported (compaction may leave holes at the end)
             if time.monotonic() > deadline:
                 raise StackError(f"reading {topic} timed out at offset {last} of {end}", topic=topic, partition=partition)
