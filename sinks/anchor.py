@@ -26,7 +26,8 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -82,7 +83,7 @@ class Anchor:
     @classmethod
     def from_record(cls, record: Mapping) -> Anchor:
         return cls(record["topic"], record["partition"], record["first_offset"], record["last_offset"], record["records"], record["digest"],
-                   bool(record["keyed"]), to_epoch_ms(record["anchored_at"]) if not isinstance(record["anchored_at"], int) else record["anchored_at"])
+                   record["keyed"], to_epoch_ms(record["anchored_at"]))
 
 
 @dataclass(slots=True)
@@ -116,6 +117,27 @@ def latest_anchors(anchors: Iterable[Anchor], before_ms: int | None = None) -> l
         if held is None or anchor.last_offset > held.last_offset:
             latest[anchor.topic, anchor.partition] = anchor
     return [latest[k] for k in sorted(latest)]
+
+
+EXPORT_COLUMNS = tuple(f.name for f in fields(Anchor))  # an export's anchors: these fields, as `audit anchors --format json` writes them
+
+
+def export(anchors: list[Anchor], month: str | None) -> dict:
+    """What `audit anchors --format json` writes for an outside party to keep: the anchors and their root."""
+    return {"month": month, "root": anchors_root(anchors), "anchors": [dict(zip(EXPORT_COLUMNS, astuple(a))) for a in anchors]}
+
+
+def from_export(document: Any, where: str) -> list[Anchor]:
+    """The anchors of an `export`, once its root is found to be theirs; ConfigError naming `where` otherwise."""
+    try:
+        anchors = [Anchor(str(a["topic"]), int(a["partition"]), int(a["first_offset"]), int(a["last_offset"]), int(a["records"]),
+                          str(a["digest"]), bool(a["keyed"]), int(a["anchored_at_ms"])) for a in document["anchors"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: not an anchors export (`whistle audit anchors --format json`): {exc}", file=where) from exc
+    if anchors_root(anchors) != document.get("root"):
+        raise ConfigError(f"{where}: root {document.get('root')} is not the root of the anchors it lists ({anchors_root(anchors)})",
+                          file=where, field="root")
+    return anchors
 
 
 def anchors_root(anchors: Iterable[Anchor]) -> str:
@@ -201,13 +223,13 @@ class Anchorer:
                 failures.append(str(error))
 
         moved = [(p, r) for p, r in sorted(self.running.items()) if r.moved]
+        if not moved:
+            return
         for partition, held in moved:
             anchor = Anchor(self.topics.case_events, partition, held.first_offset, held.last_offset, held.records, held.digest.hex(),
                             self.key is not None, now_ms)
             producer.produce(self.topics.anchors, self.serde.encode("ChainAnchor", anchor.as_record()), anchor.anchor_id.encode("utf-8"),
                              partition=0, on_delivery=delivered)
-        if not moved:
-            return
         left = producer.flush(self.timeout_s)
         if left or failures:
             raise DeliveryError(f"Kafka did not acknowledge {left or len(failures)} anchors: {'; '.join(failures)}", topic=self.topics.anchors)

@@ -36,15 +36,15 @@ from sinks.audit import LOCAL_TIMEZONE, RANKING_UNITS, Result, ranking, run_quer
 from sinks.clickhouse import ChdbEngine, Engine
 from sinks.migrator import migrate
 from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS, breach_values, case_event_values
-from streams.domain.calendar import load_calendar
+from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent
-from streams.domain.reference import REFERENCE_ROOT, load_reference
-from streams.domain.rules import refusals, rule_files
-from streams.domain.sla import Breach, load_policies
+from streams.domain.reference import REFERENCE_ROOT, DistrictReference, load_reference
+from streams.domain.rules import RuleFile, rule_files
+from streams.domain.sla import Breach, SlaPolicy, load_policies
 from streams.pipeline import CaseProcessor
-from streams.rules import read_registry
+from streams.rules import check_rules
 from whistle.ground.deadletter import Position
-from whistle.ground.errors import ConfigError, StackError
+from whistle.ground.errors import StackError
 from whistle.ground.names import Topics
 from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, to_epoch_ms
@@ -135,10 +135,26 @@ def read_case_stream(settings: Settings, *, timeout_s: float = 30.0) -> tuple[in
     return len(partitions), records()
 
 
-def rederive(serde: Serde, topics: Topics, partitions: int, records: Iterable[tuple[int, int, bytes | None, bytes, int]],
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the workers decide with, loaded once: checked against the rules registry, then replayed with."""
+
+    reference: DistrictReference
+    policies: dict[str, SlaPolicy]
+    calendar: BusinessCalendar
+
+    @classmethod
+    def load(cls) -> Rules:
+        return cls(load_reference(), load_policies(), load_calendar())
+
+    def files(self) -> list[RuleFile]:
+        return rule_files(self.policies, self.calendar, REFERENCE_ROOT / self.reference.version)
+
+
+def rederive(serde: Serde, topics: Topics, partitions: int, records: Iterable[tuple[int, int, bytes | None, bytes, int]], rules: Rules,
              progress: Callable[[int], None] = lambda n: None) -> tuple[int, list[CaseEvent], list[Breach]]:
     """The case stream through a fresh CaseProcessor: (records read, case events, breaches) in emission order."""
-    processor = CaseProcessor(serde, load_reference(), load_policies(), load_calendar(), topics, partitions)
+    processor = CaseProcessor(serde, rules.reference, rules.policies, rules.calendar, topics, partitions)
     events: list[CaseEvent] = []
     breaches: list[Breach] = []
     count = 0
@@ -272,25 +288,17 @@ def _diff(report: ReplayReport, table: str, derived: dict[str, Any], stored: dic
                 break
 
 
-def check_rules(settings: Settings, serde: Serde, now_ms: int, *, timeout_s: float = 30.0) -> None:
-    """Refuse to replay with rule files other than those the log's decisions were made with (the rules registry,
-    streams.rules): a replay with an edited policy would report every decision it changed as the store's fault."""
-    reference = load_reference()
-    problems = refusals(read_registry(settings, serde, timeout_s=timeout_s),
-                        rule_files(load_policies(), load_calendar(), REFERENCE_ROOT / reference.version), now_ms)
-    if problems:
-        raise ConfigError("replay's rule files are not those the log recorded:\n  " + "\n  ".join(problems), field="rules")
-
-
 def replay(settings: Settings, engine: Engine, database: str, from_ms: int, to_ms: int, *, timeout_s: float = 30.0,
            progress: Callable[[int], None] = lambda n: None) -> ReplayReport:
     """Re-derive everything from the case stream and diff the period [from_ms, to_ms) against the audit store: case
     events, breaches, then the rankings of the period's months as of its end (of everything when unbounded)."""
     started, started_ms = time.monotonic(), time.time_ns() // 1_000_000
     serde, topics = Serde.from_settings(settings), Topics.with_prefix(settings.topic_prefix)
-    check_rules(settings, serde, started_ms, timeout_s=timeout_s)
+    rules = Rules.load()
+    # as a worker does before it decides: a replay with an edited policy would report every decision it changed as the store's fault
+    check_rules(settings, serde, rules.files(), started_ms, timeout_s=timeout_s)
     partitions, records = read_case_stream(settings, timeout_s=timeout_s)
-    count, events, breaches = rederive(serde, topics, partitions, records, progress)
+    count, events, breaches = rederive(serde, topics, partitions, records, rules, progress)
     stored = stored_case_events(engine, database, from_ms, to_ms)
     report = compare(events, breaches, stored, engine, database, from_ms, to_ms, ReplayReport(inbox_records=count))
     times = [to_epoch_ms(e.at) for e in events] + [to_epoch_ms(c.at) for copies in stored.values() for c in copies]

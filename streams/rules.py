@@ -44,16 +44,23 @@ def read_registry(settings: Settings, serde: Serde, *, timeout_s: float = 30.0) 
     return known
 
 
+def check_rules(settings: Settings, serde: Serde, files: list[RuleFile], now_ms: int, *, timeout_s: float = 30.0) -> dict[str, RegisteredRule]:
+    """What the log knows, once `files` are found to be those its decisions were made with; ConfigError naming each
+    refusal (streams.domain.rules) otherwise. A worker checks before it decides, `audit replay` before it re-derives."""
+    known = read_registry(settings, serde, timeout_s=timeout_s)
+    problems = refusals(known, files, now_ms)
+    if problems:
+        raise ConfigError("the rule files differ from those the log's decisions were made with:\n  " + "\n  ".join(problems),
+                          file=str(files[0].path.parent) if files else "", field="rules")
+    return known
+
+
 def register_rules(settings: Settings, serde: Serde, files: Iterable[RuleFile], *, clock: Callable[[], datetime] = utc_now,
                    timeout_s: float = 30.0) -> Registration:
     """Check `files` against the log and register the new ones (see the module docstring for the order)."""
     files = list(files)
-    known = read_registry(settings, serde, timeout_s=timeout_s)
     now = clock()
-    problems = refusals(known, files, to_epoch_ms(now))
-    if problems:
-        raise ConfigError("the rule files differ from those the log's decisions were made with:\n  " + "\n  ".join(problems),
-                          file=str(files[0].path.parent) if files else "", field="rules")
+    known = check_rules(settings, serde, files, to_epoch_ms(now), timeout_s=timeout_s)
     new = [rule for rule in files if rule.rule_id not in known]
     if new:
         _publish(settings, serde, new, now, timeout_s)

@@ -342,20 +342,15 @@ def _exported_anchors(path: Path | None) -> list:
     """The anchors of a file `audit anchors --format json` wrote (none without a file); its root must match its anchors."""
     import orjson
 
-    from sinks.anchor import Anchor, anchors_root
+    from sinks.anchor import from_export
 
     if path is None:
         return []
     try:
         document = orjson.loads(path.read_bytes())
-        anchors = [Anchor(a["topic"], int(a["partition"]), int(a["first_offset"]), int(a["last_offset"]), int(a["records"]), str(a["digest"]),
-                          bool(a["keyed"]), int(a["anchored_at_ms"])) for a in document["anchors"]]
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not an anchors export (`whistle audit anchors --format json`): {exc}", file=str(path)) from exc
-    if anchors_root(anchors) != document.get("root"):
-        raise ConfigError(f"{path}: root {document.get('root')} is not the root of the anchors it lists ({anchors_root(anchors)})",
-                          file=str(path), field="root")
-    return anchors
+    return from_export(document, str(path))
 
 
 @audit_app.command("anchors")
@@ -364,11 +359,13 @@ def audit_anchors(month: str | None = typer.Option(None, "--month", help="YYYY-M
                   fmt: str = FormatOption, kafka_timeout: float = typer.Option(10.0, "--kafka-timeout")) -> None:
     """The latest anchored digest of every case-events partition and their root, for an outside party to keep
     (`audit verify --anchors FILE` holds the store to them later). Read from Kafka, not from the audit store."""
+    from dataclasses import astuple
+
     import orjson
 
     from schemas.serde import Serde
     from sinks import audit
-    from sinks.anchor import anchors_root, latest_anchors, read_anchors
+    from sinks.anchor import EXPORT_COLUMNS, anchors_root, export, latest_anchors, read_anchors
 
     settings = _settings()
     before_ms = audit.month_bounds(month)[1] if month else None
@@ -377,13 +374,11 @@ def audit_anchors(month: str | None = typer.Option(None, "--month", help="YYYY-M
     except WhistleError as exc:
         console.print(f"[bold red]error:[/bold red] could not read the anchors: {exc}")
         raise typer.Exit(3) from exc
-    root = anchors_root(latest)
-    rows = tuple((a.topic, a.partition, a.first_offset, a.last_offset, a.records, a.digest, a.keyed, a.anchored_at_ms) for a in latest)
-    result = audit.Result("anchors", ("topic", "partition", "first_offset", "last_offset", "records", "digest", "keyed", "anchored_at_ms"), rows)
     if fmt == "json":
-        sys.stdout.write(orjson.dumps({"month": month, "root": root, "anchors": result.as_dicts()}).decode() + "\n")
+        sys.stdout.write(orjson.dumps(export(latest, month)).decode() + "\n")
         return
-    _emit(result, fmt, f"anchors{' at the end of ' + month if month else ''} · root {root}")
+    result = audit.Result("anchors", EXPORT_COLUMNS, tuple(astuple(a) for a in latest))
+    _emit(result, fmt, f"anchors{' at the end of ' + month if month else ''} · root {anchors_root(latest)}")
 
 
 @audit_app.command("replay")

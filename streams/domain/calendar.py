@@ -349,10 +349,11 @@ def _editions(path: Path, calendar_id: str, tz_name: str, periods: list[tuple[in
     initial = {p: s for p, s in year_paths.items() if s.in_force_from_ms is None}
     if not initial:
         raise config_error(path, "year_files", "at least one year file must be in force from the start (no in_force_from)")
-    last_year = max(s.year for s in initial.values()) + provisional_years
+    last_initial = max(s.year for s in initial.values())
+    last_year = last_initial + provisional_years
     for p, s in year_paths.items():
-        if s.in_force_from_ms is not None and s.year <= max(i.year for i in initial.values()):
-            raise config_error(p, "in_force_from", f"only a year after those in force from the start ({max(i.year for i in initial.values())}) can come into force later")
+        if s.in_force_from_ms is not None and s.year <= last_initial:
+            raise config_error(p, "in_force_from", f"only a year after those in force from the start ({last_initial}) can come into force later")
         if s.year > last_year:
             raise config_error(p, "year", f"{s.year} is after the calendar's last year {last_year} (raise provisional_years)")
 

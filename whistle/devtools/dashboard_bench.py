@@ -46,6 +46,17 @@ CHUNK = 250_000  # cases per INSERT ... SELECT: bounds the server's memory on a 
 DEAD_LETTERS = 20_000
 PARTITIONS = 12
 
+# Case number n's id, place, category and opening time: one rule for its events and its breaches (spliced below as
+# {case_of_number}), so a breach always lands on its case's street, department and month.
+_CASE_OF_NUMBER = """number AS n,
+        concat('M', toString(number)) AS case_id,
+        %(grids)s[1 + number %% length(%(grids)s)] AS grid_id,
+        %(streets)s[1 + number %% length(%(grids)s)] AS street_id,
+        %(communities)s[1 + number %% length(%(grids)s)] AS community_id,
+        %(categories)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS category,
+        %(departments)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS department_id,
+        toInt64(%(start_ms)s + intDiv(number * %(span_ms)s, %(cases)s)) AS opened_ms"""
+
 # Each case's story by number % 10 (`%%` in these statements: their parameters are bound with Python's % operator): 0-6 closed and rated; 7 resolved late (resolve_overdue, escalated to the
 # community); 8 never accepted (accept_overdue, escalated); 9 accepted, still open. Times spread over the month.
 _CASE_EVENTS = """
@@ -65,15 +76,8 @@ SELECT
 FROM
 (
     SELECT
-        number AS n,
-        concat('M', toString(number)) AS case_id,
+        {case_of_number},
         number %% 10 AS story,
-        %(grids)s[1 + number %% length(%(grids)s)] AS grid_id,
-        %(streets)s[1 + number %% length(%(grids)s)] AS street_id,
-        %(communities)s[1 + number %% length(%(grids)s)] AS community_id,
-        %(categories)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS category,
-        %(departments)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS department_id,
-        toInt64(%(start_ms)s + intDiv(number * %(span_ms)s, %(cases)s)) AS opened_ms,
         opened_ms + 1000 * toInt64(300 + cityHash64(number) %% 5400) AS accepted_ms,
         accepted_ms + 1000 * toInt64(3600 + cityHash64(number, 1) %% 144000) AS resolved_ms,
         accepted_ms + 86400000 AS late_ms,
@@ -91,7 +95,7 @@ FROM
     FROM numbers(%(first)s, %(count)s)
 )
 ARRAY JOIN kinds AS kind, times AS at_ms, arrayEnumerate(kinds) AS seq
-"""
+""".replace("{case_of_number}", _CASE_OF_NUMBER)
 
 # A warning 30 minutes before, then the breach, for every story 7 and 8 case.
 _BREACHES = """
@@ -107,21 +111,14 @@ SELECT
 FROM
 (
     SELECT
-        number AS n,
-        concat('M', toString(number)) AS case_id,
-        %(grids)s[1 + number %% length(%(grids)s)] AS grid_id,
-        %(streets)s[1 + number %% length(%(grids)s)] AS street_id,
-        %(communities)s[1 + number %% length(%(grids)s)] AS community_id,
-        %(categories)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS category,
-        %(departments)s[1 + intDiv(number, 7) %% length(%(categories)s)] AS department_id,
-        toInt64(%(start_ms)s + intDiv(number * %(span_ms)s, %(cases)s)) AS opened_ms,
+        {case_of_number},
         if(number %% 10 = 8, 'accept_overdue', 'resolve_overdue') AS breach_type,
         if(number %% 10 = 8, opened_ms + 7200000, opened_ms + 1000 * toInt64(300 + cityHash64(number) %% 5400) + 86400000) AS deadline_ms
     FROM numbers(%(first)s, %(count)s)
     WHERE number %% 10 IN (7, 8)
 )
 ARRAY JOIN ['warning', 'breach'] AS kind, [0, 1] AS w
-"""
+""".replace("{case_of_number}", _CASE_OF_NUMBER)
 
 _DEAD_LETTERS = """
 INSERT INTO {db}.dead_letters (original_topic, original_partition, original_offset, original_key, original_value_sha256,
