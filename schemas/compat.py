@@ -119,11 +119,21 @@ def check_catalog(catalog: Catalog) -> list[Incompatibility]:
 
 
 def _between(name: str, current: SchemaVersion, releases: tuple[SchemaVersion, ...]) -> list[Incompatibility]:
+    """Both directions against every release, except old readers that the schema's `x-readers-from: N` retires.
+
+    WHY the exception: an enum symbol can only be added if old readers have an enum default, and the first
+    releases have none. A schema that must add one says from which release on readers read its data; the
+    readers of older releases (sinks, alert consumers) are upgraded before any writer writes it (README,
+    "Upgrading"). New readers must still read every release's data.
+    """
     found = []
+    readers_from = current.definition.get("x-readers-from", 1)
     for release in releases:
         label = f"v{release.release}"
         for field, reason in resolution_problems(release.definition, current.definition):
             found.append(Incompatibility(name, reason, field, writer=label, reader="current"))
+        if release.release < readers_from:
+            continue
         for field, reason in resolution_problems(current.definition, release.definition):
             found.append(Incompatibility(name, reason, field, writer="current", reader=label))
     return found

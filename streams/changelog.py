@@ -171,11 +171,13 @@ def clock_key(partition: int) -> str:
     return f"{_CLOCK}:{partition}"
 
 
-def _schema(name: str) -> Any:
-    return fastavro.parse_schema(read_json(SCHEMAS_DIR / "state" / f"{name}.v{CURRENT_VERSION}.avsc"))
+def _schema(name: str, version: int = CURRENT_VERSION) -> Any:
+    return fastavro.parse_schema(read_json(SCHEMAS_DIR / "state" / f"{name}.v{version}.avsc"))
 
 
-_CASE_STATE_SCHEMA = _schema("CaseState")
+CASE_STATE_VERSION = 2  # case states gained oversight and approved extensions; version-1 records are read with its defaults
+_CASE_STATE_SCHEMA = _schema("CaseState", CASE_STATE_VERSION)
+_CASE_STATE_WRITERS = {CURRENT_VERSION: _schema("CaseState"), CASE_STATE_VERSION: _CASE_STATE_SCHEMA}
 _OPEN_CASE_SCHEMA = _schema("OpenCase")
 _HELD_ACTIONS_SCHEMA = _schema("HeldActions")
 _REPORT_SEEN_SCHEMA = _schema("ReportSeen")
@@ -186,9 +188,9 @@ _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
 
 
-def _encode(schema: Any, record: dict[str, Any]) -> bytes:
+def _encode(schema: Any, record: dict[str, Any], version: bytes = _VERSION_BYTE) -> bytes:
     buffer = io.BytesIO()
-    buffer.write(_VERSION_BYTE)
+    buffer.write(version)
     fastavro.schemaless_writer(buffer, schema, record)
     return buffer.getvalue()
 
@@ -198,7 +200,7 @@ def encode_case_state(state: CaseState) -> bytes:
     record["place"] = dict(zip(("district_id", "street_id", "community_id", "grid_id", "department_id"), record["place"]))
     record["assignee"] = {"unit_id": record["assignee"][0], "tier": record["assignee"][1]}
     record["pauses"] = [{"start_ms": start, "end_ms": end} for start, end in record["pauses"]]
-    return _encode(_CASE_STATE_SCHEMA, record)
+    return _encode(_CASE_STATE_SCHEMA, record, bytes([CASE_STATE_VERSION]))
 
 
 def encode_open_case(entry: OpenCase) -> bytes:
@@ -237,13 +239,13 @@ def encode_clock(clock_ms: int) -> bytes:
 
 
 def decode_case_state(value: bytes) -> CaseState:
-    record = _decode(value, _CASE_STATE_SCHEMA)
+    record = _decode(value, _CASE_STATE_SCHEMA, writers=_CASE_STATE_WRITERS)
     if isinstance(record, dict):
         place = record["place"]
         record["place"] = (place["district_id"], place["street_id"], place["community_id"], place["grid_id"], place["department_id"])
         record["assignee"] = (record["assignee"]["unit_id"], record["assignee"]["tier"])
         record["pauses"] = tuple((pause["start_ms"], pause["end_ms"]) for pause in record["pauses"])
-        for name in ("chains", "rejected_by", "lost_by_breach"):
+        for name in ("chains", "rejected_by", "lost_by_breach", "oversight"):
             record[name] = tuple(record[name])
         try:
             record = state_from_stored(tuple(record[name] for name in _CASE_STATE_FIELDS))
@@ -257,7 +259,8 @@ def decode_case_state(value: bytes) -> CaseState:
 def _checked(state: CaseState) -> CaseState:
     """A decoded state whose fields have the types the case book computes with (a version-0 record is typed
     only by what its pickle said), so that a bad record is refused here, not met as a crash later."""
-    ints = (state.seq, state.stage_start_ms, state.holder_since_ms, state.status_since_ms, state.escalations, state.extensions)
+    ints = (state.seq, state.stage_start_ms, state.holder_since_ms, state.status_since_ms, state.escalations, state.extensions,
+            state.oversight_since_ms, state.granted_hours, 0 if state.extension_request is None else state.extension_request)
     pauses_ok = all(isinstance(start, int) and (end is None or isinstance(end, int)) for start, end in state.pauses)
     if (not all(isinstance(n, int) and not isinstance(n, bool) for n in ints) or not pauses_ok or not isinstance(state.arbitration, bool)
             or not (state.rating is None or isinstance(state.rating, int)) or not isinstance(state.head, bytes) or len(state.head) != 32
@@ -286,21 +289,25 @@ def decode_clock(value: bytes) -> int:
         raise ChangelogError(f"a clock record must be epoch ms in ASCII digits, got {value[:40]!r}") from exc
 
 
-def _decode(value: bytes, schema: Any, *, since_pickles: bool = False) -> Any:
-    """The record a value holds. `since_pickles`: a kind of value the pickle releases never wrote (version 1 only)."""
+def _decode(value: bytes, schema: Any, *, since_pickles: bool = False, writers: dict[int, Any] | None = None) -> Any:
+    """The record a value holds, as `schema` reads it. `since_pickles`: a kind of value the pickle releases never
+    wrote (version 1 only). `writers`: the schema each version byte was written with, when there are several."""
     if not value:
         raise ChangelogError("empty changelog value")
     version = value[0]
+    writers = writers or {CURRENT_VERSION: schema}
     try:
-        if version == CURRENT_VERSION:
-            return fastavro.schemaless_reader(io.BytesIO(value[1:]), schema, None)
+        if version in writers:
+            writer = writers[version]
+            return fastavro.schemaless_reader(io.BytesIO(value[1:]), writer, None if writer is schema else schema)
         if version == _LEGACY_PICKLE and not since_pickles:
             return _LegacyReader(value).read()
     except ChangelogError:
         raise
     except Exception as exc:  # truncated or garbage bytes under a valid version byte
         raise ChangelogError(f"undecodable version-{0 if version == _LEGACY_PICKLE else version} changelog value: {type(exc).__name__}: {exc}") from exc
-    readable = f"{CURRENT_VERSION}" if since_pickles else f"0 and {CURRENT_VERSION}"
+    versions = " and ".join(map(str, sorted(writers)))
+    readable = versions if since_pickles else f"0 and {versions}"
     raise ChangelogError(f"unknown changelog value version {version} (this release reads {readable} for this kind of value)")
 
 

@@ -326,6 +326,7 @@ class CaseProcessor:
             return common_parent(reference, unit_a, unit_b, category)
 
         self._common_parent = arbiter
+        self._unit_tiers = reference.unit_tiers()
 
     # -- recovery ---------------------------------------------------------------------------------
     def recover(self, partition: int, records: Iterable[tuple[int, str, bytes | None]]) -> list[tuple[int, str, bytes, ChangelogError]]:
@@ -398,7 +399,7 @@ class CaseProcessor:
         self._parts.pop(partition, None)
 
     def _new_partition(self, partition: int, states: dict[str, CaseState] | None = None, clock_ms: int | None = None) -> PartitionCases:
-        book = CaseBook(self.policies, self.calendar, self._common_parent, states=states, clock_ms=clock_ms)
+        book = CaseBook(self.policies, self.calendar, self._common_parent, states=states, clock_ms=clock_ms, units=self._unit_tiers)
         part = PartitionCases(partition, book, MergeIndex(self.reference.gazetteer.normalize))
         self._parts[partition] = part
         return part

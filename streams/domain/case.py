@@ -62,6 +62,15 @@ class Kind(StrEnum):
     REOPENED = "reopened"
     CLOSED = "closed"
     LATE_ACTION = "late_action"
+    URGED = "urged"  # 督办: the supervision office urges the holder, which keeps the case
+    CRITICIZED = "criticized"  # a written criticism of a holder that let an urging lapse
+    REFERRED = "referred"  # 问责: referred to the discipline commission, naming the accountable units
+    EXTENSION_REQUESTED = "extension_requested"
+    EXTENSION_DENIED = "extension_denied"
+    RESUMED = "resumed"
+
+
+OVERSIGHT_KINDS = (Kind.URGED, Kind.CRITICIZED, Kind.REFERRED)
 
 
 class Status(StrEnum):
@@ -85,6 +94,8 @@ class Status(StrEnum):
 WAITING_ON_RESIDENT = "waiting_on_resident"
 # The escalated event's reason when two units returned the case: the target arbitrates and cannot return it.
 TRANSFER_LIMIT = "transfer_limit"
+# Extension events carry the hours asked or granted in their note, machine-readable: "hours=<n>".
+_HOURS = "hours="
 
 _URGENCY_RANK = {u.value: rank for rank, u in enumerate(Urgency)}
 _TIER_RANK = {t.value: rank for rank, t in enumerate(Tier)}
@@ -151,6 +162,10 @@ class HandlingRules:
     unsatisfied_rating_max: int = 2
     max_extensions: int = 1
     max_pauses: int = 1
+    extension_approval: bool = False  # an extension is asked and the holder's superior decides it (else granted when asked)
+    max_extension_hours: int = 0  # with approval: the most hours a stage may be extended by in all
+    first_receiver: bool = False  # 首接负责制: the first unit to receive a case stays responsible; it cannot return it
+    oversight: bool = False  # breaches past the handling tiers urge the holder instead of taking the case from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +194,10 @@ class CaseState:
     rating: int | None
     seen: bytes  # 8-byte digests of the applied cause ids
     last_at_ms: int  # the latest event's time: no later event may be recorded before it
+    oversight: tuple[str, ...] = ()  # oversight events so far (urged, criticized, referred), in order
+    oversight_since_ms: int = 0  # the latest oversight event: the holder's fresh limits count from it
+    extension_request: int | None = None  # hours asked in an extension request awaiting the superior
+    granted_hours: int = 0  # hours granted by approvals in this stage
 
     def has_applied(self, cause_id: str) -> bool:
         """True when an event of this case already recorded `cause_id` (redelivery: decide nothing)."""
@@ -212,6 +231,8 @@ _new_state = _positional_constructor(CaseState)
 _new_event = _positional_constructor(CaseEvent)
 _read_state = attrgetter(*CaseState.__slots__)
 _STATE_POSITION = {name: position for position, name in enumerate(CaseState.__slots__)}
+_STORED_BEFORE_OVERSIGHT = _STATE_POSITION["oversight"]  # how many fields a state stored before oversight had
+_OVERSIGHT_DEFAULTS = ((), 0, None, 0)  # oversight, oversight_since_ms, extension_request, granted_hours of such a state
 
 
 def last_event_ms(state: CaseState) -> int:
@@ -275,7 +296,8 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
             category=_intern(event.category), urgency=_intern(event.urgency), policy_version=_intern(event.policy_version),
             place=_place(event), chains=(chain,), assignee=chain[0], stage_start_ms=at, holder_since_ms=at,
             status_since_ms=at, escalations=0, arbitration=False, rejected_by=(), lost_by_breach=(), extensions=0,
-            pauses=(), rating=None, seen=_digest(event.cause_id), last_at_ms=at,
+            pauses=(), rating=None, seen=_digest(event.cause_id), last_at_ms=at, oversight=(), oversight_since_ms=0,
+            extension_request=None, granted_hours=0,
         )
     if event.seq != state.seq + 1 or bytes.fromhex(event.prev_hash) != state.head:
         raise DomainError(f"event {event.event_id} does not continue case {state.case_id} (at seq {state.seq})",
@@ -289,13 +311,17 @@ def evolve(state: CaseState | None, event: CaseEvent) -> CaseState:
         seen += digest
     changes: dict = {"seq": event.seq, "head": bytes.fromhex(event.hash), "seen": seen, "last_at_ms": max(state.last_at_ms, at)}
     pauses = state.pauses
-    if pauses and pauses[-1][1] is None and kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION):
+    if pauses and pauses[-1][1] is None and kind not in _PAUSE_GOES_ON:
         pauses = changes["pauses"] = pauses[:-1] + ((pauses[-1][0], at),)  # any handling ends a waiting-on-resident pause
     changes.update(evolver(state, event, at, pauses))
     values = list(_read_state(state))
     for name, value in changes.items():
         values[_STATE_POSITION[name]] = value
     return _new_state(values)
+
+
+# A waiting-on-resident pause ends at the case's next handling event, except these (they change no handling).
+_PAUSE_GOES_ON = frozenset((Kind.REPORT_MERGED, Kind.LATE_ACTION, Kind.EXTENSION_REQUESTED, Kind.EXTENSION_DENIED))
 
 
 # One small function per event kind: what the event changes, given the state before it, the event's
@@ -323,6 +349,8 @@ def _dispatched(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> d
 
 def _transferred(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
     assert event.actor_unit_id is not None  # handle_action records the returning unit as the actor of every transferred event
+    if state.arbitration:  # the arbiter assigned the case: the unit it chose cannot return it either
+        return {"assignee": _link(state, event), "holder_since_ms": at}
     return {"assignee": _link(state, event), "holder_since_ms": at, "rejected_by": state.rejected_by + (_intern(event.actor_unit_id),)}
 
 
@@ -332,13 +360,40 @@ def _escalated(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> di
         lost = lost + (state.assignee.unit_id,)
     return {"status": Status.DISPATCHED, "assignee": _link(state, event), "stage_start_ms": at, "holder_since_ms": at, "status_since_ms": at,
             "escalations": state.escalations + 1, "arbitration": event.reason == TRANSFER_LIMIT, "rejected_by": (), "lost_by_breach": lost,
-            "extensions": 0, "pauses": (), "rating": None}
+            "extensions": 0, "pauses": (), "rating": None, "extension_request": None, "granted_hours": 0}
+
+
+def _oversight(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    """Urged, criticized or referred: the holder keeps the case and its fresh limits count from now.
+
+    An unsatisfied rating or a reopening that led here sends the case back to the holder to handle again.
+    """
+    changes: dict = {"oversight": state.oversight + (_intern(event.kind),), "oversight_since_ms": at, "extension_request": None}
+    if state.status in (Status.RATED, Status.REOPENED):
+        changes.update(status=Status.ACCEPTED, status_since_ms=at, rating=None)
+    return changes
+
+
+def _extension_requested(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"extension_request": extension_hours(event)}
 
 
 def _extension_granted(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
     if event.reason == WAITING_ON_RESIDENT:
         return {"pauses": pauses + ((at, None),)}
-    return {"extensions": state.extensions + 1}
+    return {"extensions": state.extensions + 1, "granted_hours": state.granted_hours + (extension_hours(event) or 0), "extension_request": None}
+
+
+def _extension_denied(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {"extension_request": None}
+
+
+def extension_hours(event: CaseEvent) -> int | None:
+    """The hours an extension event asked or granted (its note "hours=<n>"); None for an immediate grant of the policy's fixed length."""
+    note = event.note or ""
+    if not note.startswith(_HOURS):
+        return None
+    return int(note[len(_HOURS):].partition(";")[0])
 
 
 def _rated(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
@@ -357,10 +412,15 @@ def _late_action(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> 
     return {}  # recorded for the auditors; it changes nothing
 
 
+def _resumed(state: CaseState, event: CaseEvent, at: int, pauses: tuple) -> dict:
+    return {}  # the common step ended the pause
+
+
 _EVOLVERS: dict[str, Callable[[CaseState, CaseEvent, int, tuple], dict]] = {  # keyed by Kind, looked up by an event's kind (a str)
     Kind.ACCEPTED: _accepted, Kind.RESOLVED: _resolved, Kind.REPORT_MERGED: _report_merged, Kind.DISPATCHED: _dispatched,
     Kind.TRANSFERRED: _transferred, Kind.ESCALATED: _escalated, Kind.EXTENSION_GRANTED: _extension_granted, Kind.RATED: _rated,
-    Kind.REOPENED: _reopened, Kind.CLOSED: _closed, Kind.LATE_ACTION: _late_action,
+    Kind.REOPENED: _reopened, Kind.CLOSED: _closed, Kind.LATE_ACTION: _late_action, Kind.URGED: _oversight, Kind.CRITICIZED: _oversight,
+    Kind.REFERRED: _oversight, Kind.EXTENSION_REQUESTED: _extension_requested, Kind.EXTENSION_DENIED: _extension_denied, Kind.RESUMED: _resumed,
 }
 
 
@@ -416,11 +476,13 @@ def merge_report(state: CaseState | None, enriched: EnrichedReport, at: datetime
     return writer.events
 
 
-def handle_action(state: CaseState | None, action: HandlingAction, rules: HandlingRules) -> list[CaseEvent]:
+def handle_action(state: CaseState | None, action: HandlingAction, rules: HandlingRules,
+                  units: Mapping[str, str] | None = None) -> list[CaseEvent]:
     """The events a handling unit's (or the reporter's) action causes, or TransitionError saying why it cannot.
 
     An action by a unit that lost the case to an SLA breach is recorded as late_action: the breach
-    stands and the case stays where the breach sent it.
+    stands and the case stays where the breach sent it. `units` (unit id -> tier, the reference's
+    organisation) names the units a return or an arbiter's assignment may send the case to.
     """
     at = to_epoch_ms(action.at)
     if state is None:
@@ -434,6 +496,8 @@ def handle_action(state: CaseState | None, action: HandlingAction, rules: Handli
     kind = action.kind
     if kind in (ActionKind.RATE, ActionKind.REOPEN):
         return _reporter_action(state, action, rules, at)
+    if kind in (ActionKind.APPROVE_EXTENSION, ActionKind.DENY_EXTENSION):
+        return _superior_decision(state, action, rules, at)
     writer = _EventWriter.after(state)
     if action.unit_id != state.assignee.unit_id:
         if action.unit_id in state.lost_by_breach:
@@ -451,29 +515,102 @@ def handle_action(state: CaseState | None, action: HandlingAction, rules: Handli
             raise _refuse(state, action, "not_dispatched", f"cannot return a case that is {status}: only an unaccepted case can be returned")
         if not action.reason:
             raise _refuse(state, action, "reason_missing", "returning a case as not ours needs a reason", "reason")
-        if state.arbitration:
-            raise _refuse(state, action, "arbiter_cannot_return", f"{action.unit_id} received this boundary dispute as common parent and must assign it")
-        writer.emit(Kind.TRANSFERRED, at, action.action_id, _next_holder(state, action, rules), actor=action.unit_id,
+        writer.emit(Kind.TRANSFERRED, at, action.action_id, _next_holder(state, action, rules, units), actor=action.unit_id,
                     reason=action.reason, note=action.note)
     elif kind == ActionKind.RESOLVE:
         if status != Status.ACCEPTED:
             raise _refuse(state, action, "not_accepted", f"cannot resolve a case that is {status}: accept it first")
         writer.emit(Kind.RESOLVED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
     elif kind == ActionKind.REQUEST_EXTENSION:
-        if status != Status.ACCEPTED:
-            raise _refuse(state, action, "not_accepted", f"cannot extend a case that is {status}: only an accepted, unresolved case can")
-        if action.extension_hours is not None and action.extension_hours <= 0:
-            raise _refuse(state, action, "extension_hours_invalid", f"extension_hours must be positive, got {action.extension_hours}", "extension_hours")
-        if action.reason == WAITING_ON_RESIDENT:
-            if len(state.pauses) >= rules.max_pauses:
-                raise _refuse(state, action, "pause_limit", f"the policy allows {rules.max_pauses} waiting-on-resident pause(s) per stage")
-        elif state.extensions >= rules.max_extensions:
-            raise _refuse(state, action, "extension_limit", f"the policy allows {rules.max_extensions} extension(s) per stage")
-        requested = f"requested {action.extension_hours} h" if action.extension_hours else None
-        writer.emit(Kind.EXTENSION_GRANTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason,
-                    note="; ".join(filter(None, (requested, action.note))) or None)
+        _request_extension(state, action, rules, at, writer)
+    elif kind == ActionKind.RESUME:
+        if not (state.pauses and state.pauses[-1][1] is None):
+            raise _refuse(state, action, "not_paused", f"case {state.case_id} is not waiting on the resident: there is nothing to resume")
+        writer.emit(Kind.RESUMED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
     else:
         raise _refuse(state, action, "unknown_action", f"unknown action kind {kind!r}", "kind")
+    return writer.events
+
+
+def _request_extension(state: CaseState, action: HandlingAction, rules: HandlingRules, at: int, writer: _EventWriter) -> None:
+    """An extension asked (for the superior to decide, when the policy wants approval) or a waiting-on-resident pause.
+
+    The accept clock is never paused or extended: only an accepted, unresolved case can be.
+    """
+    status = state.status
+    if status != Status.ACCEPTED:
+        raise _refuse(state, action, "not_accepted", f"cannot extend a case that is {status}: only an accepted, unresolved case can")
+    hours = action.extension_hours
+    if hours is not None and hours <= 0:
+        raise _refuse(state, action, "extension_hours_invalid", f"extension_hours must be positive, got {hours}", "extension_hours")
+    if action.reason == WAITING_ON_RESIDENT:
+        if len(state.pauses) >= rules.max_pauses:
+            raise _refuse(state, action, "pause_limit", f"the policy allows {rules.max_pauses} waiting-on-resident pause(s) per stage")
+        writer.emit(Kind.EXTENSION_GRANTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
+        return
+    if state.extensions >= rules.max_extensions:
+        raise _refuse(state, action, "extension_limit", f"the policy allows {rules.max_extensions} extension(s) per stage")
+    if not rules.extension_approval:  # a policy that grants its fixed extension when asked
+        requested = f"requested {hours} h" if hours else None
+        writer.emit(Kind.EXTENSION_GRANTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason,
+                    note="; ".join(filter(None, (requested, action.note))) or None)
+        return
+    if hours is None:
+        raise _refuse(state, action, "extension_hours_missing", "an extension request names the hours asked", "extension_hours")
+    if not action.reason:
+        raise _refuse(state, action, "reason_missing", "an extension request names its reason", "reason")
+    if state.extension_request is not None:
+        raise _refuse(state, action, "request_pending", f"an extension of {state.extension_request} h awaits the superior's decision")
+    _within_maximum(state, action, rules, hours)
+    writer.emit(Kind.EXTENSION_REQUESTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=f"{_HOURS}{hours}")
+
+
+def _superior_decision(state: CaseState, action: HandlingAction, rules: HandlingRules, at: int) -> list[CaseEvent]:
+    """The holder's superior (the unit above it on the case's chain) approves an extension, for at most the hours asked, or denies it.
+
+    Only a request still pending can be decided: a deadline that passes first ends the stage, and the request with it.
+    """
+    superior = escalation_target(state)
+    if superior is None or action.unit_id != superior.unit_id:
+        who = "no unit" if superior is None else superior.unit_id
+        raise _refuse(state, action, "not_superior", f"{action.unit_id} is not the superior of {state.assignee.unit_id}, the holder ({who} is)", "unit_id")
+    asked = state.extension_request
+    if asked is None:
+        raise _refuse(state, action, "no_pending_request", f"case {state.case_id} has no extension request awaiting a decision")
+    writer = _EventWriter.after(state)
+    if action.kind == ActionKind.DENY_EXTENSION:
+        writer.emit(Kind.EXTENSION_DENIED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=f"{_HOURS}{asked}")
+        return writer.events
+    granted = action.extension_hours
+    if granted is None or granted <= 0:
+        raise _refuse(state, action, "extension_hours_missing", "an approval names the hours granted", "extension_hours")
+    if granted > asked:
+        raise _refuse(state, action, "more_than_requested", f"{granted} h granted, but only {asked} h were asked", "extension_hours")
+    _within_maximum(state, action, rules, granted)
+    writer.emit(Kind.EXTENSION_GRANTED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=f"{_HOURS}{granted}")
+    return writer.events
+
+
+def _within_maximum(state: CaseState, action: HandlingAction, rules: HandlingRules, hours: int) -> None:
+    if state.granted_hours + hours > rules.max_extension_hours:
+        raise _refuse(state, action, "extension_past_maximum", f"{hours} h more would extend this stage by {state.granted_hours + hours} h: "
+                      f"the policy allows at most {rules.max_extension_hours} h", "extension_hours")
+
+
+def oversee(state: CaseState, kind: str, overseer: Link, at: datetime, breach_id: str, breach_type: str, summary: str) -> list[CaseEvent]:
+    """The oversight event of a breach past the handling tiers: urged, criticized or referred by `overseer`.
+
+    The holder keeps the case and stays responsible until it is resolved and rated. A referral names the
+    accountable units: the holder and every unit that lost the case to a breach before it.
+    """
+    if state.has_applied(breach_id):
+        return []
+    note = summary
+    if kind == Kind.REFERRED:
+        accountable = dict.fromkeys((state.assignee.unit_id, *state.lost_by_breach))
+        note = f"accountable: {','.join(accountable)}; {summary}"
+    writer = _EventWriter.after(state)
+    writer.emit(kind, to_epoch_ms(at), breach_id, state.assignee, actor=overseer.unit_id, reason=breach_type, note=note)
     return writer.events
 
 
@@ -500,7 +637,8 @@ def close_unrated(state: CaseState, at: datetime, cause_id: str, reason: str) ->
 
 def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRules, at: int) -> list[CaseEvent]:
     writer = _EventWriter.after(state)
-    above = escalation_target(state)
+    # nothing above: under oversight, once the case was referred; else at the top of the holder's chain
+    nothing_above = Kind.REFERRED in state.oversight if rules.oversight else escalation_target(state) is None
     if action.report_id is not None and not state.has_applied(action.report_id):  # the reporter acts through a report of this case
         raise _refuse(state, action, "not_this_case_reporter", f"report {action.report_id} is not one of case {state.case_id}'s reports", "report_id")
     if action.kind == ActionKind.RATE:
@@ -511,13 +649,13 @@ def _reporter_action(state: CaseState, action: HandlingAction, rules: HandlingRu
         if not isinstance(action.rating, int) or isinstance(action.rating, bool) or not 1 <= action.rating <= 5:
             raise _refuse(state, action, "rating_out_of_range", f"rating must be a whole number 1..5, got {action.rating!r}", "rating")
         writer.emit(Kind.RATED, at, action.action_id, state.assignee, actor=action.unit_id, rating=action.rating, note=action.note)
-        if action.rating > rules.unsatisfied_rating_max or above is None:
+        if action.rating > rules.unsatisfied_rating_max or nothing_above:
             writer.emit(Kind.CLOSED, at, action.action_id, state.assignee, reason="rated")
         return writer.events
     if state.status not in (Status.RESOLVED, Status.CLOSED):
         raise _refuse(state, action, "not_resolved", f"cannot reopen a case that is {state.status}")
     writer.emit(Kind.REOPENED, at, action.action_id, state.assignee, actor=action.unit_id, reason=action.reason, note=action.note)
-    if above is None:
+    if nothing_above:
         writer.emit(Kind.DISPATCHED, at, action.action_id, state.assignee, reason="reopened at the top of the chain")
     return writer.events
 
@@ -528,15 +666,29 @@ def _handled(state: CaseState, unit_id: str) -> bool:
             or find_link(state, unit_id) is not None)
 
 
-def _next_holder(state: CaseState, action: HandlingAction, rules: HandlingRules) -> Link:
-    """Who gets a returned case: another first responsible unit from a merged report, else the unit above.
+def _next_holder(state: CaseState, action: HandlingAction, rules: HandlingRules, units: Mapping[str, str] | None) -> Link:
+    """Who gets a returned case: the unit the returner names, else another first responsible unit from a
+    merged report, else the unit above.
 
     When this return reaches the policy's transfer limit the holder keeps the case: the SLA engine
-    escalates it at once to the common parent of the units that returned it.
+    escalates it at once to the common parent of the units that returned it. An arbiter (the common
+    parent) cannot return the case: its transfer assigns it to the unit it names. Under the first-receiver
+    rule (首接负责制) the first unit to receive the case stays responsible and cannot return it.
     """
+    returning = action.unit_id
+    named = _named_unit(state, action, units)
+    if state.arbitration:
+        if named is None:
+            raise _refuse(state, action, "arbiter_cannot_return", f"{returning} received this boundary dispute as common parent and must "
+                          "assign it: name the unit (target_unit_id)", "target_unit_id")
+        return named
+    if rules.first_receiver and returning == state.chains[0][0].unit_id:
+        raise _refuse(state, action, "first_receiver", f"{returning} received the case first and stays responsible under the first-receiver "
+                      "rule (首接负责制): it coordinates the units concerned instead of returning the case")
     if len(state.rejected_by) + 1 >= rules.transfers_before_escalation:
         return state.assignee
-    returning = action.unit_id
+    if named is not None:
+        return named
     if state.escalations == 0:
         for chain in state.chains:
             first = chain[0]
@@ -546,6 +698,22 @@ def _next_holder(state: CaseState, action: HandlingAction, rules: HandlingRules)
     if above is None:
         raise _refuse(state, action, "no_unit_above", f"{returning} is at the top of the chain: there is no one to return the case to")
     return above
+
+
+def _named_unit(state: CaseState, action: HandlingAction, units: Mapping[str, str] | None) -> Link | None:
+    """The unit a transfer names (target_unit_id) as a Link, refusing an unknown unit or the sender itself."""
+    unit_id = action.target_unit_id
+    if unit_id is None:
+        return None
+    if unit_id == action.unit_id:
+        raise _refuse(state, action, "target_is_sender", f"{unit_id} cannot return the case to itself", "target_unit_id")
+    link = find_link(state, unit_id)
+    if link is not None:
+        return link
+    tier = None if units is None else units.get(unit_id)
+    if tier is None:
+        raise _refuse(state, action, "unknown_unit", f"target_unit_id {unit_id!r} is not a unit of the district's organisation", "target_unit_id")
+    return Link(_intern(unit_id), _intern(tier))
 
 
 def _refuse(state: CaseState | None, action: HandlingAction, reason: str, message: str, field: str = "kind") -> TransitionError:
@@ -716,8 +884,10 @@ def state_from_stored(values: tuple) -> CaseState:
     a million recovered cases share one copy of each chain and name."""
     row: list[Any] = list(values)
     position = _STATE_POSITION
-    if len(row) == len(position) - 1:  # stored by a release before last_at_ms
+    if len(row) == _STORED_BEFORE_OVERSIGHT - 1:  # stored by a release before last_at_ms
         row.append(_latest_lifecycle_ms(row))
+    if len(row) == _STORED_BEFORE_OVERSIGHT:  # stored by a release before oversight and approved extensions
+        row.extend(_OVERSIGHT_DEFAULTS)
     chains = tuple(decode_chain(text) for text in row[position["chains"]])
     row[position["chains"]] = chains
     district_id, *parts = row[position["place"]]
@@ -727,7 +897,7 @@ def state_from_stored(values: tuple) -> CaseState:
     row[position["assignee"]] = next((link for chain in chains for link in chain if link == (unit_id, tier)), None) or Link(_intern(unit_id), _intern(tier))
     for name in ("status", "category", "urgency", "policy_version"):
         row[position[name]] = _intern(row[position[name]])
-    for name in ("rejected_by", "lost_by_breach"):
+    for name in ("rejected_by", "lost_by_breach", "oversight"):
         row[position[name]] = tuple(_intern(unit) for unit in row[position[name]])
     return _new_state(row)
 

@@ -174,7 +174,10 @@ class ActionKind(StrEnum):
     RESOLVE = "resolve"
     RATE = "rate"
     REOPEN = "reopen"
-    REQUEST_EXTENSION = "request_extension"
+    REQUEST_EXTENSION = "request_extension"  # with reason waiting_on_resident: pause the resolve clock
+    APPROVE_EXTENSION = "approve_extension"  # the holder's superior grants (at most) the hours asked
+    DENY_EXTENSION = "deny_extension"
+    RESUME = "resume"  # the resident answered: the resolve clock runs again
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,4 +195,5 @@ class HandlingAction:
     extension_hours: int | None = None
     report_id: str | None = None  # a reporter's rating or reopening: the report (of this case) they act through
     evidence: tuple[str, ...] = ()  # references to photos or documents of what was done
+    target_unit_id: str | None = None  # a return: the unit believed responsible; an arbiter's transfer: the unit assigned
     actor: str | None = None  # the integrator whose credential sent it: set by Whistle's ingest, never by the sender

@@ -391,6 +391,10 @@ class DistrictReference:
     spatial: PolygonIndex
     address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
 
+    def unit_tiers(self) -> dict[str, str]:
+        """Every unit's tier by unit id: where a return or an arbiter's assignment may send a case."""
+        return {unit_id: Tier(unit.tier).value for unit_id, unit in self.units.items()}
+
     def locate(self, lat: float, lon: float) -> Grid | UngriddedArea | None:
         """The grid (or ungridded area of a street) containing the point, None outside the district.
 

@@ -35,6 +35,7 @@ from streams.domain.case import (
     CaseEvent,
     CaseState,
     HandlingRules,
+    Kind,
     Link,
     Status,
     close_unrated,
@@ -45,6 +46,7 @@ from streams.domain.case import (
     handle_action,
     merge_report,
     open_case,
+    oversee,
 )
 from streams.domain.model import EnrichedReport, HandlingAction, Tier, Unit, Urgency
 from whistle.ground.datafiles import config_error, file_sha256, read_yaml
@@ -75,8 +77,10 @@ class BreachKind(StrEnum):
     """What a breach record is: a warning before the deadline, a breach, or a referral to the discipline commission."""
 
     WARNING = "warning"
-    BREACH = "breach"
-    REFERRAL = "referral"
+    BREACH = "breach"  # the case moves up for handling
+    URGING = "urging"  # 督办: the holder is urged and keeps the case
+    CRITICISM = "criticism"  # a written criticism of a holder that let an urging lapse
+    REFERRAL = "referral"  # 问责: the discipline commission is asked to hold the accountable units to account
 
 
 FINAL_OVERDUE = "final_overdue"  # breach type of an overdue case escalating into the discipline commission
@@ -88,6 +92,21 @@ CommonParent = Callable[[str, str, str], Unit]
 
 
 # -- policy ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Oversight:
+    """How the oversight offices act on breaches past the handling tiers (督办 -> 通报批评 -> 问责).
+
+    A breach whose type is in `handling_escalation`, while the next rung of the holder's chain is a
+    handling tier, moves the case up for handling. Every other breach leaves the case with its holder:
+    the first is an urging from the supervision office, then `criticisms` written criticisms, then a
+    referral to the discipline commission. After each, the holder's limits are the `supervision`
+    table's, counted from that event.
+    """
+
+    handling_escalation: frozenset[str]
+    criticisms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +130,12 @@ class SlaPolicy:
     warning_fraction: float
     transfer_clock: str
     auto_close_after: Duration
-    extension_grant: Duration
+    extension_grant: Duration | None  # granted when asked (None: the superior approves the hours it grants)
     max_pause: Duration
     rules: HandlingRules
     early_action_hold: Duration = Duration(1, "hours")  # how long an action for a case not opened yet is held
     archive_after: Duration | None = None  # how long a closed case may still be reopened; then it leaves the worker (None: never)
+    oversight: Oversight | None = None  # None: every breach moves the case one rung up its chain (policy-v1)
     sha256: str = ""  # the file's content hash (`sha256sum`), bound to `version` by the rules registry (streams.domain.rules)
 
     def class_of(self, category: str, urgency: str) -> str:
@@ -127,8 +147,15 @@ class SlaPolicy:
         return by_urgency
 
     def limits_for(self, state: CaseState) -> Limits | None:
-        """The holder's limits: the initial table before any escalation, else its tier's table (None: no limits, e.g. discipline)."""
-        table = self.limits.get(INITIAL_STAGE if state.escalations == 0 else state.assignee.tier)
+        """The holder's limits: the initial table before any escalation, else its tier's table (None: no limits, e.g. discipline).
+
+        Under oversight, the supervision table's, until a referral (then the discipline commission's procedure, not an SLA, follows).
+        """
+        if state.oversight:
+            stage = None if state.oversight[-1] == Kind.REFERRED else Tier.SUPERVISION.value
+        else:
+            stage = INITIAL_STAGE if state.escalations == 0 else state.assignee.tier
+        table = self.limits.get(stage) if stage is not None else None
         return None if table is None else table[self.class_of(state.category, state.urgency)]
 
 
@@ -169,12 +196,13 @@ class _PolicyReader:
     KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
             "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
     OPTIONAL = {"early_action_hold", "archive_after"}
+    SECTIONS = {"oversight", "dispute_rule"}  # optional, read by their own methods
 
     def __init__(self, path: Path, doc: Any) -> None:
         self.path = path
         if not isinstance(doc, dict):
             raise self.fail("-", "must be a mapping")
-        unknown = sorted(set(doc) - self.KEYS - self.OPTIONAL)
+        unknown = sorted(set(doc) - self.KEYS - self.OPTIONAL - self.SECTIONS)
         if unknown:
             raise self.fail(unknown[0], f"unknown key (expected one of {sorted(self.KEYS)})")
         missing = sorted(self.KEYS - set(doc))
@@ -213,13 +241,21 @@ class _PolicyReader:
         if transfer_clock == "pause":
             raise self.fail("transfer_clock", "'pause' is not offered: a returned case is re-dispatched at once, so pausing equals 'restart'")
         self.one_of(transfer_clock, list(TRANSFER_CLOCKS), "transfer_clock")
-        extension = self.section("extension", {"grant", "max_per_stage"})
+        approval = isinstance(doc["extension"], dict) and "approval" in doc["extension"]
+        extension = self.section("extension", {"approval", "max_hours", "max_per_stage"} if approval else {"grant", "max_per_stage"})
+        if approval:
+            self.one_of(extension["approval"], ["superior"], "extension.approval")
         waiting = self.section("waiting_on_resident", {"max_pause", "max_per_stage"})
+        oversight = self.oversight()
         rules = HandlingRules(
             transfers_before_escalation=self.whole(doc["transfers_before_escalation"], "transfers_before_escalation", 1, 10),
             unsatisfied_rating_max=self.whole(doc["unsatisfied_rating_max"], "unsatisfied_rating_max", 1, 4),
             max_extensions=self.whole(extension["max_per_stage"], "extension.max_per_stage", 0, 10),
             max_pauses=self.whole(waiting["max_per_stage"], "waiting_on_resident.max_per_stage", 0, 10),
+            extension_approval=approval,
+            max_extension_hours=self.whole(extension["max_hours"], "extension.max_hours", 1, 720) if approval else 0,
+            first_receiver=self.one_of(doc.get("dispute_rule", "arbitration"), ["arbitration", "first_receiver"], "dispute_rule") == "first_receiver",
+            oversight=oversight is not None,
         )
         optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL) if name in doc}
         return SlaPolicy(
@@ -228,10 +264,22 @@ class _PolicyReader:
             urgency_classes=MappingProxyType(urgency_classes), limits=MappingProxyType({stage: MappingProxyType(table) for stage, table in limits.items()}),
             warning_fraction=float(fraction), transfer_clock=transfer_clock,
             auto_close_after=self.duration(doc["auto_close_after"], "auto_close_after"),
-            extension_grant=self.duration(extension["grant"], "extension.grant"),
-            max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules,
+            extension_grant=None if approval else self.duration(extension["grant"], "extension.grant"),
+            max_pause=self.duration(waiting["max_pause"], "waiting_on_resident.max_pause"), rules=rules, oversight=oversight,
             **optional,
         )
+
+    def oversight(self) -> Oversight | None:
+        if "oversight" not in self.doc:
+            return None
+        raw = self.section("oversight", {"handling_escalation", "criticisms"})
+        escalating = raw["handling_escalation"]
+        types = [kind.value for kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE, DeadlineKind.UNSATISFIED_RATING, DeadlineKind.REOPENED)]
+        if not isinstance(escalating, list):
+            raise self.fail("oversight.handling_escalation", f"must be a list of breach types from {types}")
+        for position, breach_type in enumerate(escalating):
+            self.one_of(breach_type, types, f"oversight.handling_escalation[{position}]")
+        return Oversight(frozenset(escalating), self.whole(raw["criticisms"], "oversight.criticisms", 0, 5))
 
     def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
         raw = self.doc["limits"]
@@ -327,6 +375,8 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
         if limits is None:
             return []
         start = state.holder_since_ms if policy.transfer_clock == "restart" else state.stage_start_ms
+        if state.oversight:
+            start = state.oversight_since_ms
         due = calendar.add(start, limits.accept)
         warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.accept.on_working_time)
         return [Deadline(warn, case_id, DeadlineKind.ACCEPT_WARNING, seq, due), Deadline(due, case_id, DeadlineKind.ACCEPT_OVERDUE, seq, due)]
@@ -334,14 +384,17 @@ def deadlines_for(state: CaseState, policy: SlaPolicy, calendar: BusinessCalenda
         limits = policy.limits_for(state)
         if limits is None:
             return []
-        start = state.status_since_ms
+        start = max(state.status_since_ms, state.oversight_since_ms)
         pauses = []
         for pause_start, pause_end in state.pauses:
             longest = calendar.add(pause_start, policy.max_pause)
             pauses.append((pause_start, longest if pause_end is None else min(pause_end, longest)))
         due = calendar.add_paused(start, limits.resolve, pauses)
-        for _ in range(state.extensions):
-            due = calendar.add(due, policy.extension_grant)
+        if policy.extension_grant is None:
+            due += state.granted_hours * 3_600_000  # approved hours, round the clock
+        else:
+            for _ in range(state.extensions):
+                due = calendar.add(due, policy.extension_grant)
         warn = calendar.fraction_point(start, due, policy.warning_fraction, limits.resolve.on_working_time)
         return [Deadline(warn, case_id, DeadlineKind.RESOLVE_WARNING, seq, due), Deadline(due, case_id, DeadlineKind.RESOLVE_OVERDUE, seq, due)]
     if status == Status.RESOLVED:
@@ -530,6 +583,8 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
                    f"at {_local(calendar, deadline.deadline_ms)} on case {state.case_id}{_provisional_note(calendar, deadline.deadline_ms)}")
         return [], [_breach(state, BreachKind.WARNING, breach_type, holder.tier, deadline.deadline_ms, now_ms, None, policy, calendar, summary)]
     target = _arbiter(state, common_parent) if kind == DeadlineKind.TRANSFER_LIMIT else escalation_target(state)
+    if policy.oversight is not None and kind != DeadlineKind.TRANSFER_LIMIT and _overseen(state, kind, target, policy.oversight):
+        return _oversee(state, deadline, now_ms, policy, calendar)
     referral = target is not None and target.tier == Tier.DISCIPLINE.value
     breach_type = FINAL_OVERDUE if referral and kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE) else kind
     tier = target.tier if target is not None else holder.tier
@@ -541,6 +596,43 @@ def fire(state: CaseState | None, deadline: Deadline, now_ms: int, policy: SlaPo
     if target is None:
         return [], [breach]
     return escalate(state, target, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary), [breach]
+
+
+_OVERSIGHT_TIERS = (Tier.SUPERVISION.value, Tier.DISCIPLINE.value)
+
+
+def _overseen(state: CaseState, kind: str, target: Link | None, oversight: Oversight) -> bool:
+    """Whether a breach goes to oversight (the holder keeps the case) rather than up to a handling tier."""
+    return bool(state.oversight) or kind not in oversight.handling_escalation or target is None or target.tier in _OVERSIGHT_TIERS
+
+
+def _oversee(state: CaseState, deadline: Deadline, now_ms: int, policy: SlaPolicy, calendar: BusinessCalendar) -> tuple[list[CaseEvent], list[Breach]]:
+    """The next oversight step for a breach the holder keeps: urging, then the policy's criticisms, then the referral.
+
+    After the referral a further breach is recorded against the holder, with nothing more to issue.
+    """
+    assert policy.oversight is not None
+    kind, holder = deadline.kind, state.assignee
+    done = state.oversight
+    if not done:
+        step, record = Kind.URGED, BreachKind.URGING
+    elif done.count(Kind.CRITICIZED) < policy.oversight.criticisms:
+        step, record = Kind.CRITICIZED, BreachKind.CRITICISM
+    elif Kind.REFERRED not in done:
+        step, record = Kind.REFERRED, BreachKind.REFERRAL
+    else:
+        step, record = None, BreachKind.BREACH
+    tier = Tier.DISCIPLINE.value if step == Kind.REFERRED else Tier.SUPERVISION.value
+    overseer = next((link for link in state.chains[0] if link.tier == tier), None)
+    breach_type = FINAL_OVERDUE if step == Kind.REFERRED and kind in (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE) else kind
+    what = {Kind.URGED: "urged by", Kind.CRITICIZED: "criticized by", Kind.REFERRED: "referred for accountability to"}
+    where = f"{what[step]} {overseer.unit_id}" if step is not None and overseer is not None else "already referred: nothing more to issue"
+    summary = (f"{breach_type}: {holder.unit_id} ({holder.tier}), due {_local(calendar, deadline.deadline_ms)}, case {state.case_id}; {where}; "
+               f"{holder.unit_id} keeps the case{_provisional_note(calendar, deadline.deadline_ms)}")
+    breach = _breach(state, record, breach_type, tier, deadline.deadline_ms, now_ms, overseer, policy, calendar, summary)
+    if step is None or overseer is None:
+        return [], [breach]
+    return oversee(state, step, overseer, from_epoch_ms(now_ms), breach.breach_id, breach_type, summary), [breach]
 
 
 def _arbiter(state: CaseState, common_parent: CommonParent) -> Link | None:
@@ -606,11 +698,13 @@ class CaseBook:
     whose processing fails half-way (a bug, or deadline arithmetic outside the calendar) leaves no trace.
     """
 
-    __slots__ = ("policies", "calendar", "common_parent", "states", "index", "archived", "_saved")
+    __slots__ = ("policies", "calendar", "common_parent", "units", "states", "index", "archived", "_saved")
 
     def __init__(self, policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, common_parent: CommonParent,
-                 states: MutableMapping[str, CaseState] | None = None, clock_ms: int | None = None) -> None:
+                 states: MutableMapping[str, CaseState] | None = None, clock_ms: int | None = None,
+                 units: Mapping[str, str] | None = None) -> None:
         self.policies, self.calendar, self.common_parent = policies, calendar, common_parent
+        self.units = units  # unit id -> tier: where a return or an arbiter's assignment may send a case
         self.states: MutableMapping[str, CaseState] = {} if states is None else states
         self.index = rebuild_index(self.states.values(), policies, calendar, clock_ms if clock_ms is not None else -(2**62))
         self.archived: list[str] = []  # cases archived since `begin`: the caller drops what it keeps of them and tombstones their keys
@@ -652,7 +746,7 @@ class CaseBook:
     def act(self, action: HandlingAction) -> tuple[list[CaseEvent], list[Breach]]:
         state = self.states.get(action.case_id)
         rules = _policy_of(self.policies, state).rules if state is not None else HandlingRules()
-        return self._decided(handle_action(state, action, rules), action.at)
+        return self._decided(handle_action(state, action, rules, self.units), action.at)
 
     def _decided(self, events: list[CaseEvent], at: datetime) -> tuple[list[CaseEvent], list[Breach]]:
         self._apply(events)

@@ -250,7 +250,7 @@ class _Simulation:
         self.merge = MergeIndex(reference.gazetteer.normalize)
         self.policies, self.calendar = policies, calendar
         policy_in_force(policies, config.start)  # a period no policy judges is refused now, not midway
-        self.book = CaseBook(policies, calendar, partial(common_parent, reference))
+        self.book = CaseBook(policies, calendar, partial(common_parent, reference), units=reference.unit_tiers())
         self.handling: dict[str, _Handling] = {}
         self.start_ms = to_epoch_ms(config.start)
         self.heap: list[tuple[int, int, str, Any]] = []
