@@ -77,7 +77,7 @@ def resolve_due(cases: CaseBook, case_id: str = "C1") -> str:
     return local(due.deadline_ms)
 
 
-def test_cases_opened_from_december_2026_are_judged_by_policy_v2():
+def test_cases_opened_from_november_2026_are_judged_by_policy_v2():
     cases = book()
     events, _ = open_at(cases, "2026-12-07T09:00")
     assert {e.policy_version for e in events} == {"policy-v2"}
@@ -143,7 +143,7 @@ def test_under_the_first_receiver_rule_the_first_unit_cannot_return_the_case(tmp
     text = Path(POLICIES["policy-v2"].file).read_text(encoding="utf-8")
     variant = text.replace("version: policy-v2", "version: policy-v2fr").replace("dispute_rule: arbitration", "dispute_rule: first_receiver")
     assert variant.count("first_receiver") >= 2
-    (tmp_path / "policy-v2fr.yaml").write_text(variant.replace("2026-12-01T00:00:00", "2026-12-02T00:00:00"), encoding="utf-8")
+    (tmp_path / "policy-v2fr.yaml").write_text(variant.replace("2026-11-01T00:00:00", "2026-12-02T00:00:00"), encoding="utf-8")
     cases = book({**POLICIES, **load_policies(tmp_path)})
     events, _ = open_at(cases, "2026-12-07T09:00")
     assert events[0].policy_version == "policy-v2fr"

@@ -137,6 +137,9 @@ class SimConfig:
     outside_gps_share: float = 0.01  # app reports with a bad fix, often outside the district
     no_gps_fix_share: float = 0.01  # app reports sent with (0, 0) and a typed address
     vague_address_share: float = 0.04
+    # The seeds' failure story, when set: at this time a blocked drain is reported in a grid on the boundary of two
+    # streets; both grids return it, each naming the other; the department both answer to never assigns it.
+    boundary_drain_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.start.utcoffset() is None:
@@ -190,6 +193,7 @@ _TOLERANCE_MS = CLOCK_TOLERANCE // timedelta(milliseconds=1)
 _REACTION_MS = REACTION_TIME // timedelta(milliseconds=1)
 _OVERDUE = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE)
 _DEADLINE_BREACHES = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE, FINAL_OVERDUE)  # escalations a deadline caused (not an input)
+_MOVED_BY_DEADLINES = (Kind.ESCALATED, Kind.URGED, Kind.CRITICIZED, Kind.REFERRED)  # events a deadline's breach records
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,7 @@ class _Step:
     note: str | None = None
     rating: int | None = None
     extension_hours: int | None = None
+    target_unit_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -219,9 +224,11 @@ class _Handling:
     bounce_to: str | None  # the grid across the street boundary that the first holder says the case belongs to
     extension: bool  # the holder asks once for more time (complex cases)
     rating_due: bool  # the reporter rates the first resolution (people-reported cases only)
+    arbiter_silent: bool = False  # the common parent handed the boundary dispute never acts on it
     resolve_breached: bool = False  # a holder missed the resolve deadline: the reporter is likelier unsatisfied
     token: int = 0  # the plan's current version; in-time steps of older versions are dropped
     pending: _Step | None = None  # the in-time step of the current version, if one is scheduled
+    late: _Step | None = None  # a deliberately late step not carried out yet
     earliest_ms: int = 0  # the current version's steps come no sooner
     lead_ms: int = 0  # the pipeline may have started the holder's clock this much sooner than the simulator
     lag_ms: int = _TOLERANCE_MS  # ... or this much later
@@ -272,12 +279,15 @@ class _Simulation:
         self.residents = [f"resident-{i:06d}" for i in range(max(50, int(config.incidents_per_day // 3)))]
         self.counters = {"detection": 0, "ticket": 0, "app": 0, "action": 0}
         self.shapes = _record_shapes(default_catalog())
+        self.drain_report_id: str | None = None
 
     # -- the main loop ---------------------------------------------------------------------------
 
     def run(self) -> Iterator[SimEvent]:
         end_ms = self.start_ms + int(self.config.days * 24 * _HOUR_MS)
         hour_start = self.start_ms
+        if self.config.boundary_drain_at is not None:
+            self._boundary_drain(to_epoch_ms(self.config.boundary_drain_at))
         while hour_start < end_ms:
             hour_end = min(hour_start + _HOUR_MS, end_ms)
             self._generate_arrivals(hour_start, hour_end)
@@ -301,6 +311,20 @@ class _Simulation:
         heapq.heappush(self.heap, (at_ms, self.sequence, kind, payload))
 
     # -- arrivals --------------------------------------------------------------------------------
+
+    def _boundary_drain(self, at_ms: int) -> None:
+        """The seeds' story (SimConfig.boundary_drain_at): a resident reports a blocked drain in the first grid of
+        street S01 that borders another street; no random draw, so the rest of the run is unchanged."""
+        for grid_id in sorted(self.across_boundary):
+            ring = self.ref.grids[grid_id].ring[:-1]
+            lon, lat = sum(x for x, _ in ring) / len(ring), sum(y for _, y in ring) / len(ring)
+            if self.ref.grids[grid_id].street_id == "S01" and getattr(self.ref.locate(lat, lon), "grid_id", None) == grid_id:
+                break
+        self.drain_report_id = "app-boundary-drain"
+        record = {"report_id": self.drain_report_id, "reporter_id": "resident-boundary-drain", "reporter_role": "resident", "reported_at": None,
+                  "lat": lat, "lon": lon, "category": "drainage_blockage", "description": "两条街交界处的下水道堵塞，污水漫到路面。",
+                  "photo_refs": [], "address_text": None}
+        self._push(at_ms, "report", ("app", record))
 
     def _generate_arrivals(self, hour_start: int, hour_end: int) -> None:
         local_hour = datetime.fromtimestamp(hour_start / 1000, BEIJING).hour
@@ -453,7 +477,11 @@ class _Simulation:
             self.merge.touch(joined, at)
         else:
             case_id = case_id_for(enriched)
-            self.handling[case_id] = self._draw_handling(enriched)
+            if report.report_id.endswith(f":{self.drain_report_id}"):
+                self.handling[case_id] = _Handling(pace=1.0, silent=False, bounce_to=self.across_boundary[enriched.chain[0].unit_id][0],
+                                                   extension=False, rating_due=False, arbiter_silent=True)
+            else:
+                self.handling[case_id] = self._draw_handling(enriched)
             events, _ = self.book.open(enriched, case_id, at)
             self.merge.add(self.merge.open_case(case_id, enriched))
         self._react(events, at_ms)
@@ -467,14 +495,17 @@ class _Simulation:
         self._advance(at_ms)
         if handling.pending is step:
             handling.pending = None
+        if handling.late is step:
+            handling.late = None
         self.counters["action"] += 1
         at = from_epoch_ms(at_ms)
         action = HandlingAction(f"act-{self.counters['action']:08d}", step.case_id, step.kind, step.unit_id, at,
-                                step.reason, step.note, step.rating, step.extension_hours)
+                                step.reason, step.note, step.rating, step.extension_hours, target_unit_id=step.target_unit_id)
         events, _ = self.book.act(action)  # refused (TransitionError) only if the plan broke the engine's rules: a bug here
         self._react(events, at_ms)
         record = {"action_id": action.action_id, "case_id": step.case_id, "kind": step.kind.value, "unit_id": step.unit_id, "at": at,
-                  "reason": step.reason, "note": step.note, "rating": step.rating, "extension_hours": step.extension_hours}
+                  "reason": step.reason, "note": step.note, "rating": step.rating, "extension_hours": step.extension_hours,
+                  "target_unit_id": step.target_unit_id}
         if step.kind in (ActionKind.RATE, ActionKind.REOPEN):
             integrator = RETURN_VISITS
         elif step.unit_id in (self.ref.supervision.unit_id, self.ref.discipline.unit_id):
@@ -497,7 +528,7 @@ class _Simulation:
             handling = self.handling[case_id]
             if kind in (Kind.RESOLVED, Kind.CLOSED):
                 self.merge.remove(case_id)
-            if kind == Kind.ESCALATED and event.reason in _DEADLINE_BREACHES:
+            if kind in _MOVED_BY_DEADLINES and event.reason in _DEADLINE_BREACHES:
                 # the pipeline escalates between the earliest deadline and a tolerance after the latest
                 handling.resolve_breached = handling.resolve_breached or event.reason == DeadlineKind.RESOLVE_OVERDUE
                 earliest, latest = handling.window
@@ -529,7 +560,8 @@ class _Simulation:
         """When the holder's time to accept or resolve runs out (epoch ms) if its clock had started `shift_ms` later."""
         if shift_ms:
             state = replace(state, stage_start_ms=state.stage_start_ms + shift_ms, holder_since_ms=state.holder_since_ms + shift_ms,
-                            status_since_ms=state.status_since_ms + shift_ms)
+                            status_since_ms=state.status_since_ms + shift_ms,
+                            oversight_since_ms=state.oversight_since_ms + shift_ms if state.oversight else 0)
         for deadline in deadlines_for(state, self.policies[state.policy_version], self.calendar):
             if deadline.kind in _OVERDUE:
                 return deadline.deadline_ms
@@ -559,6 +591,8 @@ class _Simulation:
         if handling.silent:
             return
         rng, config, holder = self.rng, self.config, state.assignee.unit_id
+        if handling.late is not None and handling.late.unit_id == holder:
+            return  # urged, the holder keeps the case: its late step is still to come and answers the urging
 
         def schedule(kind: ActionKind, unit_id: str, delay_ms: float, late: bool, **fields: Any) -> None:
             self._schedule(handling, state.case_id, kind, unit_id, earliest_ms + int(delay_ms), late, **fields)
@@ -568,10 +602,12 @@ class _Simulation:
                 other = handling.bounce_to
                 if not state.rejected_by:  # returns are quick; the accept clock keeps running through them
                     schedule(ActionKind.TRANSFER, holder, rng.uniform(5, 30) * _MINUTE_MS, False, reason="outside_jurisdiction",
-                             note=f"位置属于{other}，非本网格辖区")
-                else:
+                             note=f"位置属于{other}，非本网格辖区", target_unit_id=other)
+                else:  # the grid named returns it in turn, naming the first
                     schedule(ActionKind.TRANSFER, holder, rng.uniform(10, 45) * _MINUTE_MS, False, reason="outside_jurisdiction",
-                             note=f"争议位置在与{other[2:5]}交界处，非本单位辖区")
+                             note=f"争议位置在与{state.rejected_by[0][2:5]}交界处，非本单位辖区", target_unit_id=state.rejected_by[0])
+            elif state.arbitration and handling.arbiter_silent:
+                return
             else:  # the common parent handed a boundary dispute takes it quickly
                 minutes = rng.uniform(10, 40) if state.arbitration else min(rng.lognormvariate(math.log(20 * handling.pace), 0.6), 3 * 24 * 60)
                 schedule(ActionKind.ACCEPT, holder, minutes * _MINUTE_MS, rng.random() < config.late_accept_share)
@@ -582,7 +618,7 @@ class _Simulation:
                          extension_hours=72)
             else:
                 hours = min(rng.lognormvariate(math.log(6 * handling.pace), 0.8), 10 * 24)
-                note = "上级督办后已重新处置。" if state.lost_by_breach else rng.choice(RESOLUTION_NOTES)
+                note = "上级督办后已重新处置。" if state.lost_by_breach or state.oversight else rng.choice(RESOLUTION_NOTES)
                 schedule(ActionKind.RESOLVE, holder, hours * _HOUR_MS, rng.random() < config.late_resolve_share, note=note)
         elif state.status == Status.RESOLVED and handling.rating_due:
             handling.rating_due = False
@@ -604,7 +640,9 @@ class _Simulation:
         else:
             at_ms = min(at_ms, handling.window[0] - _TOLERANCE_MS)
         step = _Step(case_id, kind, unit_id, at_ms, None if late else handling.token, **fields)
-        if not late:
+        if late:
+            handling.late = step
+        else:
             handling.pending = step
         self._push(at_ms, "action", step)
 
@@ -617,7 +655,7 @@ class _Simulation:
         handling.pending = None
         handling.earliest_ms = max(handling.earliest_ms, now_ms + _REACTION_MS)
         self._schedule(handling, step.case_id, step.kind, step.unit_id, step.at_ms, False, reason=step.reason,
-                       note=step.note, rating=step.rating, extension_hours=step.extension_hours)
+                       note=step.note, rating=step.rating, extension_hours=step.extension_hours, target_unit_id=step.target_unit_id)
 
 
 _REPORT_TYPES = {"camera": "CameraDetection", "hotline": "HotlineTicket", "app": "ResidentReport"}  # channel -> Avro record type of its reports
