@@ -5,6 +5,8 @@ SELECT
     tier,
     countIf(kind = 'warning') AS warnings,
     countIf(kind = 'breach') AS breaches,
+    countIf(kind = 'urging') AS urgings,
+    countIf(kind = 'criticism') AS criticisms,
     countIf(kind = 'referral') AS referrals
 FROM {db}.breaches FINAL
 WHERE deadline_ms >= %(from_ms)s AND deadline_ms < %(to_ms)s

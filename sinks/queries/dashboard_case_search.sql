@@ -50,7 +50,7 @@ ANY LEFT JOIN
         count() AS breaches,
         countIf(breach_type IN ('accept_overdue', 'resolve_overdue', 'final_overdue')) AS overdue
     FROM {db}.breaches FINAL
-    WHERE kind IN ('breach', 'referral')
+    WHERE kind != 'warning'
     GROUP BY case_id
 ) AS case_breaches USING case_id
 ORDER BY opened_ms DESC, case_id

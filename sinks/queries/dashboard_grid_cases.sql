@@ -24,7 +24,7 @@ ANY LEFT JOIN
 (
     SELECT case_id, count() AS overdue
     FROM {db}.breaches FINAL
-    WHERE kind IN ('breach', 'referral') AND breach_type IN ('accept_overdue', 'resolve_overdue', 'final_overdue')
+    WHERE kind != 'warning' AND breach_type IN ('accept_overdue', 'resolve_overdue', 'final_overdue')
     GROUP BY case_id
 ) AS overdue_cases USING case_id
 GROUP BY grid_id

@@ -10,7 +10,7 @@
 --   resolved  cases with at least one `resolved` event in the month
 --   closed    cases with at least one `closed` event in the month
 -- The month's cohort = the cases opened in the month; over it, with the definitions of ranking.sql
--- (events and breaches before as_of; breaches = kind 'breach' or 'referral'):
+-- (events and breaches before as_of; breaches = every kind but 'warning'):
 --   responded = accepted and no accept_overdue breach; cohort_resolved = last `resolved` after every
 --   `reopened` and `escalated`; on_time = resolved and no resolve_overdue / final_overdue breach;
 --   rated = has a `rated` event, satisfied = latest rating >= 4.
@@ -70,7 +70,7 @@ FROM
         SELECT
             {_case_overdue_counts}
         FROM {db}.breaches FINAL
-        WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s
+        WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
         GROUP BY case_id
     ) AS case_breaches
     USING case_id

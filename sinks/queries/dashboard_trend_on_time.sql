@@ -10,7 +10,7 @@
 -- `whistle audit ranking --by street` on_time_rate_pct: the cases come from the shared fragment _month_cases.sql
 -- (opened in the period, naming a street), the late ones from _case_overdue_counts.sql;
 -- on_time = resolved (last `resolved` after every `reopened` and `escalated`) and no resolve_overdue /
--- final_overdue breach (kind 'breach' or 'referral', fired before as_of).
+-- final_overdue breach (every kind but 'warning', fired before as_of).
 -- on_time_rate_pct = on_time / received, half up in integer basis points, 2 decimals (ranking.sql's rounding).
 -- Months in which a street received no case have no row.
 SELECT
@@ -43,7 +43,7 @@ FROM
         SELECT
             {_case_overdue_counts}
         FROM {db}.breaches FINAL
-        WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s
+        WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
         GROUP BY case_id
     ) AS case_breaches
     USING case_id

@@ -1,7 +1,8 @@
 -- example_cases: one case (the smallest id) of each kind the demo walks through; '' when a run has none:
 --   merged   reports from two or more channels joined one case;
 --   bounced  returned as "not ours" until the transfer limit escalated it to the units' common parent;
---   late     a resolve deadline missed, and the resident rated the case unsatisfied (rating <= 2).
+--   late     a resolve deadline missed, and the resident rated the case unsatisfied (rating <= 2);
+--   referred urged, criticised and referred to the discipline commission while its holder kept it.
 SELECT example, example_case FROM
 (
     SELECT 'merged' AS example, min(case_id) AS example_case FROM
@@ -11,6 +12,8 @@ SELECT example, example_case FROM
         GROUP BY case_id
         HAVING uniqExact(source) >= 2
     )
+    UNION ALL
+    SELECT 'referred' AS example, min(case_id) AS example_case FROM {db}.case_events FINAL WHERE kind = 'referred'
     UNION ALL
     SELECT 'bounced' AS example, min(case_id) AS example_case FROM {db}.breaches FINAL WHERE breach_type = 'transfer_limit'
     UNION ALL

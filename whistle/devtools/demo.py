@@ -83,7 +83,8 @@ def run_demo(settings: Settings, console: Console, *, incidents: int = 600, spee
     # Handling of the day runs on for days after it; what would happen after now has not happened yet and is
     # not replayed, so neither the simulated clock nor any record moves the case stream past the wall clock.
     replayed_until = now()
-    simulated = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(UTC), days=1.0, incidents_per_day=incidents)))
+    simulated = list(simulate(load_reference(), SimConfig(seed=seed, start=start.astimezone(UTC), days=1.0, incidents_per_day=incidents,
+                                                          boundary_drain_at=(start + timedelta(hours=9)).astimezone(UTC))))
     events = [event for event in simulated if event.at <= replayed_until]
     partitions = partitions_of(topics.inbox, settings.topic_prefix)
     quiet = Console(file=io.StringIO())
@@ -156,9 +157,10 @@ def _auditors_view(console: Console, engine, db: str, day: datetime, now: dateti
                                          f"Ranking of {by}s, {month} (fewer than 5 cases: listed, not ranked)"))
     console.print(audit.render_table(audit.ranking_provenance(engine, db, month, "street"), "Provenance of the rankings"))
     summary = audit.run_query(engine, db, "breach_summary", {"from_ms": 0, "to_ms": int(now.timestamp() * 1000) + 86_400_000})
-    console.print(audit.render_table(summary, "Warnings, breaches and referrals by tier"))
+    console.print(audit.render_table(summary, "Warnings, breaches, urgings, criticisms and referrals by tier"))
     titles = {"merged": "A case merged from several channels", "bounced": "A case bounced at a street boundary and escalated",
-              "late": "A case resolved late and rated unsatisfied"}
+              "late": "A case resolved late and rated unsatisfied",
+              "referred": "The boundary drain: returned by both streets, never assigned, urged, criticised and referred (问责)"}
     for example, case_id in audit.run_query(engine, db, "example_cases", {}).rows:
         if case_id:
             console.print(audit.render_table(audit.timeline_view(audit.case_timeline(engine, db, case_id)),

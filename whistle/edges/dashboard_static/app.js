@@ -115,11 +115,13 @@
       const byTier = Object.fromEntries(data.breaches_current.rows.map((r) => [r.tier, r]));
       const prevTier = Object.fromEntries(data.breaches_previous.rows.map((r) => [r.tier, r]));
       const chartNode = chart("breach-chart", 320);
-      const tableNode = el("table", { id: "breach-table" }, el("thead", {}, el("tr", {}, [t("tier"), t("warnings"), t("breaches"), t("referrals"), t("vs_prev")].map((h) => el("th", { text: h })))),
+      const tableNode = el("table", { id: "breach-table" }, el("thead", {}, el("tr", {}, [t("tier"), t("warnings"), t("breaches"), t("urgings"), t("criticisms"), t("referrals"), t("vs_prev")].map((h) => el("th", { text: h })))),
         el("tbody", {}, tiers.filter((tier) => byTier[tier] || prevTier[tier]).map((tier) => {
-          const r = byTier[tier] || { warnings: 0, breaches: 0, referrals: 0 }, p = prevTier[tier] || { warnings: 0, breaches: 0, referrals: 0 };
-          const d = (r.breaches + r.referrals) - (p.breaches + p.referrals);
-          return el("tr", { "data-tier": tier }, cell(tier, T.tiers[tier] || tier), cell(r.warnings), cell(r.breaches), cell(r.referrals),
+          const none = { warnings: 0, breaches: 0, urgings: 0, criticisms: 0, referrals: 0 };
+          const r = byTier[tier] || none, p = prevTier[tier] || none;
+          const d = (r.breaches + r.urgings + r.criticisms + r.referrals) - (p.breaches + p.urgings + p.criticisms + p.referrals);
+          return el("tr", { "data-tier": tier }, cell(tier, T.tiers[tier] || tier), cell(r.warnings), cell(r.breaches), cell(r.urgings),
+            cell(r.criticisms), cell(r.referrals),
             el("td", { text: (d > 0 ? "▲ " : d < 0 ? "▼ " : "＝ ") + Math.abs(d) }));
         })));
       out.replaceChildren(cards, el("p", { class: "muted", text: t("cohort_note") }), el("h2", { text: t("breaches_by_tier") }),
@@ -128,9 +130,9 @@
           el("a", { href: withLang("/api/export/breach_summary.csv", { month: month.value }), text: t("breach_summary_table") + " CSV" })));
       const instance = mount(chartNode);
       instance.setOption({
-        textStyle: FONT, tooltip: { trigger: "axis" }, legend: { data: [t("warnings"), t("breaches"), t("referrals")] },
+        textStyle: FONT, tooltip: { trigger: "axis" }, legend: { data: [t("warnings"), t("breaches"), t("urgings"), t("criticisms"), t("referrals")] },
         xAxis: { type: "category", data: tiers.map((x) => T.tiers[x]) }, yAxis: { type: "value", minInterval: 1 },
-        series: ["warnings", "breaches", "referrals"].map((k, i) => ({ name: t(k), type: "bar", data: tiers.map((x) => (byTier[x] ? byTier[x][k] : 0)),
+        series: ["warnings", "breaches", "urgings", "criticisms", "referrals"].map((k, i) => ({ name: t(k), type: "bar", data: tiers.map((x) => (byTier[x] ? byTier[x][k] : 0)),
           itemStyle: { color: ["#f5b041", "#e74c3c", "#7d3c98"][i] } })),
       });
     }
@@ -368,7 +370,7 @@
 
       const days = daysOf(data.month);
       const tiers = TIERS.filter((tier) => data.breaches.rows.some((r) => r.tier === tier));
-      const perDay = (tier) => days.map((day) => data.breaches.rows.filter((r) => r.day === day && r.tier === tier).reduce((n, r) => n + r.breaches + r.referrals, 0));
+      const perDay = (tier) => days.map((day) => data.breaches.rows.filter((r) => r.day === day && r.tier === tier).reduce((n, r) => n + r.breaches + r.urgings + r.criticisms + r.referrals, 0));
       mount(nodes.breaches).setOption({
         textStyle: FONT, tooltip: { trigger: "axis" }, legend: { data: tiers.map((x) => T.tiers[x] || x) }, grid: { left: 50, right: 20 },
         xAxis: { type: "category", data: days.map((d) => d.slice(5)) }, yAxis: { type: "value", minInterval: 1, name: t("breaches_and_referrals") },
