@@ -21,8 +21,9 @@ from streams.domain.model import Tier, Unit, Urgency
 from whistle.ground.datafiles import config_error, read_csv, read_json
 from whistle.ground.errors import ConfigError
 
-REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"
+REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"  # the sample city's reference directory (WHISTLE_REFERENCE_DIR's default)
 DEFAULT_VERSION = "district-v1"
+DISTRICT_FILE = "district.json"  # marks a reference directory's district version directory
 
 COMPLEXITY_CLASSES = ("emergency", "ordinary", "complex")
 RESPONSIBILITY_MODES = ("territorial", "departmental")
@@ -390,6 +391,7 @@ class DistrictReference:
     gazetteer: Gazetteer
     spatial: PolygonIndex
     address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
+    directory: Path  # the district version directory it was read from (its files are rule files: streams.domain.rules)
 
     def locate(self, lat: float, lon: float) -> Grid | UngriddedArea | None:
         """The grid (or ungridded area of a street) containing the point, None outside the district.
@@ -405,8 +407,27 @@ class DistrictReference:
         return self.hotline_labels.get(fold_text(label))
 
 
+def district_dir(reference_dir: Path | str) -> Path:
+    """The district version directory of a reference directory (WHISTLE_REFERENCE_DIR): its one subdirectory holding district.json.
+
+    A new district version is a new reference directory (the old one stays as it was: case events name its units)."""
+    root = Path(reference_dir)
+    if not root.is_dir():
+        raise ConfigError(f"reference directory {root} does not exist", file=str(root))
+    found = sorted(p for p in root.iterdir() if (p / DISTRICT_FILE).is_file())
+    if len(found) != 1:
+        raise config_error(root, "-", f"must hold exactly one district version directory (with {DISTRICT_FILE}), found "
+                                      f"{[p.name for p in found] or 'none'}")
+    return found[0]
+
+
+def load_district(reference_dir: Path | str) -> DistrictReference:
+    """The district of a reference directory (WHISTLE_REFERENCE_DIR), loaded and validated."""
+    return load_reference(district_dir(reference_dir))
+
+
 def load_reference(directory: Path | str | None = None) -> DistrictReference:
-    """Load and validate the reference data set in `directory` (default: the current district version)."""
+    """Load and validate the district version directory `directory` (default: the sample district's)."""
     root = Path(directory) if directory is not None else REFERENCE_ROOT / DEFAULT_VERSION
     if not root.is_dir():
         raise ConfigError(f"reference data directory {root} does not exist", file=str(root))
@@ -490,7 +511,7 @@ class _Loader:
             units=MappingProxyType(units), streets=MappingProxyType(streets), communities=MappingProxyType(communities),
             grids=MappingProxyType(grids), ungridded_areas=MappingProxyType(areas), departments=MappingProxyType(departments),
             categories=MappingProxyType(categories), hotline_labels=MappingProxyType(labels), cameras=MappingProxyType(cameras),
-            gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes),
+            gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes), directory=self.root,
         )
 
     def _load_map(self, communities: dict[str, Community], streets: dict[str, Street], units: dict[str, Unit]):

@@ -84,7 +84,7 @@ from streams.domain.credentials import (
 )
 from streams.domain.model import HandlingAction, Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher
-from streams.domain.reference import DistrictReference, load_reference
+from streams.domain.reference import DistrictReference, load_district
 from whistle.edges import open311
 from whistle.edges.sdk import Delivery, Publisher
 from whistle.ground.errors import ConfigError, ContractError, DeliveryError, StoreError, ValidationError, WhistleError
@@ -795,7 +795,7 @@ def build_app(
     if clock().utcoffset() is None:
         raise ConfigError("the gateway clock returns naive datetimes; it must return UTC-aware ones", field="clock")
     current = credentials if callable(credentials) else (lambda: credentials)
-    gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_reference(),
+    gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_district(settings.reference_dir),
                       reader=reader or RequestStatusReader(settings.clickhouse), max_body_bytes=max_body_bytes,
                       idempotency_capacity=idempotency_capacity)
     app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
@@ -822,7 +822,7 @@ def run_gateway(settings: Settings, host: str, port: int, *, max_body_bytes: int
     """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit.
 
     The key file (`settings.keys_file`) is re-read when it changes: keys rotate without a restart."""
-    reference = load_reference()
+    reference = load_district(settings.reference_dir)
     credentials = CredentialsFile(settings.keys_file, reference)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
