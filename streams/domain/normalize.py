@@ -15,6 +15,9 @@ app      report id "app:<integrator>:<report_id>"; the account id leaves only as
          (0, 0) coordinates are a phone's "no fix" and count as absent, so the typed address (if
          any) is used instead.
 
+Coordinates (camera and app) come in the system their source declares (`coord_system`: wgs84, gcj02 from
+Amap/Tencent SDKs, bd09 from Baidu's) and leave as WGS-84, the map's system (streams.domain.coords).
+
 Free text (every channel's `description` and `address_text`) leaves only redacted
 (streams.domain.redact): phone, ID-card numbers and e-mail addresses typed into it become fixed
 marks ([电话], [身份证], [邮箱]); the raw topics keep what was sent.
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from streams.domain.coords import COORD_SYSTEMS, to_wgs84
 from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency, scoped_report_id
 from streams.domain.redact import redact
 from streams.domain.reference import DistrictReference
@@ -176,7 +180,10 @@ def _coordinates(record: CameraDetection | ResidentReport, source: str) -> tuple
     if lat == 0 and lon == 0:
         return None, None
     assert lat is not None and lon is not None  # both checked above to be finite numbers
-    return float(lat), float(lon)
+    system = record.coord_system
+    if system not in COORD_SYSTEMS:
+        raise _invalid(source, "coord_system", f"must be one of {list(COORD_SYSTEMS)}, got {system!r}")
+    return to_wgs84(system, float(lat), float(lon))
 
 
 def _invalid(source: str, field: str, message: str) -> ValidationError:
