@@ -8,7 +8,8 @@ camera   report id "camera:<integrator>:<detection_id>" (ids are scoped by the s
          category in the reference data, since a model's precision differs by category and a
          missed fire costs more than a false one). Dropping them would hide data from auditors.
 hotline  report id "hotline:<integrator>:<ticket_id>"; the operator's category may be a code or one of the
-         operator labels listed in the reference data (垃圾清运 -> garbage); an empty address
+         operator labels listed in the reference data (categories.json, hotline.yaml: 垃圾清运 -> garbage,
+         井盖缺失 -> road_damage; the schema takes any label, an unknown one is refused here, naming it); an empty address
          becomes None (enrich sends it to the district desk, flagged); the caller's phone leaves
          only as a keyed hash (`hash_phone`, streams.domain.pii).
 app      report id "app:<integrator>:<report_id>"; the account id leaves only as a keyed hash (`hash_reporter`);
@@ -145,7 +146,8 @@ def _category(reference: DistrictReference, record: RawRecord, field: str, sourc
     label = getattr(record, field)
     code = reference.category_for_label(label) if isinstance(label, str) else None
     if code is None:
-        raise _invalid(source, field, f"{label!r} is not a known category code or hotline label")
+        raise _invalid(source, field, f"{label!r} is not a category code nor an operator label of {reference.version} "
+                                      f"(categories.json, hotline.yaml {reference.hotline_version})")
     return code
 
 
