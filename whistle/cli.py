@@ -201,6 +201,29 @@ def keys_check() -> None:
     _wide_console().print(table)
 
 
+reference_app = typer.Typer(no_args_is_help=True, help="A city's reference data (WHISTLE_REFERENCE_DIR; format: streams/reference/README.md).")
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("check")
+def reference_check(directory: Path = typer.Argument(..., help="a reference directory: one district version directory and sla/")) -> None:
+    """List every problem of a reference directory (file, line or feature, what is wrong); exit 1 when there is any."""
+    from schemas.catalog import default_catalog
+    from streams.domain.reference_check import check_reference
+
+    problems = check_reference(directory, default_catalog().categories)
+    if not problems:
+        typer.echo(f"{directory}: no problems")
+        return
+    table = Table(title=f"{directory}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    for column in ("file", "where", "problem"):
+        table.add_column(column, overflow="fold")
+    for problem in problems:
+        table.add_row(problem.file, problem.where, problem.problem)
+    _wide_console().print(table)
+    raise typer.Exit(1)
+
+
 @keys_app.command("signing-secret")
 def keys_signing_secret(integrator: str = typer.Option(..., "--integrator")) -> None:
     """Print the record-signing secret to hand to INTEGRATOR (its WHISTLE_INTEGRATOR_SECRET), from the master key."""
