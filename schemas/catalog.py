@@ -30,6 +30,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streams.domain.coords import COORD_SYSTEMS
 from whistle.ground.datafiles import read_json, read_yaml
 from whistle.ground.errors import ConfigError
 
@@ -146,7 +147,7 @@ class Catalog:
 
     def vocabularies(self) -> dict[str, frozenset[str]]:
         """Value lists that `x-vocabulary` field rules refer to."""
-        return {"categories": frozenset(self.categories)}
+        return {"categories": frozenset(self.categories), "coord_systems": frozenset(COORD_SYSTEMS)}
 
 
 @functools.cache

@@ -36,11 +36,9 @@ from sinks.audit import LOCAL_TIMEZONE, RANKING_UNITS, Result, ranking, run_quer
 from sinks.clickhouse import ChdbEngine, Engine
 from sinks.migrator import migrate
 from sinks.sink import BREACH_COLUMNS, CASE_EVENT_COLUMNS, breach_values, case_event_values
-from streams.domain.calendar import BusinessCalendar, load_calendar
 from streams.domain.case import CaseEvent
-from streams.domain.reference import REFERENCE_ROOT, DistrictReference, load_reference
-from streams.domain.rules import RuleFile, rule_files
-from streams.domain.sla import Breach, SlaPolicy, load_policies
+from streams.domain.rules import Rules
+from streams.domain.sla import Breach
 from streams.pipeline import CaseProcessor
 from streams.rules import check_rules
 from whistle.ground.deadletter import Position
@@ -133,22 +131,6 @@ def read_case_stream(settings: Settings, *, timeout_s: float = 30.0) -> tuple[in
             consumer.close()
 
     return len(partitions), records()
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """What the workers decide with, loaded once: checked against the rules registry, then replayed with."""
-
-    reference: DistrictReference
-    policies: dict[str, SlaPolicy]
-    calendar: BusinessCalendar
-
-    @classmethod
-    def load(cls) -> Rules:
-        return cls(load_reference(), load_policies(), load_calendar())
-
-    def files(self) -> list[RuleFile]:
-        return rule_files(self.policies, self.calendar, REFERENCE_ROOT / self.reference.version)
 
 
 def rederive(serde: Serde, topics: Topics, partitions: int, records: Iterable[tuple[int, int, bytes | None, bytes, int]], rules: Rules,
@@ -294,7 +276,7 @@ def replay(settings: Settings, engine: Engine, database: str, from_ms: int, to_m
     events, breaches, then the rankings of the period's months as of its end (of everything when unbounded)."""
     started, started_ms = time.monotonic(), time.time_ns() // 1_000_000
     serde, topics = Serde.from_settings(settings), Topics.with_prefix(settings.topic_prefix)
-    rules = Rules.load()
+    rules = Rules.load(settings.reference_dir)
     # as a worker does before it decides: a replay with an edited policy would report every decision it changed as the store's fault
     check_rules(settings, serde, rules.files(), started_ms, timeout_s=timeout_s)
     partitions, records = read_case_stream(settings, timeout_s=timeout_s)

@@ -41,7 +41,7 @@ from schemas.serde import Serde
 from sinks.audit import LEDGERED, run_query
 from sinks.clickhouse import Engine
 from streams.domain.pii import PersonalDataHasher
-from streams.domain.reference import load_reference
+from streams.domain.reference import load_district
 from streams.pipeline import Senders, dead_letter
 from whistle.ground.deadletter import Position
 from whistle.ground.errors import AuthError, DeliveryError, StoreError, WhistleError
@@ -487,5 +487,5 @@ def build_sink(settings, **options) -> Sink:
     kafka = settings.kafka.librdkafka()
     return Sink({**kafka, "group.id": Groups.with_prefix(settings.topic_prefix).sink, "group.instance.id": f"sink-{settings.worker_id}"},
                 kafka, ServerEngine.from_settings(settings.clickhouse), settings.clickhouse.database,
-                RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, load_reference())), serde, topics,
+                RowMaker(serde, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, load_district(settings.reference_dir))), serde, topics,
                 sink_id=settings.worker_id, **options)

@@ -42,11 +42,8 @@ from faust.types import TP
 from infra.topics import partitions_of
 from schemas.serde import Serde
 from streams.changelog import ensure_changelog, read_partition
-from streams.domain.calendar import load_calendar
 from streams.domain.pii import PersonalDataHasher
-from streams.domain.reference import REFERENCE_ROOT, load_reference
-from streams.domain.rules import rule_files
-from streams.domain.sla import load_policies
+from streams.domain.rules import Rules
 from streams.domain.trusted_time import SkewBounds
 from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Senders, StateWrite, dead_letter
 from streams.rules import register_rules
@@ -70,8 +67,9 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
     topics = Topics.with_prefix(settings.topic_prefix)
     inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
     serde = Serde.from_settings(settings)
-    reference, policies, calendar = load_reference(), load_policies(), load_calendar()
-    register_rules(settings, serde, rule_files(policies, calendar, REFERENCE_ROOT / reference.version), clock=clock)
+    rules = Rules.load(settings.reference_dir)
+    reference, policies, calendar = rules.reference, rules.policies, rules.calendar
+    register_rules(settings, serde, rules.files(), clock=clock)
     ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
                         SkewBounds.of(settings.time))
     cases = CaseProcessor(serde, reference, policies, calendar, topics, inbox_partitions)

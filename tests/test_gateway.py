@@ -582,6 +582,21 @@ def test_a_handling_action_acts_as_the_keys_unit_at_the_gateways_time(gw_setting
                               message.headers())
 
 
+def test_the_return_visits_result_is_rated_as_the_reference_data_says(gw_settings, publisher, keys):
+    """回访 as 12345 records it (满意 / 基本满意 / 不满意) becomes the rating of hotline.yaml; an unknown result, a result with a
+    rating, or a result from a key that is not the return visit is refused naming the field."""
+    case_id = "S01-20250612-c2c2c2c2c2"
+    visit = action(kind="rate", return_visit_result="基本满意")
+    answers = post_actions(gw_settings, publisher, keys, case_id, [
+        (HOTLINE_KEY, visit), (HOTLINE_KEY, action(kind="rate", return_visit_result="还行")),
+        (HOTLINE_KEY, action(kind="rate", rating=5, return_visit_result="满意")), (APP_KEY, action(kind="rate", return_visit_result="满意"))])
+    statuses = [(status, body["errors"][0]["field"] if status != 202 else None) for status, body in answers]
+    assert statuses == [(202, None), (400, "return_visit_result"), (400, "return_visit_result"), (403, "return_visit_result")]
+    assert "'还行'" in answers[1][1]["errors"][0]["message"]
+    record, _ = published_actions(gw_settings, publisher, {visit["action_id"]})[visit["action_id"]]
+    assert (record["rating"], record["note"], record["unit_id"]) == (4, "回访: 基本满意", "return_visit")
+
+
 def test_a_case_the_store_knows_refuses_a_unit_on_none_of_its_chains(gw_settings, publisher, keys):
     case_id = "S01-20250612-b1b1b1b1b1"
     rows = case_events(case_id, [("opened", "camera:camera-platform:d-1", GRID), ("dispatched", None, GRID)])

@@ -94,7 +94,8 @@ def test_a_withheld_number_has_no_reporter_hash(ref):
     assert normalize_hotline(ticket(caller_phone=None), ref, HASHER.phone, SENDER).reporter_hash is None
 
 
-@pytest.mark.parametrize("label, code", [("垃圾清运", "garbage"), ("飞线充电", "ebike_charging_hazard"), ("闻到煤气味", "gas_leak"), ("road_damage", "road_damage")])
+@pytest.mark.parametrize("label, code", [("垃圾清运", "garbage"), ("飞线充电", "ebike_charging_hazard"), ("闻到煤气味", "gas_leak"), ("road_damage", "road_damage"),
+                                         ("垃圾堆放", "garbage"), (" 井盖缺失 ", "road_damage"), ("拉圾堆放", "garbage"), ("燃气泄露", "gas_leak")])
 def test_operator_labels_map_to_categories(ref, label, code):
     assert normalize_hotline(ticket(operator_category=label), ref, HASHER.phone, SENDER).category == code
 
@@ -103,6 +104,7 @@ def test_an_unknown_operator_category_is_refused(ref):
     with pytest.raises(ValidationError) as caught:
         normalize_hotline(ticket(operator_category="其他"), ref, HASHER.phone, SENDER)
     assert caught.value.context["field"] == "operator_category"
+    assert "'其他'" in caught.value.message and "hotline-v1" in caught.value.message
 
 
 @pytest.mark.parametrize("category, stated, expected", [

@@ -21,16 +21,17 @@ from schemas.serde import Serde
 from sinks.anchor import latest_anchors, read_anchors
 from sinks.audit import stored_case_event
 from sinks.clickhouse import ServerEngine
-from sinks.replay import Rules
 from sinks.sink import CASE_EVENT_COLUMNS
 from streams.domain.case import event_hash
 from streams.domain.reference import load_reference
+from streams.domain.rules import Rules
 from streams.domain.sla import load_policies
 from streams.rules import check_rules, read_registry
 from whistle.devtools.harness import Pipeline, end_offsets, read_all, spawn_worker, wait_for_group
 from whistle.devtools.simulate import SimConfig, simulate
 from whistle.ground.errors import ConfigError
 from whistle.ground.names import Groups, Topics
+from whistle.ground.settings import Settings
 from whistle.ground.times import to_epoch_ms, utc_now
 
 START = datetime(2026, 11, 9, 0, 0, tzinfo=UTC)
@@ -70,7 +71,7 @@ def test_a_worker_registers_its_rules_then_one_whose_policy_differs_from_the_log
     log = refused.log.read_text(encoding="utf-8", errors="replace").replace("\n", "")  # the console wraps long lines
     assert refused.popen.returncode == 2
     assert "policy-v1.yaml" in log and "0" * 64 in log and policy.sha256 in log and "new version name" in log
-    files = Rules.load().files()
+    files = Rules.load(Settings().reference_dir).files()
     with pytest.raises(ConfigError, match=r"policy-v1.yaml: policy 'policy-v1' is in the log with content sha256 0{64}"):
         check_rules(other, serde, files, to_epoch_ms(utc_now()))  # nor would replay re-derive with it (sinks.replay checks the same)
     check_rules(isolated, serde, files, to_epoch_ms(utc_now()))  # control: the log the worker registered its own files in

@@ -186,10 +186,10 @@ app.add_typer(keys_app, name="keys")
 def keys_check() -> None:
     """Parse the key file as the gateway and the workers will, and list who may do what."""
     from streams.domain.credentials import load_credentials
-    from streams.domain.reference import load_reference
+    from streams.domain.reference import load_district
 
     settings = _settings()
-    credentials = load_credentials(settings.keys_file, load_reference())
+    credentials = load_credentials(settings.keys_file, load_district(settings.reference_dir))
     table = Table(title=f"{settings.keys_file} (sha256 {credentials.digest[:12]})")
     for column in ("integrator", "sources", "acts as", "return visit", "generation"):
         table.add_column(column)
@@ -201,14 +201,37 @@ def keys_check() -> None:
     _wide_console().print(table)
 
 
+reference_app = typer.Typer(no_args_is_help=True, help="A city's reference data (WHISTLE_REFERENCE_DIR; format: streams/reference/README.md).")
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("check")
+def reference_check(directory: Path = typer.Argument(..., help="a reference directory: one district version directory and sla/")) -> None:
+    """List every problem of a reference directory (file, line or feature, what is wrong); exit 1 when there is any."""
+    from schemas.catalog import default_catalog
+    from streams.domain.reference_check import check_reference
+
+    problems = check_reference(directory, default_catalog().categories)
+    if not problems:
+        typer.echo(f"{directory}: no problems")
+        return
+    table = Table(title=f"{directory}: {len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    for column in ("file", "where", "problem"):
+        table.add_column(column, overflow="fold")
+    for problem in problems:
+        table.add_row(problem.file, problem.where, problem.problem)
+    _wide_console().print(table)
+    raise typer.Exit(1)
+
+
 @keys_app.command("signing-secret")
 def keys_signing_secret(integrator: str = typer.Option(..., "--integrator")) -> None:
     """Print the record-signing secret to hand to INTEGRATOR (its WHISTLE_INTEGRATOR_SECRET), from the master key."""
     from streams.domain.credentials import issued_secret, load_credentials
-    from streams.domain.reference import load_reference
+    from streams.domain.reference import load_district
 
     settings = _settings()
-    credential = load_credentials(settings.keys_file, load_reference()).by_integrator.get(integrator)
+    credential = load_credentials(settings.keys_file, load_district(settings.reference_dir)).by_integrator.get(integrator)
     if credential is None:
         raise ConfigError(f"{settings.keys_file} has no integrator {integrator!r}", field="integrator")
     typer.echo(issued_secret(settings.record_signing_key.value, credential))
@@ -465,12 +488,13 @@ def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one 
                      seed: int = typer.Option(7), days: float = typer.Option(1.0), incidents: float = typer.Option(2000.0, "--incidents"),
                      start: datetime | None = typer.Option(None, help="first simulated instant (UTC if no zone)")) -> None:
     """Write a deterministic simulated period (same seed, same bytes) as camera/hotline/app JSON-lines files."""
-    from streams.domain.reference import load_reference
+    from streams.domain.rules import Rules
     from whistle.devtools.feed import write_channel_files
     from whistle.devtools.simulate import SimConfig, simulate
 
     config = SimConfig(seed=seed, days=days, incidents_per_day=incidents, **({"start": _utc(start)} if start else {}))
-    for channel, count in write_channel_files(simulate(load_reference(), config), out).items():
+    rules = Rules.load(_settings().reference_dir)
+    for channel, count in write_channel_files(simulate(rules.reference, config, policies=rules.policies, calendar=rules.calendar), out).items():
         _progress(f"{out / (channel + '.jsonl')}: {count:,} records")
 
 

@@ -240,7 +240,8 @@ class BusinessCalendar:
         when = self.local_time(ms).date() if ms < self._day_starts[-1] else self.last_day + timedelta(days=1)
         return ConfigError(
             f"deadline arithmetic reaches {when}, outside business calendar {self.calendar_id} "
-            f"({self.first_day}..{self.last_day}): add the year's holiday schedule file under {SLA_REFERENCE_DIR}",
+            f"({self.first_day}..{self.last_day}): add the year's holiday schedule file under "
+            f"{self.sources[0].path.parent if self.sources else SLA_REFERENCE_DIR}",
             field="calendar",
         )
 

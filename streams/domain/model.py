@@ -83,6 +83,7 @@ class CameraDetection:
     model_version: Any
     lat: Any = None
     lon: Any = None
+    coord_system: Any = "wgs84"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ class ResidentReport:
     description: Any = None
     photo_refs: Any = ()
     address_text: Any = None
+    coord_system: Any = "wgs84"
 
 
 def scoped_report_id(source: str, integrator: str, record_id: str) -> str:

@@ -8,12 +8,16 @@ camera   report id "camera:<integrator>:<detection_id>" (ids are scoped by the s
          category in the reference data, since a model's precision differs by category and a
          missed fire costs more than a false one). Dropping them would hide data from auditors.
 hotline  report id "hotline:<integrator>:<ticket_id>"; the operator's category may be a code or one of the
-         operator labels listed in the reference data (垃圾清运 -> garbage); an empty address
+         operator labels listed in the reference data (categories.json, hotline.yaml: 垃圾清运 -> garbage,
+         井盖缺失 -> road_damage; the schema takes any label, an unknown one is refused here, naming it); an empty address
          becomes None (enrich sends it to the district desk, flagged); the caller's phone leaves
          only as a keyed hash (`hash_phone`, streams.domain.pii).
 app      report id "app:<integrator>:<report_id>"; the account id leaves only as a keyed hash (`hash_reporter`);
          (0, 0) coordinates are a phone's "no fix" and count as absent, so the typed address (if
          any) is used instead.
+
+Coordinates (camera and app) come in the system their source declares (`coord_system`: wgs84, gcj02 from
+Amap/Tencent SDKs, bd09 from Baidu's) and leave as WGS-84, the map's system (streams.domain.coords).
 
 Free text (every channel's `description` and `address_text`) leaves only redacted
 (streams.domain.redact): phone, ID-card numbers and e-mail addresses typed into it become fixed
@@ -31,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from streams.domain.coords import COORD_SYSTEMS, to_wgs84
 from streams.domain.model import CameraDetection, HotlineTicket, Report, ResidentReport, Source, Urgency, scoped_report_id
 from streams.domain.redact import redact
 from streams.domain.reference import DistrictReference
@@ -141,7 +146,8 @@ def _category(reference: DistrictReference, record: RawRecord, field: str, sourc
     label = getattr(record, field)
     code = reference.category_for_label(label) if isinstance(label, str) else None
     if code is None:
-        raise _invalid(source, field, f"{label!r} is not a known category code or hotline label")
+        raise _invalid(source, field, f"{label!r} is not a category code nor an operator label of {reference.version} "
+                                      f"(categories.json, hotline.yaml {reference.hotline_version})")
     return code
 
 
@@ -176,7 +182,10 @@ def _coordinates(record: CameraDetection | ResidentReport, source: str) -> tuple
     if lat == 0 and lon == 0:
         return None, None
     assert lat is not None and lon is not None  # both checked above to be finite numbers
-    return float(lat), float(lon)
+    system = record.coord_system
+    if system not in COORD_SYSTEMS:
+        raise _invalid(source, "coord_system", f"must be one of {list(COORD_SYSTEMS)}, got {system!r}")
+    return to_wgs84(system, float(lat), float(lon))
 
 
 def _invalid(source: str, field: str, message: str) -> ValidationError:

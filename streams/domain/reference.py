@@ -18,11 +18,13 @@ from types import MappingProxyType
 from typing import Any
 
 from streams.domain.model import Tier, Unit, Urgency
-from whistle.ground.datafiles import config_error, read_csv, read_json
+from whistle.ground.datafiles import config_error, read_csv, read_json, read_yaml
 from whistle.ground.errors import ConfigError
 
-REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"
+REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"  # the sample city's reference directory (WHISTLE_REFERENCE_DIR's default)
 DEFAULT_VERSION = "district-v1"
+DISTRICT_FILE = "district.json"  # marks a reference directory's district version directory
+HOTLINE_FILE = "hotline.yaml"  # the 12345 call centre's labels and return-visit results
 
 COMPLEXITY_CLASSES = ("emergency", "ordinary", "complex")
 RESPONSIBILITY_MODES = ("territorial", "departmental")
@@ -385,11 +387,14 @@ class DistrictReference:
     ungridded_areas: Mapping[str, UngriddedArea]
     departments: Mapping[str, Unit]
     categories: Mapping[str, Category]
-    hotline_labels: Mapping[str, str]
+    hotline_labels: Mapping[str, str]  # fold_text(label or code) -> category code: categories.json's labels and hotline.yaml's
+    return_visit_ratings: Mapping[str, int]  # fold_text(return-visit result) -> the reporter's rating 1..5 (hotline.yaml)
+    hotline_version: str
     cameras: Mapping[str, Camera]
     gazetteer: Gazetteer
     spatial: PolygonIndex
     address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
+    directory: Path  # the district version directory it was read from (its files are rule files: streams.domain.rules)
 
     def unit_tiers(self) -> dict[str, str]:
         """Every unit's tier by unit id: where a return or an arbiter's assignment may send a case."""
@@ -408,9 +413,32 @@ class DistrictReference:
         """Category code for a hotline operator's label or a category code, compared after fold_text()."""
         return self.hotline_labels.get(fold_text(label))
 
+    def rating_for_return_visit(self, result: str) -> int | None:
+        """The reporter's rating 1..5 for the hotline's return-visit result as 12345 records it (满意 / 基本满意 / 不满意)."""
+        return self.return_visit_ratings.get(fold_text(result))
+
+
+def district_dir(reference_dir: Path | str) -> Path:
+    """The district version directory of a reference directory (WHISTLE_REFERENCE_DIR): its one subdirectory holding district.json.
+
+    A new district version is a new reference directory (the old one stays as it was: case events name its units)."""
+    root = Path(reference_dir)
+    if not root.is_dir():
+        raise ConfigError(f"reference directory {root} does not exist", file=str(root))
+    found = sorted(p for p in root.iterdir() if (p / DISTRICT_FILE).is_file())
+    if len(found) != 1:
+        raise config_error(root, "-", f"must hold exactly one district version directory (with {DISTRICT_FILE}), found "
+                                      f"{[p.name for p in found] or 'none'}")
+    return found[0]
+
+
+def load_district(reference_dir: Path | str) -> DistrictReference:
+    """The district of a reference directory (WHISTLE_REFERENCE_DIR), loaded and validated."""
+    return load_reference(district_dir(reference_dir))
+
 
 def load_reference(directory: Path | str | None = None) -> DistrictReference:
-    """Load and validate the reference data set in `directory` (default: the current district version)."""
+    """Load and validate the district version directory `directory` (default: the sample district's)."""
     root = Path(directory) if directory is not None else REFERENCE_ROOT / DEFAULT_VERSION
     if not root.is_dir():
         raise ConfigError(f"reference data directory {root} does not exist", file=str(root))
@@ -486,6 +514,7 @@ class _Loader:
             if not any(g.community_id == community_id for g in grids.values()):
                 raise self.fail("grids.geojson", "features", f"community {community_id!r} has no grid")
         categories, labels = self._load_categories(departments)
+        hotline_version, ratings = self._load_hotline(categories, labels)
         cameras = self._load_cameras(spatial)
         gazetteer = self._load_gazetteer(spatial, streets, prefixes, road_aliases)
         return DistrictReference(
@@ -493,8 +522,9 @@ class _Loader:
             district_desk=district_desk, supervision=supervision, discipline=discipline,
             units=MappingProxyType(units), streets=MappingProxyType(streets), communities=MappingProxyType(communities),
             grids=MappingProxyType(grids), ungridded_areas=MappingProxyType(areas), departments=MappingProxyType(departments),
-            categories=MappingProxyType(categories), hotline_labels=MappingProxyType(labels), cameras=MappingProxyType(cameras),
-            gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes),
+            categories=MappingProxyType(categories), hotline_labels=MappingProxyType(labels),
+            return_visit_ratings=MappingProxyType(ratings), hotline_version=hotline_version, cameras=MappingProxyType(cameras),
+            gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes), directory=self.root,
         )
 
     def _load_map(self, communities: dict[str, Community], streets: dict[str, Street], units: dict[str, Unit]):
@@ -582,6 +612,25 @@ class _Loader:
                     field = f"{where}.hotline_labels[{j - 1}]" if j else f"{where}.code"
                     raise self.fail("categories.json", field, f"label {label!r} already names category {labels[key]!r}")
         return categories, labels
+
+    def _load_hotline(self, categories: dict[str, Category], labels: dict[str, str]) -> tuple[str, dict[str, int]]:
+        """hotline.yaml: more operator labels per category (added to `labels`), and the return visit's results as ratings."""
+        file = HOTLINE_FILE
+        doc = read_yaml(self.root / file)
+        version = self._text(doc, "version", file, "version")
+        for code, listed in self._mapping(doc, "labels", file, "labels").items():
+            if code not in categories:
+                raise self.fail(file, f"labels.{code}", f"unknown category {code!r}")
+            for j, raw in enumerate(listed if isinstance(listed, list) else [None]):
+                label = self._as_text(raw, file, f"labels.{code}[{j}]")
+                if labels.setdefault(fold_text(label), code) != code:
+                    raise self.fail(file, f"labels.{code}[{j}]", f"label {label!r} already names category {labels[fold_text(label)]!r}")
+        ratings: dict[str, int] = {}
+        for result, rating in self._mapping(doc, "return_visit", file, "return_visit").items():
+            if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+                raise self.fail(file, f"return_visit.{result}", f"must be a rating 1..5, got {rating!r}")
+            ratings[fold_text(self._as_text(result, file, "return_visit"))] = rating
+        return version, ratings
 
     def _load_cameras(self, spatial: PolygonIndex) -> dict[str, Camera]:
         cameras: dict[str, Camera] = {}

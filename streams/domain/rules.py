@@ -17,12 +17,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.domain.calendar import BusinessCalendar
-from streams.domain.sla import SlaPolicy
+from streams.domain.calendar import DEFAULT_CALENDAR_FILE, BusinessCalendar, load_calendar
+from streams.domain.reference import DistrictReference, load_district
+from streams.domain.sla import SlaPolicy, load_policies
 from whistle.ground.datafiles import file_sha256
 from whistle.ground.times import from_epoch_ms, iso_ms
 
 POLICY, CALENDAR, CALENDAR_YEAR, REFERENCE = "policy", "calendar", "calendar_year", "reference"
+SLA_DIR = "sla"  # a reference directory's policies and calendars (streams/reference/README.md)
 _CHOSEN_BY_TIME = (POLICY, CALENDAR_YEAR)  # rules a decision takes by its time: a new one must not reach back
 
 
@@ -48,6 +50,25 @@ class RegisteredRule:
     rule_id: str
     file: str
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the workers decide with, loaded once from a reference directory (WHISTLE_REFERENCE_DIR): its district version
+    directory, and the SLA policies and calendar in its `sla/`. The worker and `audit replay` check them against the rules
+    registry, then decide (or replay) with them."""
+
+    reference: DistrictReference
+    policies: dict[str, SlaPolicy]
+    calendar: BusinessCalendar
+
+    @classmethod
+    def load(cls, reference_dir: Path) -> Rules:
+        sla = Path(reference_dir) / SLA_DIR
+        return cls(load_district(reference_dir), load_policies(sla), load_calendar(sla / DEFAULT_CALENDAR_FILE.name))
+
+    def files(self) -> list[RuleFile]:
+        return rule_files(self.policies, self.calendar, self.reference.directory)
 
 
 def rule_files(policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, reference_dir: Path) -> list[RuleFile]:

@@ -18,6 +18,8 @@ import random
 import sys
 from pathlib import Path
 
+import yaml
+
 from streams.domain.reference import REFERENCE_ROOT, PolygonIndex
 
 VERSION = "district-v1"
@@ -77,8 +79,31 @@ CATEGORIES = [
 ]
 
 
+# The 12345 call centre's side (hotline.yaml): labels its operators type beyond the matrix's own (variants, common typos),
+# and the return visit's (回访) results as it records them, as the reporter's rating 1..5 (ratings up to the policy's
+# unsatisfied_rating_max, 2, are unsatisfied; 基本满意 counts towards the satisfaction rate).
+HOTLINE = {
+    "version": "hotline-v1",
+    "labels": {
+        "garbage": ["垃圾乱堆", "垃圾乱放", "垃圾堆积", "拉圾堆放", "垃圾未清运"],
+        "drainage_blockage": ["下水道堵了", "管道堵塞", "污水冒溢", "下水到堵塞"],
+        "illegal_construction": ["违章搭建", "乱搭乱建"],
+        "illegal_parking": ["乱停乱放", "违章停放"],
+        "illegal_lpg_refilling": ["非法充气", "液化气私充"],
+        "ebike_charging_hazard": ["电瓶车充电", "电动车飞线充电"],
+        "fire_smoke": ["起火", "失火"],
+        "road_damage": ["井盖缺失", "井盖丢失", "井盖破损", "井盖被盗", "路面破损"],
+        "noise": ["噪声扰民", "噪音"],
+        "neighbour_dispute": ["邻里矛盾"],
+        "elderly_assistance": ["空巢老人"],
+        "gas_leak": ["燃气泄露", "天然气泄漏"],
+    },
+    "return_visit": {"满意": 5, "基本满意": 4, "不满意": 1, "satisfied": 5, "basically_satisfied": 4, "unsatisfied": 1},
+}
+
+
 def build(out_dir: Path) -> None:
-    """Write district.json, grids.geojson, cameras.csv, gazetteer.csv and categories.json into out_dir."""
+    """Write district.json, grids.geojson, cameras.csv, gazetteer.csv, categories.json and hotline.yaml into out_dir."""
     rng = random.Random(SEED)
     vertices = _jittered_lattice(rng)
     kept = _district_outline(rng)
@@ -136,6 +161,8 @@ def build(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out_dir / "district.json", json.dumps(district, ensure_ascii=False, indent=1) + "\n")
     _write(out_dir / "categories.json", json.dumps(categories, ensure_ascii=False, indent=1) + "\n")
+    _write(out_dir / "hotline.yaml", "# The 12345 hotline's labels and return-visit results (streams/reference/README.md)\n"
+           + yaml.safe_dump(HOTLINE, allow_unicode=True, sort_keys=False, width=200))
     _write(out_dir / "grids.geojson", _geojson(features))
     _write(out_dir / "cameras.csv", _csv(["camera_id", "name", "lat", "lon", "grid_id"], cameras))
     _write(out_dir / "gazetteer.csv", _csv(["address", "kind", "lat", "lon", "grid_id", "street_id"], gazetteer))

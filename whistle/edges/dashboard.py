@@ -60,7 +60,7 @@ from sinks import audit
 from sinks.anchor import Anchor, read_anchors, verify_all
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
-from streams.domain.reference import DEFAULT_VERSION, REFERENCE_ROOT, DistrictReference, load_reference
+from streams.domain.reference import DistrictReference, load_district, load_reference
 from whistle.ground.datafiles import read_entries
 from whistle.ground.errors import ConfigError, StackError, StoreError, ValidationError, WhistleError
 from whistle.ground.names import Topics
@@ -69,7 +69,6 @@ from whistle.ground.times import to_epoch_ms
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 ECHARTS_JS = STATIC_DIR / "node_modules" / "echarts" / "dist" / "echarts.min.js"  # `npm ci` in dashboard_static (make bootstrap)
-GRIDS_GEOJSON = REFERENCE_ROOT / DEFAULT_VERSION / "grids.geojson"
 SESSION_COOKIE = "whistle_session"
 DEFAULT_SESSION_TTL_S = 8 * 3600
 DEFAULT_MIN_CASES = 5  # as `whistle audit ranking`
@@ -418,7 +417,7 @@ class Dashboard:
         self.sessions = sessions
         self.reference = reference
         self.clock = clock
-        self._grids = GRIDS_GEOJSON.read_bytes()
+        self._grids = (reference.directory / "grids.geojson").read_bytes()
         self._verifying: asyncio.Future | None = None  # the verify run in progress, shared by the requests that wait for it
 
     # -- access ---------------------------------------------------------------------------------------
@@ -710,7 +709,7 @@ def run_dashboard(settings: Settings, host: str, port: int, users_file: Path | s
     users = load_users(users_file)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = build_app(AuditReader.for_settings(settings), users)
+    app = build_app(AuditReader.for_settings(settings), users, reference=load_district(settings.reference_dir))
     web.run_app(app, host=host, port=port, access_log=None, print=_log.info)
 
 

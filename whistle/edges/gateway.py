@@ -84,7 +84,7 @@ from streams.domain.credentials import (
 )
 from streams.domain.model import HandlingAction, Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher
-from streams.domain.reference import DistrictReference, load_reference
+from streams.domain.reference import DistrictReference, load_district
 from whistle.edges import open311
 from whistle.edges.sdk import Delivery, Publisher
 from whistle.ground.errors import ConfigError, ContractError, DeliveryError, StoreError, ValidationError, WhistleError
@@ -105,6 +105,7 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spac
 _OPEN311_PREFIX = "/open311/"
 _LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
 _SET_BY_WHISTLE = ("case_id", "at", "actor", "report_id")  # fields of a handling action the gateway sets, never the client
+RETURN_VISIT_RESULT = "return_visit_result"  # a return-visit key's rating as 12345 records it (满意 / 基本满意 / 不满意)
 _RECEIVED_NOTICE = "Received. A case is opened once the report has been routed to the responsible unit."
 
 
@@ -416,7 +417,7 @@ class Gateway:
         acting = self.credentials().acting.get(key.integrator, frozenset())
         kind = body.get("kind")
         if isinstance(kind, str) and kind in REPORTER_ACTIONS:
-            body = {**body, "unit_id": RETURN_VISIT if key.return_visit else REPORTER}
+            body = {**self._rated_return_visit(key, body), "unit_id": RETURN_VISIT if key.return_visit else REPORTER}
         elif not key.units:
             raise Refused(403, [("kind", not_a_unit(key, str(kind)).message)])
         elif "unit_id" not in body and len(key.units) == 1 and not key.below:
@@ -427,6 +428,24 @@ class Gateway:
         return await self._publish_action(request, key, action, body)
 
     # -- steps -------------------------------------------------------------------------------------
+
+    def _rated_return_visit(self, key: Credential, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with the return visit's result (`return_visit_result`) as the rating the reference data gives it
+        (hotline.yaml), the result kept as the note when there is none; the body as it is without one."""
+        if RETURN_VISIT_RESULT not in body:
+            return body
+        result = body[RETURN_VISIT_RESULT]
+        if not key.return_visit:
+            raise Refused(403, [(RETURN_VISIT_RESULT, f"{key.integrator} is not the hotline's return visit (a return_visit key)")])
+        if body.get("rating") is not None:
+            raise Refused(400, [(RETURN_VISIT_RESULT, "give the return visit's result or a rating, not both")])
+        rating = self.reference.rating_for_return_visit(result) if isinstance(result, str) else None
+        if rating is None:
+            known = ", ".join(sorted(self.reference.return_visit_ratings))
+            raise Refused(400, [(RETURN_VISIT_RESULT, f"{result!r} is not a return-visit result of {self.reference.hotline_version} "
+                                                      f"(hotline.yaml: {known})")])
+        rest = {name: value for name, value in body.items() if name != RETURN_VISIT_RESULT}
+        return {**rest, "rating": rating, "note": rest.get("note") or f"回访: {result}"}
 
     async def _publish_action(self, request: web.Request, key: Credential, action: Mapping[str, Any], body: Any) -> web.Response:
         """Validate `action` as the worker will, check the key may send it (the worker's own rules), publish it once."""
@@ -742,6 +761,9 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
     action_schema["additionalProperties"] = False
     action_schema["properties"]["unit_id"] = {**action_schema["properties"]["unit_id"], "description": (
         "The acting unit: one of the key's units (or under them). May be left out when the key acts for exactly one unit.")}
+    action_schema["properties"][RETURN_VISIT_RESULT] = {"type": "string", "description": (
+        "For rate, by a return_visit key instead of rating: the return visit's result as 12345 records it (满意, 基本满意, 不满意), "
+        "rated as the reference data's hotline.yaml says.")}
     accepted_action = {"type": "object", "required": ["action_id", "topic", "partition", "offset"], "properties": {
         "action_id": text, "topic": text, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}
     paths["/v1/cases/{case_id}/actions"] = {"post": {
@@ -795,7 +817,7 @@ def build_app(
     if clock().utcoffset() is None:
         raise ConfigError("the gateway clock returns naive datetimes; it must return UTC-aware ones", field="clock")
     current = credentials if callable(credentials) else (lambda: credentials)
-    gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_reference(),
+    gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_district(settings.reference_dir),
                       reader=reader or RequestStatusReader(settings.clickhouse), max_body_bytes=max_body_bytes,
                       idempotency_capacity=idempotency_capacity)
     app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
@@ -822,7 +844,7 @@ def run_gateway(settings: Settings, host: str, port: int, *, max_body_bytes: int
     """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit.
 
     The key file (`settings.keys_file`) is re-read when it changes: keys rotate without a restart."""
-    reference = load_reference()
+    reference = load_district(settings.reference_dir)
     credentials = CredentialsFile(settings.keys_file, reference)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -107,6 +107,9 @@ class Settings:
     record_signing_key: Secret = Secret("whistle-dev-only-signing-key")  # master of every integrator's record-signing secret
     integrator: str = ""  # a producer's own identity (SDK, `whistle publish`): its name in the key file ...
     integrator_secret: Secret = Secret("")  # ... and its record-signing secret, as `whistle keys signing-secret` printed it
+    # A city's own data: its district version directory (map, organisation, responsibility matrix, hotline mapping) and sla/
+    # (policies, calendars); format in streams/reference/README.md, checked by `whistle reference check DIR`
+    reference_dir: Path = PROJECT_ROOT / "streams" / "reference"
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process
     gateway_port: int = 18080
