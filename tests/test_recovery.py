@@ -92,7 +92,7 @@ def _v0_inbox(until: datetime | None = None, since: datetime | None = None):
     reference, serde, topics = load_reference(), Serde(), Topics()
     ingest = Ingestor(serde, reference, PersonalDataHasher("test-key"), topics, Senders.from_settings(Settings(), reference))
     old_case_ids: dict[str, str] = {}
-    for offset, event in enumerate(simulate(reference, SimConfig(seed=11, start=V0_START, incidents_per_day=240))):
+    for offset, event in enumerate(simulate(reference, SimConfig(seed=11, start=V0_START, incidents_per_day=240, returns_name_the_unit=False))):
         if (until is not None and event.at >= until) or (since is not None and event.at < since):
             continue
         topic, schema = SCHEMAS[event.source]

@@ -129,6 +129,7 @@ class SimConfig:
     late_resolve_share: float = 0.06
     silent_share: float = 0.005  # no unit ever acts on the case: it escalates rung by rung to discipline
     boundary_bounce_share: float = 0.1  # of territorial cases in a grid on a street boundary
+    returns_name_the_unit: bool = True  # a return names the grid across the boundary (False: as releases before target_unit_id)
     extension_share: float = 0.2  # of complex cases
     rated_share: float = 0.7  # of cases reported by people (return visit after resolution)
     unsatisfied_share: float = 0.08
@@ -602,10 +603,11 @@ class _Simulation:
                 other = handling.bounce_to
                 if not state.rejected_by:  # returns are quick; the accept clock keeps running through them
                     schedule(ActionKind.TRANSFER, holder, rng.uniform(5, 30) * _MINUTE_MS, False, reason="outside_jurisdiction",
-                             note=f"位置属于{other}，非本网格辖区", target_unit_id=other)
+                             note=f"位置属于{other}，非本网格辖区", target_unit_id=other if config.returns_name_the_unit else None)
                 else:  # the grid named returns it in turn, naming the first
                     schedule(ActionKind.TRANSFER, holder, rng.uniform(10, 45) * _MINUTE_MS, False, reason="outside_jurisdiction",
-                             note=f"争议位置在与{state.rejected_by[0][2:5]}交界处，非本单位辖区", target_unit_id=state.rejected_by[0])
+                             note=f"争议位置在与{other[2:5]}交界处，非本单位辖区",
+                             target_unit_id=state.rejected_by[0] if config.returns_name_the_unit else None)
             elif state.arbitration and handling.arbiter_silent:
                 return
             else:  # the common parent handed a boundary dispute takes it quickly
