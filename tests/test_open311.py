@@ -8,6 +8,7 @@ import pytest
 from schemas.catalog import default_catalog
 from schemas.serde import Serde
 from streams.domain.pii import PersonalDataHasher
+from streams.domain.sla import load_policies, policy_in_force
 from whistle.edges import open311
 from whistle.ground.errors import ValidationError
 
@@ -27,7 +28,8 @@ def post(ref, **fields):
     base = {"service_code": "drainage_blockage", "lat": "27.8307", "long": "113.1402", "email": "Li.Wei@example.cn",
             "description": "下水道堵了", "media_url": "https://img.example.cn/1.jpg"}
     return open311.app_event({k: v for k, v in {**base, **fields}.items() if v is not None}, report_id="o311-1", received_at=NOW,
-                             hasher=HASHER, jurisdiction_id=ref.district_id, validate=lambda r: SERDE.validate("AppEvent", r))
+                             hasher=HASHER, jurisdiction_id=ref.district_id, gazetteer=ref.gazetteer,
+                             validate=lambda r: SERDE.validate("AppEvent", r))
 
 
 def problems_of(ref, **fields):
@@ -36,11 +38,16 @@ def problems_of(ref, **fields):
     return dict(caught.value.problems)
 
 
-def test_every_category_is_a_service_with_keywords_and_its_department_as_group(ref):
-    services = {s.service_code: s.as_json() for s in open311.services(default_catalog().categories.values(), ref)}
+@pytest.fixture(scope="module")
+def policy():
+    return policy_in_force(load_policies(), NOW)
+
+
+def test_every_category_is_a_service_with_keywords_and_its_department_as_group(ref, policy):
+    services = {s.service_code: s.as_json() for s in open311.services(default_catalog().categories.values(), ref, policy)}
     assert list(services) == list(default_catalog().categories)
     garbage = services["garbage"]
-    assert garbage["metadata"] is False and garbage["type"] == "realtime"
+    assert garbage["metadata"] is True and garbage["type"] == "realtime"
     assert "垃圾清运" in garbage["keywords"].split(",")
     assert garbage["group"] == ref.departments[ref.categories["garbage"].owner_department_id].name
 
@@ -86,8 +93,8 @@ def test_a_query_defaults_to_the_last_90_days_and_may_not_span_more():
     assert narrowed.start == datetime(2025, 5, 31, 16, tzinfo=UTC) and narrowed.statuses == ("closed",)
     with pytest.raises(ValidationError) as caught:
         open311.request_query({"start_date": "2025-01-01T00:00:00Z", "end_date": "2025-06-01", "status": "pending",
-                               "service_code": "potholes", "page": "2"}, now=NOW, service_codes={"garbage"})
-    assert {field for field, _ in caught.value.problems} == {"end_date", "status", "service_code", "page"}
+                               "service_code": "potholes", "pages": "2"}, now=NOW, service_codes={"garbage"})
+    assert {field for field, _ in caught.value.problems} == {"end_date", "status", "service_code", "pages"}
 
 
 def test_ids_are_a_comma_separated_list():
