@@ -269,18 +269,21 @@ def app_event(
     address = _text(fields, "address_string", problems)
     if address:
         report["address_text"] = address
+    unplaced: tuple[str, ...] = ()  # no position: said once (address_string, or lat and long), not again by the schema
     if "lat" not in report and "lon" not in report:
         if address:
             report["lat"], report["lon"] = _gazetteer_position(address, gazetteer, problems)
         else:
             problems.extend((name, "required: send lat and long, or an address_string of the district's gazetteer") for name in ("lat", "long"))
+        if report.get("lat") is None:
+            unplaced = ("lat", "long")
     media_url = _media_url(fields, problems)
     if media_url:
         report["photo_refs"] = [media_url]
     pseudonym = _reporter_pseudonym(fields, hasher, problems)
     if pseudonym:
         report["reporter_id"] = pseudonym
-    reported = {name for name, _ in problems}
+    reported = {name for name, _ in problems} | set(unplaced)
     try:
         record = validate({"event": {"ResidentReport": {k: v for k, v in report.items() if v is not None}}})
     except ValidationError as exc:
