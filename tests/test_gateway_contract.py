@@ -146,7 +146,7 @@ def test_openapi_describes_every_endpoint_and_status_from_the_schemas(live_gatew
     action = document["paths"]["/v1/cases/{case_id}/actions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert not {"case_id", "at", "actor", "report_id"} & set(action["properties"]) and "unit_id" not in action["required"]
     query = {p["name"] for p in document["paths"]["/open311/v2/requests.json"]["get"]["parameters"]}
-    assert query == {"jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status"}
+    assert query == {"jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status", "page", "page_size"}
 
 
 def test_schemathesis_finds_no_server_error_with_kafka_up_and_only_503_with_kafka_down(live_gateway, dead_gateway):

@@ -812,8 +812,10 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
     service_request = {"type": "object", "additionalProperties": True, "properties": {
         "service_request_id": text, "status": {"type": "string", "enum": list(open311.STATUSES)}, "status_notes": text,
         "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text}}
-    query = [{"name": name, "in": "query", "required": False, "description": doc,
-              "schema": {**text, "enum": list(open311.STATUSES)} if name == "status" else text}
+    query_schemas: dict[str, Any] = {"status": {**text, "enum": list(open311.STATUSES)},
+                                     "page": {"type": "integer", "minimum": 1, "maximum": open311.MAX_PAGE},
+                                     "page_size": {"type": "integer", "minimum": 1, "maximum": open311.MAX_QUERY_RESULTS}}
+    query = [{"name": name, "in": "query", "required": False, "description": doc, "schema": query_schemas.get(name, text)}
              for name, doc in open311.QUERY_PARAMETERS.items() if name != "api_key"]
     get_statuses = ("400", "401", "403", "429", "503")
     paths["/open311/v2/services.json"] = {"get": {
