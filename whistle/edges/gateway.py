@@ -112,7 +112,7 @@ _log = logging.getLogger("whistle.edges.gateway")
 _access_log = logging.getLogger("whistle.edges.gateway.access")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
 _OPEN311_PREFIX = "/open311/"
-_OPEN311_FORMAT = "{fmt:json|xml}"  # the format suffix of every GeoReport v2 path
+_OPEN311_FORMAT = "{fmt:" + "|".join(open311.FORMATS) + "}"  # the format suffix of every GeoReport v2 path: {fmt:json|xml}
 _LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
 _SET_BY_WHISTLE = ("case_id", "at", "actor", "report_id")  # fields of a handling action the gateway sets, never the client
 RETURN_VISIT_RESULT = "return_visit_result"  # a return-visit key's rating as 12345 records it (满意 / 基本满意 / 不满意)
@@ -807,11 +807,14 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
                                              for name in ("lat", "long")}}
     service_code = {"type": "string", "enum": list(service_names)}
     form_properties["service_code"] = json_properties["service_code"] = {**service_code, "description": open311.REQUEST_FIELDS["service_code"]}
-    request_schema = {"type": "object", "required": ["service_code", "lat", "long"], "additionalProperties": False}
+    request_schema = {"type": "object", "required": ["service_code"], "additionalProperties": False}  # lat and long, or address_string
     open311_keyed: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
     service_request = {"type": "object", "additionalProperties": True, "properties": {
         "service_request_id": text, "status": {"type": "string", "enum": list(open311.STATUSES)}, "status_notes": text,
-        "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text}}
+        "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text,
+        "expected_datetime": {"type": "string", "nullable": True, "description": "The case's pending accept or resolve deadline."},
+        "notes": {"type": "array", "items": {"type": "object", "properties": {"datetime": text, "description": text}}},
+        "extended_attributes": {"type": "object", "properties": {"x_status": {"type": "string", "enum": list(open311.EXTENDED_STATUSES)}}}}}
     query_schemas: dict[str, Any] = {"status": {**text, "enum": list(open311.STATUSES)},
                                      "page": {"type": "integer", "minimum": 1, "maximum": open311.MAX_PAGE},
                                      "page_size": {"type": "integer", "minimum": 1, "maximum": open311.MAX_QUERY_RESULTS}}

@@ -22,8 +22,8 @@ Status: Open311 knows only open|closed; a request is closed when its case's late
 `closed`. `status_notes` carries the finer state ("received" until the report became a case), the
 `extended_attributes.x_status` FixMyStreet's extended status (EXTENDED_STATUS, the one mapping), `notes`
 the case's events as an update history (fixed texts and office names only: no personal data), and
-`expected_datetime` the case's pending accept or resolve deadline as the SLA engine computes it
-(`expected_datetime`: the case's events folded, then streams.domain.sla.deadlines_for).
+`expected_datetime` the case's pending accept or resolve deadline as the SLA engine computes it (the
+function `expected_datetime`: the case's events folded, then streams.domain.sla.deadlines_for).
 """
 from __future__ import annotations
 
