@@ -28,6 +28,7 @@ from whistle.ground.times import from_epoch_ms
 
 NOW = datetime(2025, 6, 12, 8, 0, tzinfo=UTC)
 CASE = "S10-20250612-0a0a0a0a0a"
+UNDER_V2 = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)  # a Tuesday under policy-v2 (oversight urges the holder)
 HASHER = PersonalDataHasher("test-key")
 SERDE = Serde(default_catalog())
 
@@ -39,10 +40,10 @@ def ref():
     return load_reference()
 
 
-def post(ref, **fields):
+def post(ref, received_at=NOW, **fields):
     base = {"service_code": "drainage_blockage", "lat": "27.8307", "long": "113.1402", "email": "Li.Wei@example.cn",
             "description": "下水道堵了", "media_url": "https://img.example.cn/1.jpg"}
-    return open311.app_event({k: v for k, v in {**base, **fields}.items() if v is not None}, report_id="o311-1", received_at=NOW,
+    return open311.app_event({k: v for k, v in {**base, **fields}.items() if v is not None}, report_id="o311-1", received_at=received_at,
                              hasher=HASHER, jurisdiction_id=ref.district_id, gazetteer=ref.gazetteer,
                              validate=lambda r: SERDE.validate("AppEvent", r))
 
@@ -236,9 +237,10 @@ def test_pages_are_counted_from_one_and_hold_at_most_1000_requests():
         assert [field for field, _ in refused.value.problems] == [named], params
 
 
-def case_log(ref, record, case_id, steps=()):
+def case_log(ref, record, case_id, steps=(), until=None):
     """The case events an app report (an AppEvent record) leads to, by the worker's own functions: normalize,
-    enrich, CaseBook (open, then each (action kind, minutes after the report, fields) by the unit holding the case)."""
+    enrich, CaseBook (open, then each (action kind, minutes after the report, fields) by the unit holding the case,
+    then the SLA engine's time moved to `until`)."""
     report = normalize_app_report(from_record(ResidentReport, record["event"][1]), ref, HASHER.reporter, "resident-app")
     book = CaseBook(POLICIES, CALENDAR, functools.partial(common_parent, ref))
     events, _ = book.open(Enricher(ref).enrich(report), case_id, report.occurred_at)
@@ -246,6 +248,8 @@ def case_log(ref, record, case_id, steps=()):
         unit = fields.pop("unit_id", book.states[case_id].assignee.unit_id)
         more, _ = book.act(HandlingAction(f"act-{n}", case_id, kind, unit, report.occurred_at + timedelta(minutes=minutes), **fields))
         events = events + more
+    if until is not None:
+        events = events + book.advance(until)[0]
     return events
 
 
@@ -266,17 +270,28 @@ def test_expected_datetime_is_the_pending_accept_or_resolve_deadline_of_the_sla_
     assert [resolve_by] == pending(accepted, DeadlineKind.RESOLVE_OVERDUE)
     assert accept_by != resolve_by  # the control: accepting moves the promise from the accept to the resolve deadline
     assert open311.expected_datetime(resolved, POLICIES, CALENDAR) is None and open311.expected_datetime((), POLICIES, CALENDAR) is None
+    urged = case_log(ref, post(ref, received_at=UNDER_V2), CASE, [(ActionKind.ACCEPT, 30, {})], until=UNDER_V2 + timedelta(days=20))
+    assert urged[-1].kind == "urged" and [open311.expected_datetime(urged, POLICIES, CALENDAR)] == pending(urged, DeadlineKind.RESOLVE_OVERDUE)
+    assert open311.expected_datetime(urged, POLICIES, CALENDAR) != open311.expected_datetime(urged[:-1], POLICIES, CALENDAR)  # urging set a new one
     with pytest.raises(DomainError):  # a chain with a hole is refused, not folded into a wrong promise
         open311.expected_datetime([accepted[0], accepted[-1]], POLICIES, CALENDAR)
 
 
-def test_every_lifecycle_kind_maps_to_one_of_fixmystreets_statuses_and_a_merged_report_is_a_duplicate():
-    assert set(open311.EXTENDED_STATUS) == {kind for kind in Kind if kind not in (Kind.REPORT_MERGED, Kind.LATE_ACTION)}
+def test_every_lifecycle_kind_maps_to_one_of_fixmystreets_statuses_and_a_merged_report_is_a_duplicate(ref):
+    # every kind either sets a status or keeps it, never both: a new kind of case event fails here until it is placed
+    assert set(open311.EXTENDED_STATUS) | set(open311.STATUS_KEEPING_KINDS) == set(Kind)
+    assert not set(open311.EXTENDED_STATUS) & set(open311.STATUS_KEEPING_KINDS)
+    assert set(open311._STATUS_NOTES) == set(Kind) - {Kind.REPORT_MERGED, Kind.LATE_ACTION}  # and has a note
     assert set(open311.EXTENDED_STATUS.values()) <= set(open311.EXTENDED_STATUSES) and len(open311.EXTENDED_STATUSES) == 12
     assert open311.extended_status(progress()) == "FOR_TRIAGE"
     assert open311.extended_status(progress(case_id="C1", own_kind="opened", last_kind="accepted")) == "IN_PROGRESS"
     assert open311.extended_status(progress(case_id="C1", own_kind="opened", last_kind="reopened")) == "REOPEN"
     assert open311.extended_status(progress(case_id="C1", own_kind="report_merged", last_kind="accepted")) == "DUPLICATE"
+    events = case_log(ref, post(ref, received_at=UNDER_V2), CASE, [(ActionKind.ACCEPT, 30, {})], until=UNDER_V2 + timedelta(days=20))
+    assert [e.kind for e in events][-2:] == ["accepted", "urged"]  # policy-v2's supervision urged the holder
+    urged = progress(case_id=CASE, own_kind="opened", last_kind="urged", events=tuple(events))
+    assert open311.extended_status(urged) == "IN_PROGRESS"  # oversight keeps the case where it was
+    assert open311.extended_status(progress(case_id=CASE, own_kind="opened", last_kind="urged")) == "FOR_TRIAGE"  # the control: no event sets it
 
 
 def test_notes_list_the_cases_events_without_anything_a_person_wrote(ref):

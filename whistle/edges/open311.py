@@ -127,13 +127,21 @@ _STATUS_NOTES: dict[str, str] = {  # by case event kind (Kind is a StrEnum: plai
     Kind.RATED: "rated by the reporter",
     Kind.REOPENED: "reopened",
     Kind.CLOSED: "closed",
+    Kind.URGED: "the unit responsible was urged by the supervision office",
+    Kind.CRITICIZED: "the unit responsible was criticised in writing for letting an urging lapse",
+    Kind.REFERRED: "referred to the discipline commission",
+    Kind.EXTENSION_REQUESTED: "more time requested",
+    Kind.EXTENSION_DENIED: "more time denied",
+    Kind.RESUMED: "work resumed",
 }
 _MERGED_NOTE = "merged with an earlier report of the same incident"
 _OTHER_MERGED_NOTE = "another report of the same incident merged into the case"
 _WAITING_NOTE = "waiting on the reporter"
 _UTC = UTC
 
-# FixMyStreet's extended status of a request, by its case's latest lifecycle event: the one mapping (x_status).
+# FixMyStreet's extended status of a request, by its case's latest event that sets one: the one mapping (x_status).
+# STATUS_KEEPING_KINDS leave it as it was: oversight (the holder keeps the case), an extension asked or refused
+# (the work goes on), merges of other reports and late actions.
 # Of FixMyStreet's set, NOT_COUNCILS_RESPONSIBILITY, NO_FURTHER_ACTION and CANCELLED never occur: no case event of
 # Whistle's ends a case but closing it after its resolution (a unit returning a case passes it on inside the district).
 EXTENDED_STATUSES = ("FIXED", "IN_PROGRESS", "ACTION_SCHEDULED", "INVESTIGATING", "DUPLICATE", "NOT_COUNCILS_RESPONSIBILITY",
@@ -149,7 +157,10 @@ EXTENDED_STATUS: Mapping[str, str] = {
     Kind.RATED: "FIXED",  # an unsatisfied rating: still resolved until the SLA engine escalates it
     Kind.REOPENED: "REOPEN",
     Kind.CLOSED: "CLOSED",
+    Kind.RESUMED: "IN_PROGRESS",  # the wait on the reporter is over
 }
+STATUS_KEEPING_KINDS = (Kind.REPORT_MERGED, Kind.LATE_ACTION, Kind.URGED, Kind.CRITICIZED, Kind.REFERRED, Kind.EXTENSION_REQUESTED,
+                        Kind.EXTENSION_DENIED)
 RECEIVED_STATUS = "FOR_TRIAGE"  # not a case yet
 MERGED_STATUS = "DUPLICATE"  # a report merged into an earlier report's case: its progress is that case's (notes)
 _EXPECTED_KINDS = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE)  # the deadlines expected_datetime shows
@@ -537,12 +548,14 @@ def expected_datetime(events: Sequence[CaseEvent], policies: Mapping[str, SlaPol
 
 
 def extended_status(progress: RequestProgress) -> str:
-    """FixMyStreet's extended status of a request (EXTENDED_STATUS); a merged report is a DUPLICATE."""
-    if progress.case_id is None or progress.last_kind is None:
+    """FixMyStreet's extended status of a request: EXTENDED_STATUS of its case's latest event that sets one (its
+    events, else its latest lifecycle kind); a merged report is a DUPLICATE, one not yet a case FOR_TRIAGE."""
+    if progress.case_id is None:
         return RECEIVED_STATUS
     if progress.own_kind == Kind.REPORT_MERGED:
         return MERGED_STATUS
-    return EXTENDED_STATUS.get(progress.last_kind, RECEIVED_STATUS)
+    kinds = [event.kind for event in progress.events] or [progress.last_kind or ""]
+    return next((EXTENDED_STATUS[kind] for kind in reversed(kinds) if kind in EXTENDED_STATUS), RECEIVED_STATUS)
 
 
 def update_notes(progress: RequestProgress, reference: DistrictReference) -> list[dict[str, Any]]:
