@@ -266,7 +266,7 @@ def test_open311_services_list_every_category(gw_settings, publisher, keys):
 
     status, services = serve(build_app(gw_settings, publisher, keys, Clock()), scenario)
     assert status == 200 and [s["service_code"] for s in services] == list(default_catalog().categories)
-    assert all(s["metadata"] is False and s["type"] == "realtime" and s["group"] for s in services)
+    assert all(s["metadata"] is True and s["type"] == "realtime" and s["group"] for s in services)
 
 
 def test_an_open311_request_lands_on_kafka_with_its_category_and_a_hashed_reporter(gw_settings, publisher, keys):
@@ -351,7 +351,7 @@ def test_the_status_query_gives_the_same_answers_on_clickhouse_18_and_modern(eng
     def stored(report_id, code, offset, sender="resident-app", signer=None):
         record = open311.app_event({"service_code": code, "lat": "27.83", "long": "113.14", "device_id": "d-1", "address_string": "建设北路"},
                                    report_id=report_id, received_at=NOW, hasher=hasher, jurisdiction_id="D01",
-                                   validate=lambda r: serde.validate("AppEvent", r))
+                                   gazetteer=load_reference().gazetteer, validate=lambda r: serde.validate("AppEvent", r))
         value = serde.encode("AppEvent", record)
         headers = (signer or signers(sender)).headers(topics.app, report_id.encode(), value)
         return rows.row(Position(topics.app, 0, offset), report_id.encode(), value, 0, 0, headers).values

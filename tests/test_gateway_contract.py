@@ -40,7 +40,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 FUZZ_KEY = f"key-fuzz-{uuid.uuid4().hex}"
 EXAMPLES = 20  # per operation and generation mode
 ENDPOINTS = ("/v1/camera/detections", "/v1/hotline/tickets", "/v1/cases/S01-20250612-0123456789/actions", "/open311/v2/services.json",
-             "/open311/v2/requests.json", "/open311/v2/requests/o311-x.json", "/open311/v2/requests/o311-x/feedback.json", "/openapi.json")
+             "/open311/v2/requests.json", "/open311/v2/requests/o311-x.json", "/open311/v2/requests/o311-x/feedback.json", "/openapi.json",
+             "/open311/v2/services/garbage.xml", "/open311/v2/tokens/o311-x.json", "/open311/v2/requests.xml")
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +141,12 @@ def test_openapi_describes_every_endpoint_and_status_from_the_schemas(live_gatew
     assert "Retry-After" in camera["responses"]["503"]["headers"]
     assert set(document["paths"]) == {"/v1/camera/detections", "/v1/hotline/tickets", "/v1/cases/{case_id}/actions",
                                       "/open311/v2/services.json", "/open311/v2/requests.json", "/open311/v2/requests/{service_request_id}.json",
-                                      "/open311/v2/requests/{service_request_id}/feedback.json", "/openapi.json"}
+                                      "/open311/v2/requests/{service_request_id}/feedback.json", "/open311/v2/services/{service_code}.json",
+                                      "/open311/v2/tokens/{token}.json", "/openapi.json"}
     action = document["paths"]["/v1/cases/{case_id}/actions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert not {"case_id", "at", "actor", "report_id"} & set(action["properties"]) and "unit_id" not in action["required"]
     query = {p["name"] for p in document["paths"]["/open311/v2/requests.json"]["get"]["parameters"]}
-    assert query == {"jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status"}
+    assert query == {"jurisdiction_id", "service_request_id", "service_code", "start_date", "end_date", "status", "page", "page_size"}
 
 
 def test_schemathesis_finds_no_server_error_with_kafka_up_and_only_503_with_kafka_down(live_gateway, dead_gateway):

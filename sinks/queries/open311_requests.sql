@@ -9,7 +9,7 @@
 --   all_codes        1: every category; 0: those in `codes` (('') when all_codes = 1)
 --   want_open, want_closed  1/0: which Open311 statuses to return
 --   closed_kinds     tuple of case event kinds after which a request is closed (whistle.edges.open311.CLOSED_KINDS)
---   limit            at most this many rows, newest first
+--   offset, limit    the page: skip `offset` rows, then at most `limit` rows, newest first (ties by id, then sender)
 --
 -- One row per report: a report is its sender's (the integrator whose signature verified) and its id, and
 -- reaches its case by the scoped id the worker gave it (app:<sender>:<id>). Unsigned reports are left out:
@@ -95,5 +95,5 @@ ANY LEFT JOIN
 ) AS cases USING scoped_id
 WHERE (%(want_open)s = 1 AND last_kind NOT IN %(closed_kinds)s)
    OR (%(want_closed)s = 1 AND last_kind IN %(closed_kinds)s)
-ORDER BY requested_ms DESC, report_id
-LIMIT %(limit)s
+ORDER BY requested_ms DESC, report_id, sender
+LIMIT %(offset)s, %(limit)s

@@ -4,11 +4,15 @@ Endpoints
 - POST /v1/camera/detections      a CameraDetection as JSON (camera platforms' webhooks)
 - POST /v1/hotline/tickets        a HotlineTicket as JSON (the 12345 call-centre system)
 - POST /v1/cases/{id}/actions     a handling unit's action; the unit is the key's, the time the gateway's clock
-- GET  /open311/v2/services.json  our categories as Open311 services (public)
-- POST /open311/v2/requests.json  Open311 GeoReport v2 service request (form-encoded or JSON) -> app report
-- GET  /open311/v2/requests.json and /open311/v2/requests/{id}.json   request status from the audit store (no key:
-                                  public fields only; the filer's key: its own requests in full)
-- POST /open311/v2/requests/{id}/feedback.json   the reporter rates or reopens their request (a Whistle extension)
+- Open311 GeoReport v2, every path in .json or .xml (the standard's element names):
+  GET  /open311/v2/services         our categories as Open311 services (public)
+  GET  /open311/v2/services/{code}  a service definition (its informational attributes)
+  POST /open311/v2/requests         a service request (form-encoded or JSON) -> app report; its id and token
+  GET  /open311/v2/tokens/{token}   the request id of a token
+  GET  /open311/v2/requests and /open311/v2/requests/{id}   request status from the audit store, paged (page,
+                                    page_size), with notes, extended status and expected_datetime (no key: public
+                                    fields only; the filer's key: its own requests in full)
+  POST /open311/v2/requests/{id}/feedback   the reporter rates or reopens their request (a Whistle extension)
 - GET  /openapi.json              this API as OpenAPI 3.0, generated from the Avro schemas and the Open311 mapping (public)
 
 Who may do what is `streams.domain.credentials`'s (the key file, re-read when it changes); every record the
@@ -20,8 +24,8 @@ Guarantees, in the order a request meets them:
 - 429 when the key's token bucket is empty (per key: rate per second and burst, from the key file);
 - 413 over the body size limit (default 64 KiB; an Open311 POST is read first, as its key may be in the body);
 - 400 naming every invalid field at once: {"errors": [{"field", "message"}]} on /v1, and the Open311
-  error list [{"code", "description", "field"}] on /open311 (bodies that do not decode in their
-  charset, unknown charsets and file uploads included: field `body` or the form field);
+  error list [{"code", "description", "field"}] on /open311 (`<errors><error>` for a .xml path; bodies
+  that do not decode in their charset, unknown charsets and file uploads included: field `body` or the form field);
 - 202 with the event id only after Kafka acknowledged the write, 503 with Retry-After when Kafka did not
   take it (refused, or no ack within `Settings.gateway_kafka_timeout_s`, 2 s by default, so that a Kafka
   outage does not hold connections): nothing is acknowledged that was not written.
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -66,9 +71,10 @@ from aiohttp import web
 
 from schemas.serde import Serde, from_record
 from schemas.validation import ID_RULE, id_problem, json_schema
-from sinks.audit import run_query
+from sinks.audit import run_query, stored_case_event
 from sinks.clickhouse import Engine, ServerEngine
-from streams.domain.case import Kind, decode_chain
+from streams.domain.calendar import BusinessCalendar
+from streams.domain.case import CaseEvent, Kind, decode_chain
 from streams.domain.case_id import partition_key_of_case
 from streams.domain.credentials import (
     REPORTER,
@@ -85,6 +91,8 @@ from streams.domain.credentials import (
 from streams.domain.model import HandlingAction, Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_district
+from streams.domain.rules import Rules
+from streams.domain.sla import SlaPolicy, policy_in_force
 from whistle.edges import open311
 from whistle.edges.sdk import Delivery, Publisher
 from whistle.ground.errors import ConfigError, ContractError, DeliveryError, StoreError, ValidationError, WhistleError
@@ -94,6 +102,7 @@ from whistle.ground.times import from_epoch_ms, to_epoch_ms, utc_now
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDEMPOTENCY_CAPACITY = 100_000
 REQUESTS_QUERY = "open311_requests"  # sinks/queries/open311_requests.sql
+CASE_EVENTS_QUERY = "open311_case_events"  # sinks/queries/open311_case_events.sql
 CASE_UNITS_QUERY = "case_units"  # sinks/queries/case_units.sql
 API_KEY_HEADER = "X-API-Key"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -103,6 +112,7 @@ _log = logging.getLogger("whistle.edges.gateway")
 _access_log = logging.getLogger("whistle.edges.gateway.access")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
 _OPEN311_PREFIX = "/open311/"
+_OPEN311_FORMAT = "{fmt:" + "|".join(open311.FORMATS) + "}"  # the format suffix of every GeoReport v2 path: {fmt:json|xml}
 _LOG_ENTRY = web.RequestKey("log_entry", dict)  # what the access log line will say about the request
 _SET_BY_WHISTLE = ("case_id", "at", "actor", "report_id")  # fields of a handling action the gateway sets, never the client
 RETURN_VISIT_RESULT = "return_visit_result"  # a return-visit key's rating as 12345 records it (满意 / 基本满意 / 不满意)
@@ -154,17 +164,33 @@ def _invalid(exc: ValidationError, envelope: str = "") -> Refused:
                    or [(exc.context.get("field"), exc.message)])
 
 
-def _error_response(refusal: Refused, open311_format: bool) -> web.Response:
+def _error_response(refusal: Refused, open311_format: str | None) -> web.Response:
+    """The refusal as the caller's format speaks errors: /v1 JSON, or Open311 (`open311_format` json or xml)."""
     if open311_format:  # GeoReport v2 errors: a list of {code, description}; `field` added
         body: Any = [{"code": refusal.status, "description": f"{name}: {message}" if name else message, "field": name}
                      for name, message in refusal.problems]
-    else:
-        body = {"errors": [{"field": name, "message": message} for name, message in refusal.problems]}
+        return _open311(open311_format, "errors", body, refusal.status, refusal.headers)
+    body = {"errors": [{"field": name, "message": message} for name, message in refusal.problems]}
     return web.Response(status=refusal.status, body=orjson.dumps(body), content_type="application/json", headers=refusal.headers)
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _open311(fmt: str, root: str, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An Open311 response in the path's format: JSON, or XML under the standard's `root` element."""
+    if fmt == "xml":
+        return web.Response(status=status, body=open311.xml_document(root, body), content_type="text/xml", charset="utf-8",
+                            headers=headers)
+    return _json(body, status, headers)
+
+
+def _open311_format(path: str) -> str | None:
+    """json or xml for an Open311 path (by its suffix: a .xml path is answered in XML, errors included); None off Open311."""
+    if not path.startswith(_OPEN311_PREFIX):
+        return None
+    return "xml" if path.endswith(".xml") else "json"
 
 
 # ---------------------------------------------------------------------------------------------- idempotency
@@ -216,7 +242,7 @@ class RequestStatusReader:
         self._local = threading.local()
 
     def lookup(self, query: open311.RequestQuery) -> list[open311.RequestProgress]:
-        """Reports matching `query`, newest first (blocking: call it in a thread). StoreError if ClickHouse fails."""
+        """Reports matching `query`, newest first, with their cases' events (blocking: call it in a thread). StoreError if ClickHouse fails."""
         return find_requests(self._engine(), self._clickhouse.database, query)
 
     def case_units(self, case_id: str) -> frozenset[str]:
@@ -234,7 +260,8 @@ class RequestStatusReader:
 
 
 def find_requests(engine: Engine, database: str, query: open311.RequestQuery) -> list[open311.RequestProgress]:
-    """Run sinks/queries/open311_requests.sql for `query` on any engine (the server, or chdb in tests)."""
+    """Run sinks/queries/open311_requests.sql for `query` on any engine (the server, or chdb in tests), then
+    open311_case_events.sql for the cases they reached: each progress carries its case's events."""
     params = {
         "by_id": int(bool(query.ids)),
         "ids": query.ids or ("",),
@@ -245,9 +272,25 @@ def find_requests(engine: Engine, database: str, query: open311.RequestQuery) ->
         "want_open": int("open" in query.statuses),
         "want_closed": int("closed" in query.statuses),
         "closed_kinds": open311.CLOSED_KINDS,
+        "offset": query.offset,
         "limit": query.limit,
     }
-    return [_progress(row) for row in run_query(engine, database, REQUESTS_QUERY, params).rows]
+    found = [_progress(row) for row in run_query(engine, database, REQUESTS_QUERY, params).rows]
+    events = case_events_of(engine, database, {p.case_id for p in found if p.case_id})
+    return [dataclasses.replace(p, events=events.get(p.case_id, ())) if p.case_id else p for p in found]
+
+
+def case_events_of(engine: Engine, database: str, case_ids: set[str]) -> dict[str, tuple[CaseEvent, ...]]:
+    """Run sinks/queries/open311_case_events.sql: each case's stored events in seq order, the first stored copy of each."""
+    if not case_ids:
+        return {}
+    events: dict[str, list[CaseEvent]] = {}
+    for row in run_query(engine, database, CASE_EVENTS_QUERY, {"case_ids": tuple(sorted(case_ids))}).rows:
+        event, _ = stored_case_event(row)
+        chain = events.setdefault(event.case_id, [])
+        if not chain or chain[-1].seq != event.seq:
+            chain.append(event)
+    return {case_id: tuple(chain) for case_id, chain in events.items()}
 
 
 def case_units(engine: Engine, database: str, case_id: str) -> frozenset[str]:
@@ -280,13 +323,16 @@ class Gateway:
     """Request handlers and their state (keys, buckets, receipts). Build it with `build_app`."""
 
     def __init__(self, settings: Settings, publisher: Publisher, credentials: Callable[[], Credentials], clock: Clock, *, serde: Serde,
-                 reference: DistrictReference, reader: RequestStatusReader, max_body_bytes: int, idempotency_capacity: int) -> None:
+                 reference: DistrictReference, policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar, reader: RequestStatusReader,
+                 max_body_bytes: int, idempotency_capacity: int) -> None:
         self.publisher = publisher
         self.credentials = credentials
         self.master = settings.record_signing_key.value
         self.clock = clock
         self.serde = serde
         self.reference = reference
+        self.policies = policies
+        self.calendar = calendar
         self.reader = reader
         self.hasher = PersonalDataHasher(settings.pii_hmac_key)
         self.max_body_bytes = max_body_bytes
@@ -294,9 +340,8 @@ class Gateway:
         self._buckets: dict[str, TokenBucket] = {}
         self._receipts = BoundedLru(idempotency_capacity)
         self._received = BoundedLru(idempotency_capacity)  # Open311 reports this process published, by report id
-        services = open311.services(serde.catalog.categories.values(), reference)
-        self._services_body = orjson.dumps([service.as_json() for service in services])
-        self._service_names = {service.service_code: service.service_name for service in services}
+        self._services_by_policy: dict[str, dict[str, open311.Service]] = {}
+        self._service_names = {service.service_code: service.service_name for service in self._services().values()}
         self._openapi_body = orjson.dumps(openapi_document(serde, self._service_names, max_body_bytes))
 
     # -- middleware ------------------------------------------------------------------------------
@@ -307,7 +352,7 @@ class Gateway:
         started = time.perf_counter()
         entry: dict[str, Any] = {"method": request.method, "path": request.path}
         request[_LOG_ENTRY] = entry
-        open311_format = request.path.startswith(_OPEN311_PREFIX)
+        open311_format = _open311_format(request.path)
         try:
             response = await handler(request)
         except Refused as refusal:
@@ -335,7 +380,23 @@ class Gateway:
         return await self._post_record(request, Source.HOTLINE.value)
 
     async def get_services(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._services_body, content_type="application/json")
+        return _open311(request.match_info["fmt"], "services", [service.as_json() for service in self._services().values()])
+
+    async def get_service_definition(self, request: web.Request) -> web.Response:
+        code = request.match_info["service_code"]
+        service = self._services().get(code)
+        if service is None:
+            raise Refused(404, [("service_code", f"no service {code!r}; services.json lists them")])
+        return _open311(request.match_info["fmt"], "service_definition", service.definition())
+
+    def _services(self) -> dict[str, open311.Service]:
+        """The services, by code, with the time limits of the SLA policy in force now (built once per policy version)."""
+        policy = policy_in_force(self.policies, self.clock())
+        built = self._services_by_policy.get(policy.version)
+        if built is None:
+            built = self._services_by_policy[policy.version] = {
+                service.service_code: service for service in open311.services(self.serde.catalog.categories.values(), self.reference, policy)}
+        return built
 
     async def get_openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi_body, content_type="application/json")
@@ -352,15 +413,18 @@ class Gateway:
             report_id = f"o311-{uuid.uuid4().hex}"
         try:
             record = open311.app_event(fields, report_id=report_id, received_at=self.clock(), hasher=self.hasher,
-                                       jurisdiction_id=self.reference.district_id, validate=self._validator("AppEvent"))
+                                       jurisdiction_id=self.reference.district_id, gazetteer=self.reference.gazetteer,
+                                       validate=self._validator("AppEvent"))
         except ValidationError as exc:
             raise _invalid(exc) from exc
 
         def acknowledged(delivery: Delivery) -> Any:
             self._received.put(report_id, open311.received(record, key.integrator))
-            return [{"service_request_id": report_id, "service_notice": _RECEIVED_NOTICE, "account_id": None}]
+            # Whistle assigns the id at once, so the token (for GET tokens/{token}) is the id itself
+            return [{"service_request_id": report_id, "token": report_id, "service_notice": _RECEIVED_NOTICE, "account_id": None}]
 
-        return await self._publish_once(request, key, Source.APP.value, report_id, idempotency_key or report_id, fields, record, acknowledged)
+        return await self._publish_once(request, key, Source.APP.value, report_id, idempotency_key or report_id, fields, record, acknowledged,
+                                        self._open311_answer(request, "service_requests"))
 
     async def get_open311_requests(self, request: web.Request) -> web.Response:
         reader = self._reader_of(request)
@@ -369,12 +433,19 @@ class Gateway:
             query = open311.request_query(params, now=self.clock(), service_codes=self._service_names)
         except ValidationError as exc:
             raise _invalid(exc) from exc
-        return _json([self._service_request(p, reader) for p in await self._lookup(query)])
+        found = await self._lookup(query)
+        return _open311(request.match_info["fmt"], "service_requests", [self._service_request(p, reader) for p in found])
 
     async def get_open311_request(self, request: web.Request) -> web.Response:
         reader = self._reader_of(request)
         found = await self._request_by_id(request.match_info["report_id"])
-        return _json([self._service_request(p, reader) for p in found])
+        return _open311(request.match_info["fmt"], "service_requests", [self._service_request(p, reader) for p in found])
+
+    async def get_open311_token(self, request: web.Request) -> web.Response:
+        """The request id of a token (the token is the id: Whistle assigns ids at once); 404 for a token no request has."""
+        token = request.match_info["token"]
+        found = await self._request_by_id(token, "token")
+        return _open311(request.match_info["fmt"], "service_requests", [{"service_request_id": p.report_id, "token": token} for p in found[:1]])
 
     async def post_open311_feedback(self, request: web.Request) -> web.Response:
         """The reporter rates (or reopens) a request they filed, proving it by the identity they filed it with.
@@ -403,7 +474,7 @@ class Gateway:
                   "unit_id": REPORTER, "at": self.clock(), "rating": given.rating, "note": given.comment,
                   "reason": "reopened by the reporter" if given.reopen else None,
                   "report_id": scoped_report_id(Source.APP.value, key.integrator, progress.report_id)}
-        return await self._publish_action(request, key, action, fields)
+        return await self._publish_action(request, key, action, fields, self._open311_answer(request, "service_requests"))
 
     async def post_case_action(self, request: web.Request) -> web.Response:
         """A handling unit's action on a case. The unit is the key's (one of its units, or one under them);
@@ -447,7 +518,8 @@ class Gateway:
         rest = {name: value for name, value in body.items() if name != RETURN_VISIT_RESULT}
         return {**rest, "rating": rating, "note": rest.get("note") or f"回访: {result}"}
 
-    async def _publish_action(self, request: web.Request, key: Credential, action: Mapping[str, Any], body: Any) -> web.Response:
+    async def _publish_action(self, request: web.Request, key: Credential, action: Mapping[str, Any], body: Any,
+                              respond: Callable[[Any, int, Mapping[str, str] | None], web.Response] = _json) -> web.Response:
         """Validate `action` as the worker will, check the key may send it (the worker's own rules), publish it once."""
         try:
             record = self.serde.validate("AppEvent", {"event": {"HandlingAction": action}})
@@ -467,7 +539,7 @@ class Gateway:
         def acknowledged(delivery: Delivery) -> Any:
             return {"action_id": action_id, "topic": delivery.topic, "partition": delivery.partition, "offset": delivery.offset}
 
-        return await self._publish_once(request, key, Source.APP.value, action_id, f"action:{action_id}", body, record, acknowledged)
+        return await self._publish_once(request, key, Source.APP.value, action_id, f"action:{action_id}", body, record, acknowledged, respond)
 
     async def _case_refusal(self, action: Mapping[str, Any]) -> str | None:
         """Why the case (as the audit store knows it) does not allow the acting unit; None if it may, or the
@@ -489,16 +561,27 @@ class Gateway:
         return self._authenticate(request, None, request.query).integrator
 
     def _service_request(self, progress: open311.RequestProgress, reader: str | None) -> dict[str, Any]:
+        """The request as `reader` may see it, with expected_datetime from its case's events (the SLA engine's deadline)."""
+        if progress.events:
+            try:
+                progress = dataclasses.replace(progress, expected_at=open311.expected_datetime(progress.events, self.policies, self.calendar))
+            except WhistleError as exc:  # a chain the store holds broken, or a policy not loaded: no deadline to promise
+                _log.warning("no expected_datetime for case %s: %s", progress.case_id, exc)
         return open311.service_request(progress, self.reference, self._service_names, full=reader is not None and progress.sender == reader)
 
-    async def _request_by_id(self, report_id: str) -> list[open311.RequestProgress]:
+    def _open311_answer(self, request: web.Request, root: str) -> Callable[[Any, int, Mapping[str, str] | None], web.Response]:
+        """How a POST on an Open311 path answers: in the path's format, under `root` in XML."""
+        fmt = request.match_info["fmt"]
+        return lambda body, status, headers: _open311(fmt, root, body, status, headers)
+
+    async def _request_by_id(self, report_id: str, field_name: str = "service_request_id") -> list[open311.RequestProgress]:
         bad_id = id_problem(report_id)
         if bad_id:
-            raise Refused(400, [("service_request_id", f"an id {bad_id}")])
+            raise Refused(400, [(field_name, f"an id {bad_id}")])
         now = self.clock()
         found = await self._lookup(open311.RequestQuery(ids=(report_id,), service_codes=(), start=now, end=now, statuses=open311.STATUSES))
         if not found:
-            raise Refused(404, [("service_request_id", f"no service request {report_id!r}")])
+            raise Refused(404, [(field_name, f"no service request {report_id!r}")])
         return found
 
     def _authenticate(self, request: web.Request, source: str | None, parameters: Mapping[str, Any]) -> Credential:
@@ -569,8 +652,10 @@ class Gateway:
         return await self._publish_once(request, key, source, event_id, idempotency_key or event_id, body, record, acknowledged)
 
     async def _publish_once(self, request: web.Request, key: Credential, source: str, event_id: str, client_id: str,
-                            body: Any, record: Mapping[str, Any], acknowledged: Callable[[Delivery], Any]) -> web.Response:
-        """Publish `record` unless this client id already was: 202 after Kafka's ack, the first response on a retry."""
+                            body: Any, record: Mapping[str, Any], acknowledged: Callable[[Delivery], Any],
+                            respond: Callable[[Any, int, Mapping[str, str] | None], web.Response] = _json) -> web.Response:
+        """Publish `record` unless this client id already was: 202 after Kafka's ack, the first response on a retry
+        (`respond` renders the answer: JSON, or an Open311 path's format)."""
         request[_LOG_ENTRY]["event_id"] = event_id
         receipt_key = (key.integrator, source, client_id)
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
@@ -582,7 +667,7 @@ class Gateway:
             if answer is None:
                 raise _kafka_unavailable()
             request[_LOG_ENTRY]["replayed"] = True
-            return _json(answer, 202, {"Idempotent-Replayed": "true"})
+            return respond(answer, 202, {"Idempotent-Replayed": "true"})
         receipt = _Receipt(digest, asyncio.get_running_loop().create_future())
         self._receipts.put(receipt_key, receipt)
         try:
@@ -598,7 +683,7 @@ class Gateway:
             raise
         answer = acknowledged(delivery)
         receipt.settled.set_result(answer)
-        return _json(answer, 202)
+        return respond(answer, 202, None)
 
     async def _lookup(self, query: open311.RequestQuery) -> list[open311.RequestProgress]:
         """Progress from the audit store; a query by id also finds reports this process published that the
@@ -722,13 +807,18 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
                                              for name in ("lat", "long")}}
     service_code = {"type": "string", "enum": list(service_names)}
     form_properties["service_code"] = json_properties["service_code"] = {**service_code, "description": open311.REQUEST_FIELDS["service_code"]}
-    request_schema = {"type": "object", "required": ["service_code", "lat", "long"], "additionalProperties": False}
+    request_schema = {"type": "object", "required": ["service_code"], "additionalProperties": False}  # lat and long, or address_string
     open311_keyed: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
     service_request = {"type": "object", "additionalProperties": True, "properties": {
         "service_request_id": text, "status": {"type": "string", "enum": list(open311.STATUSES)}, "status_notes": text,
-        "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text}}
-    query = [{"name": name, "in": "query", "required": False, "description": doc,
-              "schema": {**text, "enum": list(open311.STATUSES)} if name == "status" else text}
+        "service_code": text, "description": text, "requested_datetime": text, "updated_datetime": text,
+        "expected_datetime": {"type": "string", "nullable": True, "description": "The case's pending accept or resolve deadline."},
+        "notes": {"type": "array", "items": {"type": "object", "properties": {"datetime": text, "description": text}}},
+        "extended_attributes": {"type": "object", "properties": {"x_status": {"type": "string", "enum": list(open311.EXTENDED_STATUSES)}}}}}
+    query_schemas: dict[str, Any] = {"status": {**text, "enum": list(open311.STATUSES)},
+                                     "page": {"type": "integer", "minimum": 1, "maximum": open311.MAX_PAGE},
+                                     "page_size": {"type": "integer", "minimum": 1, "maximum": open311.MAX_QUERY_RESULTS}}
+    query = [{"name": name, "in": "query", "required": False, "description": doc, "schema": query_schemas.get(name, text)}
              for name, doc in open311.QUERY_PARAMETERS.items() if name != "api_key"]
     get_statuses = ("400", "401", "403", "429", "503")
     paths["/open311/v2/services.json"] = {"get": {
@@ -736,6 +826,20 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {
             "type": "object", "properties": {"service_code": text, "service_name": text, "description": text, "metadata": {"type": "boolean"},
                                              "type": text, "keywords": text, "group": text}}}}}}}}}
+    attribute = {"type": "object", "properties": {"variable": {"type": "boolean"}, "code": text, "datatype": text, "required": {"type": "boolean"},
+                                                  "datatype_description": {"type": "string", "nullable": True}, "order": {"type": "integer"},
+                                                  "description": text, "values": {"type": "array", "items": {"type": "object"}}}}
+    paths["/open311/v2/services/{service_code}.json"] = {"get": {
+        "operationId": "open311_service_definition", "summary": "A service's definition: its attributes (informational)", "security": [],
+        "parameters": [{"name": "service_code", "in": "path", "required": True, "description": "A service_code from services.json.",
+                        "schema": {"type": "string"}}],
+        "responses": _responses("200", {"type": "object", "properties": {"service_code": text, "attributes": {"type": "array", "items": attribute}}},
+                                ("404",), _ERRORS_OPEN311)}}
+    paths["/open311/v2/tokens/{token}.json"] = {"get": {
+        "operationId": "open311_token", "summary": "The request id of a token (the POST's answer gives both)", "security": [],
+        "parameters": [{"name": "token", "in": "path", "required": True, "description": f"The token: {ID_RULE}.", "schema": {"type": "string"}}],
+        "responses": _responses("200", {"type": "array", "items": {"type": "object", "properties": {"service_request_id": text, "token": text}}},
+                                ("400", "404", "503"), _ERRORS_OPEN311)}}
     paths["/open311/v2/requests.json"] = {
         "post": {"operationId": "open311_post_request", "summary": "Open311 GeoReport v2 service request: one resident report",
                  "security": open311_keyed, "parameters": [idempotency],
@@ -743,7 +847,7 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
                      "application/x-www-form-urlencoded": {"schema": {**request_schema, "properties": form_properties}},
                      "application/json": {"schema": {**request_schema, "properties": json_properties}}}},
                  "responses": _responses("202", {"type": "array", "items": {"type": "object", "properties": {
-                     "service_request_id": text, "service_notice": text, "account_id": {"type": "string", "nullable": True}}}},
+                     "service_request_id": text, "token": text, "service_notice": text, "account_id": {"type": "string", "nullable": True}}}},
                      post_statuses, _ERRORS_OPEN311)},
         "get": {"operationId": "open311_get_requests", "summary": "Service requests and their status, from the audit store",
                 "security": open311_keyed, "parameters": query,
@@ -789,7 +893,8 @@ def openapi_document(serde: Serde, service_names: Mapping[str, str], max_body_by
     return {
         "openapi": "3.0.3",
         "info": {"title": "Whistle HTTP gateway", "version": "1",
-                 "description": "HTTP ingest for camera platforms, the 12345 hotline and Open311 clients (whistle/edges/gateway.py)."},
+                 "description": ("HTTP ingest for camera platforms, the 12345 hotline and Open311 clients (whistle/edges/gateway.py). "
+                                 "Every Open311 path listed with .json is also served with .xml (GeoReport v2's element names).")},
         "paths": paths,
         "components": {"securitySchemes": {
             "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
@@ -805,6 +910,8 @@ def build_app(
     *,
     reader: RequestStatusReader | None = None,
     reference: DistrictReference | None = None,
+    policies: Mapping[str, SlaPolicy] | None = None,
+    calendar: BusinessCalendar | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     idempotency_capacity: int = DEFAULT_IDEMPOTENCY_CAPACITY,
 ) -> web.Application:
@@ -812,12 +919,18 @@ def build_app(
 
     A write is answered 503 once `settings.gateway_kafka_timeout_s` passed without Kafka's acknowledgement
     (give `publisher` the same delivery timeout, as `gateway_publisher` does, so the write is abandoned too).
-    `idempotency_capacity` bounds the per-process LRU of client ids.
+    `idempotency_capacity` bounds the per-process LRU of client ids. `policies` and `calendar` (default: the
+    worker's, streams.domain.rules.Rules of `settings.reference_dir`) give Open311's expected_datetime and the
+    services' time limits.
     """
     if clock().utcoffset() is None:
         raise ConfigError("the gateway clock returns naive datetimes; it must return UTC-aware ones", field="clock")
     current = credentials if callable(credentials) else (lambda: credentials)
+    if policies is None or calendar is None:  # the worker's rules (streams.domain.rules.Rules) of the reference directory
+        rules = Rules.load(settings.reference_dir)
+        policies, calendar, reference = rules.policies if policies is None else policies, calendar or rules.calendar, reference or rules.reference
     gateway = Gateway(settings, publisher, current, clock, serde=publisher.serde, reference=reference or load_district(settings.reference_dir),
+                      policies=policies, calendar=calendar,
                       reader=reader or RequestStatusReader(settings.clickhouse), max_body_bytes=max_body_bytes,
                       idempotency_capacity=idempotency_capacity)
     app = web.Application(middlewares=[gateway.access_log], client_max_size=max_body_bytes)
@@ -826,11 +939,13 @@ def build_app(
         web.post("/v1/camera/detections", gateway.post_camera),
         web.post("/v1/hotline/tickets", gateway.post_hotline),
         web.post("/v1/cases/{case_id}/actions", gateway.post_case_action),
-        web.post("/open311/v2/requests/{report_id}/feedback.json", gateway.post_open311_feedback),
-        web.get("/open311/v2/services.json", gateway.get_services),
-        web.post("/open311/v2/requests.json", gateway.post_open311_request),
-        web.get("/open311/v2/requests.json", gateway.get_open311_requests),
-        web.get("/open311/v2/requests/{report_id}.json", gateway.get_open311_request),
+        web.post(f"/open311/v2/requests/{{report_id}}/feedback.{_OPEN311_FORMAT}", gateway.post_open311_feedback),
+        web.get(f"/open311/v2/services.{_OPEN311_FORMAT}", gateway.get_services),
+        web.get(f"/open311/v2/services/{{service_code}}.{_OPEN311_FORMAT}", gateway.get_service_definition),
+        web.post(f"/open311/v2/requests.{_OPEN311_FORMAT}", gateway.post_open311_request),
+        web.get(f"/open311/v2/requests.{_OPEN311_FORMAT}", gateway.get_open311_requests),
+        web.get(f"/open311/v2/requests/{{report_id}}.{_OPEN311_FORMAT}", gateway.get_open311_request),
+        web.get(f"/open311/v2/tokens/{{token}}.{_OPEN311_FORMAT}", gateway.get_open311_token),
     ])
     return app
 
@@ -844,12 +959,13 @@ def run_gateway(settings: Settings, host: str, port: int, *, max_body_bytes: int
     """Serve until SIGINT/SIGTERM, then flush the producer: every acknowledged write is on Kafka before exit.
 
     The key file (`settings.keys_file`) is re-read when it changes: keys rotate without a restart."""
-    reference = load_district(settings.reference_dir)
-    credentials = CredentialsFile(settings.keys_file, reference)
+    rules = Rules.load(settings.reference_dir)
+    credentials = CredentialsFile(settings.keys_file, rules.reference)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     publisher = gateway_publisher(settings)
-    app = build_app(settings, publisher, credentials.current, reference=reference, max_body_bytes=max_body_bytes)
+    app = build_app(settings, publisher, credentials.current, reference=rules.reference, policies=rules.policies, calendar=rules.calendar,
+                    max_body_bytes=max_body_bytes)
 
     async def close_publisher(_app: web.Application) -> None:
         try:

@@ -5,35 +5,50 @@ front ends) can report without a Whistle SDK. This module owns everything standa
 
 - services: our incident categories (schemas/categories.yaml) as Open311 services, with keywords
   (Chinese name and the call-centre labels) and group (the owning district department) taken from the
-  district reference data;
-- POST requests.json: Open311 fields -> one `AppEvent` (ResidentReport) record; problems are reported
-  under the *Open311* names the client sent (`long`, `media_url`, `service_code`), every one at once;
+  district reference data; each has a service definition whose attributes are informational
+  (variable=false): its time limits under the SLA policy in force and who handles it first;
+- POST requests: Open311 fields -> one `AppEvent` (ResidentReport) record; problems are reported
+  under the *Open311* names the client sent (`long`, `media_url`, `service_code`), every one at once.
+  A request without lat/long is placed at its `address_string`'s position in the district's gazetteer
+  (streams.domain.reference.Gazetteer, the lookup the worker's enrichment uses);
 - reporter identity: `email`, `phone`, `device_id` and `account_id` are personal data. They never
   reach Kafka: the record's `reporter_id` is a keyed hash (streams.domain.pii) of the strongest identity given.
   `first_name`/`last_name` are accepted (clients send them) and dropped;
-- GET requests: query parameters -> `RequestQuery` (at most 90 days, 1,000 results), and a case's
-  progress (as read from ClickHouse) -> an Open311 service request.
+- GET requests: query parameters -> `RequestQuery` (at most 90 days, 1,000 results a page, `page` /
+  `page_size`), and a case's progress (as read from ClickHouse) -> an Open311 service request;
+- the wire: JSON, or XML with the standard's element names (`xml_document`).
 
 Status: Open311 knows only open|closed; a request is closed when its case's latest lifecycle event is
-`closed`. `status_notes` carries the finer state ("received" until the report became a case).
+`closed`. `status_notes` carries the finer state ("received" until the report became a case), the
+`extended_attributes.x_status` FixMyStreet's extended status (EXTENDED_STATUS, the one mapping), `notes`
+the case's events as an update history (fixed texts and office names only: no personal data), and
+`expected_datetime` the case's pending accept or resolve deadline as the SLA engine computes it (the
+function `expected_datetime`: the case's events folded, then streams.domain.sla.deadlines_for).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.catalog import Category as SchemaCategory
 from schemas.validation import id_problem, instant_problem, invalid
-from streams.domain.case import Kind
+from streams.domain.calendar import BusinessCalendar
+from streams.domain.case import WAITING_ON_RESIDENT, CaseEvent, Kind, fold
+from streams.domain.model import Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher, normalize_phone
-from streams.domain.reference import DistrictReference
+from streams.domain.reference import DistrictReference, Gazetteer
+from streams.domain.sla import INITIAL_STAGE, DeadlineKind, SlaPolicy, _policy_of, deadlines_for
 from whistle.ground.errors import ValidationError
+from whistle.ground.times import from_epoch_ms
 
 MAX_QUERY_SPAN = timedelta(days=90)
-MAX_QUERY_RESULTS = 1000
+MAX_QUERY_RESULTS = 1000  # per query, i.e. per page
+MAX_PAGE = 100_000
+FORMATS = ("json", "xml")  # the format suffix of every GeoReport v2 path
 STATUSES = ("open", "closed")
 CLOSED_KINDS = (Kind.CLOSED,)  # case event kinds after which the request is closed
 RECEIVED_NOTE = "received"
@@ -47,10 +62,11 @@ REQUEST_FIELDS: Mapping[str, str] = {
     "api_key": "The integrator's API key (or the X-API-Key header).",
     "jurisdiction_id": "The district this endpoint serves; optional.",
     "service_code": "A service_code from services.json.",
-    "lat": "WGS-84 latitude, decimal degrees (-90..90); required, with long.",
-    "long": "WGS-84 longitude, decimal degrees (-180..180); required, with lat.",
-    "address_string": "The address as the reporter typed it, up to 1000 characters.",
-    "address_id": "Not supported: send lat and long.",
+    "lat": "WGS-84 latitude, decimal degrees (-90..90), with long; or leave both out and give address_string.",
+    "long": "WGS-84 longitude, decimal degrees (-180..180), with lat; or leave both out and give address_string.",
+    "address_string": ("The address as the reporter typed it, up to 1000 characters. Without lat and long it must be a house "
+                       "number or landmark of the district's gazetteer: the request is placed there."),
+    "address_id": "Not supported: send lat and long, or address_string.",
     "email": f"The reporter's email (at most {_MAX_EMAIL_LENGTH} characters); kept only as a keyed hash.",
     "device_id": f"The reporter's device id (at most {_MAX_IDENTITY_LENGTH} characters); kept only as a keyed hash.",
     "account_id": f"The reporter's account id (at most {_MAX_IDENTITY_LENGTH} characters); kept only as a keyed hash.",
@@ -68,6 +84,8 @@ QUERY_PARAMETERS: Mapping[str, str] = {
     "start_date": "ISO 8601 date-time with a time zone; default: 90 days before end_date.",
     "end_date": "ISO 8601 date-time with a time zone; default: now. The range may span at most 90 days.",
     "status": "open, closed, or both comma-separated.",
+    "page": f"1 (the default) to {MAX_PAGE}: which page of page_size requests, newest first.",
+    "page_size": f"1 to {MAX_QUERY_RESULTS} (the default): requests per page.",
 }
 # POST requests/{id}/feedback.json (a Whistle extension: the reporter rates or reopens through the request they filed).
 FEEDBACK_FIELDS: Mapping[str, str] = {
@@ -82,7 +100,8 @@ FEEDBACK_FIELDS: Mapping[str, str] = {
 }
 # What anyone may read of a request that is not their own: the standard's GET is public, personal data is not.
 PUBLIC_FIELDS = ("service_request_id", "status", "status_notes", "service_name", "service_code", "agency_responsible",
-                 "service_notice", "requested_datetime", "updated_datetime", "expected_datetime", "lat", "long")
+                 "service_notice", "requested_datetime", "updated_datetime", "expected_datetime", "lat", "long", "notes",
+                 "extended_attributes")
 PUBLIC_COORDINATE_DECIMALS = 3  # about 100 m: the block, not the door
 _REQUEST_FIELDS = frozenset(REQUEST_FIELDS)
 _QUERY_PARAMETERS = frozenset(QUERY_PARAMETERS)
@@ -108,44 +127,114 @@ _STATUS_NOTES: dict[str, str] = {  # by case event kind (Kind is a StrEnum: plai
     Kind.RATED: "rated by the reporter",
     Kind.REOPENED: "reopened",
     Kind.CLOSED: "closed",
+    Kind.URGED: "the unit responsible was urged by the supervision office",
+    Kind.CRITICIZED: "the unit responsible was criticised in writing for letting an urging lapse",
+    Kind.REFERRED: "referred to the discipline commission",
+    Kind.EXTENSION_REQUESTED: "more time requested",
+    Kind.EXTENSION_DENIED: "more time denied",
+    Kind.RESUMED: "work resumed",
 }
 _MERGED_NOTE = "merged with an earlier report of the same incident"
+_OTHER_MERGED_NOTE = "another report of the same incident merged into the case"
+_WAITING_NOTE = "waiting on the reporter"
 _UTC = UTC
+
+# FixMyStreet's extended status of a request, by its case's latest event that sets one: the one mapping (x_status).
+# STATUS_KEEPING_KINDS leave it as it was: oversight (the holder keeps the case), an extension asked or refused
+# (the work goes on), merges of other reports and late actions.
+# Of FixMyStreet's set, NOT_COUNCILS_RESPONSIBILITY, NO_FURTHER_ACTION and CANCELLED never occur: no case event of
+# Whistle's ends a case but closing it after its resolution (a unit returning a case passes it on inside the district).
+EXTENDED_STATUSES = ("FIXED", "IN_PROGRESS", "ACTION_SCHEDULED", "INVESTIGATING", "DUPLICATE", "NOT_COUNCILS_RESPONSIBILITY",
+                     "NO_FURTHER_ACTION", "INTERNAL_REFERRAL", "FOR_TRIAGE", "CLOSED", "CANCELLED", "REOPEN")
+EXTENDED_STATUS: Mapping[str, str] = {
+    Kind.OPENED: "FOR_TRIAGE",
+    Kind.DISPATCHED: "INVESTIGATING",  # with the unit responsible, not accepted yet
+    Kind.ACCEPTED: "IN_PROGRESS",
+    Kind.EXTENSION_GRANTED: "ACTION_SCHEDULED",  # accepted, more time granted (or waiting on the reporter)
+    Kind.TRANSFERRED: "INTERNAL_REFERRAL",  # returned as not the unit's: passed to another unit of the district
+    Kind.ESCALATED: "INTERNAL_REFERRAL",  # passed up the chain
+    Kind.RESOLVED: "FIXED",
+    Kind.RATED: "FIXED",  # an unsatisfied rating: still resolved until the SLA engine escalates it
+    Kind.REOPENED: "REOPEN",
+    Kind.CLOSED: "CLOSED",
+    Kind.RESUMED: "IN_PROGRESS",  # the wait on the reporter is over
+}
+STATUS_KEEPING_KINDS = (Kind.REPORT_MERGED, Kind.LATE_ACTION, Kind.URGED, Kind.CRITICIZED, Kind.REFERRED, Kind.EXTENSION_REQUESTED,
+                        Kind.EXTENSION_DENIED)
+RECEIVED_STATUS = "FOR_TRIAGE"  # not a case yet
+MERGED_STATUS = "DUPLICATE"  # a report merged into an earlier report's case: its progress is that case's (notes)
+_EXPECTED_KINDS = (DeadlineKind.ACCEPT_OVERDUE, DeadlineKind.RESOLVE_OVERDUE)  # the deadlines expected_datetime shows
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One attribute of a service definition. Whistle's are informational (variable=false): they take no value."""
+
+    code: str
+    description: str
+    order: int
+    variable: bool = False
+    datatype: str = "string"
+    required: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"variable": self.variable, "code": self.code, "datatype": self.datatype, "required": self.required,
+                "datatype_description": None, "order": self.order, "description": self.description, "values": []}
 
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """One Open311 service: an incident category."""
+    """One Open311 service: an incident category, with the attributes of its service definition."""
 
     service_code: str
     service_name: str
     description: str
     keywords: tuple[str, ...]
     group: str
+    attributes: tuple[Attribute, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        """The GeoReport v2 representation. metadata is false: no service defines extra attributes."""
+        """The GeoReport v2 representation (GET services); metadata says whether it has a service definition."""
         return {
             "service_code": self.service_code,
             "service_name": self.service_name,
             "description": self.description,
-            "metadata": False,
+            "metadata": bool(self.attributes),
             "type": "realtime",
             "keywords": ",".join(self.keywords),
             "group": self.group,
         }
 
+    def definition(self) -> dict[str, Any]:
+        """The GeoReport v2 service definition (GET services/{service_code})."""
+        return {"service_code": self.service_code, "attributes": [attribute.as_json() for attribute in self.attributes]}
 
-def services(categories: Iterable[SchemaCategory], reference: DistrictReference) -> tuple[Service, ...]:
-    """Every category as a service, in file order; keywords and group from the responsibility matrix."""
+
+def services(categories: Iterable[SchemaCategory], reference: DistrictReference, policy: SlaPolicy) -> tuple[Service, ...]:
+    """Every category as a service, in file order; keywords and group from the responsibility matrix, the
+    definition's attributes from the matrix and `policy` (the SLA policy in force)."""
     listed = []
     for category in categories:
         matrix = reference.categories.get(category.code)
         labels = matrix.hotline_labels if matrix else ()
         department = reference.departments.get(matrix.owner_department_id) if matrix else None
         keywords = tuple(dict.fromkeys((category.name_zh, *labels)))
-        listed.append(Service(category.code, category.name, category.description, keywords, department.name if department else ""))
+        attributes: list[Attribute] = []
+        if matrix is not None:
+            klass = policy.class_of(category.code, matrix.default_urgency)
+            limits = policy.limits[INITIAL_STAGE][klass]
+            attributes.append(Attribute("time_limits", f"Accepted within {_spoken(limits.accept)} of dispatch, resolved within "
+                                                       f"{_spoken(limits.resolve)} of acceptance (SLA {policy.version}, class {klass}).", 1))
+            owner = department.name if department else matrix.owner_department_id
+            first = f"the grid team where it is, then its community and street, then {owner}" if matrix.territorial else owner
+            attributes.append(Attribute("handled_by", f"Handled first by {first}.", 2))
+        listed.append(Service(category.code, category.name, category.description, keywords, department.name if department else "",
+                              tuple(attributes)))
     return tuple(listed)
+
+
+def _spoken(limit: Any) -> str:
+    return str(limit).replace("_", " ")
 
 
 def app_event(
@@ -155,18 +244,20 @@ def app_event(
     received_at: datetime,
     hasher: PersonalDataHasher,
     jurisdiction_id: str,
+    gazetteer: Gazetteer,
     validate: Callable[[Mapping[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
     """The validated AppEvent record (Python form) for an Open311 POST requests.json.
 
     `fields` are the POSTed parameters (form or JSON); `validate` is the AppEvent schema validator.
-    Open311 has no report time, so the report is dated `received_at`. Raises ValidationError whose
-    problems name every invalid Open311 field.
+    Open311 has no report time, so the report is dated `received_at`. Without lat and long the report is
+    placed at the gazetteer's position of `address_string` (a house or landmark; a road has none).
+    Raises ValidationError whose problems name every invalid Open311 field.
     """
     problems: list[tuple[str, str]] = []
     for name in fields:
         if name.startswith("attribute["):
-            problems.append((name, "no service defines attributes (metadata is false)"))
+            problems.append((name, "the attributes of every service are informational (variable=false): they take no value"))
         elif name not in _REQUEST_FIELDS:
             hint = f"; Open311 calls it {_MISNAMED[name]}" if name in _MISNAMED else ""
             problems.append((name, f"unknown field{hint}"))
@@ -174,7 +265,7 @@ def app_event(
     if jurisdiction not in (None, "", jurisdiction_id):
         problems.append(("jurisdiction_id", f"{jurisdiction!r} is not served here; this endpoint serves {jurisdiction_id!r}"))
     if fields.get("address_id") not in (None, ""):
-        problems.append(("address_id", "address ids are not supported; send lat and long"))
+        problems.append(("address_id", "address ids are not supported; send lat and long, or address_string"))
     report: dict[str, Any] = {
         "report_id": report_id,
         "reporter_role": "resident",
@@ -184,18 +275,26 @@ def app_event(
     if "service_code" in fields:
         report["category"] = _text(fields, "service_code", problems)
     for open311_name, schema_name in (("lat", "lat"), ("long", "lon")):
-        if open311_name in fields:
+        if fields.get(open311_name) not in (None, ""):
             report[schema_name] = _number(fields, open311_name, problems)
     address = _text(fields, "address_string", problems)
     if address:
         report["address_text"] = address
+    unplaced: tuple[str, ...] = ()  # no position: said once (address_string, or lat and long), not again by the schema
+    if "lat" not in report and "lon" not in report:
+        if address:
+            report["lat"], report["lon"] = _gazetteer_position(address, gazetteer, problems)
+        else:
+            problems.extend((name, "required: send lat and long, or an address_string of the district's gazetteer") for name in ("lat", "long"))
+        if report.get("lat") is None:
+            unplaced = ("lat", "long")
     media_url = _media_url(fields, problems)
     if media_url:
         report["photo_refs"] = [media_url]
     pseudonym = _reporter_pseudonym(fields, hasher, problems)
     if pseudonym:
         report["reporter_id"] = pseudonym
-    reported = {name for name, _ in problems}
+    reported = {name for name, _ in problems} | set(unplaced)
     try:
         record = validate({"event": {"ResidentReport": {k: v for k, v in report.items() if v is not None}}})
     except ValidationError as exc:
@@ -242,6 +341,18 @@ def feedback(fields: Mapping[str, Any], hasher: PersonalDataHasher) -> Feedback:
     if problems or pseudonym is None:
         raise invalid(problems, schema="feedback")
     return Feedback(rating, reopen, comment or None, pseudonym)
+
+
+def _gazetteer_position(address: str, gazetteer: Gazetteer, problems: list[tuple[str, str]]) -> tuple[float | None, float | None]:
+    """Where the gazetteer places `address` (the lookup enrichment makes); (None, None) with a problem when it cannot."""
+    entry = gazetteer.lookup(address)
+    if entry is None:
+        problems.append(("address_string", "is not an address the district's gazetteer knows; send lat and long"))
+    elif entry.lat is None or entry.lon is None:
+        problems.append(("address_string", f"names the road {entry.address}, not a place on it: add the house number or send lat and long"))
+    else:
+        return entry.lat, entry.lon
+    return None, None
 
 
 def _text(fields: Mapping[str, Any], name: str, problems: list[tuple[str, str]]) -> str | None:
@@ -320,10 +431,12 @@ class RequestQuery:
     end: datetime
     statuses: tuple[str, ...]
     limit: int = MAX_QUERY_RESULTS
+    offset: int = 0  # requests skipped: the pages before this one
 
 
 def request_query(params: Mapping[str, str], *, now: datetime, service_codes: Iterable[str]) -> RequestQuery:
-    """Parse GET requests.json parameters; the window defaults to the 90 days before `end_date` (or now)."""
+    """Parse GET requests.json parameters; the window defaults to the 90 days before `end_date` (or now),
+    the page to the first of `MAX_QUERY_RESULTS` requests."""
     problems: list[tuple[str, str]] = []
     for name in params:
         if name not in _QUERY_PARAMETERS:
@@ -348,9 +461,24 @@ def request_query(params: Mapping[str, str], *, now: datetime, service_codes: It
         problems.append(("start_date", "is after end_date"))
     elif end - start > MAX_QUERY_SPAN:
         problems.append(("end_date", f"the range may span at most {MAX_QUERY_SPAN.days} days"))
+    page = _whole(params, "page", 1, MAX_PAGE, problems)
+    page_size = _whole(params, "page_size", 1, MAX_QUERY_RESULTS, problems)
     if problems:
         raise invalid(problems)
-    return RequestQuery(ids=ids, service_codes=codes, start=start, end=end, statuses=statuses or STATUSES)
+    size = page_size or MAX_QUERY_RESULTS
+    return RequestQuery(ids=ids, service_codes=codes, start=start, end=end, statuses=statuses or STATUSES, limit=size,
+                        offset=((page or 1) - 1) * size)
+
+
+def _whole(params: Mapping[str, str], name: str, low: int, high: int, problems: list[tuple[str, str]]) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        problems.append((name, f"must be a whole number {low} to {high}, got {raw!r}"))
+        return None
+    return int(text)
 
 
 def _comma_list(raw: str | None) -> tuple[str, ...]:
@@ -400,6 +528,62 @@ class RequestProgress:
     expected_at: datetime | None = None
     sender: str = ""  # the integrator that filed it (its signature verified)
     reporter_hash: str = ""  # the stored keyed hash of the reporter's pseudonym (never returned)
+    events: tuple[CaseEvent, ...] = ()  # the case's events as stored, one copy each, in seq order
+
+
+def expected_datetime(events: Sequence[CaseEvent], policies: Mapping[str, SlaPolicy], calendar: BusinessCalendar) -> datetime | None:
+    """The case's pending accept or resolve deadline, as the SLA engine computes it; None when it has none
+    (resolved, rated, closed, or held where no limit applies). `events` are one case's, in seq order.
+
+    Not a second copy of the rule: the events are folded (streams.domain.case.fold) and
+    streams.domain.sla.deadlines_for asked, with the policy the case is judged by. DomainError when the
+    events do not form the case's chain; ConfigError when its policy is not loaded.
+    """
+    if not events:
+        return None
+    state = fold(events)[events[0].case_id]
+    policy = _policy_of(policies, state)  # the worker's own choice of policy (private in sla.py: to be made public there)
+    due = [deadline.deadline_ms for deadline in deadlines_for(state, policy, calendar) if deadline.kind in _EXPECTED_KINDS]
+    return from_epoch_ms(min(due)) if due else None
+
+
+def extended_status(progress: RequestProgress) -> str:
+    """FixMyStreet's extended status of a request: EXTENDED_STATUS of its case's latest event that sets one (its
+    events, else its latest lifecycle kind); a merged report is a DUPLICATE, one not yet a case FOR_TRIAGE."""
+    if progress.case_id is None:
+        return RECEIVED_STATUS
+    if progress.own_kind == Kind.REPORT_MERGED:
+        return MERGED_STATUS
+    kinds = [event.kind for event in progress.events] or [progress.last_kind or ""]
+    return next((EXTENDED_STATUS[kind] for kind in reversed(kinds) if kind in EXTENDED_STATUS), RECEIVED_STATUS)
+
+
+def update_notes(progress: RequestProgress, reference: DistrictReference) -> list[dict[str, Any]]:
+    """The case's events as GeoReport update notes {datetime, description}, oldest first.
+
+    Only fixed texts and the names of the offices involved: never a unit's free-text note or reason, nor a
+    rating, which may quote or identify the reporter. Late actions (recorded for the auditors) are left out.
+    """
+    own = scoped_report_id(Source.APP.value, progress.sender, progress.report_id) if progress.sender else None
+    listed = []
+    for event in progress.events:
+        if event.kind == Kind.LATE_ACTION:
+            continue
+        if event.kind == Kind.REPORT_MERGED:
+            text = _MERGED_NOTE if event.report_id == own else _OTHER_MERGED_NOTE
+        elif event.kind == Kind.EXTENSION_GRANTED and event.reason == WAITING_ON_RESIDENT:
+            text = _WAITING_NOTE
+        else:
+            text = _STATUS_NOTES.get(event.kind, event.kind)
+            if event.kind in (Kind.DISPATCHED, Kind.ACCEPTED, Kind.TRANSFERRED, Kind.ESCALATED, Kind.RESOLVED):
+                text = f"{text}: {_unit_name(reference, event.assignee_unit_id)}"
+        listed.append({"datetime": _iso(event.at), "description": text})
+    return listed
+
+
+def _unit_name(reference: DistrictReference, unit_id: str | None) -> str | None:
+    unit = reference.units.get(unit_id) if unit_id else None
+    return unit.name if unit else unit_id
 
 
 def status_of(progress: RequestProgress) -> str:
@@ -432,7 +616,6 @@ def _service_request(progress: RequestProgress, reference: DistrictReference, se
         notes = _STATUS_NOTES.get(progress.last_kind, progress.last_kind) if progress.last_kind else RECEIVED_NOTE
         if progress.own_kind == Kind.REPORT_MERGED:
             notes = f"{notes}; {_MERGED_NOTE}"
-    unit = reference.units.get(progress.assignee_unit_id) if progress.assignee_unit_id else None
     return {
         "service_request_id": progress.report_id,
         "status": status_of(progress),
@@ -440,7 +623,7 @@ def _service_request(progress: RequestProgress, reference: DistrictReference, se
         "service_name": service_names.get(progress.category, progress.category),
         "service_code": progress.category,
         "description": progress.description,
-        "agency_responsible": unit.name if unit else progress.assignee_unit_id,
+        "agency_responsible": _unit_name(reference, progress.assignee_unit_id),
         "service_notice": None,
         "requested_datetime": _iso(progress.requested_at),
         "updated_datetime": _iso(progress.updated_at or progress.requested_at),
@@ -451,6 +634,8 @@ def _service_request(progress: RequestProgress, reference: DistrictReference, se
         "lat": progress.lat,
         "long": progress.lon,
         "media_url": progress.media_url,
+        "notes": update_notes(progress, reference),
+        "extended_attributes": {"x_status": extended_status(progress)},
     }
 
 
@@ -469,6 +654,34 @@ def received(record: Mapping[str, Any], sender: str) -> RequestProgress:
         requested_at=report["reported_at"],
         sender=sender,
     )
+
+
+# XML: the element of each item of a list, by the list's element name (GeoReport v2's names).
+_XML_ITEMS = {"service_requests": "request", "services": "service", "errors": "error", "attributes": "attribute", "values": "value",
+              "notes": "note"}
+
+
+def xml_document(root: str, body: Any) -> bytes:
+    """`body` (a JSON-able response) as GeoReport v2 XML under `root`: a list's items are elements named by
+    _XML_ITEMS (`<service_requests><request>`, `<services><service>`, `<errors><error>`), a null an empty
+    element, a boolean true/false."""
+    element = ET.Element(root)
+    _xml_fill(element, body)
+    return ET.tostring(element, encoding="utf-8", xml_declaration=True)
+
+
+def _xml_fill(element: ET.Element, value: Any) -> None:
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _xml_fill(ET.SubElement(element, name), item)
+    elif isinstance(value, (list, tuple)):
+        item_name = _XML_ITEMS[element.tag]
+        for item in value:
+            _xml_fill(ET.SubElement(element, item_name), item)
+    elif isinstance(value, bool):
+        element.text = "true" if value else "false"
+    elif value is not None:
+        element.text = str(value)
 
 
 def _iso(value: datetime | None) -> str | None:
