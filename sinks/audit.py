@@ -29,23 +29,25 @@ from rich.table import Table
 from sinks.clickhouse import Engine, check_identifier, render_identifiers, strip_comment_lines
 from streams.domain.case import CaseEvent, event_hash, verify_chain
 from streams.domain.model import Tier
+from streams.domain.sla import RANKED_RATES, SlaPolicy, load_policies, policy_in_force
 from whistle.ground.errors import ConfigError, StackError, ValidationError
 from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
-from whistle.ground.times import from_epoch_ms, to_epoch_ms
+from whistle.ground.times import from_epoch_ms, from_iso, to_epoch_ms
 
 QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 AUDITED_TABLES = ("raw_events", "case_events", "breaches", "dead_letters", "rule_files", "chain_anchors")
 # Tables keyed by business id, whose offsets are accounted in the sink's ledger (migration 004): (ledger view, key column).
 LEDGERED = {"case_events": ("case_event_offsets", "event_id"), "breaches": ("breach_offsets", "breach_id")}
-RANKING_UNITS = ("street", "department")
+RANKING_UNITS = ("grid", "community", "street", "department")  # the tiers a ranking ranks (the units holding cases)
+DEFAULT_MIN_CASES = 5  # the minimum-case rule when the scoring policy has no `ranking` section
 LOCAL_TIMEZONE = "Asia/Shanghai"  # the city's months (streams/reference/sla/calendar-cn.yaml)
 _END_OF_TIME_MS = 2**63 - 1
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 _CASE_EVENT_FIELDS = tuple(f.name for f in fields(CaseEvent))  # _case_event_rows.sql selects them in this order
 _MAX_LISTED = 100  # gaps / duplicated offsets listed per partition
 _SUBJECT = re.compile(r"[a-z_]+ (\S+)\[(\d+)\]")  # a Problem's subject "case_events topic[partition]"
-_FRAGMENT = re.compile(r"\{(_[a-z0-9_]+)\}")  # `{_month_cases}` in a query = sinks/queries/_month_cases.sql (query_text)
+_FRAGMENT = re.compile(r"\{(_[a-z0-9_]+)\}")  # `{_month_holdings}` in a query = sinks/queries/_month_holdings.sql (query_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +79,76 @@ def run_query(engine: Engine, database: str, name: str, params: Mapping[str, Any
     return Result(name, tuple(columns), tuple(rows))
 
 
-def ranking(engine: Engine, database: str, month: str, by: str = "street", min_cases: int = 1, *,
-            as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
-    """Monthly ranking of streets or departments (formulas: sinks/queries/ranking.sql).
+def ranking(engine: Engine, database: str, month: str, by: str = "street", min_cases: int | None = None, *,
+            as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE, policies: Mapping[str, SlaPolicy] | None = None) -> Result:
+    """Monthly ranking of the grids, communities, streets or departments that held the month's cases (formulas:
+    sinks/queries/ranking.sql).
 
-    `month` is 'YYYY-MM' in `tz`; `as_of` (default: everything stored) cuts off later events so a
-    published ranking can be reproduced exactly; `min_cases` lists smaller units unranked.
+    `month` is 'YYYY-MM' in `tz`; `as_of` (default: everything stored) cuts off later events so a published ranking
+    can be reproduced exactly. `policies` (default: streams/reference/sla) give each case's unsatisfied_rating_max,
+    and the one in force when the month began (`ranking_policy`) the composite score's weights and, when
+    `min_cases` is None, the minimum-case rule (DEFAULT_MIN_CASES without a `ranking` section): smaller units are
+    listed unranked.
     """
-    if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 0:
+    if min_cases is not None and (isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 0):
         raise ValidationError(f"min_cases must be a whole number >= 0, got {min_cases!r}", field="min_cases")
-    return run_query(engine, database, "ranking", {**_ranking_scope(month, by, as_of, tz), "min_cases": min_cases})
+    scope = _ranking_scope(month, by, as_of, tz)
+    policies = load_policies() if policies is None else policies
+    scoring = ranking_policy(policies, month, tz)
+    rules = None if scoring is None else scoring.ranking
+    if min_cases is None:
+        min_cases = ranking_min_cases(policies, month, tz)
+    weights = {rate: 0 if rules is None else rules.weights_bp[rate] for rate in RANKED_RATES}
+    versions = sorted(policies)
+    return run_query(engine, database, "ranking", {
+        **scope, "min_cases": min_cases, "scored": int(rules is not None), **{f"w_{rate}": weight for rate, weight in weights.items()},
+        "policy_versions": versions, "unsatisfied_max": [policies[v].rules.unsatisfied_rating_max for v in versions]})
 
 
-def ranking_provenance(engine: Engine, database: str, month: str, by: str = "street", *,
-                       as_of: datetime | None = None, tz: str = LOCAL_TIMEZONE) -> Result:
-    """The Kafka offset ranges and policy versions behind `ranking(month, by, as_of=as_of)`."""
-    return run_query(engine, database, "ranking_provenance", _ranking_scope(month, by, as_of, tz))
+def ranking_policy(policies: Mapping[str, SlaPolicy], month: str, tz: str = LOCAL_TIMEZONE) -> SlaPolicy | None:
+    """The policy whose `ranking` section (if any) scores `month`: the one in force when the month began, so a month is
+    scored by one rule however policies change during it (None: no policy was in force yet)."""
+    try:
+        return policy_in_force(policies, month_bounds(month, tz)[0])
+    except ConfigError:
+        return None
+
+
+def ranking_min_cases(policies: Mapping[str, SlaPolicy], month: str, tz: str = LOCAL_TIMEZONE) -> int:
+    """The minimum-case rule of `month` when none is asked for: the scoring policy's, else DEFAULT_MIN_CASES."""
+    scoring = ranking_policy(policies, month, tz)
+    return DEFAULT_MIN_CASES if scoring is None or scoring.ranking is None else scoring.ranking.min_cases
+
+
+def as_of_from_text(text: str) -> datetime:
+    """A ranking's `--as-of` / `as_of=`: ISO 8601 with a zone (`2026-12-01T00:00:00+08:00`, `...Z`); a time without one is refused."""
+    try:
+        moment = from_iso(text.strip())
+    except ValueError as exc:
+        raise ValidationError(f"as_of must be an ISO 8601 time with a zone, like 2026-12-01T00:00:00+08:00, got {text!r}", field="as_of") from exc
+    to_epoch_ms(moment, "as_of")  # refuses a naive time
+    return moment
+
+
+def pinned(moment: datetime) -> datetime:
+    """`moment` cut to the millisecond (the store's resolution), so the as-of a ranking prints reproduces it exactly."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def as_of_text(moment: datetime, tz: str = LOCAL_TIMEZONE) -> str:
+    """How a ranking prints its as-of: ISO 8601 in city time to the millisecond (`--as-of` reads it back)."""
+    return moment.astimezone(ZoneInfo(tz)).isoformat(timespec="milliseconds")
+
+
+def ranking_provenance(engine: Engine, database: str, month: str, by: str = "street", *, as_of: datetime | None = None,
+                       tz: str = LOCAL_TIMEZONE, policies: Mapping[str, SlaPolicy] | None = None) -> Result:
+    """The Kafka offset ranges and policy versions behind `ranking(month, by, as_of=as_of)`, each row with the as-of
+    used (ISO 8601 in `tz`, None: everything stored) and the policy that scored it ('' when none has a `ranking` section)."""
+    result = run_query(engine, database, "ranking_provenance", _ranking_scope(month, by, as_of, tz))
+    scoring = ranking_policy(load_policies() if policies is None else policies, month, tz)
+    stamp = None if as_of is None else as_of_text(as_of, tz)
+    score_policy = scoring.version if scoring is not None and scoring.ranking is not None else ""
+    return Result(result.name, (*result.columns, "as_of", "score_policy"), tuple((*row, stamp, score_policy) for row in result.rows))
 
 
 def ranking_rules(engine: Engine, database: str, month: str, by: str = "street", *,
@@ -136,7 +192,7 @@ def trend_breaches(engine: Engine, database: str, month: str, *, tz: str = LOCAL
 
 def trend_on_time(engine: Engine, database: str, month: str, months: int = 12, *, as_of: datetime | None = None,
                   tz: str = LOCAL_TIMEZONE) -> Result:
-    """Each street's on-time rate in each of the `months` months ending with `month` (dashboard_trend_on_time.sql):
+    """Each street-tier unit's on-time rate in each of the `months` months ending with `month` (dashboard_trend_on_time.sql):
     per month, ranking(month, "street")'s on_time_rate_pct."""
     if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= 36:
         raise ValidationError(f"months must be a whole number from 1 to 36, got {months!r}", field="months")
@@ -449,8 +505,8 @@ def query_text(name: str, directory: Path = QUERIES_DIR) -> str:
     """The statement of <directory>/<name>.sql as it is run: full-line comments stripped, and each
     fragment reference `{_fragment}` replaced by <directory>/_fragment.sql (comments stripped too).
 
-    A fragment is a piece of SQL shared by several queries (a rule written once, e.g. _month_cases.sql,
-    the ranking's case selection); its `{db}` and `%(param)s` are the query's. Fragments are not
+    A fragment is a piece of SQL shared by several queries (a rule written once, e.g. _month_holdings.sql,
+    who held which case in a ranking); its `{db}` and `%(param)s` are the query's. Fragments are not
     queries (names starting with `_` are refused here) and do not reference other fragments.
     """
     if name.startswith("_"):
@@ -601,8 +657,9 @@ def timeline_view(result: Result, tz: str = LOCAL_TIMEZONE) -> Result:
 
 
 def ranking_view(result: Result) -> Result:
-    """`ranking` narrowed for a terminal: the rates, breaches and average times (CSV/JSON keep every column)."""
-    keep = ("unit_id", "rank", "received", "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct",
-            "satisfaction_rate_pct", "breaches_total", "avg_accept_s", "avg_resolve_h")
-    names = ("unit", "rank", "cases", "resp %", "resolved %", "on time %", "satisf %", "breaches", "accept s", "resolve h")
+    """`ranking` narrowed for a terminal: score, rates, oversight, breaches and average times (CSV/JSON keep every column)."""
+    keep = ("unit_id", "rank", "score", "received", "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct",
+            "satisfaction_rate_pct", "urgings", "criticisms", "referrals", "breaches_total", "avg_accept_s", "avg_resolve_h")
+    names = ("unit", "rank", "score", "cases", "resp %", "resolved %", "on time %", "satisf %", "urged", "criticized", "referred",
+             "breaches", "accept s", "resolve h")
     return Result(result.name, names, tuple(tuple(row[k] for k in keep) for row in result.as_dicts()))

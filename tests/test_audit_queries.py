@@ -22,10 +22,12 @@ C11   p0   S5     -     same figures as C10: ties with it                       
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from datetime import datetime
 from decimal import Decimal as D
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -36,6 +38,7 @@ from sinks.anchor import GENESIS as DIGEST_START
 from sinks.anchor import Anchor, advance, anchor_findings
 from sinks.clickhouse import render_identifiers, strip_comment_lines
 from sinks.migrator import migrate
+from streams.domain.sla import load_policies
 from whistle.ground.errors import ConfigError, ValidationError
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -260,72 +263,205 @@ def store(engine, database):
 
 
 RANKING_COLUMNS = ("unit_id", "rank", "received", "responded", "resolved", "resolved_on_time", "rated", "satisfied",
-                   "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct", "satisfaction_rate_pct",
-                   "avg_accept_s", "p90_accept_s", "avg_resolve_h", "p90_resolve_h",
+                   "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct", "satisfaction_rate_pct", "score",
+                   "avg_accept_s", "p90_accept_s", "avg_resolve_h", "p90_resolve_h", "unsatisfied", "urgings", "criticisms", "referrals",
                    "breaches_community", "breaches_street", "breaches_department", "breaches_supervision",
                    "breaches_discipline", "breaches_total")
-
-# By street, March 2025 (Beijing), everything stored. C7 has no street, C9 opened in April (Beijing).
-# S1 = C1 C2 C3 C4: responded in time C1 C3 C4 (C2 had accept_overdue) = 3/4 = 75.00; resolved C1 C2 C3 = 75.00;
-#    on time C1 C3 (C2 had resolve_overdue) = 2/4 = 50.00; rated C1(5) C2(3) C3(latest 4): >= 4 is 2/3 = 66.666 -> 66.67.
-#    accept s: 600, 9000, 1200, 300 -> avg 11100/4 = 2775, p90 = ceil(0.9*4) = 4th smallest = 9000.
-#    resolve h: 4, 24, 31 -> avg 59/3 = 19.666 -> 19.67, p90 = 3rd of 3 = 31.00.
-#    breaches: B2a community, B2b street, B3 community, B4 community (its copy counted once) -> 3 community, 1 street, 4.
-# S2 = C5 C6: responded C6 = 1/2 = 50.00; resolved none (C6 reopened) = 0.00; nobody rated -> NULL;
-#    accept 1800 s; breaches B5a community, B5b street, B6 community (the warning W5 does not count) -> 2, 1, 3.
-# S3 = C8: responded 1/1 = 100.00, resolved 0.00; accept 2400 s.   S4 = C10, S5 = C11: 100/100/100, accept 600 s, resolve 1 h.
-# Rank keys (resolution, satisfaction, response, on time, breaches): S4 = S5 (100, none, 100, 100, 0) rank 1 and 1;
-#    S1 (75, 66.67, ...) 3; S3 (0, none, 100, ...) before S2 (0, none, 50, ...): 4 and 5.
-BY_STREET = [
-    ("S4", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0),
-    ("S5", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0),
-    ("S1", 3, 4, 3, 3, 2, 3, 2, D("75.00"), D("75.00"), D("50.00"), D("66.67"), 2775, 9000, D("19.67"), D("31.00"), 3, 1, 0, 0, 0, 4),
-    ("S3", 4, 1, 1, 0, 0, 0, 0, D("100.00"), D("0.00"), D("0.00"), None, 2400, 2400, None, None, 0, 0, 0, 0, 0, 0),
-    ("S2", 5, 2, 1, 0, 0, 0, 0, D("50.00"), D("0.00"), D("0.00"), None, 1800, 1800, None, None, 2, 1, 0, 0, 0, 3),
-]
+V1 = load_policies()["policy-v1"]  # unsatisfied_rating_max 2, no ranking section
+RANKED = load_policies(Path(__file__).parent / "data" / "ranking")["policy-ranked"]  # v1 with weights 0.2 / 0.3 / 0.35 / 0.15, min_cases 2
+UNSCORED = {"sla-v1": V1, "sla-v2": V1}  # the data set's policy versions, judged by these rules
+SCORED = {"sla-v1": RANKED, "sla-v2": RANKED}
 
 
-def test_ranking_by_street(store):
-    result = audit.ranking(*store, "2025-03", "street")
+def rank(store, by, min_cases=1, policies=UNSCORED, **scope):
+    return audit.ranking(*store, "2025-03", by, min_cases, policies=policies, **scope)
+
+
+# March 2025 (Beijing), everything stored. Each unit on the cases it HELD (a case event names it as the holder after it),
+# charged with the breaches that name it responsible (the holder when they fired) and the ratings given while it held.
+# Grids: G-S1-1 held C1 (accepted +600 s, resolved +4 h, rated 5), C2 (returned to G-S1-2 at 10:20 unaccepted), C4 (accepted
+#    +300 s, then B4 resolve_overdue -> community): responded C1 C4 = 2/3 = 66.67; resolved C1 = 33.33, on time too; rated
+#    C1 5 -> 100.00; accept (600 + 300)/2 = 450, p90 2nd of 2 = 600; resolve 4 h; breaches B4 -> 1 community.
+#  G-S1-2 held C2 from 10:20 (B2a accept_overdue -> community) and C3 (accepted +1200 s, resolved, rated 1, B3
+#    unsatisfied_rating -> community; the community resolved it last): responded C3 = 50.00; resolved none; rated C3 1,
+#    unsatisfied; accept 1200 s; breaches B2a, B3 -> 2 community.
+#  G-S2-1 held C5 (B5a accept_overdue): nothing in time; G-S2-2 held C6 (accepted +1800 s, resolved, reopened -> community:
+#    its resolution undone; B6); G-S3-1 held C8 (accepted +2400 s); G-S4-1, G-S5-1 held C10, C11 (600 s, 1 h): tie.
+# Rank keys (resolution, satisfaction, response, on time, breaches): G-S4-1 = G-S5-1 1; G-S1-1 (33.33) 3; then resolution 0:
+#    G-S1-2 has a rating (0.00) so ranks above the unrated; G-S3-1 and G-S2-2 (response 100, breaches 0 before 1); G-S2-1.
+# Communities: C-S1-1 held C2 from 12:00 (accepted 12:30 = 1800 s; B2b resolve_overdue -> street), C3 from 03-10 13:00
+#    (accepted 03-11 09:00 = 72000 s, resolved 15:00 = 26 h, rated 4) and C4 from 03-25 14:05 (accepted 15:00 = 3300 s):
+#    responded 3/3, resolved C3 = 33.33, on time too, satisfied 1/1; accept 77100/3 = 25700, p90 3rd = 72000; 1 street.
+#  C-S2-1 held C5 (B5b accept_overdue -> street) and C6: nothing; 1 street.
+# Streets: ST-S1 held C2 from 03-06 08:30 (accepted 09:00 = 1800 s, resolved 10:00 = 1.5 h, rated 3 > v1's
+#    unsatisfied_rating_max 2: satisfied); ST-S2 held C5 (escalated to it, never accepted).
+# Departments: D2 held C7 only (the district desk's case; accepted 900 s, resolved 2 h). C1-C6 and C8 are owned by D1 or
+#    D2 (department_id) but grids, communities and streets handled them: not the departments' cases.
+BY_TIER = {
+    "grid": [
+        ("G-S4-1", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ("G-S5-1", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, None, 600, 600, D("1.00"), D("1.00"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ("G-S1-1", 3, 3, 2, 1, 1, 1, 1, D("66.67"), D("33.33"), D("33.33"), D("100.00"), None, 450, 600, D("4.00"), D("4.00"), 0, 0, 0, 0, 1, 0, 0, 0, 0, 1),
+        ("G-S1-2", 4, 2, 1, 0, 0, 1, 0, D("50.00"), D("0.00"), D("0.00"), D("0.00"), None, 1200, 1200, None, None, 1, 0, 0, 0, 2, 0, 0, 0, 0, 2),
+        ("G-S3-1", 5, 1, 1, 0, 0, 0, 0, D("100.00"), D("0.00"), D("0.00"), None, None, 2400, 2400, None, None, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ("G-S2-2", 6, 1, 1, 0, 0, 0, 0, D("100.00"), D("0.00"), D("0.00"), None, None, 1800, 1800, None, None, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1),
+        ("G-S2-1", 7, 1, 0, 0, 0, 0, 0, D("0.00"), D("0.00"), D("0.00"), None, None, None, None, None, None, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1),
+    ],
+    "community": [
+        ("C-S1-1", 1, 3, 3, 1, 1, 1, 1, D("100.00"), D("33.33"), D("33.33"), D("100.00"), None, 25700, 72000, D("26.00"), D("26.00"), 0, 0, 0, 0, 0, 1, 0, 0, 0, 1),
+        ("C-S2-1", 2, 2, 0, 0, 0, 0, 0, D("0.00"), D("0.00"), D("0.00"), None, None, None, None, None, None, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1),
+    ],
+    "street": [
+        ("ST-S1", 1, 1, 1, 1, 1, 1, 1, D("100.00"), D("100.00"), D("100.00"), D("100.00"), None, 1800, 1800, D("1.50"), D("1.50"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ("ST-S2", 2, 1, 0, 0, 0, 0, 0, D("0.00"), D("0.00"), D("0.00"), None, None, None, None, None, None, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    ],
+    "department": [
+        ("D2", 1, 1, 1, 1, 1, 0, 0, D("100.00"), D("100.00"), D("100.00"), None, None, 900, 900, D("2.00"), D("2.00"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    ],
+}
+
+
+@pytest.mark.parametrize("by", list(BY_TIER))
+def test_each_unit_is_ranked_on_the_cases_it_held_and_charged_with_its_own_failures(store, by):
+    result = rank(store, by)
 
     assert result.columns == RANKING_COLUMNS
-    assert list(result.rows) == BY_STREET
+    assert list(result.rows) == BY_TIER[by]
 
 
-def test_ranking_by_department(store):
-    # D1 = C1 C2 C4 C5 C8 (C10, C11 have no department): responded C1 C4 C8 = 3/5 = 60.00; resolved C1 C2 = 40.00;
-    #    on time C1 = 20.00; rated C1(5) C2(3) -> 1/2 = 50.00; accept 600, 9000, 300, 2400 -> avg 12300/4 = 3075, p90 4th = 9000;
-    #    resolve 4 h, 24 h -> avg 14.00, p90 = ceil(1.8) = 2nd = 24.00; breaches C2 (community, street), C4 community,
-    #    C5 (community, street) -> 3, 2, total 5.
-    # D2 = C3 C6 C7: responded 3/3 = 100.00; resolved C3 C7 = 2/3 = 66.666 -> 66.67, on time the same; rated C3(4) = 100.00;
-    #    accept 1200, 1800, 900 -> avg 1300, p90 3rd = 1800; resolve 31 h, 2 h -> avg 16.50, p90 2nd = 31.00;
-    #    breaches B3, B6 community -> 2.
-    result = audit.ranking(*store, "2025-03", "department")
-
-    assert list(result.rows) == [
-        ("D2", 1, 3, 3, 2, 2, 1, 1, D("100.00"), D("66.67"), D("66.67"), D("100.00"), 1300, 1800, D("16.50"), D("31.00"), 2, 0, 0, 0, 0, 2),
-        ("D1", 2, 5, 3, 2, 1, 2, 1, D("60.00"), D("40.00"), D("20.00"), D("50.00"), 3075, 9000, D("14.00"), D("24.00"), 3, 2, 0, 0, 0, 5),
-    ]
+def test_a_unit_is_charged_with_what_happened_while_it_held_the_case(store):
+    """C2 went grid G-S1-1 -> (returned) grid G-S1-2 -> (B2a) community -> (B2b) street: each holder is charged with its
+    own breach only, and the case counts once for each. C3's unsatisfied rating is the grid's, its good rating the
+    community's. The department-owned C1-C6 count for no department."""
+    rows = {by: {r["unit_id"]: r for r in rank(store, by).as_dicts()} for by in BY_TIER}
+    held_c2 = [rows["grid"]["G-S1-1"], rows["grid"]["G-S1-2"], rows["community"]["C-S1-1"], rows["street"]["ST-S1"]]
+    assert [r["received"] > 0 for r in held_c2] == [True] * 4
+    assert rows["grid"]["G-S1-2"]["breaches_community"] == 2 and rows["community"]["C-S1-1"]["breaches_street"] == 1
+    assert (rows["grid"]["G-S1-2"]["unsatisfied"], rows["community"]["C-S1-1"]["satisfied"]) == (1, 1)
+    assert set(rows["department"]) == {"D2"} and rows["department"]["D2"]["received"] == 1
 
 
 def test_units_below_min_cases_are_listed_unranked(store):
-    # Only S1 (4 cases) and S2 (2 cases) reach 2 cases; S3, S4, S5 follow unranked, by unit id.
-    result = audit.ranking(*store, "2025-03", "street", min_cases=2)
+    # Only G-S1-1 (3 cases) and G-S1-2 (2) reach 2 cases; the other grids follow unranked, by unit id.
+    result = rank(store, "grid", min_cases=2)
 
-    assert [(row[0], row[1]) for row in result.rows] == [("S1", 1), ("S2", 2), ("S3", None), ("S4", None), ("S5", None)]
-    assert [row[2:] for row in result.rows] == [BY_STREET[2][2:], BY_STREET[4][2:], BY_STREET[3][2:], BY_STREET[0][2:], BY_STREET[1][2:]]
+    assert [(row[0], row[1]) for row in result.rows] == [("G-S1-1", 1), ("G-S1-2", 2), ("G-S2-1", None), ("G-S2-2", None),
+                                                         ("G-S3-1", None), ("G-S4-1", None), ("G-S5-1", None)]
+    by_unit = {row[0]: row[2:] for row in BY_TIER["grid"]}
+    assert all(row[2:] == by_unit[row[0]] for row in result.rows)
 
 
 def test_ranking_as_of_ignores_what_happened_later(store):
-    # As of 03-06 09:30 only C1 and C2 were open. C1: accepted +600 s, resolved +4 h, rated 5. C2: accepted +9000 s after
-    # accept_overdue (B2a), resolve_overdue fired (B2b), the street accepted at 09:00, not resolved yet.
-    # S1: responded 1/2 = 50.00, resolved 1/2, on time 1/2, satisfied 1/1 = 100.00; accept avg (600+9000)/2 = 4800,
-    # p90 = ceil(1.8) = 2nd = 9000; resolve 4.00 h; breaches 1 community, 1 street.
-    result = audit.ranking(*store, "2025-03", "street", as_of=beijing("2025-03-06 09:30"))
-
-    assert list(result.rows) == [
-        ("S1", 1, 2, 1, 1, 1, 1, 1, D("50.00"), D("50.00"), D("50.00"), D("100.00"), 4800, 9000, D("4.00"), D("4.00"), 1, 1, 0, 0, 0, 2),
+    # As of 03-06 09:30 only C1 and C2 were open. Grids: G-S1-1 held C1 (accepted +600 s, resolved +4 h, rated 5) and C2
+    # (returned); G-S1-2 held C2 (B2a). Community C-S1-1: C2 accepted +1800 s, B2b fired 08:30. Street ST-S1: accepted
+    # at 09:00 (+1800 s), not resolved yet.
+    as_of = beijing("2025-03-06 09:30")
+    assert list(rank(store, "grid", as_of=as_of).rows) == [
+        ("G-S1-1", 1, 2, 1, 1, 1, 1, 1, D("50.00"), D("50.00"), D("50.00"), D("100.00"), None, 600, 600, D("4.00"), D("4.00"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ("G-S1-2", 2, 1, 0, 0, 0, 0, 0, D("0.00"), D("0.00"), D("0.00"), None, None, None, None, None, None, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1),
     ]
+    assert list(rank(store, "street", as_of=as_of).rows) == [
+        ("ST-S1", 1, 1, 1, 0, 0, 0, 0, D("100.00"), D("0.00"), D("0.00"), None, None, 1800, 1800, None, None, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    ]
+
+
+# Oversight records (督办 urging, 通报批评 criticism, 问责 referral) and a rating at the top of a chain, inserted as the
+# stream code will store them: C12 (S1, opened 03-26 09:00, G-S1-1) accepted 09:10, resolved 10:00, rated 2 at 11:00
+# with no breach (nobody above to escalate to); urged and criticized while G-S1-1 held C4 and C12, a referral charged
+# to C-S1-1 for C4 on 03-31. Its case events urged / criticized / referred keep the holder.
+C12 = case("C12", S1, GRID_S1_1, [
+    step("opened", "2025-03-26 09:00", cause="app:R12", source="app", report_id="app:R12"),
+    step("dispatched", "2025-03-26 09:00", cause="app:R12"),
+    step("accepted", "2025-03-26 09:10", actor="G-S1-1"),
+    step("resolved", "2025-03-26 10:00", actor="G-S1-1"),
+    step("rated", "2025-03-26 11:00", actor="reporter", rating=2),
+    step("urged", "2025-03-27 09:00", cause="U12"),
+])
+U4 = breach("U4", C4, "urging", "resolve_overdue", "community", "2025-03-25 14:05", "2025-03-25 09:00", "G-S1-1", None)
+K4 = breach("K4", C4, "criticism", "resolve_overdue", "community", "2025-03-25 14:05", "2025-03-25 10:00", "G-S1-1", None)
+U12 = breach("U12", C12, "urging", "resolve_overdue", "grid", "2025-03-27 09:00", "2025-03-27 09:00", "G-S1-1", None)
+R4 = breach("R4", C4, "referral", "final_overdue", "discipline", "2025-03-31 15:00", "2025-03-31 15:00", "C-S1-1", "DIS")
+LATER_EVENTS = C12
+LATER_BREACHES = [U4, K4, U12, R4]
+
+
+def insert_later(engine, database, events=LATER_EVENTS, breaches=LATER_BREACHES):
+    """Rows that reach the store after the first ranking (on partition 2, after everything else)."""
+    rows = {"case_events": [event_row(r) for r in kafka_log(EVENTS_TOPIC, [[], [], events])],
+            "breaches": kafka_log(BREACHES_TOPIC, [[], [], breaches])}
+    for table, records in rows.items():
+        columns = [c for c in records[0] if c != "later_batch"]
+        engine.insert(f"{database}.{table}", columns, [tuple(r[c] for c in columns) for r in records])
+
+
+def test_urgings_criticisms_and_referrals_are_counted_for_the_unit_they_name(store):
+    insert_later(*store)
+    grids = {r["unit_id"]: r for r in rank(store, "grid").as_dicts()}
+    communities = {r["unit_id"]: r for r in rank(store, "community").as_dicts()}
+
+    # G-S1-1: U4 and U12 urgings, K4 criticism; C-S1-1: R4 referral (also a breach escalating to discipline).
+    assert (grids["G-S1-1"]["urgings"], grids["G-S1-1"]["criticisms"], grids["G-S1-1"]["referrals"]) == (2, 1, 0)
+    assert (communities["C-S1-1"]["urgings"], communities["C-S1-1"]["criticisms"], communities["C-S1-1"]["referrals"]) == (0, 0, 1)
+    assert (communities["C-S1-1"]["breaches_discipline"], communities["C-S1-1"]["breaches_total"]) == (1, 2)
+    assert all(r["urgings"] == r["criticisms"] == r["referrals"] == 0 for u, r in grids.items() if u != "G-S1-1")
+    # C12's rating 2 has no breach: unsatisfied by v1's unsatisfied_rating_max 2, so G-S1-1 has 1 satisfied (C1) of 2 rated;
+    # C12 resolved by it, on time (the urging is no late-resolution breach): 4 cases, 2 resolved, 2 on time.
+    g = grids["G-S1-1"]
+    assert (g["received"], g["resolved"], g["resolved_on_time"], g["rated"], g["satisfied"], g["unsatisfied"]) == (4, 2, 2, 2, 1, 1)
+    lenient = {v: dataclasses.replace(V1, rules=dataclasses.replace(V1.rules, unsatisfied_rating_max=1)) for v in UNSCORED}
+    assert {r["unit_id"]: r["satisfied"] for r in rank(store, "grid", policies=lenient).as_dicts()}["G-S1-1"] == 2
+
+
+def test_a_ranking_as_of_a_time_is_the_same_after_later_events_arrive(store):
+    before, after = beijing("2025-03-25 00:00"), beijing("2025-04-01 00:00")  # the later rows all fall between the two
+    first = {by: rank(store, by, as_of=before) for by in BY_TIER}
+    first_provenance = audit.ranking_provenance(*store, "2025-03", "grid", as_of=before, policies=UNSCORED)
+    control = {by: rank(store, by, as_of=after) for by in BY_TIER}
+    insert_later(*store)
+
+    assert {by: rank(store, by, as_of=before) for by in BY_TIER} == first
+    assert audit.ranking_provenance(*store, "2025-03", "grid", as_of=before, policies=UNSCORED) == first_provenance
+    assert first_provenance.rows[0][-2:] == ("2025-03-25T00:00:00.000+08:00", "")
+    # Negative control: as of a later time the same rows are seen (urgings, criticism, referral, C12).
+    later = {by: rank(store, by, as_of=after) for by in BY_TIER}
+    assert later["grid"] != control["grid"] and later["community"] != control["community"]
+    assert later["street"] == control["street"] and later["department"] == control["department"]  # nothing reached them
+
+
+def score_bp(row, weights):
+    """The composite score, computed here from the rates the ranking shows (basis points) and the policy's weights."""
+    rates = {"response": row["response_rate_pct"], "resolution": row["resolution_rate_pct"],
+             "satisfaction": row["satisfaction_rate_pct"], "on_time": row["on_time_rate_pct"]}
+    present = {rate: int(value * 100) for rate, value in rates.items() if value is not None}
+    weight = sum(weights[rate] for rate in present)
+    if weight == 0:
+        return None
+    total = sum(weights[rate] * present[rate] for rate in present)
+    return (2 * total + weight) // (2 * weight)  # half up
+
+
+def test_the_composite_score_weighs_the_rates_as_the_policy_says(store):
+    result = rank(store, "grid", min_cases=None, policies=SCORED)  # min_cases from the policy: 2
+    rows = result.as_dicts()
+    weights = dict(RANKED.ranking.weights_bp)
+
+    assert all(row["score"] == (None if score_bp(row, weights) is None else D(score_bp(row, weights)) / 100) for row in rows)
+    # By hand, G-S1-1: response 6667, resolution 3333, on time 3333, satisfaction 10000 bp:
+    # (2000*6667 + 3000*3333 + 1500*3333 + 3500*10000) / 10000 = 6333.25 -> 63.33.
+    # G-S1-2: 5000, 0, 0, 0 -> 1000 -> 10.00. G-S4-1 (nothing rated): (2000+3000+1500)*10000 / 6500 -> 100.00.
+    scores = {row["unit_id"]: row["score"] for row in rows}
+    assert (scores["G-S1-1"], scores["G-S1-2"], scores["G-S4-1"], scores["G-S2-1"]) == (D("63.33"), D("10.00"), D("100.00"), D("0.00"))
+    # Ranked by score among units with at least 2 cases (the policy's rule), the rest listed unranked.
+    assert [(row["unit_id"], row["rank"]) for row in rows] == [("G-S1-1", 1), ("G-S1-2", 2), ("G-S2-1", None), ("G-S2-2", None),
+                                                              ("G-S3-1", None), ("G-S4-1", None), ("G-S5-1", None)]
+    # Rank follows the score: with every unit ranked, G-S2-2 (response 100.00 alone, 20000000 / 6500 -> 30.77) comes above
+    # G-S1-2 (10.00),
+    # which the unscored order puts above it (a rating); the unscored ranking has no score.
+    order = [row["unit_id"] for row in rank(store, "grid", policies=SCORED).as_dicts()]
+    assert order.index("G-S2-2") < order.index("G-S1-2")
+    assert [row[:2] for row in rank(store, "grid").rows] == [row[:2] for row in BY_TIER["grid"]]
+    provenance = audit.ranking_provenance(*store, "2025-03", "grid", policies=SCORED)
+    assert {row[-2:] for row in provenance.rows} == {(None, "policy-ranked")}
 
 
 def test_ranking_rules_name_the_registered_content_of_each_policy_and_calendar_edition(engine, database):
@@ -339,7 +475,7 @@ def test_ranking_rules_name_the_registered_content_of_each_policy_and_calendar_e
                                              "registered_by", "kafka_topic", "kafka_partition", "kafka_offset", "ingest_ms"),
                   [("policy:sla-v1", "policy", "sla-v1", "policy-sla-v1.yaml", "a" * 64, "version: sla-v1", None, INGEST_MS, "worker-1",
                     "whistle.audit.rules", 0, 0, INGEST_MS)])
-    result = audit.ranking_rules(engine, database, "2025-03", "street")
+    result = audit.ranking_rules(engine, database, "2025-03", "grid")
 
     assert result.columns == ("kind", "name", "sha256")
     assert list(result.rows) == [("calendar_edition", "", "c" * 64), ("policy", "sla-v1", "a" * 64), ("policy", "sla-v2", "")]
@@ -377,68 +513,73 @@ def _digest(entries):
 
 
 def test_ranking_provenance_names_offset_ranges_and_policies(store):
-    # Cases ranked by street in March: C1 C2 C3 C4 C5 C6 C8 C10 C11.
+    # Cases grids held in March: C1 C2 C3 C4 C5 C6 C8 C10 C11 (C7 was the district desk's, C9 opened in April).
     # events p0: C1 0-7 (8 rows with the retried copy), C3 8-17 (10), C5 18-21 (4), C11 28-31 (4) -> 0..31, 26 rows;
     # events p1: C2 0-9 (10), C4 10-14 (5), C6 15-20 (6), C8 21-23 (3, sla-v2), C10 24-27 (4) -> 0..27, 28 rows;
     # breaches and referrals p0: B3 0, B5a 2, B5b 3 (W5 is a warning) -> 0..3, 3 rows;
     # p1: B2a 0, B2b 1, B4 2 and its copy 3, B6 4 -> 0..4, 5 rows.
-    result = audit.ranking_provenance(*store, "2025-03", "street")
+    result = audit.ranking_provenance(*store, "2025-03", "grid", as_of=beijing("2025-04-02 00:00"), policies=UNSCORED)
 
-    assert result.columns == ("source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions")
+    assert result.columns == ("source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions",
+                              "as_of", "score_policy")
+    as_of = "2025-04-02T00:00:00.000+08:00"
     assert list(result.rows) == [
-        ("breaches", BREACHES_TOPIC, 0, 0, 3, 3, "sla-v1"),
-        ("breaches", BREACHES_TOPIC, 1, 0, 4, 5, "sla-v1"),
-        ("case_events", EVENTS_TOPIC, 0, 0, 31, 26, "sla-v1"),
-        ("case_events", EVENTS_TOPIC, 1, 0, 27, 28, "sla-v1,sla-v2"),
+        ("breaches", BREACHES_TOPIC, 0, 0, 3, 3, "sla-v1", as_of, ""),
+        ("breaches", BREACHES_TOPIC, 1, 0, 4, 5, "sla-v1", as_of, ""),
+        ("case_events", EVENTS_TOPIC, 0, 0, 31, 26, "sla-v1", as_of, ""),
+        ("case_events", EVENTS_TOPIC, 1, 0, 27, 28, "sla-v1,sla-v2", as_of, ""),
     ]
 
 
 # (month, by, as_of, tz): the ranking's scopes on the data set, including an empty month and one that only UTC puts C9 in.
-SCOPES = [("2025-03", "street", None, audit.LOCAL_TIMEZONE), ("2025-03", "department", None, audit.LOCAL_TIMEZONE),
-          ("2025-03", "street", beijing("2025-03-06 09:30"), audit.LOCAL_TIMEZONE),
-          ("2025-03", "department", beijing("2025-03-12 12:00"), audit.LOCAL_TIMEZONE),
-          ("2025-03", "street", None, "UTC"), ("2025-04", "department", None, audit.LOCAL_TIMEZONE),
-          ("2025-02", "street", None, audit.LOCAL_TIMEZONE)]
+SCOPES = [("2025-03", "grid", None, audit.LOCAL_TIMEZONE), ("2025-03", "department", None, audit.LOCAL_TIMEZONE),
+          ("2025-03", "grid", beijing("2025-03-06 09:30"), audit.LOCAL_TIMEZONE),
+          ("2025-03", "community", beijing("2025-03-12 12:00"), audit.LOCAL_TIMEZONE),
+          ("2025-03", "grid", None, "UTC"), ("2025-04", "grid", None, audit.LOCAL_TIMEZONE),
+          ("2025-02", "street", None, audit.LOCAL_TIMEZONE), ("2025-03", "street", None, audit.LOCAL_TIMEZONE)]
 
 
-def test_ranking_and_provenance_select_the_same_cases(store, tmp_path):
-    # The shared selection (sinks/queries/_month_cases.sql) run on its own gives the case set K of a scope; the ranking
-    # must count exactly K (received per unit = K's cases per unit) and the provenance must read exactly K's rows
+def test_ranking_and_provenance_select_the_same_holdings(store, tmp_path):
+    # The shared holdings (sinks/queries/_month_holdings.sql) run on their own give the (case, unit) pairs H of a scope;
+    # the ranking must count exactly H (cases held per unit) and the provenance must read exactly H's cases' rows
     # (offset ranges, row counts and policies recomputed here from the data set's Kafka log).
     engine, database = store
-    (tmp_path / "_month_cases.sql").write_text((audit.QUERIES_DIR / "_month_cases.sql").read_text())
-    (tmp_path / "month_cases.sql").write_text("SELECT DISTINCT case_id FROM ({_month_cases}) ORDER BY case_id")
+    (tmp_path / "_month_holdings.sql").write_text((audit.QUERIES_DIR / "_month_holdings.sql").read_text())
+    (tmp_path / "month_holdings.sql").write_text("SELECT case_id, unit_id FROM ({_month_holdings}) ORDER BY case_id, unit_id")
     log = dataset()
-    opened = {r["case_id"]: r for r in log["case_events"] if r["kind"] == "opened"}
     seen = {}
     for month, by, as_of, tz in SCOPES:
         scope = audit._ranking_scope(month, by, as_of, tz)
-        sql = render_identifiers(audit.query_text("month_cases", tmp_path), db=database)
-        cases = {row[0] for row in engine.execute(sql, scope, name="month_cases.sql")}
+        sql = render_identifiers(audit.query_text("month_holdings", tmp_path), db=database)
+        holdings = engine.execute(sql, scope, name="month_holdings.sql")
+        cases = {case_id for case_id, _ in holdings}
         seen[(month, by, as_of, tz)] = cases
 
-        ranking = audit.ranking(engine, database, month, by, as_of=as_of, tz=tz)
-        assert {row[0]: row[2] for row in ranking.rows} == dict(Counter(opened[c][f"{by}_id"] for c in cases))
+        ranking = audit.ranking(engine, database, month, by, 1, as_of=as_of, tz=tz, policies=UNSCORED)
+        assert {row[0]: row[2] for row in ranking.rows} == dict(Counter(unit for _, unit in holdings))
 
         expected = []
         for table in ("breaches", "case_events"):
             read = [r for r in log[table] if r["case_id"] in cases and (
                 r["at"] < scope["as_of_ms"] if table == "case_events"
-                else r["kind"] in ("breach", "referral") and r["fired_at_ms"] < scope["as_of_ms"])]
+                else r["kind"] in ("breach", "referral", "urging", "criticism") and r["fired_at_ms"] < scope["as_of_ms"])]
             for topic, partition in sorted({(r["kafka_topic"], r["kafka_partition"]) for r in read}):
                 offsets = [r["kafka_offset"] for r in read if (r["kafka_topic"], r["kafka_partition"]) == (topic, partition)]
                 policies = {r["policy_version"] for r in read if (r["kafka_topic"], r["kafka_partition"]) == (topic, partition)}
                 expected.append((table, topic, partition, min(offsets), max(offsets), len(offsets), ",".join(sorted(policies))))
-        assert list(audit.ranking_provenance(engine, database, month, by, as_of=as_of, tz=tz).rows) == expected
-    # The scopes do differ (the comparison above is not vacuous): by street C7 is out, by department C10 and C11;
-    # C9 is March only in UTC; February is empty.
+        provenance = audit.ranking_provenance(engine, database, month, by, as_of=as_of, tz=tz, policies=UNSCORED)
+        assert [row[:-2] for row in provenance.rows] == expected
+    # The scopes do differ (the comparison above is not vacuous): grids held all but C7 (the district desk's) and C9
+    # (April); the department tier only C7; by 03-12 12:00 communities held C2, C3, C5; C9 is March only in UTC;
+    # February is empty; streets held C2 and C5.
     assert seen[SCOPES[0]] == {"C1", "C2", "C3", "C4", "C5", "C6", "C8", "C10", "C11"}
-    assert seen[SCOPES[1]] == {"C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"}
+    assert seen[SCOPES[1]] == {"C7"}
     assert seen[SCOPES[2]] == {"C1", "C2"}
-    assert seen[SCOPES[3]] == {"C1", "C2", "C3", "C5"}
+    assert seen[SCOPES[3]] == {"C2", "C3", "C5"}
     assert seen[SCOPES[4]] == seen[SCOPES[0]] | {"C9"}
     assert seen[SCOPES[5]] == {"C9"}
     assert seen[SCOPES[6]] == set()
+    assert seen[SCOPES[7]] == {"C2", "C5"}
 
 
 def test_query_text_splices_fragments_once_written(tmp_path):
@@ -461,15 +602,19 @@ def test_query_text_splices_fragments_once_written(tmp_path):
         audit.query_text("_open_cases", tmp_path)
 
 
-def test_ranking_and_provenance_share_one_case_selection():
-    # The selection is written once, in the fragment; both queries reference it and neither spells it out.
-    raw = {name: (audit.QUERIES_DIR / f"{name}.sql").read_text() for name in ("ranking", "ranking_provenance")}
-    assert raw["ranking"].count("case_id IN ({_month_cases})") == 1
-    assert raw["ranking_provenance"].count("case_id IN ({_month_cases})") == 2  # case events and breaches
-    selection = strip_comment_lines((audit.QUERIES_DIR / "_month_cases.sql").read_text()).strip()
+def test_ranking_provenance_rules_and_trends_share_one_holdings_rule():
+    # Who held what is written once, in the fragment; every query that needs it references it and none spells it out.
+    names = ("ranking", "ranking_provenance", "ranking_rules", "dashboard_trend_on_time")
+    raw = {name: (audit.QUERIES_DIR / f"{name}.sql").read_text() for name in names}
+    assert raw["ranking"].count("(case_id, assignee_unit_id) IN ({_month_holdings})") == 1  # a holding's own events
+    assert raw["ranking"].count("case_id IN (SELECT case_id FROM ({_month_holdings}))") == 1  # its cases' resolution
+    assert raw["ranking_provenance"].count("case_id IN (SELECT case_id FROM ({_month_holdings}))") == 2  # case events and breaches
+    assert raw["dashboard_trend_on_time"].count("FROM ({_month_holdings}) AS holdings") == 1
+    holdings = strip_comment_lines((audit.QUERIES_DIR / "_month_holdings.sql").read_text()).strip()
     for name, text in raw.items():
         assert "%(start_ms)s" not in strip_comment_lines(text), name  # the month bound is only in the fragment
-        assert f"case_id IN ({selection})" in audit.query_text(name), name
+        assert "assignee_tier" not in strip_comment_lines(text), name  # and so is the tier held at
+        assert f"({holdings})" in audit.query_text(name), name
 
 
 def test_case_timeline_tells_the_whole_story_in_order(store):
@@ -510,18 +655,19 @@ def test_breaches_are_listed_once_and_filtered(store):
 
 
 def test_ranking_renders_to_csv_and_json_with_exact_decimals(store):
-    result = audit.ranking(*store, "2025-03", "department")
+    result = rank(store, "community")
 
     assert audit.to_csv(result).splitlines()[1:] == [
-        "D2,1,3,3,2,2,1,1,100.00,66.67,66.67,100.00,1300,1800,16.50,31.00,2,0,0,0,0,2",
-        "D1,2,5,3,2,1,2,1,60.00,40.00,20.00,50.00,3075,9000,14.00,24.00,3,2,0,0,0,5",
+        "C-S1-1,1,3,3,1,1,1,1,100.00,33.33,33.33,100.00,,25700,72000,26.00,26.00,0,0,0,0,0,1,0,0,0,1",
+        "C-S2-1,2,2,0,0,0,0,0,0.00,0.00,0.00,,,,,,,0,0,0,0,0,1,0,0,0,1",
     ]
-    assert orjson.loads(audit.to_json(result))[0]["resolution_rate_pct"] == "66.67"
+    assert orjson.loads(audit.to_json(result))[0]["resolution_rate_pct"] == "33.33"
     assert audit.render_table(result).row_count == 2
 
 
 @pytest.mark.parametrize("month, by, error", [("2025-3", "street", "month must be YYYY-MM"), ("2025-13", "street", "month must be YYYY-MM"),
-                                               ("2025-03", "grid", "by must be one of street, department")])
+                                               ("2025-03", "district", "by must be one of grid, community, street, department"),
+                                               ("2025-03", "supervision", "by must be one of grid, community, street, department")])
 def test_ranking_refuses_bad_input(month, by, error):
     with pytest.raises(ValidationError, match=error):
         audit.ranking(None, "whistle", month, by)
@@ -532,3 +678,15 @@ def test_month_bounds_are_local_midnights():
     assert audit.month_bounds("2025-03") == (1_740_758_400_000, 1_743_436_800_000)
     # December rolls over into the next year: 2025-12-01 00:00 UTC = 1764547200000, 2026-01-01 00:00 UTC = 1767225600000.
     assert audit.month_bounds("2025-12", "UTC") == (1_764_547_200_000, 1_767_225_600_000)
+
+
+def test_a_rankings_as_of_is_iso_8601_with_a_zone_and_its_printed_text_reproduces_it():
+    moment = audit.as_of_from_text("2025-03-25T00:00:00+08:00")
+    assert moment == beijing("2025-03-25 00:00")
+    assert audit.as_of_from_text("2025-03-24T16:00:00Z") == moment
+    printed = audit.as_of_text(audit.pinned(datetime(2025, 3, 25, 1, 2, 3, 456789, tzinfo=BEIJING)))
+    assert printed == "2025-03-25T01:02:03.456+08:00" and audit.as_of_text(audit.as_of_from_text(printed)) == printed
+    with pytest.raises(ValidationError, match="has no time zone"):
+        audit.as_of_from_text("2025-03-25T00:00:00")
+    with pytest.raises(ValidationError, match="as_of must be an ISO 8601 time with a zone"):
+        audit.as_of_from_text("yesterday")

@@ -113,13 +113,32 @@ def test_overview(store, users):
     assert answer["breaches_previous"]["rows"] == []
 
 
-@pytest.mark.parametrize("by", ["street", "department"])
+AS_OF = "2025-04-02T00:00:00.000+08:00"
+AS_OF_QUERY = "as_of=" + AS_OF.replace("+", "%2B")
+
+
+@pytest.mark.parametrize("by", list(audit.RANKING_UNITS))
 def test_ranking_and_provenance_are_the_cli_queries(store, users, by):
-    ranking, provenance = get_json(*store, users, f"/api/ranking?month={MONTH}&by={by}&min_cases=2", f"/api/provenance?month={MONTH}&by={by}")
-    # What `whistle audit ranking --month 2025-03 --by BY --min-cases 2 --format json` prints (the same functions).
-    assert ranking["ranking"]["rows"] == orjson.loads(audit.to_json(audit.ranking(*store, MONTH, by, 2)))
-    assert ranking["provenance"]["rows"] == provenance["rows"] == orjson.loads(audit.to_json(audit.ranking_provenance(*store, MONTH, by)))
-    assert ranking["min_cases"] == 2 and ranking["ranking"]["columns"][:3] == ["unit_id", "rank", "received"]
+    ranking, provenance = get_json(*store, users, f"/api/ranking?month={MONTH}&by={by}&min_cases=2&{AS_OF_QUERY}",
+                                   f"/api/provenance?month={MONTH}&by={by}&{AS_OF_QUERY}")
+    # What `whistle audit ranking --month 2025-03 --by BY --min-cases 2 --as-of AS_OF --format json` prints (the same functions).
+    as_of = audit.as_of_from_text(AS_OF)
+    assert ranking["ranking"]["rows"] == orjson.loads(audit.to_json(audit.ranking(*store, MONTH, by, 2, as_of=as_of)))
+    assert ranking["provenance"]["rows"] == provenance["rows"] == orjson.loads(audit.to_json(audit.ranking_provenance(*store, MONTH, by, as_of=as_of)))
+    assert ranking["min_cases"] == 2 and ranking["as_of"] == AS_OF and ranking["ranking"]["columns"][:3] == ["unit_id", "rank", "received"]
+    assert {row["as_of"] for row in ranking["provenance"]["rows"]} <= {AS_OF}
+
+
+def test_a_ranking_asked_for_without_as_of_is_pinned_to_now_and_says_so(store, users):
+    now = datetime(2025, 4, 2, 1, 2, 3, 456789, tzinfo=UTC)
+
+    async def scenario(client):
+        await login(client)
+        return await (await client.get(f"/api/ranking?month={MONTH}&by=grid")).json()
+
+    answer = serve(app_on(*store, users, clock=lambda: now), scenario)
+    assert answer["as_of"] == "2025-04-02T09:02:03.456+08:00" and answer["min_cases"] == audit.DEFAULT_MIN_CASES  # no ranking section
+    assert {row["as_of"] for row in answer["provenance"]["rows"]} == {answer["as_of"]}
 
 
 def test_map_counts_open_and_overdue_cases_per_grid(store, users):
@@ -170,23 +189,25 @@ def test_case_timeline_shows_an_altered_event(engine, database, users):
 
 
 def test_exports_are_the_same_tables(store, users):
-    headers, body = get_bytes(*store, users, f"/api/export/ranking.csv?month={MONTH}&by=street&min_cases=1")
+    as_of = audit.as_of_from_text(AS_OF)
+    headers, body = get_bytes(*store, users, f"/api/export/ranking.csv?month={MONTH}&by=grid&min_cases=1&{AS_OF_QUERY}")
     assert headers["Content-Type"].startswith("text/csv") and "attachment" in headers["Content-Disposition"]
-    assert body.decode("utf-8") == "\ufeff" + audit.to_csv(audit.ranking(*store, MONTH, "street", 1))
+    assert body.decode("utf-8") == "\ufeff" + audit.to_csv(audit.ranking(*store, MONTH, "grid", 1, as_of=as_of))
     _, body = get_bytes(*store, users, "/api/export/timeline.csv?case_id=C1")
     assert body.decode("utf-8").splitlines()[0].endswith(",chain") and len(body.decode().splitlines()) == 1 + len(audit.case_timeline(*store, "C1").rows)
 
     from openpyxl import load_workbook
 
-    _, body = get_bytes(*store, users, f"/api/export/ranking.xlsx?month={MONTH}&by=street&min_cases=1")
+    _, body = get_bytes(*store, users, f"/api/export/ranking.xlsx?month={MONTH}&by=grid&min_cases=1&{AS_OF_QUERY}")
     book = load_workbook(io.BytesIO(body))
     assert book.sheetnames == ["ranking", "ranking_provenance"]  # provenance on its own sheet
-    ranking = audit.ranking(*store, MONTH, "street", 1)
+    ranking = audit.ranking(*store, MONTH, "grid", 1, as_of=as_of)
     rows = list(book["ranking"].iter_rows(values_only=True))
     assert rows[0] == ranking.columns
     assert [tuple(D(v) if isinstance(v, str) and v[:1].isdigit() and "." in v else v for v in row) for row in rows[1:]] == list(ranking.rows)
-    provenance = audit.ranking_provenance(*store, MONTH, "street")
-    assert list(book["ranking_provenance"].iter_rows(values_only=True))[1:] == list(provenance.rows)
+    provenance = audit.ranking_provenance(*store, MONTH, "grid", as_of=as_of)
+    assert [tuple("" if v is None else v for v in row) for row in book["ranking_provenance"].iter_rows(values_only=True)][1:] == [
+        tuple("" if v is None else v for v in row) for row in provenance.rows]
 
 
 def test_trends_are_the_cli_queries(store, users):
@@ -203,11 +224,11 @@ def test_trends_are_the_cli_queries(store, users):
     start, end = audit.month_bounds(MONTH)
     listed = audit.breaches(*store, since=datetime.fromtimestamp(start / 1000, UTC), until=datetime.fromtimestamp(end / 1000, UTC))
     assert sum(r["breaches"] + r["referrals"] for r in week["breaches"]["rows"]) == len(listed.rows) == 7
-    # On-time rates: no case in February; March equals the month's street ranking, unit by unit.
+    # On-time rates: no case in February; March equals the month's street ranking, unit by unit (the street-tier units
+    # that held cases: ST-S1 resolved C2 on time after it escalated there; ST-S2 never accepted C5).
     ranking = {r["unit_id"]: r["on_time_rate_pct"] for r in orjson.loads(audit.to_json(audit.ranking(*store, MONTH, "street", 1)))}
     assert {r["month"] for r in week["on_time"]["rows"]} == {MONTH}
-    assert {r["unit_id"]: r["on_time_rate_pct"] for r in week["on_time"]["rows"]} == ranking == {
-        "S1": "50.00", "S2": "0.00", "S3": "0.00", "S4": "100.00", "S5": "100.00"}
+    assert {r["unit_id"]: r["on_time_rate_pct"] for r in week["on_time"]["rows"]} == ranking == {"ST-S1": "100.00", "ST-S2": "0.00"}
     # Week of 03-03: C1 accepted after 600 s, resolved after 4 h; C2 after 9000 s and 24 h: p50 the 1st, p90 the 2nd of 2.
     first = week["durations"]["rows"][0]
     assert first == {"bucket_start": "2025-03-03", "cases": 2, "accepted": 2, "resolved": 2, "p50_accept_s": 600, "p90_accept_s": 9000,
@@ -307,7 +328,7 @@ def test_bad_inputs_are_400(store, users):
     async def scenario(client):
         await login(client)
         answers = {}
-        for path in ("/api/ranking?month=2025-13", "/api/ranking?by=grid", "/api/ranking?min_cases=-1", "/api/cases?status=lost",
+        for path in ("/api/ranking?month=2025-13", "/api/ranking?by=district", "/api/ranking?as_of=2025-03-01T00:00:00", "/api/ranking?min_cases=-1", "/api/cases?status=lost",
                      "/api/cases?from=2025-3-1", "/api/cases?limit=100000", "/api/export/nothing.csv",
                      "/api/trends?month=2025-3", "/api/trends?months=0", "/api/trends?months=x", "/api/trends?bucket=hour",
                      "/api/dead_letters?month=03-2025", "/api/dead_letters?limit=0", "/api/export/trend_nothing.csv"):

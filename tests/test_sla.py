@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -96,6 +97,35 @@ def test_policy_errors_name_the_file_and_the_field(tmp_path, old, new, field):
     with pytest.raises(ConfigError) as caught:
         load_policies(tmp_path)
     assert caught.value.context == {"file": str(tmp_path / "policy-v1.yaml"), "field": field}
+
+
+RANKED_TEXT = (Path(__file__).parent / "data" / "ranking" / "policy-ranked.yaml").read_text(encoding="utf-8")
+RANKED_WEIGHTS = "weights: {response: 0.2, resolution: 0.3, satisfaction: 0.35, on_time: 0.15}"
+
+
+def test_a_policy_may_weight_the_rankings_rates_in_whole_basis_points():
+    (ranked,) = load_policies(Path(__file__).parent / "data" / "ranking").values()
+    assert ranked.ranking is not None and ranked.ranking.min_cases == 2
+    assert dict(ranked.ranking.weights_bp) == {"response": 2000, "resolution": 3000, "satisfaction": 3500, "on_time": 1500}
+    assert POLICIES["policy-v1"].ranking is None  # no section: no composite score
+
+
+@pytest.mark.parametrize("old, new, field, message", [
+    (RANKED_WEIGHTS, "weights: {response: 0.2, resolution: 0.3, satisfaction: 0.35, on_time: 0.1}", "ranking.weights", "must sum to 1, got 0.95"),
+    (RANKED_WEIGHTS, "weights: {response: -0.2, resolution: 0.7, satisfaction: 0.35, on_time: 0.15}", "ranking.weights.response", "must be a number >= 0"),
+    (RANKED_WEIGHTS, "weights: {response: 0.00005, resolution: 0.99995}", "ranking.weights.response", "at most 4 decimals"),
+    (RANKED_WEIGHTS, "weights: {response: high, resolution: 1}", "ranking.weights.response", "must be a number"),
+    (RANKED_WEIGHTS, "weights: {response: 0.5, speed: 0.5}", "ranking.weights.speed", "unknown rate"),
+    (RANKED_WEIGHTS, "weights: {}", "ranking.weights", "must map rates"),
+    ("  min_cases: 2", "  min_cases: -1", "ranking.min_cases", "whole number"),
+    ("  min_cases: 2\n", "", "ranking", "exactly ['min_cases', 'weights']"),
+])
+def test_ranking_section_errors_name_the_file_and_the_field(tmp_path, old, new, field, message):
+    assert old in RANKED_TEXT
+    (tmp_path / "policy-ranked.yaml").write_text(RANKED_TEXT.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_policies(tmp_path)
+    assert caught.value.context == {"file": str(tmp_path / "policy-ranked.yaml"), "field": field}
 
 
 # -- deadlines --------------------------------------------------------------------------------------

@@ -255,18 +255,25 @@ FormatOption = typer.Option("table", "--format", help="table | csv | json")
 
 @audit_app.command("ranking")
 def audit_ranking(month: str = typer.Option(..., "--month", help="YYYY-MM (city time)"),
-                  by: str = typer.Option("street", "--by", help="street | department"),
-                  min_cases: int = typer.Option(5, "--min-cases", help="units with fewer cases are listed, not ranked"),
+                  by: str = typer.Option("street", "--by", help="grid | community | street | department: the tier of the units ranked"),
+                  min_cases: int | None = typer.Option(None, "--min-cases", help="units with fewer cases are listed, not ranked "
+                                                                                   "(default: the policy's ranking.min_cases, else 5)"),
+                  as_of: str | None = typer.Option(None, "--as-of", help="ISO 8601 with a zone: the ranking as it stood then (default: now)"),
                   fmt: str = FormatOption) -> None:
-    """Monthly ranking of streets or departments, with its provenance (offset ranges, policy versions) and the content hashes
-    of the rules behind it."""
+    """Monthly ranking of the grids, communities, streets or departments that held the month's cases, each charged with the
+    failures of its own holding, with its provenance (as-of, offset ranges, policy versions) and the content hashes of the
+    rules behind it. The as-of it prints reproduces it: `--as-of` that time gives the same figures whatever came later."""
     from sinks import audit
+    from streams.domain.sla import load_policies
 
+    moment = audit.as_of_from_text(as_of) if as_of is not None else audit.pinned(utc_now())
+    policies = load_policies()
+    stamp = audit.as_of_text(moment)
     with _auditor() as (engine, db):
-        ranking = audit.ranking(engine, db, month, by, min_cases)
-        _emit(audit.ranking_view(ranking) if fmt == "table" else ranking, fmt, f"Ranking by {by}, {month}")
-        _emit(audit.ranking_provenance(engine, db, month, by), fmt, "Provenance")
-        _emit(audit.ranking_rules(engine, db, month, by), fmt, "Rules (content hashes from the rules registry)")
+        ranking = audit.ranking(engine, db, month, by, min_cases, as_of=moment, policies=policies)
+        _emit(audit.ranking_view(ranking) if fmt == "table" else ranking, fmt, f"Ranking by {by}, {month}, as of {stamp}")
+        _emit(audit.ranking_provenance(engine, db, month, by, as_of=moment, policies=policies), fmt, f"Provenance (as of {stamp})")
+        _emit(audit.ranking_rules(engine, db, month, by, as_of=moment), fmt, "Rules (content hashes from the rules registry)")
 
 
 @audit_app.command("case")

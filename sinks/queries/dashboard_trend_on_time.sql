@@ -4,15 +4,16 @@
 -- Parameters
 --   start_ms, end_ms  the first month's start and the last month's end, [start, end) epoch ms (local midnights)
 --   as_of_ms          only events and breaches before this instant count (as in ranking.sql)
---   by                'street' (the fragment _month_cases.sql selects on it)
+--   by                'street' (the fragment _month_holdings.sql selects on it)
 --   tz                the city's time zone: a case's month is the month of its `opened` event there
--- Which cases and what "on time" means are ranking.sql's, so each month's row of a street equals that month's
--- `whistle audit ranking --by street` on_time_rate_pct: the cases come from the shared fragment _month_cases.sql
--- (opened in the period, naming a street), the late ones from _case_overdue_counts.sql;
--- on_time = resolved (last `resolved` after every `reopened` and `escalated`) and no resolve_overdue /
--- final_overdue breach (every kind but 'warning', fired before as_of).
+-- Which holdings and what "on time" means are ranking.sql's, so each month's row of a street equals that month's
+-- `whistle audit ranking --by street` on_time_rate_pct: the holdings come from the shared fragment _month_holdings.sql
+-- (cases opened in the period, each with each street-tier unit that held it), the resolution from _case_is_resolved.sql
+-- and _case_resolver.sql, the late ones from _case_overdue_counts.sql (breaches charged to the holder);
+-- on_time = the case is resolved, by this unit, and no resolve_overdue / final_overdue breach record (every kind
+-- but 'warning', fired before as_of) was charged to it.
 -- on_time_rate_pct = on_time / received, half up in integer basis points, 2 decimals (ranking.sql's rounding).
--- Months in which a street received no case have no row.
+-- Months in which a street held no case have no row.
 SELECT
     month,
     unit_id,
@@ -25,28 +26,39 @@ FROM
         month,
         unit_id,
         toInt64(count()) AS received,
-        toInt64(countIf(is_resolved AND resolve_overdue = 0)) AS on_time
+        toInt64(countIf(is_resolved AND resolver = unit_id AND resolve_overdue = 0)) AS on_time
     FROM
     (
-        SELECT
-            case_id,
-            substring(toString(toDate(toDateTime(intDiv(minIf(at_ms, kind = 'opened'), 1000), %(tz)s))), 1, 7) AS month,
-            ifNull(anyIf(street_id, kind = 'opened'), '') AS unit_id,
-            {_case_is_resolved}
-        FROM {db}.case_events FINAL
-        WHERE at_ms < %(as_of_ms)s
-          AND case_id IN ({_month_cases})
-        GROUP BY case_id
-    ) AS case_figures
-    ANY LEFT JOIN
-    (
-        SELECT
-            {_case_overdue_counts}
-        FROM {db}.breaches FINAL
-        WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
-        GROUP BY case_id
-    ) AS case_breaches
-    USING case_id
+        SELECT month, unit_id, is_resolved, resolver, resolve_overdue
+        FROM
+        (
+            SELECT case_id, unit_id, month, is_resolved, resolver
+            FROM ({_month_holdings}) AS holdings
+            ANY LEFT JOIN
+            (
+                SELECT
+                    case_id,
+                    substring(toString(toDate(toDateTime(intDiv(minIf(at_ms, kind = 'opened'), 1000), %(tz)s))), 1, 7) AS month,
+                    {_case_is_resolved},
+                    {_case_resolver}
+                FROM {db}.case_events FINAL
+                WHERE at_ms < %(as_of_ms)s
+                  AND case_id IN (SELECT case_id FROM ({_month_holdings}))
+                GROUP BY case_id
+            ) AS case_figures
+            USING case_id
+        ) AS held
+        ANY LEFT JOIN
+        (
+            SELECT
+                {_case_overdue_counts},
+                responsible_unit_id AS unit_id
+            FROM {db}.breaches FINAL
+            WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
+            GROUP BY case_id, unit_id
+        ) AS late
+        USING (case_id, unit_id)
+    )
     GROUP BY month, unit_id
 )
 ORDER BY month, unit_id

@@ -1,45 +1,61 @@
--- ranking: the monthly ranking of streets or departments on the 12345 "three rates".
+-- ranking: the monthly ranking of grids, communities, streets or departments on the 12345 "three rates", each unit on
+-- the cases it held and charged with the failures of its own holding.
 --
 -- Parameters
 --   start_ms, end_ms  the month, as [start, end) epoch ms (local midnights, computed by sinks/audit.py)
 --   as_of_ms          only events and breaches before this instant count (pin it to reproduce a ranking)
---   by                'street' or 'department'
---   min_cases         units that received fewer cases are listed with rank NULL
+--   by                'grid', 'community', 'street' or 'department': the tier of the units ranked
+--   min_cases         units that held fewer cases are listed with rank NULL
+--   policy_versions, unsatisfied_max   each SLA policy version and its unsatisfied_rating_max (parallel arrays;
+--                     a version not listed counts only its unsatisfied_rating breaches)
+--   scored            1 when the ranking's policy has a `ranking` section (streams/domain/sla.py RankingRules), else 0
+--   w_response, w_resolution, w_satisfaction, w_on_time   its weights in basis points (summing to 10000; 0 when unscored)
 --
--- Which cases: every case whose `opened` event falls in the month (and before as_of). A case belongs
--- to the street / owning department recorded on its opened event (the first responsible unit stays
--- responsible, 12345 practice). Cases with no such unit (dispatch desk, no owning department) are
--- not ranked. This selection lives in ONE place, the fragment sinks/queries/_month_cases.sql, which
--- sinks/audit.py splices in for `{_month_cases}` here and in ranking_provenance.sql (so the two always
--- count the same cases). Duplicated rows are invisible: case_events and breaches are read with FINAL.
+-- Which holdings: the fragment sinks/queries/_month_holdings.sql (spliced by sinks/audit.py for `{_month_holdings}`
+-- here, in ranking_provenance.sql, ranking_rules.sql and dashboard_trend_on_time.sql): each case opened in the month
+-- (before as_of) with each unit of tier `by` that held it (a case event names it as the holder after the event). A
+-- case a grid held and then its community counts for both; a department-owned case a grid handled counts for the
+-- grid only. Duplicated rows are invisible: case_events and breaches are read with FINAL.
 --
--- Per case (from case_events, before as_of):
---   accepted   : it has an `accepted` event;  time to accept = first accepted at - opened at
---   resolved   : its last `resolved` event comes after every `reopened` and `escalated` event
---                (a reopened case, or one escalated after an unsatisfied rating, is not resolved);
---                time to resolve = last resolved at - opened at
---   rated      : it has a `rated` event; its rating is the latest one
--- Breaches count only kind 'breach' or 'referral' (not warnings), fired before as_of:
---   responded in time  = accepted and no accept_overdue breach
---   resolved on time   = resolved and no resolve_overdue or final_overdue breach
---   breaches_<tier>    = breaches escalating the case to that tier; breaches_total = all of them
+-- Per holding (unit U, case C; events before as_of whose holder after them is U, breaches charged to U):
+--   held from      the first event naming U as holder (its dispatch, escalation or transfer to U, or the opening)
+--   accepted       U accepted C (an `accepted` event, U holding);  time to accept = U's first acceptance - held from
+--   resolved       C is resolved (the fragment _case_is_resolved: its last `resolved` event comes after every
+--                  `reopened` and `escalated` one) and U made that last resolution (the fragment _case_resolver: the
+--                  holder after it); time to resolve = that resolution - held from
+--   rated          C was rated while U held it; its rating is the latest of those
+-- Failures are charged to the unit holding the case when they happened: breaches by responsible_unit_id (the holder
+-- when the breach fired; every kind but 'warning' (breach, urging, criticism, referral), fired before as_of), which case late by the
+-- fragment _case_overdue_counts, and ratings by the holder of the `rated` event:
+--   responded in time  = accepted and no accept_overdue breach charged to U
+--   resolved on time   = resolved and no resolve_overdue or final_overdue breach charged to U
+--   unsatisfied        = rated, and its rating <= the case's policy's unsatisfied_rating_max or an unsatisfied_rating
+--                        breach was charged to U;  satisfied = rated and not unsatisfied
+--   urgings, criticisms, referrals = breach records of kind 'urging' (督办), 'criticism' (通报批评), 'referral' (问责)
+--                        charged to U (none yet: 0)
+--   breaches_<tier>    = breaches charged to U escalating the case to that tier; breaches_total = all of them
 --
--- Figures per unit (n = cases received):
+-- Figures per unit (n = cases held):
 --   response_rate_pct    = responded in time / n
 --   resolution_rate_pct  = resolved / n
 --   on_time_rate_pct     = resolved on time / n
---   satisfaction_rate_pct= rated cases with rating >= 4 / rated cases (NULL when none rated)
---   avg_accept_s, p90_accept_s      over accepted cases, seconds     (NULL when none)
---   avg_resolve_h, p90_resolve_h    over resolved cases, hours       (NULL when none)
--- Rounding, all in exact integer arithmetic, half up: a rate is 10000 * num / den rounded to an
--- integer ("basis points", intDiv(20000 * num + den, 2 * den)) and shown as a percent with 2 decimals;
--- averages are rounded to whole seconds / hundredths of an hour. p90 is the nearest-rank percentile:
--- the ceil(0.9 * k)-th smallest of the k durations.
+--   satisfaction_rate_pct= satisfied / rated (NULL when none rated)
+--   score                = the composite score: sum of weight * rate over the weighted rates that have a value (a
+--                          satisfaction rate with nothing rated has none), divided by the sum of those weights; NULL
+--                          when unscored or when no weighted rate has a value
+--   avg_accept_s, p90_accept_s      over accepted holdings, seconds     (NULL when none)
+--   avg_resolve_h, p90_resolve_h    over resolved holdings, hours       (NULL when none)
+-- Rounding, all in exact integer arithmetic, half up: a rate is 10000 * num / den rounded to an integer ("basis
+-- points", intDiv(20000 * num + den, 2 * den)) and shown as a percent with 2 decimals; the score is computed from
+-- those basis points and the weights' basis points, intDiv(2 * sum(w * r) + sum(w), 2 * sum(w)), shown likewise;
+-- averages are rounded to whole seconds / hundredths of an hour. p90 is the nearest-rank percentile: the
+-- ceil(0.9 * k)-th smallest of the k durations.
 --
--- Rank: among units with at least min_cases cases, by resolution rate, then satisfaction rate (none
--- rated ranks below any rating), then response rate, then on-time rate (all higher first, compared
--- as the displayed basis points), then fewer breaches. Units equal on all five share a rank
--- (competition ranking 1, 2, 2, 4). Rows are ordered by rank, unranked units last, then unit_id.
+-- Rank: among units with at least min_cases cases, by score (higher first; a unit without one ranks below any
+-- score; unscored rankings skip this key), then resolution rate, then satisfaction rate (none rated ranks below any
+-- rating), then response rate, then on-time rate (all higher first, compared as basis points), then fewer breaches.
+-- Units equal on all share a rank (competition ranking 1, 2, 2, 4). Rows are ordered by rank, unranked units last,
+-- then unit_id.
 SELECT
     unit_id,
     rank,
@@ -49,14 +65,19 @@ SELECT
     resolved_on_time,
     rated,
     satisfied,
-    toDecimal64(intDiv(20000 * responded + received, 2 * received), 2) / 100 AS response_rate_pct,
-    toDecimal64(intDiv(20000 * resolved + received, 2 * received), 2) / 100 AS resolution_rate_pct,
-    toDecimal64(intDiv(20000 * resolved_on_time + received, 2 * received), 2) / 100 AS on_time_rate_pct,
-    if(rated = 0, NULL, toDecimal64(intDiv(20000 * satisfied + rated, 2 * greatest(rated, 1)), 2) / 100) AS satisfaction_rate_pct,
+    toDecimal64(response_bp, 2) / 100 AS response_rate_pct,
+    toDecimal64(resolution_bp, 2) / 100 AS resolution_rate_pct,
+    toDecimal64(on_time_bp, 2) / 100 AS on_time_rate_pct,
+    if(rated = 0, NULL, toDecimal64(satisfaction_bp, 2) / 100) AS satisfaction_rate_pct,
+    if(score_bp < 0, NULL, toDecimal64(score_bp, 2) / 100) AS score,
     if(accepted_n = 0, NULL, intDiv(2 * accept_sum_ms + 1000 * accepted_n, 2000 * greatest(accepted_n, 1))) AS avg_accept_s,
     if(accepted_n = 0, NULL, intDiv(accept_p90_ms + 500, 1000)) AS p90_accept_s,
     if(resolved = 0, NULL, toDecimal64(intDiv(200 * resolve_sum_ms + 3600000 * resolved, 7200000 * greatest(resolved, 1)), 2) / 100) AS avg_resolve_h,
     if(resolved = 0, NULL, toDecimal64(intDiv(200 * resolve_p90_ms + 3600000, 7200000), 2) / 100) AS p90_resolve_h,
+    unsatisfied,
+    urgings,
+    criticisms,
+    referrals,
     breaches_community,
     breaches_street,
     breaches_department,
@@ -68,7 +89,9 @@ FROM
     -- One row per unit again, each with the keys of all ranked units, so a rank is a count.
     SELECT
         unit_id, received, responded, resolved, resolved_on_time, rated, satisfied,
+        response_bp, resolution_bp, on_time_bp, satisfaction_bp, score_bp,
         accepted_n, accept_sum_ms, accept_p90_ms, resolve_sum_ms, resolve_p90_ms,
+        unsatisfied, urgings, criticisms, referrals,
         breaches_community, breaches_street, breaches_department, breaches_supervision, breaches_discipline, breaches_total,
         if(received >= %(min_cases)s, toNullable(1 + arrayCount(other -> other < rank_key, ranked_keys)), NULL) AS rank
     FROM
@@ -81,11 +104,20 @@ FROM
             groupArray(resolved_on_time) AS resolved_on_time_a,
             groupArray(rated) AS rated_a,
             groupArray(satisfied) AS satisfied_a,
+            groupArray(response_bp) AS response_bp_a,
+            groupArray(resolution_bp) AS resolution_bp_a,
+            groupArray(on_time_bp) AS on_time_bp_a,
+            groupArray(satisfaction_bp) AS satisfaction_bp_a,
+            groupArray(score_bp) AS score_bp_a,
             groupArray(accepted_n) AS accepted_n_a,
             groupArray(accept_sum_ms) AS accept_sum_ms_a,
             groupArray(accept_p90_ms) AS accept_p90_ms_a,
             groupArray(resolve_sum_ms) AS resolve_sum_ms_a,
             groupArray(resolve_p90_ms) AS resolve_p90_ms_a,
+            groupArray(unsatisfied) AS unsatisfied_a,
+            groupArray(urgings) AS urgings_a,
+            groupArray(criticisms) AS criticisms_a,
+            groupArray(referrals) AS referrals_a,
             groupArray(breaches_community) AS breaches_community_a,
             groupArray(breaches_street) AS breaches_street_a,
             groupArray(breaches_department) AS breaches_department_a,
@@ -96,89 +128,148 @@ FROM
             groupArrayIf(rank_key, received >= %(min_cases)s) AS ranked_keys
         FROM
         (
-            -- Per unit: integer counters only (groupArray skips NULLs, so nothing here may be NULL).
+            -- Per unit: the rates in basis points, the score (-1: none) and the rank key (nothing here may be NULL:
+            -- groupArray skips NULLs).
             SELECT
-                unit_id,
-                toInt64(count()) AS received,
-                toInt64(countIf(accepted AND accept_overdue = 0)) AS responded,
-                toInt64(countIf(is_resolved)) AS resolved,
-                toInt64(countIf(is_resolved AND resolve_overdue = 0)) AS resolved_on_time,
-                toInt64(countIf(is_rated)) AS rated,
-                toInt64(countIf(is_rated AND rating >= 4)) AS satisfied,
-                toInt64(countIf(accepted)) AS accepted_n,
-                toInt64(sumIf(first_accepted_ms - opened_ms, accepted)) AS accept_sum_ms,
-                toInt64(arraySort(groupArrayIf(first_accepted_ms - opened_ms, accepted))[greatest(intDiv(9 * countIf(accepted) + 9, 10), 1)]) AS accept_p90_ms,
-                toInt64(sumIf(last_resolved_ms - opened_ms, is_resolved)) AS resolve_sum_ms,
-                toInt64(arraySort(groupArrayIf(last_resolved_ms - opened_ms, is_resolved))[greatest(intDiv(9 * countIf(is_resolved) + 9, 10), 1)]) AS resolve_p90_ms,
-                toInt64(sum(to_community)) AS breaches_community,
-                toInt64(sum(to_street)) AS breaches_street,
-                toInt64(sum(to_department)) AS breaches_department,
-                toInt64(sum(to_supervision)) AS breaches_supervision,
-                toInt64(sum(to_discipline)) AS breaches_discipline,
-                toInt64(sum(breach_count)) AS breaches_total,
+                *,
+                if(%(scored)s = 0 OR score_weight = 0, toInt64(-1), toInt64(intDiv(2 * score_sum + score_weight, 2 * greatest(score_weight, 1)))) AS score_bp,
                 (
-                    -toInt64(intDiv(20000 * countIf(is_resolved) + count(), 2 * count())),
-                    if(countIf(is_rated) = 0, toInt64(1),
-                       -toInt64(intDiv(20000 * countIf(is_rated AND rating >= 4) + countIf(is_rated), 2 * greatest(countIf(is_rated), 1)))),
-                    -toInt64(intDiv(20000 * countIf(accepted AND accept_overdue = 0) + count(), 2 * count())),
-                    -toInt64(intDiv(20000 * countIf(is_resolved AND resolve_overdue = 0) + count(), 2 * count())),
-                    toInt64(sum(breach_count))
+                    if(%(scored)s = 0, toInt64(0), if(score_bp < 0, toInt64(1), -score_bp)),
+                    -resolution_bp,
+                    if(rated = 0, toInt64(1), -satisfaction_bp),
+                    -response_bp,
+                    -on_time_bp,
+                    breaches_total
                 ) AS rank_key
             FROM
             (
-                -- Per case.
                 SELECT
-                    case_id,
-                    unit_id,
-                    opened_ms,
-                    accepted,
-                    first_accepted_ms,
-                    is_resolved,
-                    last_resolved_ms,
-                    is_rated,
-                    rating,
-                    accept_overdue,
-                    resolve_overdue,
-                    to_community,
-                    to_street,
-                    to_department,
-                    to_supervision,
-                    to_discipline,
-                    breach_count
+                    *,
+                    %(w_response)s * response_bp + %(w_resolution)s * resolution_bp + %(w_on_time)s * on_time_bp
+                        + if(rated = 0, 0, %(w_satisfaction)s * satisfaction_bp) AS score_sum,
+                    %(w_response)s + %(w_resolution)s + %(w_on_time)s + if(rated = 0, 0, %(w_satisfaction)s) AS score_weight
                 FROM
                 (
                     SELECT
-                        case_id,
-                        ifNull(anyIf(if(%(by)s = 'department', department_id, street_id), kind = 'opened'), '') AS unit_id,
-                        minIf(at_ms, kind = 'opened') AS opened_ms,
-                        countIf(kind = 'accepted') > 0 AS accepted,
-                        minIf(at_ms, kind = 'accepted') AS first_accepted_ms,
-                        {_case_is_resolved},
-                        maxIf(at_ms, kind = 'resolved') AS last_resolved_ms,
-                        countIf(kind = 'rated') > 0 AS is_rated,
-                        ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating
-                    FROM {db}.case_events FINAL
-                    WHERE at_ms < %(as_of_ms)s
-                      AND case_id IN ({_month_cases})
-                    GROUP BY case_id
-                ) AS case_figures
-                ANY LEFT JOIN
-                (
-                    SELECT
-                        {_case_overdue_counts},
-                        countIf(tier = 'community') AS to_community,
-                        countIf(tier = 'street') AS to_street,
-                        countIf(tier = 'department') AS to_department,
-                        countIf(tier = 'supervision') AS to_supervision,
-                        countIf(tier = 'discipline') AS to_discipline,
-                        count() AS breach_count
-                    FROM {db}.breaches FINAL
-                    WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s
-                    GROUP BY case_id
-                ) AS case_breaches
-                USING case_id
+                        *,
+                        toInt64(intDiv(20000 * responded + received, 2 * received)) AS response_bp,
+                        toInt64(intDiv(20000 * resolved + received, 2 * received)) AS resolution_bp,
+                        toInt64(intDiv(20000 * resolved_on_time + received, 2 * received)) AS on_time_bp,
+                        toInt64(intDiv(20000 * satisfied + rated, 2 * greatest(rated, 1))) AS satisfaction_bp
+                    FROM
+                    (
+                        -- Per unit: integer counters.
+                        SELECT
+                            unit_id,
+                            toInt64(count()) AS received,
+                            toInt64(countIf(accepted AND accept_overdue = 0)) AS responded,
+                            toInt64(countIf(resolved_here)) AS resolved,
+                            toInt64(countIf(resolved_here AND resolve_overdue = 0)) AS resolved_on_time,
+                            toInt64(countIf(is_rated)) AS rated,
+                            toInt64(countIf(is_rated AND NOT is_unsatisfied)) AS satisfied,
+                            toInt64(countIf(is_unsatisfied)) AS unsatisfied,
+                            toInt64(countIf(accepted)) AS accepted_n,
+                            toInt64(sumIf(first_accepted_ms - held_from_ms, accepted)) AS accept_sum_ms,
+                            toInt64(arraySort(groupArrayIf(first_accepted_ms - held_from_ms, accepted))[greatest(intDiv(9 * countIf(accepted) + 9, 10), 1)]) AS accept_p90_ms,
+                            toInt64(sumIf(last_resolved_ms - held_from_ms, resolved_here)) AS resolve_sum_ms,
+                            toInt64(arraySort(groupArrayIf(last_resolved_ms - held_from_ms, resolved_here))[greatest(intDiv(9 * countIf(resolved_here) + 9, 10), 1)]) AS resolve_p90_ms,
+                            toInt64(sum(urging_count)) AS urgings,
+                            toInt64(sum(criticism_count)) AS criticisms,
+                            toInt64(sum(referral_count)) AS referrals,
+                            toInt64(sum(to_community)) AS breaches_community,
+                            toInt64(sum(to_street)) AS breaches_street,
+                            toInt64(sum(to_department)) AS breaches_department,
+                            toInt64(sum(to_supervision)) AS breaches_supervision,
+                            toInt64(sum(to_discipline)) AS breaches_discipline,
+                            toInt64(sum(breach_count)) AS breaches_total
+                        FROM
+                        (
+                            -- Per holding, with the oversight records charged to it (one join per SELECT: 18.16).
+                            SELECT
+                                unit_id, held_from_ms, accepted, first_accepted_ms, resolved_here, last_resolved_ms, is_rated,
+                                is_unsatisfied, accept_overdue, resolve_overdue, referral_count, urging_count, criticism_count,
+                                to_community, to_street, to_department, to_supervision, to_discipline, breach_count
+                            FROM
+                            (
+                                -- Per holding, with the breaches charged to it.
+                                SELECT
+                                    case_id, unit_id, held_from_ms, accepted, first_accepted_ms, resolved_here, last_resolved_ms, is_rated,
+                                    is_rated AND (rating <= transform(policy_version, %(policy_versions)s, %(unsatisfied_max)s, 0)
+                                                  OR unsatisfied_breaches > 0) AS is_unsatisfied,
+                                    accept_overdue, resolve_overdue, referral_count,
+                                    to_community, to_street, to_department, to_supervision, to_discipline, breach_count
+                                FROM
+                                (
+                                    -- Per holding: its own events, and whether the case's resolution is its.
+                                    SELECT
+                                        case_id, unit_id, held_from_ms, accepted, first_accepted_ms,
+                                        is_resolved AND resolver = unit_id AS resolved_here, last_resolved_ms, is_rated, rating, policy_version
+                                    FROM
+                                    (
+                                        SELECT
+                                            case_id,
+                                            assignee_unit_id AS unit_id,
+                                            min(at_ms) AS held_from_ms,
+                                            countIf(kind = 'accepted') > 0 AS accepted,
+                                            minIf(at_ms, kind = 'accepted') AS first_accepted_ms,
+                                            countIf(kind = 'rated') > 0 AS is_rated,
+                                            ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating,
+                                            any(policy_version) AS policy_version
+                                        FROM {db}.case_events FINAL
+                                        WHERE at_ms < %(as_of_ms)s
+                                          AND (case_id, assignee_unit_id) IN ({_month_holdings})
+                                        GROUP BY case_id, unit_id
+                                    ) AS holding_events
+                                    ANY LEFT JOIN
+                                    (
+                                        SELECT
+                                            case_id,
+                                            {_case_is_resolved},
+                                            {_case_resolver},
+                                            maxIf(at_ms, kind = 'resolved') AS last_resolved_ms
+                                        FROM {db}.case_events FINAL
+                                        WHERE at_ms < %(as_of_ms)s
+                                          AND case_id IN (SELECT case_id FROM ({_month_holdings}))
+                                        GROUP BY case_id
+                                    ) AS case_figures
+                                    USING case_id
+                                ) AS holdings
+                                ANY LEFT JOIN
+                                (
+                                    SELECT
+                                        {_case_overdue_counts},
+                                        responsible_unit_id AS unit_id,
+                                        countIf(breach_type = 'unsatisfied_rating') AS unsatisfied_breaches,
+                                        countIf(kind = 'referral') AS referral_count,
+                                        countIf(tier = 'community') AS to_community,
+                                        countIf(tier = 'street') AS to_street,
+                                        countIf(tier = 'department') AS to_department,
+                                        countIf(tier = 'supervision') AS to_supervision,
+                                        countIf(tier = 'discipline') AS to_discipline,
+                                        count() AS breach_count
+                                    FROM {db}.breaches FINAL
+                                    WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
+                                    GROUP BY case_id, unit_id
+                                ) AS holding_breaches
+                                USING (case_id, unit_id)
+                            ) AS charged
+                            ANY LEFT JOIN
+                            (
+                                SELECT
+                                    case_id,
+                                    responsible_unit_id AS unit_id,
+                                    countIf(kind = 'urging') AS urging_count,
+                                    countIf(kind = 'criticism') AS criticism_count
+                                FROM {db}.breaches FINAL
+                                WHERE kind IN ('urging', 'criticism') AND fired_at_ms < %(as_of_ms)s
+                                GROUP BY case_id, unit_id
+                            ) AS holding_oversight
+                            USING (case_id, unit_id)
+                        )
+                        GROUP BY unit_id
+                    )
+                )
             )
-            GROUP BY unit_id
         )
     )
     ARRAY JOIN
@@ -189,11 +280,20 @@ FROM
         resolved_on_time_a AS resolved_on_time,
         rated_a AS rated,
         satisfied_a AS satisfied,
+        response_bp_a AS response_bp,
+        resolution_bp_a AS resolution_bp,
+        on_time_bp_a AS on_time_bp,
+        satisfaction_bp_a AS satisfaction_bp,
+        score_bp_a AS score_bp,
         accepted_n_a AS accepted_n,
         accept_sum_ms_a AS accept_sum_ms,
         accept_p90_ms_a AS accept_p90_ms,
         resolve_sum_ms_a AS resolve_sum_ms,
         resolve_p90_ms_a AS resolve_p90_ms,
+        unsatisfied_a AS unsatisfied,
+        urgings_a AS urgings,
+        criticisms_a AS criticisms,
+        referrals_a AS referrals,
         breaches_community_a AS breaches_community,
         breaches_street_a AS breaches_street,
         breaches_department_a AS breaches_department,

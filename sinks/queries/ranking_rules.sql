@@ -2,7 +2,7 @@
 -- (rule_files, streams/domain/rules.py): each SLA policy version its cases were judged by, with the SHA-256 the
 -- registry bound to it, and each business-calendar edition that counted their breaches' deadlines.
 --
--- Parameters: start_ms, end_ms, as_of_ms, by, as ranking.sql; the same case selection (`{_month_cases}`).
+-- Parameters: start_ms, end_ms, as_of_ms, by, as ranking.sql; the same holdings' cases (`{_month_holdings}`).
 -- A policy the registry does not hold (rows stored before it existed) is listed with an empty sha256.
 SELECT rule_kind AS kind, rule_name AS name, rule_sha256 AS sha256
 FROM
@@ -12,7 +12,7 @@ FROM
     (
         SELECT DISTINCT policy_version
         FROM {db}.case_events
-        WHERE at_ms < %(as_of_ms)s AND case_id IN ({_month_cases})
+        WHERE at_ms < %(as_of_ms)s AND case_id IN (SELECT case_id FROM ({_month_holdings}))
     ) AS judged
     ANY LEFT JOIN
     (
@@ -26,8 +26,8 @@ FROM
 
     SELECT 'calendar_edition' AS rule_kind, '' AS rule_name, assumeNotNull(calendar_sha256) AS rule_sha256
     FROM {db}.breaches
-    WHERE kind IN ('breach', 'referral') AND fired_at_ms < %(as_of_ms)s AND isNotNull(calendar_sha256)
-      AND case_id IN ({_month_cases})
+    WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s AND isNotNull(calendar_sha256)
+      AND case_id IN (SELECT case_id FROM ({_month_holdings}))
     GROUP BY calendar_sha256
 )
 ORDER BY rule_kind, rule_name, rule_sha256

@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from heapq import heapify, heappop, heappush
 from pathlib import Path
@@ -56,6 +57,7 @@ from whistle.ground.times import from_epoch_ms, to_epoch_ms
 INITIAL_STAGE = "initial"
 ESCALATION_STAGES = (Tier.COMMUNITY.value, Tier.STREET.value, Tier.DEPARTMENT.value, Tier.SUPERVISION.value)
 TRANSFER_CLOCKS = ("keep", "restart")
+RANKED_RATES = ("response", "resolution", "satisfaction", "on_time")  # the rates a policy's `ranking` section may weight
 
 
 
@@ -115,6 +117,18 @@ class Limits:
     resolve: Duration  # after the unit accepted
 
 
+@dataclass(frozen=True, slots=True)
+class RankingRules:
+    """A policy's optional `ranking` section: how the monthly ranking (sinks/queries/ranking.sql) scores units.
+
+    `weights_bp` gives each rate of RANKED_RATES its weight in basis points (exact integers summing to 10000; a rate the
+    file leaves out weighs 0); `min_cases` is the minimum-case rule's default (units with fewer cases are not ranked).
+    """
+
+    weights_bp: Mapping[str, int]
+    min_cases: int
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class SlaPolicy:
     """One version of the SLA policy, as validated from its file."""
@@ -136,6 +150,7 @@ class SlaPolicy:
     early_action_hold: Duration = Duration(1, "hours")  # how long an action for a case not opened yet is held
     archive_after: Duration | None = None  # how long a closed case may still be reopened; then it leaves the worker (None: never)
     oversight: Oversight | None = None  # None: every breach moves the case one rung up its chain (policy-v1)
+    ranking: RankingRules | None = None  # the ranking's composite score and minimum-case rule (None: no score, ranked as before)
     sha256: str = ""  # the file's content hash (`sha256sum`), bound to `version` by the rules registry (streams.domain.rules)
 
     def class_of(self, category: str, urgency: str) -> str:
@@ -195,7 +210,7 @@ class _PolicyReader:
 
     KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
             "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
-    OPTIONAL = {"early_action_hold", "archive_after"}
+    OPTIONAL = {"early_action_hold", "archive_after", "ranking"}
     SECTIONS = {"oversight", "dispute_rule"}  # optional, read by their own methods
 
     def __init__(self, path: Path, doc: Any) -> None:
@@ -257,7 +272,9 @@ class _PolicyReader:
             first_receiver=self.one_of(doc.get("dispute_rule", "arbitration"), ["arbitration", "first_receiver"], "dispute_rule") == "first_receiver",
             oversight=oversight is not None,
         )
-        optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL) if name in doc}
+        optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL - {"ranking"}) if name in doc}
+        if "ranking" in doc:
+            optional["ranking"] = self.ranking(doc["ranking"])
         return SlaPolicy(
             version=version, effective_from_ms=to_epoch_ms(effective), file=str(self.path), classes=tuple(classes),
             category_classes=MappingProxyType(category_classes), default_class=default_class,
@@ -280,6 +297,26 @@ class _PolicyReader:
         for position, breach_type in enumerate(escalating):
             self.one_of(breach_type, types, f"oversight.handling_escalation[{position}]")
         return Oversight(frozenset(escalating), self.whole(raw["criticisms"], "oversight.criticisms", 0, 5))
+    def ranking(self, raw: Any) -> RankingRules:
+        """`ranking: {weights: {rate: w, ...}, min_cases: n}`: weights >= 0 with at most 4 decimals (whole basis points), summing to 1."""
+        if not isinstance(raw, dict) or set(raw) != {"weights", "min_cases"}:
+            raise self.fail("ranking", "must be a mapping with exactly ['min_cases', 'weights']")
+        weights = raw["weights"]
+        if not isinstance(weights, dict) or not weights:
+            raise self.fail("ranking.weights", f"must map rates (some of {list(RANKED_RATES)}) to weights")
+        unknown = sorted(set(weights) - set(RANKED_RATES))
+        if unknown:
+            raise self.fail(f"ranking.weights.{unknown[0]}", f"unknown rate (expected some of {list(RANKED_RATES)})")
+        weights_bp = {}
+        for rate in RANKED_RATES:
+            value = weights.get(rate, 0)
+            bp = Decimal(str(value)) * 10000 if not isinstance(value, bool) and isinstance(value, (int, float)) else None
+            if bp is None or not bp.is_finite() or bp < 0 or bp != bp.to_integral_value():
+                raise self.fail(f"ranking.weights.{rate}", f"must be a number >= 0 with at most 4 decimals, got {value!r}")
+            weights_bp[rate] = int(bp)
+        if sum(weights_bp.values()) != 10000:
+            raise self.fail("ranking.weights", f"must sum to 1, got {sum(weights_bp.values()) / 10000}")
+        return RankingRules(MappingProxyType(weights_bp), self.whole(raw["min_cases"], "ranking.min_cases", 0, 1_000_000))
 
     def limits(self, classes: list[str]) -> dict[str, dict[str, Limits]]:
         raw = self.doc["limits"]

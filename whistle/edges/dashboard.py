@@ -3,7 +3,8 @@
 Pages (HTML + Apache ECharts served from the project: the page loads nothing from outside the server)
 - /            overview of a month: cases opened / resolved / closed, the "three rates", breaches by tier,
                change against the month before
-- /ranking     streets and departments (sortable, the minimum-case rule shown, provenance one click away)
+- /ranking     grids, communities, streets or departments, each on the cases it held (sortable, the composite score,
+               urgings / criticisms / referrals, the minimum-case rule, the as-of, provenance one click away)
 - /map         the reference grid polygons (`echarts.registerMap`, no tiles) coloured by open / overdue cases
 - /cases       case search, and a case's timeline with each event's hash-chain check
 - /trends      breaches per day and tier, each street's on-time rate month by month, p50/p90 time to accept and
@@ -14,8 +15,9 @@ Pages (HTML + Apache ECharts served from the project: the page loads nothing fro
 Chinese by default; `?lang=en` switches to English (a small dictionary, dashboard_static/i18n.js).
 
 Data endpoints (JSON; decimals as strings so they stay exact, as `whistle audit --format json`):
-  GET /api/overview?month=YYYY-MM                 GET /api/ranking?month=&by=street|department&min_cases=
-  GET /api/provenance?month=&by=                  GET /api/map?from=&to=      GET /api/grids (GeoJSON)
+  GET /api/overview?month=YYYY-MM                 GET /api/ranking?month=&by=grid|community|street|department&min_cases=&as_of=
+  GET /api/provenance?month=&by=&as_of=           GET /api/map?from=&to=      GET /api/grids (GeoJSON)
+  (a ranking without as_of is pinned to now and answers with the as-of it used: ISO 8601 with a zone, which reproduces it)
   GET /api/cases?case_id=&street=&grid=&category=&status=&from=&to=&limit=
   GET /api/case/{case_id}                         GET /api/reference
   GET /api/trends?month=&months=&bucket=day|week  GET /api/dead_letters?month=&stage=&limit=
@@ -61,6 +63,7 @@ from sinks.anchor import Anchor, read_anchors, verify_all
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
 from streams.domain.reference import DistrictReference, load_district, load_reference
+from streams.domain.sla import SlaPolicy, load_policies
 from whistle.ground.datafiles import read_entries
 from whistle.ground.errors import ConfigError, StackError, StoreError, ValidationError, WhistleError
 from whistle.ground.names import Topics
@@ -71,7 +74,6 @@ STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
 ECHARTS_JS = STATIC_DIR / "node_modules" / "echarts" / "dist" / "echarts.min.js"  # `npm ci` in dashboard_static (make bootstrap)
 SESSION_COOKIE = "whistle_session"
 DEFAULT_SESSION_TTL_S = 8 * 3600
-DEFAULT_MIN_CASES = 5  # as `whistle audit ranking`
 MAX_CASES_LISTED = 500
 MAX_DEAD_LETTERS_LISTED = 200
 DEFAULT_TREND_MONTHS = 12
@@ -199,8 +201,10 @@ class AuditReader:
 
     def __init__(self, connect: Callable[[], Engine], database: str, *, serialize: bool = False, owns_engines: bool = True,
                  tz: str = audit.LOCAL_TIMEZONE, kafka: KafkaRanges | None = None,
-                 dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None) -> None:
+                 dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None,
+                 policies: Mapping[str, SlaPolicy] | None = None) -> None:
         self._connect = connect
+        self.policies = load_policies() if policies is None else policies  # the rankings' rules, read once
         self._kafka = kafka
         self.anchors = anchors  # the anchored digests verify holds the store to (None: not checked)
         self.dead_letter_policy = dead_letter_policy
@@ -274,15 +278,21 @@ class AuditReader:
         figures = self.call(work)
         return {"month": month, "previous_month": previous, **{key: table(result) for key, result in figures.items()}}
 
-    def ranking(self, month: str, by: str, min_cases: int) -> dict[str, Any]:
+    def ranking(self, month: str, by: str, min_cases: int | None, as_of: datetime) -> dict[str, Any]:
+        """`whistle audit ranking --month --by --min-cases --as-of`, with the minimum-case rule and the as-of it used."""
+        if min_cases is None:
+            min_cases = audit.ranking_min_cases(self.policies, month, self.tz)
+
         def work(engine: Engine, db: str) -> tuple[audit.Result, audit.Result]:
-            return audit.ranking(engine, db, month, by, min_cases, tz=self.tz), audit.ranking_provenance(engine, db, month, by, tz=self.tz)
+            return (audit.ranking(engine, db, month, by, min_cases, as_of=as_of, tz=self.tz, policies=self.policies),
+                    audit.ranking_provenance(engine, db, month, by, as_of=as_of, tz=self.tz, policies=self.policies))
 
         ranking, provenance = self.call(work)
-        return {"month": month, "by": by, "min_cases": min_cases, "ranking": table(ranking), "provenance": table(provenance)}
+        return {"month": month, "by": by, "min_cases": min_cases, "as_of": audit.as_of_text(as_of, self.tz),
+                "ranking": table(ranking), "provenance": table(provenance)}
 
-    def provenance(self, month: str, by: str) -> audit.Result:
-        return self.call(lambda engine, db: audit.ranking_provenance(engine, db, month, by, tz=self.tz))
+    def provenance(self, month: str, by: str, as_of: datetime) -> audit.Result:
+        return self.call(lambda engine, db: audit.ranking_provenance(engine, db, month, by, as_of=as_of, tz=self.tz, policies=self.policies))
 
     def grid_cases(self, start_ms: int, end_ms: int) -> audit.Result:
         return self.call(lambda engine, db: audit.run_query(engine, db, "dashboard_grid_cases", {"start_ms": start_ms, "end_ms": end_ms}))
@@ -490,12 +500,11 @@ class Dashboard:
         return _json(await asyncio.to_thread(self.reader.overview, month))
 
     async def api_ranking(self, request: web.Request) -> web.Response:
-        month, by, min_cases = self._ranking_args(request)
-        return _json(await asyncio.to_thread(self.reader.ranking, month, by, min_cases))
+        return _json(await asyncio.to_thread(self.reader.ranking, *self._ranking_args(request)))
 
     async def api_provenance(self, request: web.Request) -> web.Response:
-        month, by, _ = self._ranking_args(request)
-        return _json(table(await asyncio.to_thread(self.reader.provenance, month, by)))
+        month, by, _, as_of = self._ranking_args(request)
+        return _json(table(await asyncio.to_thread(self.reader.provenance, month, by, as_of)))
 
     async def api_grids(self, request: web.Request) -> web.Response:
         return web.Response(body=self._grids, content_type="application/json")
@@ -539,7 +548,7 @@ class Dashboard:
             "grids": {g.grid_id: {"name": g.name, "street_id": g.street_id, "community_id": g.community_id} for g in ref.grids.values()},
             "statuses": list(CASE_STATUSES),
             "default_month": self._default_month(),
-            "min_cases": DEFAULT_MIN_CASES,
+            "ranking_tiers": list(audit.RANKING_UNITS),
             "trend_months": DEFAULT_TREND_MONTHS,
         })
 
@@ -564,14 +573,13 @@ class Dashboard:
             key = "current" if name == "overview" else "breaches_current"
             return [_result(figures[key])]
         if name == "ranking":
-            month, by, min_cases = self._ranking_args(request)
-            figures = self.reader.ranking(month, by, min_cases)
+            figures = self.reader.ranking(*self._ranking_args(request))
             if request.match_info["fmt"] == "csv":  # one table per CSV: the provenance is /api/export/provenance.csv
                 return [_result(figures["ranking"])]
             return [_result(figures["ranking"]), _result(figures["provenance"])]
         if name == "provenance":
-            month, by, _ = self._ranking_args(request)
-            return [self.reader.provenance(month, by)]
+            month, by, _, as_of = self._ranking_args(request)
+            return [self.reader.provenance(month, by, as_of)]
         if name == "map":
             return [self.reader.grid_cases(*self._period(request))]
         if name == "cases":
@@ -592,14 +600,16 @@ class Dashboard:
     def _default_month(self) -> str:
         return self.clock().astimezone(ZoneInfo(self.reader.tz)).strftime("%Y-%m")
 
-    def _ranking_args(self, request: web.Request) -> tuple[str, str, int]:
+    def _ranking_args(self, request: web.Request) -> tuple[str, str, int | None, datetime]:
+        """month, by, min_cases (None: the policy's rule), as_of (none given: now, to the millisecond)."""
         query = request.query
         month = query.get("month") or self._default_month()
         by = query.get("by", "street")
-        raw = query.get("min_cases", str(DEFAULT_MIN_CASES))
-        if not raw.isdigit():
+        raw = query.get("min_cases", "")
+        if raw and not raw.isdigit():
             raise ValidationError(f"min_cases must be a whole number >= 0, got {raw!r}", field="min_cases")
-        return month, by, int(raw)
+        as_of = audit.as_of_from_text(query["as_of"]) if query.get("as_of") else audit.pinned(self.clock())
+        return month, by, int(raw) if raw else None, as_of
 
     def _trend_args(self, request: web.Request) -> tuple[str, int, str]:
         query = request.query
@@ -664,7 +674,8 @@ async def _errors(request: web.Request, handler):
 
 def build_app(reader: AuditReader, users: Users, *, sessions: Sessions | None = None, reference: DistrictReference | None = None,
               clock: Callable[[], datetime] | None = None) -> web.Application:
-    """The dashboard's aiohttp application over `reader` (read-only queries). `clock` (UTC-aware) picks the default month."""
+    """The dashboard's aiohttp application over `reader` (read-only queries). `clock` (UTC-aware) picks the default month
+    and pins a ranking asked for without an as-of."""
     from whistle.ground.times import utc_now
 
     dashboard = Dashboard(reader, users, sessions or Sessions(), reference or load_reference(), clock or utc_now)

@@ -140,20 +140,25 @@
   }
 
   // -- ranking -------------------------------------------------------------------------------------
-  const RANK_COLUMNS = ["rank", "unit_id", "received", "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct", "satisfaction_rate_pct",
-    "avg_accept_s", "p90_accept_s", "avg_resolve_h", "p90_resolve_h", "breaches_total"];
+  const RANK_COLUMNS = ["rank", "unit_id", "score", "received", "response_rate_pct", "resolution_rate_pct", "on_time_rate_pct", "satisfaction_rate_pct",
+    "urgings", "criticisms", "referrals", "avg_accept_s", "p90_accept_s", "avg_resolve_h", "p90_resolve_h", "breaches_total"];
   async function ranking() {
     const month = el("input", { type: "month", id: "month", value: monthDefault });
-    const by = el("select", { id: "by" }, ["street", "department"].map((u) => el("option", { value: u, text: t(u), selected: (params.get("by") || "street") === u })));
-    const minCases = el("input", { type: "number", id: "min-cases", min: "0", value: params.get("min_cases") || String(state.reference.min_cases) });
+    const by = el("select", { id: "by" }, state.reference.ranking_tiers.map((u) => el("option", { value: u, text: T.tiers[u], selected: (params.get("by") || "street") === u })));
+    const minCases = el("input", { type: "number", id: "min-cases", min: "0", value: params.get("min_cases") || "", placeholder: t("min_cases_policy") });
+    const asOf = el("input", { type: "text", id: "as-of", value: params.get("as_of") || "", placeholder: t("as_of_now"), size: "30" });
     const out = el("div", { id: "ranking" });
     main.append(el("h1", { text: t("ranking") }), el("div", { class: "controls" }, el("label", { text: t("month") }, month), el("label", { text: t("by") }, by),
-      el("label", { text: t("min_cases") }, minCases), el("button", { id: "load", text: t("load"), onclick: () => load() })), out);
+      el("label", { text: t("min_cases") }, minCases), el("label", { text: t("as_of") }, asOf),
+      el("button", { id: "load", text: t("load"), onclick: () => load() })), out);
     let sortKey = "rank", sortDir = 1;
     async function load() {
       out.replaceChildren(el("p", { class: "muted", text: "…" }));
       let data;
-      try { data = await api("/api/ranking", { month: month.value, by: by.value, min_cases: minCases.value }); } catch (exc) { return error(out, exc); }
+      const query = { month: month.value, by: by.value };
+      if (minCases.value) query.min_cases = minCases.value;
+      if (asOf.value) query.as_of = asOf.value;
+      try { data = await api("/api/ranking", query); } catch (exc) { return error(out, exc); }
       state.ranking = data;
       render();
     }
@@ -176,11 +181,14 @@
       const prov = el("div", { id: "provenance", class: "panel", hidden: true });
       const provButton = el("button", { id: "show-provenance", text: t("provenance"), onclick: () => {
         prov.hidden = !prov.hidden; provButton.textContent = prov.hidden ? t("provenance") : t("hide"); } });
-      const pc = ["source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions"];
+      const pc = ["source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions", "as_of", "score_policy"];
       prov.append(el("p", { text: t("provenance_note") }), el("table", { id: "provenance-table" }, el("thead", {}, el("tr", {}, pc.map((c) => el("th", { text: t(c) })))),
         el("tbody", {}, data.provenance.rows.map((r) => el("tr", {}, pc.map((c) => cell(r[c])))))));
-      const q = { month: data.month, by: data.by, min_cases: data.min_cases };
-      out.replaceChildren(el("p", { class: "rule", id: "min-rule", text: t("min_rule", { n: data.min_cases }) }), chartNode,
+      const q = { month: data.month, by: data.by, min_cases: data.min_cases, as_of: data.as_of };
+      const scorePolicy = data.provenance.rows.length ? data.provenance.rows[0].score_policy : "";
+      out.replaceChildren(el("p", { class: "rule", id: "min-rule", text: t("min_rule", { n: data.min_cases }) }),
+        el("p", { class: "rule", id: "as-of-rule", text: t("as_of_rule", { t: data.as_of }) }),
+        el("p", { class: "rule", id: "score-rule", text: scorePolicy ? t("score_rule", { policy: scorePolicy }) : t("no_score_rule") }), chartNode,
         el("div", { class: "controls" }, provButton, el("a", { href: withLang("/api/export/ranking.csv", q), id: "export-ranking-csv", text: "CSV" }),
           el("a", { href: withLang("/api/export/provenance.csv", q), text: t("provenance") + " CSV" }),
           el("a", { href: withLang("/api/export/ranking.xlsx", q), id: "export-ranking-xlsx", text: "Excel" })),
