@@ -264,10 +264,11 @@ def audit_ranking(month: str = typer.Option(..., "--month", help="YYYY-MM (city 
     failures of its own holding, with its provenance (as-of, offset ranges, policy versions) and the content hashes of the
     rules behind it. The as-of it prints reproduces it: `--as-of` that time gives the same figures whatever came later."""
     from sinks import audit
+    from streams.domain.rules import SLA_DIR
     from streams.domain.sla import load_policies
 
     moment = audit.as_of_from_text(as_of) if as_of is not None else audit.pinned(utc_now())
-    policies = load_policies()
+    policies = load_policies(_settings().reference_dir / SLA_DIR)
     stamp = audit.as_of_text(moment)
     with _auditor() as (engine, db):
         ranking = audit.ranking(engine, db, month, by, min_cases, as_of=moment, policies=policies)

@@ -63,6 +63,7 @@ from sinks.anchor import Anchor, read_anchors, verify_all
 from sinks.clickhouse import Engine, ServerEngine
 from streams.domain.case import GENESIS_HASH, CaseEvent, event_hash, verify_chain
 from streams.domain.reference import DistrictReference, load_district, load_reference
+from streams.domain.rules import SLA_DIR
 from streams.domain.sla import SlaPolicy, load_policies
 from whistle.ground.datafiles import read_entries
 from whistle.ground.errors import ConfigError, StackError, StoreError, ValidationError, WhistleError
@@ -218,7 +219,8 @@ class AuditReader:
 
     @classmethod
     def for_auditor(cls, clickhouse: ClickHouseSettings, *, kafka: KafkaRanges | None = None,
-                    dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None) -> AuditReader:
+                    dead_letter_policy: audit.DeadLetterPolicy = DEFAULT_DEAD_LETTER_POLICY, anchors: Anchors | None = None,
+                    policies: Mapping[str, SlaPolicy] | None = None) -> AuditReader:
         """The read-only auditor user of `clickhouse` (the settings' auditor_user / auditor_password)."""
         ch = clickhouse
 
@@ -226,7 +228,7 @@ class AuditReader:
             return ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value, database=ch.database,
                                 secure=ch.secure, connect_timeout=5.0, send_receive_timeout=60.0)
 
-        return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy, anchors=anchors)
+        return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy, anchors=anchors, policies=policies)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> AuditReader:
@@ -240,7 +242,8 @@ class AuditReader:
         policy = audit.DeadLetterPolicy(settings.verify_dead_letter_share, settings.verify_dead_letter_min)
         anchors = Anchors(lambda: read_anchors(settings, serde), settings.anchor_key.value.encode("utf-8") or None,
                           Topics.with_prefix(settings.topic_prefix).case_events)
-        return cls.for_auditor(settings.clickhouse, kafka=kafka, dead_letter_policy=policy, anchors=anchors)
+        return cls.for_auditor(settings.clickhouse, kafka=kafka, dead_letter_policy=policy, anchors=anchors,
+                               policies=load_policies(settings.reference_dir / SLA_DIR))
 
     def _engine(self) -> Engine:
         engine = getattr(self._local, "engine", None)
