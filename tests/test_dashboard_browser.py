@@ -244,27 +244,29 @@ def test_dashboard_in_chromium(live, browser, district_store):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     # Not logged in: the page redirects to the login form.
-    driver.get(f"{live.url}/ranking?month={MONTH}")
+    driver.get(f"{live.url}/ranking?month={MONTH}&by=grid&min_cases=1")
     assert "/login" in driver.current_url
     driver.find_element(By.ID, "username").send_keys(USER)
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "login-submit").click()
     wait_ready(driver)
-    assert driver.current_url.endswith(f"/ranking?month={MONTH}")
+    assert driver.current_url.endswith(f"/ranking?month={MONTH}&by=grid&min_cases=1")
 
-    # Ranking: table and chart are exactly `whistle audit ranking --month M --format json` (default --min-cases 5).
+    # Ranking: table and chart are exactly `whistle audit ranking --month M --by grid --min-cases 1 --as-of <the page's>
+    # --format json`: the grids that held the month's cases.
+    as_of = audit.as_of_from_text(driver.execute_script("return window.whistle.ranking.as_of"))
     reader = AuditReader.for_auditor(clickhouse)
     try:
-        expected = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking(engine, db, MONTH, "street", 5))))
-        by_department = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking(engine, db, MONTH, "department", 5))))
-        provenance = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking_provenance(engine, db, MONTH, "street"))))
+        expected = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking(engine, db, MONTH, "grid", 1, as_of=as_of))))
+        by_community = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking(engine, db, MONTH, "community", 1, as_of=as_of))))
+        provenance = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking_provenance(engine, db, MONTH, "grid", as_of=as_of))))
         timeline = reader.call(lambda engine, db: audit.case_timeline(engine, db, known["overdue"])).as_dicts()
         grid_of_known = reader.call(lambda engine, db: audit.run_query(engine, db, "dashboard_case_search", {
             "case_id": known["overdue"], "street": "", "grid": "", "category": "", "status": "", "from_ms": 0, "to_ms": 2**63 - 1,
             "limit": 1})).as_dicts()[0]["grid_id"]
     finally:
         reader.close()
-    assert len(expected) == 10 and any(row["rank"] is not None for row in expected)
+    assert len(expected) > 3 and any(row["rank"] is not None for row in expected)
     columns = driver.execute_script("return [...document.querySelectorAll('#ranking-table thead th')].map(th => th.dataset.column)")
     table = driver.execute_script(
         "return [...document.querySelectorAll('#ranking-table tbody tr')].map(tr => [...tr.cells].map(td => td.dataset.value))")
@@ -273,12 +275,12 @@ def test_dashboard_in_chromium(live, browser, district_store):
     option = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('ranking-chart')).getOption();
         return {x: c.xAxis[0].data, series: c.series.map(s => [s.id, s.data]), units: echarts.getInstanceByDom(document.getElementById('ranking-chart')).__unitIds}""")
     ranked = [row for row in expected if row["rank"] is not None]
-    names = load_reference().streets
+    names = load_reference().units
     assert option["units"] == [row["unit_id"] for row in ranked]
     assert option["x"] == [names[row["unit_id"]].name for row in ranked]
     for series_id, data in option["series"]:
         assert data == [None if row[series_id] is None else float(row[series_id]) for row in ranked], series_id
-    assert "5" in driver.find_element(By.ID, "min-rule").text
+    assert "1" in driver.find_element(By.ID, "min-rule").text and str(as_of.year) in driver.find_element(By.ID, "as-of-rule").text
     # Provenance one click away; sorting by a column.
     driver.find_element(By.ID, "show-provenance").click()
     assert driver.find_element(By.ID, "provenance").is_displayed()
@@ -291,15 +293,18 @@ def test_dashboard_in_chromium(live, browser, district_store):
     driver.find_element(By.CSS_SELECTOR, "#ranking-table th[data-column=rank]").click()
     time.sleep(0.6)
     driver.save_screenshot(str(SCREENSHOTS / "ranking.png"))
-    # Departments: the same comparison after switching the form.
-    driver.find_element(By.CSS_SELECTOR, "#by option[value=department]").click()
+    # Communities: the same comparison after switching the form to another of the four tiers, as of the same time.
+    assert driver.execute_script("return [...document.querySelectorAll('#by option')].map(o => o.value)") == list(audit.RANKING_UNITS)
+    driver.find_element(By.CSS_SELECTOR, "#by option[value=community]").click()
+    driver.find_element(By.ID, "as-of").send_keys(audit.as_of_text(as_of))
     driver.find_element(By.ID, "load").click()
     deadline = time.monotonic() + 20
-    while driver.execute_script("return window.whistle.ranking.by") != "department" and time.monotonic() < deadline:
+    while driver.execute_script("return window.whistle.ranking.by") != "community" and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert driver.execute_script("return window.whistle.ranking.as_of") == audit.as_of_text(as_of)
     table = driver.execute_script(
         "return [...document.querySelectorAll('#ranking-table tbody tr')].map(tr => [...tr.cells].map(td => td.dataset.value))")
-    assert table == [[shown(row[c]) for c in columns] for row in by_department] and len(by_department) > 3
+    assert table == [[shown(row[c]) for c in columns] for row in by_community] and len(by_community) > 0
 
     # Overview of the month.
     driver.get(f"{live.url}/?month={MONTH}")
@@ -379,7 +384,9 @@ def test_dashboard_in_chromium(live, browser, district_store):
     assert lines["months"][-2:] == [PREVIOUS, MONTH] and len(lines["months"]) == 12
     expected_lines = {street: [next((float(r["on_time_rate_pct"]) for r in on_time if r["unit_id"] == street and r["month"] == m), None)
                                for m in lines["months"]] for street in {r["unit_id"] for r in on_time}}
-    assert dict(lines["series"]) == expected_lines and len(expected_lines) == 10
+    # Street-tier units that held cases (the ranking's holders): none here, since every generated breach escalates only
+    # to the community; the line chart draws what the query gives.
+    assert dict(lines["series"]) == expected_lines and len(expected_lines) == len({r["unit_id"] for r in on_time})
     accept = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('trend-accept')).getOption();
         return {x: c.xAxis[0].data, series: c.series.map(s => [s.id, s.data])}""")
     assert accept["x"] == [r["bucket_start"][5:] for r in durations]

@@ -74,7 +74,7 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
     near_lat, near_lon = camera.lat + 0.0004, camera.lon  # ~45 m north of it
     lat_b, lon_b = reference.cameras["CAM-047"].lat, reference.cameras["CAM-047"].lon  # ~570 m east, grid G-S01-C02-006
     case_a, grid_team, _ = holder_and_id("camera:camera-platform:det-a1", T0, camera.lat, camera.lon, "garbage", Source.CAMERA)
-    case_b, _, above_fire = holder_and_id("app:resident-app:b1", minutes(1), lat_b, lon_b, "fire_smoke")
+    case_b, fire_holder, above_fire = holder_and_id("app:resident-app:b1", minutes(1), lat_b, lon_b, "fire_smoke")
     case_c, road_holder, above_road = holder_and_id("app:resident-app:c1", minutes(2), lat_b, lon_b, "road_damage")
     assert {case_a[:3], case_b[:3], case_c[:3]} == {"S01"}
     pipeline = Pipeline(isolated, tmp_path / "logs").wait_ready()
@@ -133,19 +133,23 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             stored = engine.execute(f"SELECT case_id, breach_type, tier FROM {db}.breaches FINAL WHERE kind = 'breach'")
             assert sorted(stored) == sorted([(case_b, "accept_overdue", above_fire.tier.value),
                                              (case_c, "unsatisfied_rating", above_road.tier.value)])
-            row = audit.ranking(engine, db, "2026-11", "street", min_cases=1).as_dicts()
-            assert [r["unit_id"] for r in row] == ["S01"]
-            s01 = row[0]
-            # 3 cases. Responded in time: A and C (accepted, no accept_overdue) -> 2/3. Resolved: only A, since C was
-            # escalated after its resolution -> 1/3, on time too. Rated: A 5, C 2 -> 1 of 2 satisfied. Breaches: B, C.
-            assert (s01["received"], s01["responded"]) == (3, 2)
-            assert s01["response_rate_pct"] == Decimal("66.67")
-            assert s01["resolution_rate_pct"] == Decimal("33.33")
-            assert s01["on_time_rate_pct"] == Decimal("33.33")
-            assert s01["satisfaction_rate_pct"] == Decimal("50.00")
-            assert s01["avg_accept_s"] == 600 and s01["p90_accept_s"] == 600  # A: 09:30 -> 09:40, C: 09:32 -> 09:42
-            assert s01["avg_resolve_h"] == Decimal("0.33")  # A: 09:30 -> 09:50
-            assert s01["breaches_total"] == 2
+            ranked = {by: {r["unit_id"]: r for r in audit.ranking(engine, db, "2026-11", by, min_cases=1).as_dicts()}
+                      for by in audit.RANKING_UNITS}
+            # All three lie in street S01, but each is ranked for the unit that held it: A for its grid team (accepted
+            # 09:30 -> 09:40, resolved 09:50, rated 5), B and C (departmental categories) for their departments.
+            assert {by: list(units) for by, units in ranked.items()} == {
+                "grid": [grid_team], "community": [], "street": [], "department": [road_holder, fire_holder]}  # in rank order: C's responded
+            a = ranked["grid"][grid_team]
+            assert (a["received"], a["responded"], a["resolved"], a["resolved_on_time"], a["rated"], a["satisfied"]) == (1, 1, 1, 1, 1, 1)
+            assert a["avg_accept_s"] == 600 and a["avg_resolve_h"] == Decimal("0.33") and a["breaches_total"] == 0
+            # B, never accepted: its accept_overdue breach is charged to the fire department that held it.
+            b = ranked["department"][fire_holder]
+            assert (b["received"], b["responded"], b["resolved"], b["breaches_total"]) == (1, 0, 0, 1)
+            # C, accepted after 600 s and resolved, then rated 2: unsatisfied (its breach is its holder's) and escalated
+            # after its resolution, so not resolved.
+            c = ranked["department"][road_holder]
+            assert (c["received"], c["responded"], c["resolved"], c["rated"], c["satisfied"], c["unsatisfied"]) == (1, 1, 0, 1, 0, 1)
+            assert c["avg_accept_s"] == 600 and c["breaches_total"] == 1 and c["satisfaction_rate_pct"] == Decimal("0.00")
             assert audit.verify(engine, db) == []
         finally:
             engine.close()
@@ -197,8 +201,8 @@ def test_a_simulated_day_replayed_from_the_log_gives_identical_breaches_and_rank
         engine = ServerEngine.from_settings(settings.clickhouse)
         try:
             rankings.append([audit.ranking(engine, settings.clickhouse.database, "2026-11", by, min_cases=1).rows
-                             for by in ("street", "department")])
+                             for by in audit.RANKING_UNITS])
             assert audit.verify(engine, settings.clickhouse.database) == []
         finally:
             engine.close()
-    assert rankings[0] == rankings[1] and rankings[0][0]
+    assert rankings[0] == rankings[1] and rankings[0][0]  # the grids' ranking (every tier's) identical, and not empty

@@ -63,28 +63,28 @@ def test_a_day_replayed_from_the_case_stream_is_identical_and_an_altered_row_is_
     clean = _replay_as_auditor(isolated)
     assert clean.identical and clean.derived["case_events"] == clean.stored["case_events"] > 100 and clean.derived["breaches"] > 0
     assert clean.months == ("2026-11",) and not clean.rankings_not_recomputed
-    assert clean.derived["rankings"] == clean.stored["rankings"] > 2  # streets and departments of the month, all identical
+    assert clean.derived["rankings"] == clean.stored["rankings"] > 2  # the four tiers' units of the month, all identical
     assert not list(scratch_parent.iterdir())  # the scratch store is gone
     code, summary = _cli_replay(isolated)  # the command, as the auditor: identical, rankings its third table
     assert code == 0 and [row["table"] for row in summary] == ["case_events", "breaches", "rankings"]
 
     admin = ServerEngine.from_settings(ch)
-    try:  # move one case to another street: a copy of its opened event, street changed (the last copy wins in FINAL)
+    try:  # hand one case to another grid: a copy of its opened event, holder changed (the last copy wins in FINAL)
         opened = admin.execute(f"SELECT {', '.join(CASE_EVENT_COLUMNS)} FROM {db}.case_events "
-                               f"WHERE kind = 'opened' AND street_id IS NOT NULL ORDER BY case_id LIMIT 1")[0]
-        street = CASE_EVENT_COLUMNS.index("street_id")
-        other = admin.execute(f"SELECT any(street_id) FROM {db}.case_events WHERE kind = 'opened' AND street_id IS NOT NULL "
-                              f"AND street_id != %(street)s", {"street": opened[street]})[0][0]
-        admin.insert(f"{db}.case_events", CASE_EVENT_COLUMNS, [opened[:street] + (other,) + opened[street + 1:]])
+                               f"WHERE kind = 'opened' AND assignee_tier = 'grid' ORDER BY case_id LIMIT 1")[0]
+        holder = CASE_EVENT_COLUMNS.index("assignee_unit_id")
+        other = admin.execute(f"SELECT any(assignee_unit_id) FROM {db}.case_events WHERE kind = 'opened' AND assignee_tier = 'grid' "
+                              f"AND assignee_unit_id != %(holder)s", {"holder": opened[holder]})[0][0]
+        admin.insert(f"{db}.case_events", CASE_EVENT_COLUMNS, [opened[:holder] + (other,) + opened[holder + 1:]])
     finally:
         admin.close()
     moved = _replay_as_auditor(isolated)
     assert moved.counts["case_events"] == {"missing": 0, "extra": 0, "differs": 1} and moved.counts["breaches"]["differs"] == 0
     ranked = [d for d in moved.listed if d.table == "rankings"]
     assert sum(moved.counts["rankings"].values()) == len(ranked) > 0 and moved.counts["rankings"]["extra"] == 0
-    assert {d.key for d in ranked} >= {f"2026-11 street {opened[street]}", f"2026-11 street {other}"}
-    assert all(d.key.startswith("2026-11 street ") for d in ranked)  # its department is unchanged: that ranking is identical
-    gained = next(d for d in ranked if d.key == f"2026-11 street {other}")
+    assert f"2026-11 grid {other}" in {d.key for d in ranked}  # it now held the case too (from its opening)
+    assert all(d.key.startswith("2026-11 grid ") for d in ranked)  # nothing moved at the other tiers: those rankings are identical
+    gained = next(d for d in ranked if d.key == f"2026-11 grid {other}")
     assert gained.kind == "differs" and ("received: stored" in gained.detail or "rank: stored" in gained.detail)
 
     admin = ServerEngine.from_settings(ch)
