@@ -405,9 +405,10 @@ def test_urgings_criticisms_and_referrals_are_counted_for_the_unit_they_name(sto
     assert (communities["C-S1-1"]["breaches_discipline"], communities["C-S1-1"]["breaches_total"]) == (1, 2)
     assert all(r["urgings"] == r["criticisms"] == r["referrals"] == 0 for u, r in grids.items() if u != "G-S1-1")
     # C12's rating 2 has no breach: unsatisfied by v1's unsatisfied_rating_max 2, so G-S1-1 has 1 satisfied (C1) of 2 rated;
-    # C12 resolved by it, on time (the urging is no late-resolution breach): 4 cases, 2 resolved, 2 on time.
+    # C12: urged after its resolution, so sent back to G-S1-1 to handle again (_case_is_resolved): not resolved, and the
+    # urging is a resolve_overdue charged to it. 4 cases, 1 resolved (C1), 1 on time.
     g = grids["G-S1-1"]
-    assert (g["received"], g["resolved"], g["resolved_on_time"], g["rated"], g["satisfied"], g["unsatisfied"]) == (4, 2, 2, 2, 1, 1)
+    assert (g["received"], g["resolved"], g["resolved_on_time"], g["rated"], g["satisfied"], g["unsatisfied"]) == (4, 1, 1, 2, 1, 1)
     lenient = {v: dataclasses.replace(V1, rules=dataclasses.replace(V1.rules, unsatisfied_rating_max=1)) for v in UNSCORED}
     assert {r["unit_id"]: r["satisfied"] for r in rank(store, "grid", policies=lenient).as_dicts()}["G-S1-1"] == 2
 

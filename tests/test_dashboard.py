@@ -107,9 +107,9 @@ def test_overview(store, users):
     previous = answer["previous"]["rows"][0]
     assert (previous["opened"], previous["response_rate_pct"], previous["satisfaction_rate_pct"]) == (0, None, None)
     # Deadlines in March: W5 (grid warning); community breaches B2a B3 B4 (its copy once) B5a B6; street B2b B5b.
-    assert answer["breaches_current"]["rows"] == [{"tier": "grid", "warnings": 1, "breaches": 0, "referrals": 0},
-                                                  {"tier": "community", "warnings": 0, "breaches": 5, "referrals": 0},
-                                                  {"tier": "street", "warnings": 0, "breaches": 2, "referrals": 0}]
+    assert answer["breaches_current"]["rows"] == [{"tier": "grid", "warnings": 1, "breaches": 0, "urgings": 0, "criticisms": 0, "referrals": 0},
+                                                  {"tier": "community", "warnings": 0, "breaches": 5, "urgings": 0, "criticisms": 0, "referrals": 0},
+                                                  {"tier": "street", "warnings": 0, "breaches": 2, "urgings": 0, "criticisms": 0, "referrals": 0}]
     assert answer["breaches_previous"]["rows"] == []
 
 

@@ -288,7 +288,8 @@ def test_dashboard_in_chromium(live, browser, district_store):
     assert prov_rows == [[shown(v) for v in row.values()] for row in provenance]
     driver.find_element(By.ID, "show-provenance").click()
     driver.find_element(By.CSS_SELECTOR, "#ranking-table th[data-column=received]").click()
-    received = driver.execute_script("return [...document.querySelectorAll('#ranking-table tbody tr')].map(tr => Number(tr.cells[2].dataset.value))")
+    received = driver.execute_script("return [...document.querySelectorAll('#ranking-table tbody tr')].map(tr => Number(tr.cells[arguments[0]].dataset.value))",
+                                     columns.index("received"))
     assert received == sorted(received)
     driver.find_element(By.CSS_SELECTOR, "#ranking-table th[data-column=rank]").click()
     time.sleep(0.6)
@@ -377,7 +378,7 @@ def test_dashboard_in_chromium(live, browser, district_store):
     assert len(bars["days"]) == 30 and bars["days"][0] == "11-01"
     assert sum(sum(data) for _, _, data in bars["series"]) == len(listed) > 20
     shown_per_day = {(f"2026-{day}", tier): n for tier, _, data in bars["series"] for day, n in zip(bars["days"], data) if n}
-    assert shown_per_day == {(r["day"], r["tier"]): r["breaches"] + r["referrals"] for r in per_day}
+    assert shown_per_day == {(r["day"], r["tier"]): r["breaches"] + r["urgings"] + r["criticisms"] + r["referrals"] for r in per_day}
     assert {name for _, name, _ in bars["series"]} == {"社区"}  # every generated breach escalates to the community, labelled in Chinese
     lines = driver.execute_script("""const c = echarts.getInstanceByDom(document.getElementById('trend-on-time')).getOption();
         return {months: c.xAxis[0].data, series: c.series.map(s => [s.id, s.data])}""")

@@ -116,9 +116,10 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             # B, an emergency dispatched to the fire department at 09:31 and never accepted: warned at 75 % of its
             # 30 minutes when the 09:55 rating moved the clock past 09:53:30; overdue at 10:01, fired by the 10:05 tick.
             (case_b, "warning", "accept_overdue", "department", minutes(31), minutes(25), None),
-            (case_b, "breach", "accept_overdue", above_fire.tier.value, minutes(31), minutes(35), above_fire.unit_id),
-            # C rated 2 (unsatisfied) at 10:00: escalated at once.
-            (case_c, "breach", "unsatisfied_rating", above_road.tier.value, minutes(30), minutes(30), above_road.unit_id)])
+            # B's department is the top of the handling tiers: policy-v2's supervision office urges it, and it keeps the case.
+            (case_b, "urging", "accept_overdue", above_fire.tier.value, minutes(31), minutes(35), above_fire.unit_id),
+            # C rated 2 (unsatisfied) at 10:00: urged at once, back to its department to handle again.
+            (case_c, "urging", "unsatisfied_rating", above_road.tier.value, minutes(30), minutes(30), above_road.unit_id)])
         engine = ServerEngine.from_settings(isolated.clickhouse)
         db = isolated.clickhouse.database
         try:
@@ -128,9 +129,10 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             assert kinds[case_a][:6] == [("opened", "camera"), ("dispatched", None), ("report_merged", "app"), ("accepted", None),
                                          ("resolved", None), ("rated", None)]
             assert len(kinds) == 3
-            assert [k for k, _ in kinds[case_b]] == ["opened", "dispatched", "escalated"]
-            assert [k for k, _ in kinds[case_c]] == ["opened", "dispatched", "accepted", "resolved", "rated", "escalated"]
-            stored = engine.execute(f"SELECT case_id, breach_type, tier FROM {db}.breaches FINAL WHERE kind = 'breach'")
+            assert [k for k, _ in kinds[case_b]] == ["opened", "dispatched", "urged"]
+            assert [k for k, _ in kinds[case_c]] == ["opened", "dispatched", "accepted", "resolved", "rated", "urged"]
+            assert above_fire.unit_id == above_road.unit_id == "SUP"
+            stored = engine.execute(f"SELECT case_id, breach_type, tier FROM {db}.breaches FINAL WHERE kind = 'urging'")
             assert sorted(stored) == sorted([(case_b, "accept_overdue", above_fire.tier.value),
                                              (case_c, "unsatisfied_rating", above_road.tier.value)])
             ranked = {by: {r["unit_id"]: r for r in audit.ranking(engine, db, "2026-11", by, min_cases=1).as_dicts()}
@@ -142,14 +144,16 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             a = ranked["grid"][grid_team]
             assert (a["received"], a["responded"], a["resolved"], a["resolved_on_time"], a["rated"], a["satisfied"]) == (1, 1, 1, 1, 1, 1)
             assert a["avg_accept_s"] == 600 and a["avg_resolve_h"] == Decimal("0.33") and a["breaches_total"] == 0
-            # B, never accepted: its accept_overdue breach is charged to the fire department that held it.
+            # B, never accepted: its accept_overdue urging is charged to the fire department that held it and holds it still.
             b = ranked["department"][fire_holder]
-            assert (b["received"], b["responded"], b["resolved"], b["breaches_total"]) == (1, 0, 0, 1)
-            # C, accepted after 600 s and resolved, then rated 2: unsatisfied (its breach is its holder's) and escalated
-            # after its resolution, so not resolved.
+            assert (b["received"], b["responded"], b["resolved"], b["breaches_total"], b["urgings"]) == (1, 0, 0, 1, 1)
+            # C, accepted after 600 s and resolved, then rated 2: unsatisfied (its urging is its holder's) and urged
+            # after its resolution, so not resolved. Score (policy-v2's weights over the rates it has): 0.2 x 100 % = 20.00 for
+            # C, 0 for B (no rating, no satisfaction term): C ranks first.
             c = ranked["department"][road_holder]
             assert (c["received"], c["responded"], c["resolved"], c["rated"], c["satisfied"], c["unsatisfied"]) == (1, 1, 0, 1, 0, 1)
             assert c["avg_accept_s"] == 600 and c["breaches_total"] == 1 and c["satisfaction_rate_pct"] == Decimal("0.00")
+            assert (c["urgings"], c["score"], b["score"]) == (1, Decimal("20.00"), Decimal("0.00"))
             assert audit.verify(engine, db) == []
         finally:
             engine.close()

@@ -597,6 +597,26 @@ def test_the_return_visits_result_is_rated_as_the_reference_data_says(gw_setting
     assert (record["rating"], record["note"], record["unit_id"]) == (4, "回访: 基本满意", "return_visit")
 
 
+def test_superiors_decide_extensions_and_returns_name_a_unit_through_the_same_endpoint(gw_settings, publisher, keys):
+    """The offices' kinds: a community (acting through its street office's key) approves or denies its grid's
+    extension, the grid resumes after waiting on the resident and returns a case naming the unit it believes
+    responsible; a grid's key cannot approve as the community above it."""
+    case_id = "S01-20250612-d3d3d3d3d3"
+    community = "C-S01-01"
+    approve = action(kind="approve_extension", unit_id=community, extension_hours=48, reason="two days are enough")
+    deny, resume = action(kind="deny_extension", unit_id=community, reason="no"), action(kind="resume")
+    transfer = action(kind="transfer", reason="the drain is on the S02 side", target_unit_id="G-S02-C01-003")
+    answers = post_actions(gw_settings, publisher, keys, case_id, [
+        (OFFICE_KEY, approve), (OFFICE_KEY, deny), (GRID_KEY, resume), (GRID_KEY, transfer),
+        (GRID_KEY, action(kind="approve_extension", unit_id=community, extension_hours=48)), (OFFICE_KEY, action(kind="approve_extension", unit_id=community))])
+    assert [(status, None if status == 202 else body["errors"][0]["field"]) for status, body in answers] == [
+        (202, None), (202, None), (202, None), (202, None), (403, "unit_id"), (400, "extension_hours")]
+    found = published_actions(gw_settings, publisher, {a["action_id"] for a in (approve, deny, resume, transfer)})
+    assert {record["kind"]: (record["unit_id"], record["extension_hours"], record["target_unit_id"]) for record, _ in found.values()} == {
+        "approve_extension": (community, 48, None), "deny_extension": (community, None, None), "resume": (GRID, None, None),
+        "transfer": (GRID, None, "G-S02-C01-003")}
+
+
 def test_a_case_the_store_knows_refuses_a_unit_on_none_of_its_chains(gw_settings, publisher, keys):
     case_id = "S01-20250612-b1b1b1b1b1"
     rows = case_events(case_id, [("opened", "camera:camera-platform:d-1", GRID), ("dispatched", None, GRID)])

@@ -557,7 +557,7 @@ def rebuild_index(states: Iterable[CaseState], policies: Mapping[str, SlaPolicy]
     """The index for recovered states (after a restart or rebalance), with the partition clock at `clock_ms`."""
     index = DeadlineIndex(clock_ms)
     for state in states:
-        index.schedule(state.case_id, state.seq, deadlines_for(state, _policy_of(policies, state), calendar))
+        index.schedule(state.case_id, state.seq, deadlines_for(state, policy_of(policies, state), calendar))
     return index
 
 
@@ -709,7 +709,8 @@ def _local(calendar: BusinessCalendar, ms: int) -> str:
     return calendar.local_time(ms).isoformat(timespec="minutes")
 
 
-def _policy_of(policies: Mapping[str, SlaPolicy], state: CaseState) -> SlaPolicy:
+def policy_of(policies: Mapping[str, SlaPolicy], state: CaseState) -> SlaPolicy:
+    """The policy a case is judged by (the one in force when it opened), or ConfigError when it is not loaded."""
     policy = policies.get(state.policy_version)
     if policy is None:
         raise ConfigError(f"case {state.case_id} is judged by SLA policy {state.policy_version}, which is not loaded",
@@ -782,7 +783,7 @@ class CaseBook:
 
     def act(self, action: HandlingAction) -> tuple[list[CaseEvent], list[Breach]]:
         state = self.states.get(action.case_id)
-        rules = _policy_of(self.policies, state).rules if state is not None else HandlingRules()
+        rules = policy_of(self.policies, state).rules if state is not None else HandlingRules()
         return self._decided(handle_action(state, action, rules, self.units), action.at)
 
     def _decided(self, events: list[CaseEvent], at: datetime) -> tuple[list[CaseEvent], list[Breach]]:
@@ -804,7 +805,7 @@ class CaseBook:
                     if state.seq == deadline.seq:
                         self._archive(state)
                     continue
-                fired_events, fired_breaches = fire(state, deadline, now_ms, _policy_of(self.policies, state), self.calendar, self.common_parent)
+                fired_events, fired_breaches = fire(state, deadline, now_ms, policy_of(self.policies, state), self.calendar, self.common_parent)
                 breaches.extend(fired_breaches)
                 events.extend(self._apply(fired_events))
             due = self.index.pop_due(now_ms)
@@ -827,7 +828,7 @@ class CaseBook:
         state = evolve(self.states.get(events[0].case_id), events[0])
         for event in events[1:]:
             state = evolve(state, event)
-        deadlines = deadlines_for(state, _policy_of(self.policies, state), self.calendar)  # before anything changes
+        deadlines = deadlines_for(state, policy_of(self.policies, state), self.calendar)  # before anything changes
         self._remember(state.case_id)
         self.states[state.case_id] = state
         self.index.schedule(state.case_id, state.seq, deadlines)

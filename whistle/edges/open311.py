@@ -41,7 +41,7 @@ from streams.domain.case import WAITING_ON_RESIDENT, CaseEvent, Kind, fold
 from streams.domain.model import Source, scoped_report_id
 from streams.domain.pii import PersonalDataHasher, normalize_phone
 from streams.domain.reference import DistrictReference, Gazetteer
-from streams.domain.sla import INITIAL_STAGE, DeadlineKind, SlaPolicy, _policy_of, deadlines_for
+from streams.domain.sla import INITIAL_STAGE, DeadlineKind, SlaPolicy, deadlines_for, policy_of
 from whistle.ground.errors import ValidationError
 from whistle.ground.times import from_epoch_ms
 
@@ -542,7 +542,7 @@ def expected_datetime(events: Sequence[CaseEvent], policies: Mapping[str, SlaPol
     if not events:
         return None
     state = fold(events)[events[0].case_id]
-    policy = _policy_of(policies, state)  # the worker's own choice of policy (private in sla.py: to be made public there)
+    policy = policy_of(policies, state)  # the worker's own choice of policy
     due = [deadline.deadline_ms for deadline in deadlines_for(state, policy, calendar) if deadline.kind in _EXPECTED_KINDS]
     return from_epoch_ms(min(due)) if due else None
 
