@@ -8,13 +8,14 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from test_case import COMMUNITY, GRID, STREET, report, unit_chain
+from test_case import COMMUNITY, GRID, STREET, unit_chain
+from test_sla import act, china, open_at
 
 from streams.changelog import decode_case_state, encode_case_state
 from streams.domain.calendar import load_calendar
 from streams.domain.case import WAITING_ON_RESIDENT, Kind, Status
 from streams.domain.enrich import common_parent
-from streams.domain.model import ActionKind, HandlingAction
+from streams.domain.model import ActionKind
 from streams.domain.reference import load_reference
 from streams.domain.sla import CaseBook, DeadlineKind, load_policies
 from whistle.ground.errors import TransitionError
@@ -27,10 +28,6 @@ S02_GRID, S02_COMMUNITY = "G-S02-C01-003", "C-S02-01"
 DRAIN_CHAIN = unit_chain(department="DEP-WATER")
 
 
-def china(text: str) -> datetime:
-    return datetime.fromisoformat(text + "+08:00")
-
-
 def local(value: datetime | int) -> str:
     ms = value if isinstance(value, int) else int(value.timestamp() * 1000)
     return CALENDAR.local_time(ms).strftime("%Y-%m-%d %H:%M")
@@ -38,20 +35,6 @@ def local(value: datetime | int) -> str:
 
 def book(policies=POLICIES) -> CaseBook:
     return CaseBook(policies, CALENDAR, partial(common_parent, REFERENCE), units=REFERENCE.unit_tiers())
-
-
-def act(cases: CaseBook, kind: ActionKind, unit_id: str, at: str, case_id: str = "C1", **fields):
-    """Advance to the action's time, then decide it: the order a processor follows."""
-    when = china(at)
-    early_events, early_breaches = cases.advance(when)
-    events, breaches = cases.act(HandlingAction(f"act:{kind.value}:{unit_id}:{at}", case_id, kind, unit_id, when, **fields))
-    return early_events + events, early_breaches + breaches
-
-
-def open_at(cases: CaseBook, at: str, case_id: str = "C1", **report_fields):
-    when = china(at)
-    cases.advance(when)
-    return cases.open(report(f"app:{case_id}", at=when, **report_fields), case_id, when)
 
 
 def tick(cases: CaseBook, until: str, every_minutes: int = 10):
