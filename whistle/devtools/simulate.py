@@ -606,7 +606,7 @@ class _Simulation:
                              note=f"位置属于{other}，非本网格辖区", target_unit_id=other if config.returns_name_the_unit else None)
                 else:  # the grid named returns it in turn, naming the first
                     schedule(ActionKind.TRANSFER, holder, rng.uniform(10, 45) * _MINUTE_MS, False, reason="outside_jurisdiction",
-                             note=f"争议位置在与{other[2:5]}交界处，非本单位辖区",
+                             note=f"争议位置在与{(state.rejected_by[0] if config.returns_name_the_unit else other)[2:5]}交界处，非本单位辖区",
                              target_unit_id=state.rejected_by[0] if config.returns_name_the_unit else None)
             elif state.arbitration and handling.arbiter_silent:
                 return
