@@ -247,3 +247,29 @@ def test_point_lookup_is_about_a_microsecond(ref):
     per_point_us = (time.perf_counter() - started) / len(points) * 1e6
     assert sum(isinstance(f, Grid) for f in found) > 30_000
     assert per_point_us < 10, f"{per_point_us:.2f} µs per point"
+
+
+# -- per-area exceptions to the responsibility matrix (exceptions.geojson) ---------------------------------------------
+
+
+def test_inside_a_property_managed_compound_its_manager_takes_the_grid_rung_for_the_listed_categories(ref, enricher):
+    compound = ref.exception_areas["PM-S01-001"]
+    lat, lon = centre(compound)
+    inside = enricher.enrich(app("garbage", lat, lon))
+    assert [u.unit_id for u in inside.chain] == ["PM-XJHY", "C-S01-01", "S01", "DEP-URBAN", "SUP", "DIS"]
+    assert inside.chain[0].tier == Tier.GRID and inside.location.grid_id == "G-S01-C01-001"
+    assert inside.flags == ("property_managed:PM-S01-001",)
+    unlisted = enricher.enrich(app("neighbour_dispute", lat, lon))  # not the manager's: the grid team's, as anywhere
+    assert unlisted.chain[0].unit_id == "G-S01-C01-001" and unlisted.flags == ()
+    outside = enricher.enrich(app("garbage", lat + 0.0006, lon))  # the same grid, outside the compound (negative control)
+    assert outside.location.grid_id == "G-S01-C01-001" and outside.chain[0].unit_id == "G-S01-C01-001" and outside.flags == ()
+
+
+def test_on_a_trunk_road_its_department_takes_the_listed_categories_first(ref, enricher):
+    road = ref.exception_areas["TR-HONGQI-S07"]
+    lat, lon = centre(road)
+    on_road = enricher.enrich(app("garbage", lat, lon))
+    assert [u.unit_id for u in on_road.chain] == ["DEP-URBAN", "SUP", "DIS"] and on_road.flags == ("trunk_road:TR-HONGQI-S07",)
+    assert on_road.location.grid_id is not None  # still placed on its grid (and street: the case stream's key)
+    off_road = enricher.enrich(app("garbage", lat, lon + 0.003))
+    assert off_road.chain[0].tier == Tier.GRID and off_road.flags == ()

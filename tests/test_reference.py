@@ -364,3 +364,29 @@ def test_a_camera_whose_grid_disagrees_with_the_map_is_refused(tmp_path):
 def test_a_missing_directory_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_reference(tmp_path / "district-v0")
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda f: f[0]["properties"].update(categories=["illegal_parking"]), "features[0].properties.categories[0]"),  # departmental
+    (lambda f: f[0]["properties"].update(categories=["no_such_thing"]), "features[0].properties.categories[0]"),
+    (lambda f: f[0]["properties"]["manager"].update(id="G-S01-C01-001"), "features[0].properties.manager.id"),
+    (lambda f: f[1]["properties"].update(department="DEP-NOWHERE"), "features[1].properties.department"),
+    (lambda f: f[1]["properties"].update(kind="park"), "features[1].properties.kind"),
+    (lambda f: f[1]["properties"].update(area_id="PM-S01-001"), "features[1].properties.area_id"),
+])
+def test_an_exception_area_the_matrix_cannot_honour_is_refused_naming_the_file_and_field(tmp_path, change, field):
+    target = tmp_path / DATA.name
+    shutil.copytree(DATA, target)
+    doc = json.loads((target / "exceptions.geojson").read_text(encoding="utf-8"))
+    change(doc["features"])
+    (target / "exceptions.geojson").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_reference(target)
+    assert "exceptions.geojson" in str(caught.value) and caught.value.context.get("field") == field
+
+
+def test_a_district_without_exceptions_routes_by_the_matrix_alone(tmp_path):
+    target = tmp_path / DATA.name
+    shutil.copytree(DATA, target)
+    (target / "exceptions.geojson").unlink()
+    assert load_reference(target).exception_index is None and load_reference().exception_index is not None

@@ -95,7 +95,7 @@ def test_every_rule_file_is_registered_and_a_fresh_log_accepts_them():
     kinds = {r.kind for r in rules}
     assert kinds == {"policy", "calendar", "calendar_year", "reference"}
     assert {r.name for r in rules if r.kind == "reference"} == {f"{DEFAULT_VERSION}/{n}" for n in
-                                                                 ("cameras.csv", "categories.json", "district.json", "gazetteer.csv", "grids.geojson", "hotline.yaml")}
+                                                                 ("cameras.csv", "categories.json", "district.json", "exceptions.geojson", "gazetteer.csv", "grids.geojson", "hotline.yaml")}
     assert refusals({}, rules, NOW) == []
     assert refusals(_registered(rules), rules, NOW) == []
 

@@ -25,13 +25,17 @@ at the discipline commission:
   departmental category, grid known:  owning department -> supervision -> discipline
   desk-routed, street known:          street desk -> owning department -> supervision -> discipline
   desk-routed, no street:             district desk (department tier) -> supervision -> discipline
+Per-area exceptions (reference exceptions.geojson), for the categories an area lists, at a point inside it:
+  property-managed compound:          property manager (grid rung) -> community -> street -> owning department -> ...
+  trunk road:                         the road's department -> supervision -> discipline
+and the report is flagged `<kind>:<area id>` (property_managed:..., trunk_road:...), so the auditors see why.
 """
 from __future__ import annotations
 
 import math
 
 from streams.domain.model import EnrichedReport, Location, Report, Source, Unit
-from streams.domain.reference import DistrictReference, Grid
+from streams.domain.reference import PROPERTY_MANAGED, DistrictReference, ExceptionArea, Grid
 from whistle.ground.errors import DomainError, ValidationError
 
 OUTSIDE_GRID = "outside_grid"
@@ -49,7 +53,7 @@ CAMERA_RANGE_M = 300.0  # farthest a PTZ camera can plausibly geolocate an objec
 class Enricher:
     """Built once per reference version: every chain is precomputed, so enrich() is lookups only."""
 
-    __slots__ = ("reference", "_grid_chains", "_desk_chains", "_camera_places", "_address_places", "_nowhere")
+    __slots__ = ("reference", "_grid_chains", "_desk_chains", "_camera_places", "_address_places", "_nowhere", "_area_chains")
 
     def __init__(self, reference: DistrictReference) -> None:
         self.reference = reference
@@ -76,6 +80,7 @@ class Enricher:
         self._camera_places = {c.camera_id: self._place(c.lat, c.lon, c.grid_id, c.street_id, "camera") for c in reference.cameras.values()}
         self._address_places = {e.address: self._place(e.lat, e.lon, e.grid_id, e.street_id, "gazetteer") for e in reference.gazetteer.entries()}
         self._nowhere = self._place(None, None, None, None, "dispatch_desk")
+        self._area_chains: dict[tuple[str, str, str], tuple[Unit, ...]] = {}
 
     def enrich(self, report: Report) -> EnrichedReport:
         """Locate and route one report. Pure: the same report and reference give the same result."""
@@ -90,8 +95,23 @@ class Enricher:
             flags.append(LOW_CONFIDENCE)
             at_desk = True
         grid_id = None if at_desk else location.grid_id  # not at the desk: the report is on a grid
-        chain = self._desk_chains[(location.street_id, report.category)] if grid_id is None else self._grid_chains[(grid_id, report.category)]
+        if grid_id is None:
+            chain = self._desk_chains[(location.street_id, report.category)]
+        else:
+            chain = self._grid_chains[(grid_id, report.category)]
+            area = None if location.lat is None or location.lon is None else self.reference.exception_at(location.lat, location.lon, report.category)
+            if area is not None:
+                chain = self._area_chain(area, grid_id, report.category, chain)
+                flags.append(f"{area.kind}:{area.area_id}")
         return EnrichedReport(report=report, location=location, chain=chain, flags=tuple(flags))
+
+    def _area_chain(self, area: ExceptionArea, grid_id: str, category: str, grid_chain: tuple[Unit, ...]) -> tuple[Unit, ...]:
+        key = (area.area_id, grid_id, category)
+        chain = self._area_chains.get(key)
+        if chain is None:
+            tail = (self.reference.supervision, self.reference.discipline)
+            chain = self._area_chains[key] = (area.first_unit,) + (grid_chain[1:] if area.kind == PROPERTY_MANAGED else tail)
+        return chain
 
     def _place(self, lat: float | None, lon: float | None, grid_id: str | None, street_id: str | None, resolved_by: str) -> Location:
         ref = self.reference

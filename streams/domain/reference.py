@@ -25,6 +25,8 @@ REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"  # the sample
 DEFAULT_VERSION = "district-v1"
 DISTRICT_FILE = "district.json"  # marks a reference directory's district version directory
 HOTLINE_FILE = "hotline.yaml"  # the 12345 call centre's labels and return-visit results
+EXCEPTIONS_FILE = "exceptions.geojson"  # per-area exceptions to the responsibility matrix
+PROPERTY_MANAGED, TRUNK_ROAD = "property_managed", "trunk_road"
 
 COMPLEXITY_CLASSES = ("emergency", "ordinary", "complex")
 RESPONSIBILITY_MODES = ("territorial", "departmental")
@@ -58,6 +60,24 @@ class Grid:
     community_id: str
     street_id: str
     households: int
+    ring: Ring
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionArea:
+    """A place where the responsibility matrix does not hold for some categories (exceptions.geojson).
+
+    property_managed (物业管理小区): inside a compound, the property manager takes the grid team's rung for the
+    listed categories; the community, street and department above it stay. trunk_road (城市主干道): on a
+    road the city maintains, the listed categories go straight to `first_unit`, a department, as departmental
+    categories do.
+    """
+
+    area_id: str
+    kind: str
+    name: str
+    categories: frozenset[str]
+    first_unit: Unit
     ring: Ring
 
 
@@ -395,6 +415,15 @@ class DistrictReference:
     spatial: PolygonIndex
     address_prefixes: tuple[str, ...]  # province, city, district: what callers may put before an address
     directory: Path  # the district version directory it was read from (its files are rule files: streams.domain.rules)
+    exception_areas: Mapping[str, ExceptionArea]  # exceptions.geojson, by area id
+    exception_index: PolygonIndex | None  # the areas (None: none): a point's area is the lowest area id holding it
+
+    def exception_at(self, lat: float, lon: float, category: str) -> ExceptionArea | None:
+        """The exception area at the point that changes who handles `category` there; None where the matrix holds."""
+        if self.exception_index is None:
+            return None
+        area = self.exception_index.locate(lat, lon)
+        return area if area is not None and category in area.categories else None
 
     def unit_tiers(self) -> dict[str, str]:
         """Every unit's tier by unit id: where a return or an arbiter's assignment may send a case."""
@@ -517,6 +546,7 @@ class _Loader:
         hotline_version, ratings = self._load_hotline(categories, labels)
         cameras = self._load_cameras(spatial)
         gazetteer = self._load_gazetteer(spatial, streets, prefixes, road_aliases)
+        exception_areas = self._load_exceptions(units, categories, departments)
         return DistrictReference(
             version=version, district_id=district_id, district_name=self._text(district, "name", "district.json", "district.name"),
             district_desk=district_desk, supervision=supervision, discipline=discipline,
@@ -525,6 +555,8 @@ class _Loader:
             categories=MappingProxyType(categories), hotline_labels=MappingProxyType(labels),
             return_visit_ratings=MappingProxyType(ratings), hotline_version=hotline_version, cameras=MappingProxyType(cameras),
             gazetteer=gazetteer, spatial=spatial, address_prefixes=tuple(prefixes), directory=self.root,
+            exception_areas=MappingProxyType(exception_areas),
+            exception_index=PolygonIndex([(a, a.ring) for _, a in sorted(exception_areas.items())], bucket_deg=0.0006) if exception_areas else None,
         )
 
     def _load_map(self, communities: dict[str, Community], streets: dict[str, Street], units: dict[str, Unit]):
@@ -563,22 +595,66 @@ class _Loader:
                 raise self.fail("grids.geojson", f"{where}.properties.kind", f"must be 'grid' or 'ungridded', got {kind!r}")
         return grids, areas
 
-    def _ring(self, feature: Any, where: str) -> Ring:
-        geometry = self._mapping(feature, "geometry", "grids.geojson", f"{where}.geometry")
+    def _ring(self, feature: Any, where: str, file: str = "grids.geojson") -> Ring:
+        geometry = self._mapping(feature, "geometry", file, f"{where}.geometry")
         if geometry.get("type") != "Polygon":
-            raise self.fail("grids.geojson", f"{where}.geometry.type", "must be Polygon")
+            raise self.fail(file, f"{where}.geometry.type", "must be Polygon")
         rings = geometry.get("coordinates")
         if not isinstance(rings, list) or len(rings) != 1:
-            raise self.fail("grids.geojson", f"{where}.geometry.coordinates", "must hold exactly one ring (no holes)")
+            raise self.fail(file, f"{where}.geometry.coordinates", "must hold exactly one ring (no holes)")
         ring = []
         for j, position in enumerate(rings[0]):
             field = f"{where}.geometry.coordinates[0][{j}]"
             if not (isinstance(position, list) and len(position) == 2):
-                raise self.fail("grids.geojson", field, "must be [lon, lat]")
-            ring.append((self._coordinate(position[0], -180.0, 180.0, "grids.geojson", field), self._coordinate(position[1], -90.0, 90.0, "grids.geojson", field)))
+                raise self.fail(file, field, "must be [lon, lat]")
+            ring.append((self._coordinate(position[0], -180.0, 180.0, file, field), self._coordinate(position[1], -90.0, 90.0, file, field)))
         if len(ring) < 4 or ring[0] != ring[-1]:
-            raise self.fail("grids.geojson", f"{where}.geometry.coordinates[0]", "must be a closed ring of at least 3 distinct vertices")
+            raise self.fail(file, f"{where}.geometry.coordinates[0]", "must be a closed ring of at least 3 distinct vertices")
         return tuple(ring)
+
+    def _load_exceptions(self, units: dict[str, Unit], categories: dict[str, Category], departments: dict[str, Unit]) -> dict[str, ExceptionArea]:
+        """exceptions.geojson (optional): property-managed compounds and trunk roads, each with the categories it changes.
+
+        A compound's manager is a new unit at the grid rung (its key can be bound to it); only territorial
+        categories can be a manager's. A trunk road names the department that takes its categories first.
+        """
+        file = EXCEPTIONS_FILE
+        if not (self.root / file).is_file():
+            return {}
+        doc = self._read_json(file)
+        if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
+            raise self.fail(file, "type", "must be FeatureCollection")
+        areas: dict[str, ExceptionArea] = {}
+        for i, feature in enumerate(self._list(doc, "features", file, "features")):
+            where = f"features[{i}].properties"
+            props = self._mapping(feature, "properties", file, where)
+            area_id = self._text(props, "area_id", file, f"{where}.area_id")
+            if area_id in areas:
+                raise self.fail(file, f"{where}.area_id", f"area id {area_id!r} is used twice")
+            kind = self._text(props, "kind", file, f"{where}.kind")
+            listed = [self._as_text(c, file, f"{where}.categories[{j}]") for j, c in enumerate(self._list(props, "categories", file, f"{where}.categories"))]
+            for j, code in enumerate(listed):
+                if code not in categories:
+                    raise self.fail(file, f"{where}.categories[{j}]", f"unknown category {code!r}")
+            if kind == PROPERTY_MANAGED:
+                for j, code in enumerate(listed):
+                    if not categories[code].territorial:
+                        raise self.fail(file, f"{where}.categories[{j}]", f"{code!r} is departmental: only a territorial category can be a property manager's")
+                manager = self._mapping(props, "manager", file, f"{where}.manager")
+                manager_id = self._text(manager, "id", file, f"{where}.manager.id")
+                if manager_id in units:
+                    raise self.fail(file, f"{where}.manager.id", f"unit id {manager_id!r} is used twice")
+                first = units[manager_id] = Unit(manager_id, Tier.GRID, self._text(manager, "name", file, f"{where}.manager.name"))
+            elif kind == TRUNK_ROAD:
+                department_id = self._text(props, "department", file, f"{where}.department")
+                if department_id not in departments:
+                    raise self.fail(file, f"{where}.department", f"unknown department {department_id!r}")
+                first = departments[department_id]
+            else:
+                raise self.fail(file, f"{where}.kind", f"must be {PROPERTY_MANAGED!r} or {TRUNK_ROAD!r}, got {kind!r}")
+            areas[area_id] = ExceptionArea(area_id, kind, self._text(props, "name", file, f"{where}.name"), frozenset(listed), first,
+                                           self._ring(feature, f"features[{i}]", file))
+        return areas
 
     def _load_categories(self, departments: dict[str, Unit]):
         doc = self._read_json("categories.json")

@@ -103,7 +103,7 @@ HOTLINE = {
 
 
 def build(out_dir: Path) -> None:
-    """Write district.json, grids.geojson, cameras.csv, gazetteer.csv, categories.json and hotline.yaml into out_dir."""
+    """Write district.json, grids.geojson, cameras.csv, gazetteer.csv, categories.json, hotline.yaml and exceptions.geojson into out_dir."""
     rng = random.Random(SEED)
     vertices = _jittered_lattice(rng)
     kept = _district_outline(rng)
@@ -166,6 +166,31 @@ def build(out_dir: Path) -> None:
     _write(out_dir / "grids.geojson", _geojson(features))
     _write(out_dir / "cameras.csv", _csv(["camera_id", "name", "lat", "lon", "grid_id"], cameras))
     _write(out_dir / "gazetteer.csv", _csv(["address", "kind", "lat", "lon", "grid_id", "street_id"], gazetteer))
+    _write(out_dir / "exceptions.geojson", json.dumps(_exceptions(features, gazetteer), ensure_ascii=False, indent=1) + "\n")
+
+
+def _exceptions(features: list[dict], gazetteer: list[list[str]]) -> dict:
+    """The responsibility matrix's per-area exceptions: a property-managed compound in the middle of G-S01-C01-001, and
+    the stretch of 红旗路 (a trunk road the urban management bureau maintains) along the house numbers of G-S07-C03-002."""
+    ring = next(_ring(f) for f in features if f["properties"].get("grid_id") == "G-S01-C01-001")[:-1]
+    lon, lat = sum(x for x, _ in ring) / len(ring), sum(y for _, y in ring) / len(ring)
+    compound = _rectangle(lat - 0.0003, lat + 0.0003, lon - 0.0003, lon + 0.0003)
+    houses = [(float(row[2]), float(row[3])) for row in gazetteer if row[0].startswith("红旗路") and row[4] == "G-S07-C03-002"]
+    road = _rectangle(min(y for y, _ in houses) - 0.00015, max(y for y, _ in houses) + 0.00015,
+                      min(x for _, x in houses) - 0.00015, max(x for _, x in houses) + 0.00015)
+    return {"type": "FeatureCollection", "version": VERSION, "features": [
+        {"type": "Feature", "properties": {"area_id": "PM-S01-001", "kind": "property_managed", "name": "湘江花园（物业管理小区）",
+                                           "manager": {"id": "PM-XJHY", "name": "湘江花园物业服务中心"},
+                                           "categories": ["garbage", "noise", "ebike_charging_hazard", "drainage_blockage"]},
+         "geometry": {"type": "Polygon", "coordinates": [compound]}},
+        {"type": "Feature", "properties": {"area_id": "TR-HONGQI-S07", "kind": "trunk_road", "name": "红旗路（城市主干道，S07段）",
+                                           "department": "DEP-URBAN", "categories": ["garbage", "illegal_construction"]},
+         "geometry": {"type": "Polygon", "coordinates": [road]}}]}
+
+
+def _rectangle(lat0: float, lat1: float, lon0: float, lon1: float) -> list[list[float]]:
+    corners = [[round(lon0, 6), round(lat0, 6)], [round(lon1, 6), round(lat0, 6)], [round(lon1, 6), round(lat1, 6)], [round(lon0, 6), round(lat1, 6)]]
+    return corners + [corners[0]]
 
 
 class _Placer:
