@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from conftest import PORT_BASE, make_test_settings
 
-from infra.processes import wait_until
+from infra.processes import spawn, wait_until
 from infra.provision import provision_all
 from infra.stack import LocalStack
 from schemas.serde import Serde
@@ -33,14 +33,17 @@ from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import load_reference
 from streams.domain.sla import load_policies
 from streams.pipeline import CaseProcessor, Ingestor, Senders, partition_for_key
+from whistle.devtools.bench.events import emergency_accept_limit
+from whistle.devtools.bench.report import TARGETS
 from whistle.devtools.feed import Signers
-from whistle.devtools.harness import Pipeline, read_all, sink_caught_up
+from whistle.devtools.harness import Pipeline, read_all, sink_caught_up, spawn_worker, wait_for_group
 from whistle.devtools.simulate import CHANNEL_INTEGRATORS
 from whistle.edges.clock import tick_value, write_ticks
 from whistle.edges.sdk import Publisher
 from whistle.ground.deadletter import Position
 from whistle.ground.errors import StackError
-from whistle.ground.names import Topics
+from whistle.ground.names import Groups, Topics
+from whistle.ground.times import to_epoch_ms, utc_now
 
 pytestmark = pytest.mark.drill
 
@@ -286,3 +289,63 @@ def test_partition_leader_killed_five_times_in_a_three_broker_cluster(cluster, t
                        60, "every replica back in sync", 0.5, TRANSIENT)
 
     run_drill(settings, tmp_path, kill_leaders, send_seconds=20.0)
+
+
+# -- no single clock: two `whistle clock run`, one killed before a deadline ---------------------------
+
+BREACH_BOUND_MS = TARGETS["breach_p99_ms"]  # a breach after its deadline: one tick interval (0.2 s) plus produce → consume → fire
+CLOCK_LEAD = timedelta(seconds=20)  # the deadline after the report: time to open its case and start two clock processes
+KILL_BEFORE = timedelta(seconds=2)  # the kill, before the deadline
+
+
+def clock_breaches(settings, topics: Topics, serde: Serde) -> list[tuple[dict, int]]:
+    """Every breach published so far, with its Kafka timestamp (epoch ms, stamped when the worker produced it)."""
+    return [(serde.decode(r.value()).record, r.timestamp()[1]) for r in read_all(settings, [topics.breaches])]
+
+
+@pytest.mark.parametrize("killed", [("clock-a",), ("clock-b",), ("clock-a", "clock-b")], ids=["a", "b", "both"])
+def test_a_clock_killed_before_a_deadline_delays_no_breach(isolated, tmp_path, killed):
+    """Two clocks tick in real time; `killed` are killed with -9 two seconds before an emergency's accept deadline.
+    With one left, its ticks fire the breach within the bound after the deadline, in the case stream's time (the
+    breach's `overdue_ms`) and on the wall clock (its Kafka timestamp). Negative control: with none left, none fires."""
+    settings, topics, serde = isolated, Topics.with_prefix(isolated.topic_prefix), Serde()
+    logs = tmp_path / "logs"
+    processes = [spawn_worker(settings, "worker-1", logs)]
+    try:
+        wait_for_group(settings, Groups.with_prefix(settings.topic_prefix).cases, 1)
+        now = utc_now().replace(microsecond=0)
+        deadline = now + CLOCK_LEAD
+        event, report = drill_reports(1)[0]["event"]
+        record = {"event": (event, {**report, "category": "fire_smoke", "reported_at": deadline - emergency_accept_limit(now)})}
+        with Publisher(settings) as publisher:
+            publisher.submit("app", record, signer=Signers(settings)(CHANNEL_INTEGRATORS["app"])).result(timeout=60)
+        wait_until(lambda: read_all(settings, [topics.case_events]) != [], 30, "the report to open its case", 0.5)
+        clocks = {name: spawn(settings, name, ["clock", "run"], logs) for name in ("clock-a", "clock-b")}
+        processes += clocks.values()
+        kill_at = deadline - KILL_BEFORE
+        wait_until(lambda: any(b["kind"] == "warning" for b, _ in clock_breaches(settings, topics, serde)),
+                   (kill_at - utc_now()).total_seconds(), "a clock to tick (its first tick fires the case's warning)", 0.5)
+        time.sleep(max(0.0, (kill_at - utc_now()).total_seconds()))
+        for name in killed:
+            clocks[name].kill()
+        alive = [name for name in clocks if name not in killed]
+        deadline_ms = int(deadline.timestamp() * 1000)
+
+        def overdue() -> list[tuple[dict, int]]:
+            return [(b, ts) for b, ts in clock_breaches(settings, topics, serde) if b["kind"] != "warning" and b["breach_type"] == "accept_overdue"]
+
+        if not alive:  # negative control: wait out the bound (and a margin), then nothing has fired
+            time.sleep(max(0.0, deadline_ms / 1000 + BREACH_BOUND_MS / 1000 + 2.0 - time.time()))
+            assert overdue() == []
+            return
+        wait_until(lambda: overdue() != [], BREACH_BOUND_MS / 1000 + 30, "the accept breach", 0.2)
+        [(breach, published_ms)] = overdue()
+        print(f"\nkilled {killed}: breach {breach['overdue_ms']} ms after its deadline in case-stream time, "
+              f"published {published_ms - deadline_ms} ms after it on the wall clock")
+        assert to_epoch_ms(breach["deadline"]) == deadline_ms
+        assert 0 <= breach["overdue_ms"] <= BREACH_BOUND_MS
+        assert published_ms - deadline_ms <= BREACH_BOUND_MS
+        assert all(clocks[name].alive() for name in alive)  # the tick that fired it came from a clock still running
+    finally:
+        for process in processes:
+            process.stop()

@@ -116,7 +116,7 @@ def clock_run(interval: float = typer.Option(0.2, help="seconds between ticks"),
               start: datetime | None = typer.Option(None, help="pipeline time at start (default: now)"),
               speed: float = typer.Option(1.0, help="pipeline seconds per wall second"),
               beyond_wall_clock: bool = typer.Option(False, "--beyond-wall-clock", help="let ticks run past the wall clock (a sped-up timeline)")) -> None:
-    """Write a tick into every case-stream partition every INTERVAL seconds."""
+    """Write a tick into every case-stream partition every INTERVAL seconds; run two, on two hosts, for no single clock."""
     from whistle.edges.clock import Timeline, run_clock
 
     settings, stop = _settings(), _stop_flag()

@@ -5,8 +5,28 @@ is part of the log: each case-stream partition's time is the largest event or ti
 seen, and this service appends a tick to every partition every `interval` (the worker that owns a
 partition fires what is due when it reads the tick). Replaying the log replays the same ticks.
 
+No single clock: run two (or more) `whistle clock run`, on different hosts, all ticking all the time.
+Ticks need no coordination because a partition's time only moves forward: a tick no later than it (the
+other clock's duplicate, or its slightly older tick interleaved after a newer one) fires nothing, and
+whichever tick first passes a deadline decides its breach, recorded in the log, so a replay of any
+interleaving is byte-identical (tests/test_clock.py). While one clock lives, a breach is published at
+most one interval (plus one tick's produce → consume → fire) after its deadline, as with a single clock;
+a clock killed with -9 changes nothing for the others (tests/test_drills.py checks the bound, 1 s at 0.2 s).
+
+Why not elect one ticking clock (a consumer group of clocks, the holder of a coordination partition
+ticks)? A dead leader is noticed only after the group's session timeout (the broker's minimum
+`group.min.session.timeout.ms` is 6 s, clients default to 45 s), then a rebalance: every breach due
+meanwhile would be late by seconds, past the 1 s bound, and the election is code that can fail too.
+The price of all clocks ticking is records: each clock appends a tick per partition per interval to a
+topic kept forever, and a worker reads each (README, "The clock service", has the figures). To keep one
+clock's volume, run two at twice the interval: the bound with one left alive is then that interval.
+
+Clocks on several hosts must agree on the wall clock (NTP): the partition's time is the fastest clock's,
+so a clock Δ ahead fires breaches Δ early (at most `WHISTLE_TIME_TICKS_AHEAD_S`, which it refuses beyond).
+Only real time is shared: two clocks on a sped-up `Timeline` each start their own, so run one for a demo.
+
 `Timeline` maps wall-clock time to the pipeline's time: identity in production; a start and a
-speed-up for the demo's compressed day; `advance_to` jumps forward for tests and backfills.
+speed-up for the demo's compressed day; `write_ticks` (`whistle clock advance`) jumps forward for tests and backfills.
 """
 from __future__ import annotations
 

@@ -70,21 +70,26 @@ def _enriched(reference: DistrictReference, enricher: Enricher, event: SimEvent)
     return enricher.enrich(report)
 
 
+def emergency_accept_limit(at: datetime) -> timedelta:
+    """The accept limit of an emergency case opened at `at`, by the policy in force then; a limit counted in
+    working time cannot be placed on the wall clock by re-dating a report, and is refused."""
+    policy = policy_in_force(load_policies(), at)
+    limit = policy.limits["initial"]["emergency"].accept
+    if limit.on_working_time:
+        raise ConfigError(f"{policy.file}: the emergency accept limit {limit} counts working time; a breach drill needs elapsed time",
+                          field="limits.initial.emergency.accept")
+    base_ms = to_epoch_ms(at)
+    return timedelta(milliseconds=load_calendar().add(base_ms, limit) - base_ms)
+
+
 def emergency_reports(reference: DistrictReference, events: list[SimEvent], wanted: int, pipeline_start: datetime,
                       spread_s: float) -> list[SimEvent]:
     """Emergency reports re-dated so that their accept deadlines fall 2 s .. 2 s + `spread_s` after `pipeline_start`.
 
-    The accept limit is the policy's (elapsed time); a limit counted in working time cannot be placed
-    on the wall clock this way and is refused.
+    The accept limit is the policy's (`emergency_accept_limit`).
     """
-    policies, calendar = load_policies(), load_calendar()
-    policy = policy_in_force(policies, pipeline_start)
-    limit = policy.limits["initial"]["emergency"].accept
-    if limit.on_working_time:
-        raise ConfigError(f"{policy.file}: the emergency accept limit {limit} counts working time; the breach phase needs elapsed time",
-                          field="limits.initial.emergency.accept")
-    base_ms = to_epoch_ms(pipeline_start)
-    limit_ms = calendar.add(base_ms, limit) - base_ms
+    policy = policy_in_force(load_policies(), pipeline_start)
+    limit = emergency_accept_limit(pipeline_start)
     enricher = Enricher(reference)
     chosen = []
     for event in events:
@@ -99,6 +104,6 @@ def emergency_reports(reference: DistrictReference, events: list[SimEvent], want
     redated = []
     for n, event in enumerate(chosen):
         due = pipeline_start + timedelta(seconds=2 + spread_s * n / max(1, len(chosen) - 1))
-        at = due - timedelta(milliseconds=limit_ms)
+        at = due - limit
         redated.append(replace(event, at=at, record={**event.record, catalog.record_facts(event.record_type).event_time_field: at}))
     return redated
