@@ -717,9 +717,11 @@ API_ENDPOINTS = ("/api/overview", "/api/ranking", "/api/provenance", "/api/grids
 
 
 def run_dashboard(settings: Settings, host: str, port: int, users_file: Path | str) -> None:
-    """Serve until SIGINT/SIGTERM. Refuses a non-loopback host: the dashboard is for the command centre's own machine."""
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        raise ConfigError(f"the dashboard listens on loopback only, not {host!r} (put a TLS reverse proxy in front)", field="host")
+    """Serve until SIGINT/SIGTERM. Refuses a non-loopback host unless the deployment's settings name it
+    (WHISTLE_DASHBOARD_HOST, e.g. 0.0.0.0 in a container): the dashboard is for the command centre's own machine."""
+    if host not in ("127.0.0.1", "::1", "localhost", settings.dashboard_host):
+        raise ConfigError(f"the dashboard listens on loopback only, not {host!r} (set WHISTLE_DASHBOARD_HOST to open it "
+                          "deliberately, behind a TLS reverse proxy)", field="host")
     users = load_users(users_file)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
