@@ -46,7 +46,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -225,8 +225,8 @@ class AuditReader:
         ch = clickhouse
 
         def connect() -> Engine:
-            return ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value, database=ch.database,
-                                secure=ch.secure, connect_timeout=5.0, send_receive_timeout=60.0)
+            return ServerEngine.from_settings(replace(ch, user=ch.auditor_user, password=ch.auditor_password), connect_timeout=5.0,
+                                              send_receive_timeout=60.0)
 
         return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy, anchors=anchors, policies=policies)
 

@@ -62,7 +62,8 @@ class ClickHouseSettings:
     admin_password: Secret = Secret("")
     auditor_user: str = "auditor"  # read-only
     auditor_password: Secret = Secret("")
-    secure: bool = False
+    secure: bool = False  # the native protocol over TLS (ClickHouse's port 9440)
+    ssl_ca_location: str | None = None  # CA bundle the server's certificate is checked against (default: certifi's)
 
 
 @dataclass(frozen=True)
