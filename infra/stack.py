@@ -68,6 +68,14 @@ def _pid_alive(pid: int, marker: str) -> bool:
     return not cmdline.strip() and os.path.exists(f"/proc/{pid}/exe")
 
 
+def clickhouse_users_xml(settings: Settings) -> str:
+    """infra/clickhouse/users.xml filled for `settings`: the users the local stack's ClickHouse has."""
+    ch = settings.clickhouse
+    return (INFRA / "clickhouse" / "users.xml").read_text().format(
+        database=ch.database, ingest_user=ch.user, ingest_password_sha256=hashlib.sha256(ch.password.value.encode()).hexdigest(),
+        auditor_user=ch.auditor_user, auditor_password_sha256=hashlib.sha256(ch.auditor_password.value.encode()).hexdigest())
+
+
 class _Process:
     """One detached process owned by the stack: spawned, recorded by PID file, stopped by PID."""
 
@@ -356,16 +364,12 @@ class LocalStack:
                 raise StackError(f"port {port} is taken by another process: stop it or set WHISTLE_STACK_CLICKHOUSE_TCP_PORT / _HTTP_PORT")
         for sub in ("data/tmp", "data/user_files", "data/format_schemas", "log"):
             (self.ch_home / sub).mkdir(parents=True, exist_ok=True)
-        ch = self.settings.clickhouse
         fill = {
             "log_dir": self.ch_home / "log", "data_dir": self.ch_home / "data", "users_config": self.ch_home / "users.xml",
             "tcp_port": self.cfg.clickhouse_tcp_port, "http_port": self.cfg.clickhouse_http_port,
-            "database": ch.database, "ingest_user": ch.user, "ingest_password_sha256": hashlib.sha256(ch.password.value.encode()).hexdigest(),
-            "auditor_user": ch.auditor_user,
-            "auditor_password_sha256": hashlib.sha256(ch.auditor_password.value.encode()).hexdigest(),
         }
-        for name in ("config.xml", "users.xml"):
-            (self.ch_home / name).write_text((INFRA / "clickhouse" / name).read_text().format(**fill))
+        (self.ch_home / "config.xml").write_text((INFRA / "clickhouse" / "config.xml").read_text().format(**fill))
+        (self.ch_home / "users.xml").write_text(clickhouse_users_xml(self.settings))
         progress(f"starting clickhouse-server on 127.0.0.1:{self.cfg.clickhouse_tcp_port}")
         proc.spawn([CLICKHOUSE_BINARY, f"--config-file={self.ch_home / 'config.xml'}"])
 

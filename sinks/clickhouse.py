@@ -120,18 +120,21 @@ class ServerEngine:
     """A ClickHouse server over the native protocol (clickhouse-driver). Every wait is bounded by the timeouts."""
 
     def __init__(self, host: str, port: int, *, user: str = "default", password: str = "", database: str = "default",
-                 secure: bool = False, connect_timeout: float = 10.0, send_receive_timeout: float = 300.0) -> None:
+                 secure: bool = False, ca_certs: str | None = None, connect_timeout: float = 10.0,
+                 send_receive_timeout: float = 300.0) -> None:
         self.where = f"{host}:{port}"
         self._client = Client(host=host, port=port, user=user, password=password, database=check_identifier(database, "database"),
-                              secure=secure, connect_timeout=connect_timeout, send_receive_timeout=send_receive_timeout,
+                              secure=secure, ca_certs=ca_certs, connect_timeout=connect_timeout, send_receive_timeout=send_receive_timeout,
                               sync_request_timeout=connect_timeout)
 
     @classmethod
-    def from_settings(cls, clickhouse: ClickHouseSettings, *, database: str | None = None) -> ServerEngine:
+    def from_settings(cls, clickhouse: ClickHouseSettings, *, database: str | None = None, connect_timeout: float = 10.0,
+                      send_receive_timeout: float = 300.0) -> ServerEngine:
         """An engine for `settings.clickhouse`. `database` overrides the session's default database
         (the migrator connects to `default` because it may have to create Whistle's)."""
         return cls(clickhouse.host, clickhouse.port, user=clickhouse.user, password=clickhouse.password.value,
-                   database=database or clickhouse.database, secure=clickhouse.secure)
+                   database=database or clickhouse.database, secure=clickhouse.secure, ca_certs=clickhouse.ssl_ca_location,
+                   connect_timeout=connect_timeout, send_receive_timeout=send_receive_timeout)
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None, *, name: str | None = None) -> list[tuple]:
         return self.execute_with_columns(sql, params, name=name)[1]

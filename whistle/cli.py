@@ -169,13 +169,13 @@ def anchor(max_idle: float | None = typer.Option(None, "--max-idle", help="stop 
 
 
 @app.command("gateway")
-def gateway(host: str = typer.Option("127.0.0.1"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
+def gateway(host: str | None = typer.Option(None, help="default WHISTLE_GATEWAY_HOST (127.0.0.1)"), port: int | None = typer.Option(None, help="default WHISTLE_GATEWAY_PORT"),
             max_body_bytes: int = typer.Option(65536)) -> None:
     """Serve the HTTP gateway: camera webhooks, the hotline, handling actions and Open311 GeoReport v2 (keys: WHISTLE_KEYS_FILE)."""
     from whistle.edges.gateway import run_gateway
 
     settings = _settings()
-    run_gateway(settings, host, port or settings.gateway_port, max_body_bytes=max_body_bytes)
+    run_gateway(settings, host or settings.gateway_host, port or settings.gateway_port, max_body_bytes=max_body_bytes)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="The key file (WHISTLE_KEYS_FILE): who may send what.")
@@ -240,12 +240,12 @@ def keys_signing_secret(integrator: str = typer.Option(..., "--integrator")) -> 
 @app.command("dashboard")
 def dashboard(port: int | None = typer.Option(None, help="default WHISTLE_DASHBOARD_PORT (18090)"),
               users: Path = typer.Option(..., "--users", help="users file with password hashes (see infra/dashboard-users.example.yaml)"),
-              host: str = typer.Option("127.0.0.1", help="loopback only")) -> None:
+              host: str | None = typer.Option(None, help="default WHISTLE_DASHBOARD_HOST (127.0.0.1); loopback unless that names another")) -> None:
     """Serve the auditors' and command centre's dashboard (read-only auditor user; login required)."""
     from whistle.edges.dashboard import run_dashboard
 
     settings = _settings()
-    run_dashboard(settings, host, port or settings.dashboard_port, users)
+    run_dashboard(settings, host or settings.dashboard_host, port or settings.dashboard_port, users)
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="The auditors' queries (read-only user).")

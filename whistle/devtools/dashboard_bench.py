@@ -273,8 +273,8 @@ def _time_pages(url: str, user: str, password: str, month: str, repeat: int) -> 
 
 def run(settings: Settings, *, cases: int, month: str, repeat: int, browser: bool, keep: bool, console: Console) -> None:
     ch = settings.clickhouse
-    admin = ServerEngine(ch.host, ch.port, user=ch.admin_user, password=ch.admin_password.value, secure=ch.secure,
-                         send_receive_timeout=1800.0)
+    admin = ServerEngine.from_settings(dataclasses.replace(ch, user=ch.admin_user, password=ch.admin_password), database="default",
+                                       send_receive_timeout=1800.0)
     database = f"dash_bench_{uuid.uuid4().hex[:8]}"
     try:
         started = time.perf_counter()

@@ -46,7 +46,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -225,8 +225,8 @@ class AuditReader:
         ch = clickhouse
 
         def connect() -> Engine:
-            return ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value, database=ch.database,
-                                secure=ch.secure, connect_timeout=5.0, send_receive_timeout=60.0)
+            return ServerEngine.from_settings(replace(ch, user=ch.auditor_user, password=ch.auditor_password), connect_timeout=5.0,
+                                              send_receive_timeout=60.0)
 
         return cls(connect, ch.database, kafka=kafka, dead_letter_policy=dead_letter_policy, anchors=anchors, policies=policies)
 
@@ -717,9 +717,11 @@ API_ENDPOINTS = ("/api/overview", "/api/ranking", "/api/provenance", "/api/grids
 
 
 def run_dashboard(settings: Settings, host: str, port: int, users_file: Path | str) -> None:
-    """Serve until SIGINT/SIGTERM. Refuses a non-loopback host: the dashboard is for the command centre's own machine."""
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        raise ConfigError(f"the dashboard listens on loopback only, not {host!r} (put a TLS reverse proxy in front)", field="host")
+    """Serve until SIGINT/SIGTERM. Refuses a non-loopback host unless the deployment's settings name it
+    (WHISTLE_DASHBOARD_HOST, e.g. 0.0.0.0 in a container): the dashboard is for the command centre's own machine."""
+    if host not in ("127.0.0.1", "::1", "localhost", settings.dashboard_host):
+        raise ConfigError(f"the dashboard listens on loopback only, not {host!r} (set WHISTLE_DASHBOARD_HOST to open it "
+                          "deliberately, behind a TLS reverse proxy)", field="host")
     users = load_users(users_file)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -253,9 +253,8 @@ class RequestStatusReader:
         engine = getattr(self._local, "engine", None)
         if engine is None:
             ch = self._clickhouse
-            engine = self._local.engine = ServerEngine(ch.host, ch.port, user=ch.auditor_user, password=ch.auditor_password.value,
-                                                       database=ch.database, secure=ch.secure, connect_timeout=5.0,
-                                                       send_receive_timeout=30.0)
+            engine = self._local.engine = ServerEngine.from_settings(dataclasses.replace(ch, user=ch.auditor_user, password=ch.auditor_password),
+                                                                     connect_timeout=5.0, send_receive_timeout=30.0)
         return engine
 
 

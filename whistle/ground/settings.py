@@ -62,7 +62,8 @@ class ClickHouseSettings:
     admin_password: Secret = Secret("")
     auditor_user: str = "auditor"  # read-only
     auditor_password: Secret = Secret("")
-    secure: bool = False
+    secure: bool = False  # the native protocol over TLS (ClickHouse's port 9440)
+    ssl_ca_location: str | None = None  # CA bundle the server's certificate is checked against (default: certifi's)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,10 @@ class Settings:
     reference_dir: Path = PROJECT_ROOT / "streams" / "reference"
     topic_prefix: str = ""
     worker_id: str = "worker-1"  # static group membership: stable per worker process
+    gateway_host: str = "127.0.0.1"  # 0.0.0.0 in a container, whose loopback is its own
     gateway_port: int = 18080
     gateway_kafka_timeout_s: float = 2.0  # how long the gateway waits for Kafka's ack before answering 503 (Retry-After)
+    dashboard_host: str = "127.0.0.1"  # `whistle dashboard` refuses any other address unless it is named here
     dashboard_port: int = 18090  # `whistle dashboard`, on loopback
     # `whistle audit verify` fails where a partition's dead letters pass this share of its records (with at least the minimum)
     verify_dead_letter_share: float = 0.05
@@ -126,6 +129,11 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The `WHISTLE_*` variables that rebuild these settings in a child process (secrets included: never log it)."""
         return _flatten(self, "WHISTLE_")
+
+    @classmethod
+    def env_names(cls) -> dict[str, bool]:
+        """Every `WHISTLE_*` variable `from_env` reads, and whether it holds a secret."""
+        return _names(cls, "WHISTLE_")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +156,16 @@ def _build(cls, env: Mapping[str, str], prefix: str):
     return cls(**values)
 
 
+def _names(cls, prefix: str) -> dict[str, bool]:
+    names: dict[str, bool] = {}
+    for f in fields(cls):
+        if is_dataclass(f.default_factory):
+            names.update(_names(f.default_factory, f"{prefix}{f.name.upper()}_"))
+        else:
+            names[f"{prefix}{f.name.upper()}"] = "Secret" in _kind(f.type)
+    return names
+
+
 def _flatten(obj, prefix: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for f in fields(obj):
@@ -160,8 +178,12 @@ def _flatten(obj, prefix: str) -> dict[str, str]:
     return env
 
 
+def _kind(annotation) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
 def _coerce(raw: str, annotation, name: str):
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kind = _kind(annotation)
     try:
         if "Secret" in kind:
             return Secret(raw)
