@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
 from test_migrations import schema_snapshot
 from test_sink import START, District, committed, district_day, log_ends, sink_dead_letters, stored_rows
 
@@ -83,6 +84,7 @@ def test_a_row_written_to_one_replica_is_read_from_the_other_and_a_retried_block
         second.close()
 
 
+@pytest.mark.drill
 def test_a_replica_stopped_under_load_and_restarted_loses_and_doubles_nothing(clustered: Settings, clickhouse_cluster: LocalStack):
     """The sink writes through replica 1 while replica 2 is stopped; once it is back and has caught up, both replicas hold
     every offset exactly once and `audit verify` finds nothing on either."""
