@@ -12,6 +12,15 @@ order). Rules for a file:
 - the SQL must run on ClickHouse 18.16 and modern ClickHouse (see 001_audit_tables.sql).
 - once applied a file is frozen: its SHA-256 is recorded in `{db}.schema_migrations` and the migrator
   refuses to continue if it changed. Change the schema with a new file.
+
+Two layouts, one set of files (`render_statement`): a single server runs the files as written; a cluster
+(`WHISTLE_CLICKHOUSE_CLUSTER` names it in the servers' `remote_servers`) runs each statement `ON CLUSTER`
+and every MergeTree-family engine as its Replicated* twin, at ZooKeeper path
+`/clickhouse/tables/{shard}/<database>/<table>` with replica `{replica}` (both macros from each server's
+config; a ReplacingMergeTree keeps its version column). WHY no Distributed tables: the cluster has one
+shard, so every replica holds every row and a query reads the replicated tables themselves, under the
+names the audit queries already use; a Distributed table only earns its keep once rows are split over
+several shards.
 """
 from __future__ import annotations
 
@@ -27,6 +36,11 @@ from whistle.ground.errors import ConfigError
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+# The object a DDL statement is about, after which `ON CLUSTER <name>` goes (CREATE/DROP/ALTER as the files write them).
+_DDL_HEAD = re.compile(r"(?P<head>(?:CREATE|DROP)\s+(?:TABLE|VIEW|DATABASE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?|ALTER\s+TABLE\s+)"
+                       r"(?P<name>\w+(?:\.\w+)?)(?=\s|$)", re.IGNORECASE)
+_MERGE_TREE_ENGINE = re.compile(r"ENGINE\s*=\s*(?P<family>Replacing|Summing|Aggregating|Collapsing)?"
+                                r"MergeTree\s*\((?P<args>[^)]*)\)", re.IGNORECASE)
 _ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+\{db\}\.(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
 
 _CREATE_STATUS_TABLE = """
@@ -105,8 +119,38 @@ def status(engine: Engine, database: str, directory: Path = MIGRATIONS_DIR) -> l
     return sorted(result, key=lambda s: s.version)
 
 
-def migrate(engine: Engine, database: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationStatus]:
+def render_statement(statement: str, database: str, cluster: str | None = None) -> str:
+    """`statement` (with `{db}`) as it runs on `database`: unchanged but for the name on a single server (`cluster` None);
+    on the cluster `cluster`, `ON CLUSTER` after the object's name and MergeTree-family engines replicated (module docstring).
+
+    A statement that is not CREATE/DROP TABLE|VIEW|DATABASE or ALTER TABLE cannot run on every host at once: ConfigError.
+    """
+    sql = render_identifiers(statement, db=database)
+    if cluster is None:
+        return sql
+    check_identifier(cluster, "cluster")
+    head = _DDL_HEAD.match(sql)
+    if head is None:
+        raise ConfigError(f"migration statement {_first_line(sql)!r} is not CREATE/DROP TABLE|VIEW|DATABASE or ALTER TABLE, "
+                          f"so it cannot run ON CLUSTER {cluster}", cluster=cluster)
+    name = head.group("name")
+    sql = f"{sql[:head.end()]} ON CLUSTER {cluster}{sql[head.end():]}"
+
+    def replicated(match: re.Match) -> str:
+        path = f"'/clickhouse/tables/{{shard}}/{name.replace('.', '/')}'"
+        args = ", ".join([path, "'{replica}'", *([match.group("args").strip()] if match.group("args").strip() else [])])
+        return f"ENGINE = Replicated{match.group('family') or ''}MergeTree({args})"
+
+    return _MERGE_TREE_ENGINE.sub(replicated, sql)
+
+
+def _first_line(sql: str) -> str:
+    return sql.strip().splitlines()[0] if sql.strip() else ""
+
+
+def migrate(engine: Engine, database: str, directory: Path = MIGRATIONS_DIR, *, cluster: str | None = None) -> list[MigrationStatus]:
     """Create `database` if needed and apply the pending migrations in order; returns those applied ([] when up to date).
+    With `cluster`, every statement runs on each of its hosts and the tables are replicated (`render_statement`).
 
     Refuses (ConfigError) before touching anything when an applied file changed, when the database holds
     a migration this code does not know, or when a pending file is older than an applied one.
@@ -128,14 +172,14 @@ def migrate(engine: Engine, database: str, directory: Path = MIGRATIONS_DIR) -> 
     if pending and applied_versions and pending[0].version < max(applied_versions):
         raise ConfigError(f"migration {pending[0].path.name} is older than applied migration {max(applied_versions):03d}: "
                           f"new migrations must take the next version", database=database, version=pending[0].version)
-    engine.execute(render_identifiers("CREATE DATABASE IF NOT EXISTS {db}", db=database), name="create database")
-    engine.execute(render_identifiers(_CREATE_STATUS_TABLE, db=database), name="create schema_migrations")
+    engine.execute(render_statement("CREATE DATABASE IF NOT EXISTS {db}", database, cluster), name="create database")
+    engine.execute(render_statement(_CREATE_STATUS_TABLE.strip(), database, cluster), name="create schema_migrations")
     done = []
     for migration in pending:
         for index, statement in enumerate(migration.statements, start=1):
             if _column_exists(engine, database, statement):
                 continue
-            engine.execute(render_identifiers(statement, db=database), name=f"{migration.path.name} statement {index}")
+            engine.execute(render_statement(statement, database, cluster), name=f"{migration.path.name} statement {index}")
         applied_ms = time.time_ns() // 1_000_000
         engine.insert(f"{database}.schema_migrations", ("version", "name", "checksum", "applied_ms"),
                       [(migration.version, migration.name, migration.checksum, applied_ms)])

@@ -15,7 +15,9 @@ when it lags behind it, so consumer lag stays true.
 ClickHouse unreachable: the batch is held, partitions are paused, and the insert is retried with
 backoff until it succeeds; valid rows are never dead-lettered because the server was away. Before
 each retry the sink asks whether the failed INSERT landed after all (its answer can be lost after
-the part was written): inserting it again would store every row twice.
+the part was written): inserting it again would store every row twice. On a replicated cluster the
+retry is also harmless where that check cannot see (a row's values, ingest_ms included, are fixed when it is
+consumed, so a retry sends the identical block, which a replicated table drops: insert_deduplicate).
 ClickHouse refusing rows (a data error): the batch is split until the refused row is alone; that row
 goes to the dead-letter topic with its original bytes and position, and the rest is inserted.
 ClickHouse refusing the statement (no such table, no permission): the sink stops, dead-lettering

@@ -18,7 +18,8 @@ from infra.stack import LocalStack
 from sinks.clickhouse import ChdbEngine, ServerEngine
 from whistle.ground.settings import PROJECT_ROOT, Settings
 
-# Tests run their own stack; WHISTLE_TEST_PORT_BASE moves it (ports BASE, BASE+92, BASE+93, BASE+123)
+# Tests run their own stack; WHISTLE_TEST_PORT_BASE moves it (ports BASE, BASE+92, BASE+93, BASE+123; a replicated
+# ClickHouse also BASE+10·n, BASE+124+10·n and ZooKeeper on BASE+181)
 # so that several test runs can share one machine.
 PORT_BASE = int(os.environ.get("WHISTLE_TEST_PORT_BASE", "29000"))
 TEST_STATE = PROJECT_ROOT / ".whistle" / f"test-{PORT_BASE}"
@@ -27,7 +28,7 @@ TEST_STATE = PROJECT_ROOT / ".whistle" / f"test-{PORT_BASE}"
 def make_test_settings() -> Settings:
     base = Settings.from_env({})
     stack = dataclasses.replace(base.stack, state_dir=TEST_STATE, kafka_port=PORT_BASE + 92, controller_port=PORT_BASE + 93,
-                                clickhouse_tcp_port=PORT_BASE, clickhouse_http_port=PORT_BASE + 123)
+                                clickhouse_tcp_port=PORT_BASE, clickhouse_http_port=PORT_BASE + 123, zookeeper_port=PORT_BASE + 181)
     kafka = dataclasses.replace(base.kafka, bootstrap_servers=f"127.0.0.1:{PORT_BASE + 92}")
     clickhouse = dataclasses.replace(base.clickhouse, port=PORT_BASE, http_port=PORT_BASE + 123)
     # The tests replay historical periods (2024-2026) into today's Kafka: a backfill, so devices' times are
@@ -62,6 +63,31 @@ def isolated(settings: Settings, local_stack: LocalStack) -> Settings:
     """Settings with a topic prefix and a ClickHouse database of this test's own, provisioned like production."""
     tag = uuid.uuid4().hex[:8]
     clickhouse = dataclasses.replace(settings.clickhouse, database=f"t_{tag}", user="default")
+    mine = dataclasses.replace(settings, topic_prefix=f"t{tag}.", clickhouse=clickhouse)
+    provision_all(mine)
+    return mine
+
+
+@pytest.fixture(scope="module")
+def clickhouse_cluster(settings: Settings):
+    """Two ClickHouse 18.16 replicas of one shard and Apache ZooKeeper, on ports of their own (BASE+2000…, no Kafka: tests
+    that need it use the session's); stopped and wiped when the module ends, also after a failure."""
+    cfg = dataclasses.replace(settings.stack, state_dir=TEST_STATE / "cluster", clickhouse_tcp_port=PORT_BASE + 2000,
+                              clickhouse_http_port=PORT_BASE + 2123, zookeeper_port=PORT_BASE + 2181)
+    stack = LocalStack(dataclasses.replace(settings, stack=cfg), clickhouse_replicas=2)
+    try:
+        stack.up_clickhouse()
+        yield stack
+    finally:
+        stack.down(wipe=True)
+
+
+@pytest.fixture
+def clustered(settings: Settings, local_stack: LocalStack, clickhouse_cluster: LocalStack) -> Settings:
+    """As `isolated`, with the database on the two-replica cluster (written through replica 1), migrated ON CLUSTER."""
+    tag = uuid.uuid4().hex[:8]
+    clickhouse = dataclasses.replace(settings.clickhouse, database=f"t_{tag}", user="default",
+                                     port=clickhouse_cluster.clickhouse_port(1), cluster=clickhouse_cluster.cluster)
     mine = dataclasses.replace(settings, topic_prefix=f"t{tag}.", clickhouse=clickhouse)
     provision_all(mine)
     return mine
@@ -102,8 +128,9 @@ def database(engine):
 # What a test touches, read from the fixtures it uses (directly or through other fixtures), so that the
 # markers cannot drift from what the test really needs: `pytest -m pure` (make test-pure) runs the tests
 # that need no server; kafka / clickhouse select by server; drill, the slow fault drills.
-_KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "isolated", "local_stack", "spare_stack"})
-_CLICKHOUSE_FIXTURES = frozenset({"clickhouse_native", "engine", "database", "isolated", "local_stack", "spare_stack"})
+_KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "isolated", "clustered", "local_stack", "spare_stack"})
+_CLICKHOUSE_FIXTURES = frozenset({"clickhouse_native", "engine", "database", "isolated", "clustered", "clickhouse_cluster", "local_stack",
+                                  "spare_stack"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 
 import pytest
 
 from sinks.clickhouse import render_identifiers
-from sinks.migrator import MIGRATIONS_DIR, load_migrations, migrate, status
+from sinks.migrator import MIGRATIONS_DIR, load_migrations, migrate, render_statement, status
 from streams.domain.case import CaseEvent
 from streams.domain.sla import Breach
 from whistle.ground.errors import ConfigError, StoreError
@@ -160,3 +161,38 @@ def test_engine_errors_name_the_statement(engine):
     with pytest.raises(StoreError, match="failed ranking.sql") as caught:
         engine.execute("SELECT no_such_column FROM system.one", name="ranking.sql")
     assert caught.value.context["query"] == "ranking.sql"
+
+
+_REPLICATED_ENGINE = re.compile(r"ENGINE = Replicated(\w*)MergeTree\('/clickhouse/tables/\{shard\}/whistle/(\w+)', '\{replica\}'(?:, ([^)]*))?\)")
+
+
+@pytest.mark.parametrize("migration", load_migrations(), ids=lambda m: m.path.name)
+def test_every_shipped_migration_renders_for_one_server_and_for_a_cluster(migration):
+    """One server: the file as written. A cluster: ON CLUSTER after the object's name, and every MergeTree-family engine
+    replicated at its table's own path with its own arguments; nothing else differs."""
+    for statement in migration.statements:
+        single = render_statement(statement, "whistle")
+        clustered = render_statement(statement, "whistle", "city")
+
+        assert single == render_identifiers(statement, db="whistle")
+        name = re.match(r"(?:CREATE|DROP|ALTER) (?:TABLE|VIEW)(?: IF (?:NOT )?EXISTS)? (whistle\.\w+)", single).group(1)
+        assert clustered.startswith(single[:single.index(name) + len(name)] + " ON CLUSTER city")
+        engines = _REPLICATED_ENGINE.findall(clustered)
+        assert [table for _, table, _ in engines] == [name.split(".")[1]] * len(engines)
+        unreplicated = _REPLICATED_ENGINE.sub(lambda m: f"ENGINE = {m.group(1)}MergeTree({m.group(3) or ''})", clustered)
+        assert unreplicated.replace(" ON CLUSTER city", "", 1) == single
+        assert "MergeTree" not in _REPLICATED_ENGINE.sub("", clustered)
+
+
+def test_a_replacing_table_keeps_its_version_column_on_a_cluster():
+    [case_state] = [s for s in load_migrations()[0].statements if "{db}.case_state" in s]
+
+    assert ("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/whistle/case_state', '{replica}', seq)"
+            in render_statement(case_state, "whistle", "city"))
+
+
+def test_a_statement_that_cannot_run_on_every_host_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"'INSERT INTO whistle.t VALUES \(1\)' is not CREATE/DROP .* ON CLUSTER city"):
+        render_statement("INSERT INTO {db}.t VALUES (1)", "whistle", "city")
+    with pytest.raises(StoreError, match="cluster 'a b' is not a plain identifier"):
+        render_statement("DROP TABLE {db}.t", "whistle", "a b")

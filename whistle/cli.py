@@ -31,16 +31,19 @@ def _progress(message: str) -> None:
 
 
 BrokersOption = typer.Option(1, "--brokers", help="1 (default) or 3 (RF 3, min ISR 2, for fault drills)")
+ReplicasOption = typer.Option(1, "--clickhouse-replicas",
+                              help="1 (default): one ClickHouse server; 2 or 3: replicas of one shard with Apache ZooKeeper, tables replicated")
 
 
 @stack_app.command("up")
-def stack_up(brokers: int = BrokersOption, provision: bool = typer.Option(True, help="create topics and apply migrations")) -> None:
+def stack_up(brokers: int = BrokersOption, clickhouse_replicas: int = ReplicasOption,
+             provision: bool = typer.Option(True, help="create topics and apply migrations")) -> None:
     """Start Kafka and ClickHouse (a no-op when already running), then provision topics and schema."""
     from infra.provision import provision_all
     from infra.stack import LocalStack
 
     settings = _settings()
-    stack = LocalStack(settings, brokers=brokers)
+    stack = LocalStack(settings, brokers=brokers, clickhouse_replicas=clickhouse_replicas)
     stack.up(progress=_progress)
     if provision:
         for line in provision_all(settings, stack):
@@ -49,27 +52,29 @@ def stack_up(brokers: int = BrokersOption, provision: bool = typer.Option(True, 
 
 
 @stack_app.command("down")
-def stack_down(brokers: int = BrokersOption, wipe: bool = typer.Option(False, "--wipe", help="also delete Kafka and ClickHouse data")) -> None:
+def stack_down(brokers: int = BrokersOption, clickhouse_replicas: int = ReplicasOption,
+               wipe: bool = typer.Option(False, "--wipe", help="also delete Kafka and ClickHouse data")) -> None:
     """Stop the processes this stack started (by PID)."""
     from infra.stack import LocalStack
 
-    LocalStack(_settings(), brokers=brokers).down(wipe=wipe, progress=_progress)
+    LocalStack(_settings(), brokers=brokers, clickhouse_replicas=clickhouse_replicas).down(wipe=wipe, progress=_progress)
 
 
 @stack_app.command("status")
-def stack_status(brokers: int = BrokersOption) -> None:
+def stack_status(brokers: int = BrokersOption, clickhouse_replicas: int = ReplicasOption) -> None:
     """Show each service, its PID, address and log."""
     from infra.stack import LocalStack
 
-    _print_status(LocalStack(_settings(), brokers=brokers))
+    _print_status(LocalStack(_settings(), brokers=brokers, clickhouse_replicas=clickhouse_replicas))
 
 
 @stack_app.command("logs")
-def stack_logs(service: str = typer.Argument("kafka-1"), lines: int = typer.Option(50, "-n"), brokers: int = BrokersOption) -> None:
+def stack_logs(service: str = typer.Argument("kafka-1"), lines: int = typer.Option(50, "-n"), brokers: int = BrokersOption,
+               clickhouse_replicas: int = ReplicasOption) -> None:
     """Print the last lines of a service's log."""
     from infra.stack import LocalStack
 
-    print(LocalStack(_settings(), brokers=brokers).logs(service, lines))
+    print(LocalStack(_settings(), brokers=brokers, clickhouse_replicas=clickhouse_replicas).logs(service, lines))
 
 
 def _print_status(stack) -> None:

@@ -64,6 +64,9 @@ class ClickHouseSettings:
     auditor_password: Secret = Secret("")
     secure: bool = False  # the native protocol over TLS (ClickHouse's port 9440)
     ssl_ca_location: str | None = None  # CA bundle the server's certificate is checked against (default: certifi's)
+    # The cluster (in the servers' remote_servers) the migrator creates replicated tables on, ON CLUSTER; None: one server.
+    # Each server's config names its own replica in the macros `shard` and `replica` (sinks/migrator.py).
+    cluster: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,9 @@ class StackSettings:
     kafka_port: int = 19092  # broker n listens on kafka_port + 10*(n-1)
     controller_port: int = 19093
     clickhouse_tcp_port: int = 19000
-    clickhouse_http_port: int = 18123
+    clickhouse_http_port: int = 18123  # replica n of a replicated layout: both ports + 10*(n-1), interserver at http + 1
+    zookeeper_port: int = 12181  # Apache ZooKeeper, for replicated ClickHouse only
+    zookeeper_version: str = "3.9.5"
     kafka_heap: str = "1g"
     start_timeout_s: float = 90.0
 
