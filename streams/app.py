@@ -10,6 +10,10 @@ Faust settings that matter (see REFERENCE.md, faust-streaming pitfalls):
   (`streams.changelog`, replicated per settings) rather than a Faust table: a partition given to this
   worker is read back from it on its first batch, ~5x faster than Faust's table recovery and
   without a second copy of every case in memory;
+- rebalances are eager (every partition revoked), but a partition this worker owned without a break
+  stays in memory: nothing is released on revocation; once the new assignment (and its generation)
+  is known, `Ownership` names the partitions to release, and only partitions gained are read back
+  (the rule and why it is safe: `streams.pipeline.Ownership`);
 - topics are read as raw bytes and decoded inside the pipeline, so an undecodable record is
   dead-lettered instead of being acked and thrown into the agent by Faust (faust #315, #527).
 
@@ -45,7 +49,7 @@ from streams.changelog import ensure_changelog, read_partition
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.rules import Rules
 from streams.domain.trusted_time import SkewBounds
-from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Senders, StateWrite, dead_letter
+from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Ownership, Senders, StateWrite, dead_letter
 from streams.rules import register_rules
 from whistle.ground.deadletter import Position
 from whistle.ground.names import Groups, Topics
@@ -137,7 +141,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                     outputs += watched("ingest", where, [ingestor.process(where, e.message.key, e.message.value, now, _arrival(e.message),
                                                                           e.message.headers or ())])
                 await send(outputs)
-                metrics.write(watch.metrics())
+                metrics.write(watch.metrics() + cases.recovery_metrics())
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka or a bug
             exit_at_once("the ingest agent failed", exc)
 
@@ -146,7 +150,7 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
         try:
             async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
                 for partition in sorted({e.message.partition for e in batch} - cases.owned()):
-                    # in a thread, so that the producer and the consumer's fetches go on meanwhile; a revocation
+                    # in a thread, so that the producer and the consumer's fetches go on meanwhile; a rebalance
                     # waits for this batch (Faust's wait_empty), so no partition is released under the reader
                     refused = await asyncio.to_thread(cases.recover, partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
                     await asyncio.gather(*await send([dead_letter(serde, topics, Position(changelog, partition, offset), key.encode(), value, error, clock())
@@ -162,16 +166,21 @@ def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> f
                 await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
                 # 3. ... before the state that follows from them is persisted
                 await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])
-                metrics.write(watch.metrics())
+                metrics.write(watch.metrics() + cases.recovery_metrics())
         except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
             exit_at_once("the cases agent failed", exc)
 
-    # mode types every receiver as (sender, *args, signal=..., **kwargs); this signal sends exactly one argument, the revoked set
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget_revoked(app_: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-        for tp in revoked:
-            if tp.topic == topics.inbox:
-                cases.release(tp.partition)
+    ownership = Ownership()
+
+    # mode types every receiver as (sender, *args, signal=..., **kwargs); this signal sends exactly one argument, the assigned set
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def keep_continuously_owned(app_: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        # Faust's aiokafka driver sets the group generation on the app before it sends this signal
+        released = ownership.rebalanced(cases.owned(), {tp.partition for tp in assigned if tp.topic == topics.inbox}, app_.consumer_generation_id)
+        for partition in released:
+            cases.release(partition)
+        logger.info("generation %d: kept case-stream partitions %s in memory, released %s",
+                    app_.consumer_generation_id, sorted(cases.owned()), sorted(released))
 
     return app
 

@@ -302,6 +302,42 @@ class PartitionCases:
         return result
 
 
+class Ownership:
+    """Which case-stream partitions a worker may keep in memory across a rebalance.
+
+    Whistle's consumer group rebalances eagerly: aiokafka (0.14) implements only the eager protocol,
+    no incremental cooperative one (KIP-429), so every rebalance revokes every partition of every
+    member and then hands out the whole new assignment; Faust's assignor is sticky, so a member
+    usually gets most of its partitions back. Dropping a partition's cases on revocation made the
+    worker read the changelog of every partition it kept again (about 48 s for a million open cases,
+    README). Instead the worker decides once the new assignment is known (`rebalanced`), and keeps
+    a partition only if it owned it without a break:
+
+    - the partition is in the new assignment, and was held before;
+    - the new generation directly follows the one of the worker's previous assignment. The group's
+      generation grows by one per rebalance, so a gap means generations passed without this worker
+      (its session expired, it was fenced): another member may have owned the partition in between
+      and advanced its state and changelog, and the copy in memory is stale. Then every partition is
+      released and read back afresh, as is one that moved away and came back (it is not in the
+      assignment in between, so it is released then).
+
+    Between the revocation and the assignment nothing processes (Faust waits for the agents on
+    revocation and keeps the partitions paused until the assignment is done), so the kept state is
+    the one the changelog holds after the producer flush Faust does on revocation. The delivery
+    order does not change: records Faust hands out again from the committed offsets meet the same
+    state as a read-back would build, and the case processor's transitions are idempotent.
+    """
+
+    def __init__(self) -> None:
+        self.generation: int | None = None  # of the latest assignment
+
+    def rebalanced(self, held: set[int], assigned: set[int], generation: int) -> set[int]:
+        """The partitions to release now that `assigned` is this worker's assignment of `generation`."""
+        continuous = self.generation is not None and generation == self.generation + 1
+        self.generation = generation if generation > 0 else None  # Kafka's generations start at 1; aiokafka's "none" is -1
+        return held - assigned if continuous else set(held)
+
+
 class CaseProcessor:
     """The case stream -> case events and breaches, partition by partition, deterministically.
 
@@ -321,6 +357,8 @@ class CaseProcessor:
         self.serde, self.reference, self.policies, self.calendar, self.topics = serde, reference, policies, calendar, topics
         self.partitions = partitions
         self._parts: dict[int, PartitionCases] = {}
+        self._recoveries: dict[int, int] = {}
+        self._records_read: dict[int, int] = {}
 
         def arbiter(unit_a: str, unit_b: str, category: str):
             return common_parent(reference, unit_a, unit_b, category)
@@ -344,7 +382,9 @@ class CaseProcessor:
         refused_ids: dict[str, str] = {}  # action id -> its case
         clock_ms = None
         refused: list[tuple[int, str, bytes, ChangelogError]] = []
+        read = 0
         for offset, key, value in records:
+            read += 1
             kind, _, name = key.partition(":")
             try:
                 if kind == "case":
@@ -385,7 +425,20 @@ class CaseProcessor:
             for action in actions:
                 part.hold(case_id, action)
         part.remember(reports, refused_ids)
+        self._recoveries[partition] = self._recoveries.get(partition, 0) + 1
+        self._records_read[partition] = self._records_read.get(partition, 0) + read
         return refused
+
+    def recovery_metrics(self) -> str:
+        """How often each partition was read back from the changelog, and how many records that read, in
+        Prometheus's text format: a rebalance that kept a partition adds nothing to its counters."""
+        lines = ["# HELP whistle_partitions_recovered_total Times this worker read a case-stream partition back from the changelog.",
+                 "# TYPE whistle_partitions_recovered_total counter"]
+        lines += [f'whistle_partitions_recovered_total{{partition="{p}"}} {n}' for p, n in sorted(self._recoveries.items())]
+        lines += ["# HELP whistle_changelog_records_read_total Changelog records this worker read back, by partition.",
+                  "# TYPE whistle_changelog_records_read_total counter"]
+        lines += [f'whistle_changelog_records_read_total{{partition="{p}"}} {n}' for p, n in sorted(self._records_read.items())]
+        return "\n".join(lines) + "\n"
 
     def held(self) -> list[PartitionCases]:
         """What this processor holds, partition by partition (the benchmarks measure it)."""

@@ -46,6 +46,11 @@ def test_a_tiny_bench_reports_consistent_figures_and_cleans_up(isolated, tmp_pat
     assert recovery["open_cases"] == 1000 and recovery["changelog_records"] == 3000 and recovery["recovery_s"] > 0
     assert {t["met"] for t in report["targets"] if "open cases" in t["target"]} == {None}  # not judged below a million
 
+    rebalance = report["rebalance"]  # the joiner read back only what it took; the first worker only what came back to it
+    assert rebalance["moved_partitions"] and rebalance["join"]["second_worker_read_back"] == rebalance["moved_partitions"]
+    assert rebalance["join"]["first_worker_read_back"] == {} and rebalance["leave"]["first_worker_read_back"] == rebalance["moved_partitions"]
+    assert rebalance["probes_accepted_once"] > 0 and rebalance["join"]["kept_max_s"] > 0
+
     history = report["history"]  # 200 days: the cases closed in the first weeks are past archive_after (180 days) and gone
     assert history["outputs_identical"] and history["archive"]["open_cases"] == history["keep"]["open_cases"]
     assert history["archive"]["cases_in_memory"] < history["keep"]["cases_in_memory"]

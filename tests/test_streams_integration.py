@@ -35,7 +35,7 @@ from streams.domain.reference import DistrictReference, Grid, load_reference
 from streams.domain.sla import Breach
 from streams.pipeline import partition_for_key
 from whistle.devtools.feed import Signers
-from whistle.devtools.harness import committed_offsets, end_offsets, read_all, spawn_worker
+from whistle.devtools.harness import committed_offsets, end_offsets, metrics_path, partitions_recovered, read_all, spawn_worker
 from whistle.devtools.simulate import CHANNEL_INTEGRATORS, HANDLING_SYSTEM, RETURN_VISITS
 from whistle.edges.clock import write_ticks
 from whistle.edges.sdk import Delivery, Publisher
@@ -578,6 +578,48 @@ def test_two_workers_share_the_partitions_and_every_case_stays_one_chain(pipelin
         kinds = [e.kind for _, e in events[case.case_id]]
         assert kinds == [Kind.OPENED, Kind.DISPATCHED, Kind.ACCEPTED] + ([Kind.RESOLVED] if n % 2 else [])
     assert pipeline.inbox_owners() == owners  # no rebalance since: both kept their partitions
+
+
+@pytest.mark.kafka
+def test_a_rebalance_reads_back_only_the_partitions_a_worker_gains_and_one_that_came_back_afresh(pipeline: Pipeline):
+    """worker-1 holds open cases on every partition; worker-2 joins: worker-1 reads nothing back (it only lost
+    partitions), worker-2 reads back those it took. worker-2 accepts their cases and leaves (a static member:
+    noticed after the session timeout); worker-1 reads exactly those partitions back afresh, as it must: its
+    old copy does not know the acceptances, and resolving the cases shows it decides on the new state."""
+    every = set(range(pipeline.inbox_partitions))
+    for worker_id in ("worker-1", "worker-2"):
+        metrics_path(pipeline.settings, worker_id).unlink(missing_ok=True)  # another test's worker of the same id
+    pipeline.start("worker-1")
+    cases = [pipeline.report("app", resident_report(f"rep-{n}", spot)) for n, spot in enumerate(spread_spots(pipeline.reference, 18))]
+    assert {inbox_partition_of(c.case_id, pipeline.inbox_partitions) for c in cases} == every
+    pipeline.wait_for_events(2 * len(cases))
+    pipeline.wait(lambda: partitions_recovered(pipeline.settings, "worker-1") == dict.fromkeys(every, 1), "worker-1 to read back every partition")
+
+    second = pipeline.start("worker-2")
+    owners = pipeline.wait_until_shared({"worker-1", "worker-2"})
+    moved = owners["worker-2"]
+    soon = T0 + timedelta(minutes=20)
+    for case in cases:
+        pipeline.act(case.case_id, "accept", case.holder, soon)
+    pipeline.wait_for_events(3 * len(cases))
+    pipeline.quiesce()
+    assert partitions_recovered(pipeline.settings, "worker-1") == dict.fromkeys(every, 1)  # kept in memory, nothing re-read
+    assert partitions_recovered(pipeline.settings, "worker-2") == dict.fromkeys(moved, 1)
+
+    second.stop(timeout_s=10)
+    pipeline.wait(lambda: pipeline.inbox_owners() == {"worker-1": every}, "worker-1 to own every partition again", timeout_s=120)
+    for case in cases:
+        pipeline.act(case.case_id, "resolve", case.holder, soon + timedelta(minutes=30), note="已清运")
+    pipeline.wait_for_events(4 * len(cases))
+    pipeline.quiesce()
+    assert partitions_recovered(pipeline.settings, "worker-1") == {p: 2 if p in moved else 1 for p in every}
+
+    events = pipeline.case_events()
+    assert set(events) == {case.case_id for case in cases}
+    for case in cases:
+        assert chain_problems(events[case.case_id]) == []
+        assert [e.kind for _, e in events[case.case_id]] == [Kind.OPENED, Kind.DISPATCHED, Kind.ACCEPTED, Kind.RESOLVED]
+    assert pipeline.count(pipeline.topics.deadletter) == 0
 
 
 @pytest.mark.kafka

@@ -514,7 +514,7 @@ def simulate_command(out: Path = typer.Option(..., "--out", help="a folder: one 
 @app.command("bench")
 def bench(events: int = typer.Option(50_000, help="simulated events, generated and encoded once, used by every phase"),
           workers: int = typer.Option(1, help="`whistle worker` processes"),
-          phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery, history"),
+          phase: list[str] = typer.Option([], "--phase", help="only these phases (repeatable): pipeline, e2e, backlog, latency, breach, recovery, rebalance, history"),
           latency_seconds: float = typer.Option(20.0, help="how long the half-rate latency phase publishes"),
           latency_rate: float | None = typer.Option(None, help="events/s of the latency phase (default: half the e2e rate)"),
           breach_cases: int = typer.Option(200, help="emergency cases whose accept deadline falls during the breach phase"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.processes import WhistleProcess, spawn, wait_until
+from streams.app import METRICS_FILE
 from whistle.ground.errors import StackError
 from whistle.ground.names import Groups
 from whistle.ground.settings import Settings
@@ -124,3 +125,19 @@ class Pipeline:
         self.sink.stop()
         if self.anchorer is not None:
             self.anchorer.stop()
+
+
+def metrics_path(settings: Settings, worker_id: str) -> Path:
+    """The worker's metrics file (streams.app); it outlives the process, so a test or bench that reads counters removes it first."""
+    return settings.stack.state_dir / "workers" / worker_id / METRICS_FILE
+
+
+def partitions_recovered(settings: Settings, worker_id: str) -> dict[int, int]:
+    """Case-stream partition -> how often the worker `worker_id` read it back from the changelog (its metrics
+    file, `whistle_partitions_recovered_total`; written after each batch). Empty before its first batch."""
+    path = metrics_path(settings, worker_id)
+    if not path.exists():
+        return {}
+    prefix = 'whistle_partitions_recovered_total{partition="'
+    return {int(line[len(prefix):].split('"', 1)[0]): int(line.rsplit(" ", 1)[1])
+            for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(prefix)}

@@ -35,7 +35,7 @@ RECOVERY_WINDOW = timedelta(minutes=10)
 class Loaded:
     records: int = 0
     bytes: int = 0
-    probes: dict[int, dict[str, Any]] = field(default_factory=dict)  # partition -> an accept action on one of its dispatched cases
+    probes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # partition -> an accept action for each of its dispatched cases
 
 
 def open_case_writes(reference: DistrictReference, events: list[SimEvent], count: int,
@@ -79,7 +79,7 @@ def open_case_writes(reference: DistrictReference, events: list[SimEvent], count
 
 def write_open_cases(settings: Settings, changelog: str, writes: Iterable[tuple[int, bytes, bytes, dict | None]],
                      progress: Callable[[int], None]) -> Loaded:
-    """Produce the changelog records (acks=all); returns what was written and one probe per partition."""
+    """Produce the changelog records (acks=all); returns what was written and the probes of each partition."""
     failures: list[str] = []
 
     def delivered(error, message) -> None:
@@ -98,7 +98,7 @@ def write_open_cases(settings: Settings, changelog: str, writes: Iterable[tuple[
         loaded.records += 1
         loaded.bytes += len(key) + len(value)
         if probe is not None:
-            loaded.probes[partition] = probe
+            loaded.probes.setdefault(partition, []).append(probe)
         if loaded.records % 30_000 == 0:
             producer.poll(0)
             progress(loaded.records // 3)

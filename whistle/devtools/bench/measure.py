@@ -23,12 +23,15 @@ _AUDIT_TABLES = ("raw_events", "case_events", "breaches", "dead_letters")
 
 
 class CaseEventWatch:
-    """Follows the case events (and dead letters) until every probe case has been accepted."""
+    """Follows the case events (and dead letters) until every probe case has been accepted; `accepted` keeps
+    the broker append time (ms) of each probe case's first acceptance, `copies` how many acceptances were read."""
 
     def __init__(self, settings: Settings, serde: Serde, cases: set[str]) -> None:
         topics = Topics.with_prefix(settings.topic_prefix)
         self.serde, self.waiting, self.total = serde, set(cases), len(cases)
         self.last_seen_ms = 0
+        self.accepted: dict[str, int] = {}
+        self.copies: dict[str, set[str]] = {}  # case -> the distinct event ids of its acceptances
         self.deadletter = topics.deadletter
         self.consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"bench-watch-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -41,11 +44,20 @@ class CaseEventWatch:
             record = self.serde.decode(message.value(), validate=False).record
             if message.topic() == self.deadletter:
                 raise StackError(f"a probe was dead-lettered by the recovered worker: {record['error_message']}")
-            if record["kind"] == "accepted" and record["case_id"] in self.waiting:
+            if record["kind"] != "accepted":
+                continue
+            self.copies.setdefault(record["case_id"], set()).add(record["event_id"])
+            if record["case_id"] in self.waiting:
                 self.waiting.discard(record["case_id"])
+                self.accepted[record["case_id"]] = message.timestamp()[1]
                 self.last_seen_ms = max(self.last_seen_ms, message.timestamp()[1])
         progress(self.total - len(self.waiting))
         return not self.waiting
+
+    def expect(self, cases: set[str]) -> None:
+        """Wait for these probe cases too."""
+        self.waiting |= cases
+        self.total += len(cases)
 
     def close(self) -> None:
         self.consumer.close()

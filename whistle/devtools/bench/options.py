@@ -6,7 +6,7 @@ from pathlib import Path
 
 from whistle.ground.errors import ConfigError
 
-PHASES = ("pipeline", "e2e", "backlog", "latency", "breach", "recovery", "history")
+PHASES = ("pipeline", "e2e", "backlog", "latency", "breach", "recovery", "rebalance", "history")
 MILLION = 1_000_000
 
 
@@ -21,7 +21,7 @@ class BenchOptions:
     latency_rate: float | None = None  # events/s for the latency phase; default: half the e2e rate
     breach_cases: int = 200  # emergency reports whose accept deadline falls during the breach phase
     breach_spread_s: float = 20.0  # their deadlines spread over this many seconds of the run
-    open_cases: int = 100_000  # open cases in the recovered worker's changelog
+    open_cases: int = 100_000  # open cases in the recovered worker's changelog (and the rebalanced workers')
     history_days: float = 365.0  # the simulated period of the history phase (memory and recovery with and without archiving)
     history_incidents_per_day: float = 150.0
     seed: int = 7

@@ -22,6 +22,14 @@ that phases and runs never mix:
             breach minus the wall time at which the pipeline clock reached its deadline;
 - recovery  a worker's case-state changelog holding M open cases, then a fresh worker after a crash:
             seconds from its start until it has processed a new record on every partition, and its RSS.
+- rebalance the same M open cases held by one worker while an accept probe goes to every partition every
+            0.2 s (through the app topic, so a probe waits for the ingest stage as well); a second worker
+            joins, later it is killed (a static member leaving: the group notices only after the session
+            timeout, and meanwhile its raw-topic and case-stream partitions wait). Per partition, the
+            longest a probe sent in each window waited
+            for its acceptance (its processing pause), for partitions that moved and partitions kept,
+            and which partitions each worker read back from the changelog (its metrics file); every
+            probe must be accepted exactly once.
 
 How "visible" is measured: a poller queries ClickHouse every `poll_s` for the highest offset (and
 row count) of every partition of every audit table, and stamps what it sees with the wall time the
@@ -65,7 +73,7 @@ from infra.provision import provision_all
 from infra.topics import partitions_of
 from schemas.serde import Serde
 from sinks.clickhouse import ServerEngine
-from streams.changelog import changelog_topic
+from streams.changelog import changelog_topic, ensure_changelog
 from streams.domain.reference import load_reference
 from whistle.devtools.bench.changelog import open_case_writes, write_open_cases
 from whistle.devtools.bench.events import SIM_START, Message, emergency_reports, encode_event, generate_events
@@ -76,9 +84,10 @@ from whistle.devtools.bench.machine import describe_machine, stack_pids
 from whistle.devtools.bench.measure import _AUDIT_TABLES, CaseEventWatch, ClickHouseWatch, ProcessUsage, Sent, _half_rate, _mb, percentiles
 from whistle.devtools.bench.options import PHASES, BenchOptions
 from whistle.devtools.bench.passthrough import _PASSTHROUGH_MAIN
+from whistle.devtools.bench.rebalance import ProbeFeed, waits_by_partition
 from whistle.devtools.bench.report import judge_targets, print_report
 from whistle.devtools.feed import NAMESPACE, Signers, source_record
-from whistle.devtools.harness import end_offsets, group_members, read_all, spawn_worker
+from whistle.devtools.harness import end_offsets, group_members, metrics_path, partitions_recovered, read_all, spawn_worker
 from whistle.devtools.simulate import HANDLING_SYSTEM, SimEvent
 from whistle.edges.clock import Timeline, run_clock, write_ticks
 from whistle.edges.sdk import Publisher
@@ -139,7 +148,7 @@ class _Bench:
                                                    lambda: pipeline_rate(self.settings, self.reference, messages)),
                     "e2e": lambda: self._e2e(messages), "backlog": lambda: self._backlog(messages),
                     "latency": lambda: self._latency(messages), "breach": lambda: self._breach(events),
-                    "recovery": lambda: self._recovery(events), "history": self._history}
+                    "recovery": lambda: self._recovery(events), "rebalance": lambda: self._rebalance(events), "history": self._history}
             for phase in PHASES:
                 if phase not in phases:
                     continue
@@ -561,11 +570,11 @@ class _Bench:
         usage = self._usage(settings, [worker])
         with usage:
             with Publisher(settings) as publisher:
-                sending = [publisher.submit("app", {"event": (_APP_ACTION, probe)}, signer=self.signers(HANDLING_SYSTEM))
-                           for probe in loaded.probes.values()]
+                last = [found[-1] for found in loaded.probes.values()]  # one per partition
+                sending = [publisher.submit("app", {"event": (_APP_ACTION, probe)}, signer=self.signers(HANDLING_SYSTEM)) for probe in last]
                 for future in sending:
                     future.result(timeout=60)
-            probe_cases = {probe["case_id"] for probe in loaded.probes.values()}
+            probe_cases = {probe["case_id"] for probe in last}
             task = self.progress.add_task("recovery: a fresh worker recovering, then accepting one case per partition", total=len(probe_cases))
             watcher = CaseEventWatch(settings, self.serde, probe_cases)
             try:
@@ -586,3 +595,71 @@ class _Bench:
                 "recovery_s": round(recovered_at - spawned_at, 2), "rss_idle_mb": _mb(idle_rss), "rss_after_mb": _mb(rss_after),
                 "peak_rss_mb": figures[worker.name]["peak_rss_mb"],
                 "bytes_per_case": round((rss_after - idle_rss) / count), "processes": figures}
+
+    # -- rebalances of workers holding many open cases -----------------------------------------------
+
+    def _rebalance(self, events: list[SimEvent]) -> dict[str, Any]:
+        settings = self._phase("rebalance")
+        topics = Topics.with_prefix(settings.topic_prefix)
+        group = Groups.with_prefix(settings.topic_prefix).cases
+        count, partitions = self.options.open_cases, partitions_of(topics.inbox, settings.topic_prefix)
+        changelog = ensure_changelog(settings, partitions)
+        task = self.progress.add_task(f"rebalance: writing {count:,} open cases to {changelog}", total=count)
+        loaded = write_open_cases(settings, changelog, open_case_writes(self.reference, events, count, partitions),
+                                  lambda n: self.progress.update(task, completed=n))
+        self.progress.update(task, completed=count)
+        names = ["bench-rebalance-1", "bench-rebalance-2"]
+        for name in names:
+            metrics_path(settings, name).unlink(missing_ok=True)  # a previous run's worker of the same id
+        first = spawn_worker(settings, names[0], self.dir / "logs")
+        self.processes.append(first)
+        self._wait_groups(settings, [first], None)
+        watcher = CaseEventWatch(settings, self.serde, set())
+        try:
+            with Publisher(settings) as publisher:
+                feed = ProbeFeed(publisher, self.signers(HANDLING_SYSTEM), loaded.probes, watcher, _APP_ACTION)
+                marks: dict[str, float] = {}
+
+                def until(what: str, done: Callable[[], bool], processes: list[WhistleProcess], steady_s: float = 3.0) -> float:
+                    """Feed probes until `done` and every probe sent up to 1 s ago is answered, then `steady_s` more; returns when `done` held."""
+                    def reached() -> bool:
+                        feed.step()
+                        return done() and feed.answered_before(time.time() - 1.0)
+                    self._step(f"rebalance: {what}", lambda: self._wait(reached, what, processes, 0.0))
+                    at = time.time()
+                    self._wait(lambda: (feed.step(), time.time() - at >= steady_s)[1], what, processes, 0.0)
+                    return at
+
+                marks["ready"] = until(f"one worker reading back {count:,} open cases, then answering probes",
+                                       lambda: len(partitions_recovered(settings, names[0])) == partitions, [first])
+                marks["join"] = time.time()
+                second = spawn_worker(settings, names[1], self.dir / "logs")
+                self.processes.append(second)
+                until("a second worker joining", lambda: group_members(settings, group) == 2 and bool(partitions_recovered(settings, names[1])),
+                      [first, second])
+                first_after_join = partitions_recovered(settings, names[0])
+                moved = set(partitions_recovered(settings, names[1]))
+                marks["leave"] = time.time()
+                second.kill()
+                until("the second worker leaving (killed; noticed after the session timeout)", lambda: group_members(settings, group) == 1, [first])
+                marks["end"] = time.time()
+                feed.feeding = False
+                self._wait(lambda: (feed.step(), not watcher.waiting)[1], "every probe to be accepted", [first], 0.0)
+                probes = feed.check()
+        finally:
+            watcher.close()
+        first_at_end = partitions_recovered(settings, names[0])
+        self._stop([first])
+        join = waits_by_partition(feed.sent, watcher.accepted, marks["join"], marks["leave"])
+        leave = waits_by_partition(feed.sent, watcher.accepted, marks["leave"], marks["end"])
+        before = waits_by_partition(feed.sent, watcher.accepted, marks["ready"], marks["join"])
+
+        def split(waits: dict[int, float]) -> dict[str, Any]:
+            return {"pause_s_by_partition": waits, "moved_max_s": max((w for p, w in waits.items() if p in moved), default=None),
+                    "kept_max_s": max((w for p, w in waits.items() if p not in moved), default=None)}
+
+        return {"open_cases": count, "partitions": partitions, "moved_partitions": sorted(moved), "probes_accepted_once": probes,
+                "probe_interval_s": feed.interval_s, "steady_wait_max_s": max(before.values()),
+                "join": {**split(join), "first_worker_read_back": {p: n - 1 for p, n in first_after_join.items() if n > 1},
+                         "second_worker_read_back": sorted(moved)},
+                "leave": {**split(leave), "first_worker_read_back": sorted(p for p, n in first_at_end.items() if n > first_after_join.get(p, 0))}}

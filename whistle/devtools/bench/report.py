@@ -104,6 +104,21 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                              ("peak RSS", f"{r['peak_rss_mb']:,} MB"), ("bytes per open case", f"{r['bytes_per_case']:,}")):
             recovery.add_row(label, value)
         console.print(recovery)
+    if "rebalance" in report:
+        r = report["rebalance"]
+        rebalance = Table(title=f"Two workers sharing {r['open_cases']:,} open cases ({r['partitions']} partitions, "
+                                f"{r['moved_partitions']} moved): longest wait of a probe, by partition")
+        for column in ("when", "partitions moved", "partitions kept", "read back from the changelog"):
+            rebalance.add_column(column, justify="left" if column == "when" else "right")
+        join, leave = r["join"], r["leave"]
+        rebalance.add_row("steady, one worker", "", f"{r['steady_wait_max_s']} s", "")
+        rebalance.add_row("a second worker joins", f"[bold]{join['moved_max_s']} s[/bold]", f"[bold]{join['kept_max_s']} s[/bold]",
+                          f"joiner {join['second_worker_read_back']}, first worker {sorted(join['first_worker_read_back']) or 'none'}")
+        rebalance.add_row("it leaves (killed)", f"[bold]{leave['moved_max_s']} s[/bold]", f"[bold]{leave['kept_max_s']} s[/bold]",
+                          f"first worker {leave['first_worker_read_back']}")
+        console.print(rebalance)
+        console.print(f"[dim]{r['probes_accepted_once']:,} probes (one per partition every {r['probe_interval_s']} s), each accepted exactly once; "
+                      f"per partition: join {join['pause_s_by_partition']}, leave {leave['pause_s_by_partition']}[/dim]")
     if "history" in report:
         h = report["history"]
         history = Table(title=f"{h['days']:g} simulated days ({h['incidents_per_day']:g} incidents/day, {h['events']:,} events): "
