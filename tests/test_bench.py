@@ -20,9 +20,10 @@ EVENTS = 600
 
 def test_a_tiny_bench_reports_consistent_figures_and_cleans_up(isolated, tmp_path):
     options = BenchOptions(events=EVENTS, latency_rate=100, latency_seconds=3, breach_cases=8, breach_spread_s=3,
-                           open_cases=1000, history_days=200, history_incidents_per_day=4, json_path=tmp_path / "bench.json", timeout_s=180)
+                           open_cases=1000, probe_interval_s=3.0, history_days=200, history_incidents_per_day=4, json_path=tmp_path / "bench.json", timeout_s=180)
     output = io.StringIO()
     report = run_bench(isolated, options, Console(file=output, width=200))
+    assert report["errors"] == {}, report["errors"]  # every phase ran to its end
 
     assert report["pipeline"]["events"] == EVENTS and report["pipeline"]["events_per_s"] > 0
     e2e = report["e2e"]

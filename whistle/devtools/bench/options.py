@@ -22,6 +22,7 @@ class BenchOptions:
     breach_cases: int = 200  # emergency reports whose accept deadline falls during the breach phase
     breach_spread_s: float = 20.0  # their deadlines spread over this many seconds of the run
     open_cases: int = 100_000  # open cases in the recovered worker's changelog (and the rebalanced workers')
+    probe_interval_s: float = 0.2  # the rebalance phase's accept probe to every partition: its resolution, and the cases it uses
     history_days: float = 365.0  # the simulated period of the history phase (memory and recovery with and without archiving)
     history_incidents_per_day: float = 150.0
     seed: int = 7

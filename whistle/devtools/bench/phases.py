@@ -617,7 +617,7 @@ class _Bench:
         watcher = CaseEventWatch(settings, self.serde, set())
         try:
             with Publisher(settings) as publisher:
-                feed = ProbeFeed(publisher, self.signers(HANDLING_SYSTEM), loaded.probes, watcher, _APP_ACTION)
+                feed = ProbeFeed(publisher, self.signers(HANDLING_SYSTEM), loaded.probes, watcher, _APP_ACTION, self.options.probe_interval_s)
                 marks: dict[str, float] = {}
 
                 def until(what: str, done: Callable[[], bool], processes: list[WhistleProcess], steady_s: float = 3.0) -> float:

@@ -11,14 +11,12 @@ from whistle.devtools.bench.measure import CaseEventWatch
 from whistle.edges.sdk import Delivery, Publisher
 from whistle.ground.errors import StackError
 
-PROBE_INTERVAL_S = 0.2
-
 
 class ProbeFeed:
     """Sends the probes and follows their acceptances, in one thread: `step` between checks of a wait."""
 
     def __init__(self, publisher: Publisher, signer: RecordSigner, probes: dict[int, list[dict[str, Any]]], watcher: CaseEventWatch,
-                 action_schema: str, interval_s: float = PROBE_INTERVAL_S) -> None:
+                 action_schema: str, interval_s: float) -> None:
         self.publisher, self.signer, self.watcher, self.action_schema, self.interval_s = publisher, signer, watcher, action_schema, interval_s
         self.queues = {partition: list(reversed(found)) for partition, found in probes.items()}
         self.sent: dict[str, tuple[int, float]] = {}  # probe case -> (partition, wall time sent)
