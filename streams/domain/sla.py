@@ -210,8 +210,8 @@ class _PolicyReader:
 
     KEYS = {"version", "effective_from", "classes", "categories", "default_class", "urgency_classes", "limits", "warning_fraction",
             "transfers_before_escalation", "transfer_clock", "unsatisfied_rating_max", "auto_close_after", "extension", "waiting_on_resident"}
-    OPTIONAL = {"early_action_hold", "archive_after", "ranking"}
-    SECTIONS = {"oversight", "dispute_rule"}  # optional, read by their own methods
+    OPTIONAL = {"early_action_hold", "archive_after"}  # optional durations
+    SECTIONS = {"oversight", "dispute_rule", "ranking"}  # optional, read by their own methods
 
     def __init__(self, path: Path, doc: Any) -> None:
         self.path = path
@@ -272,7 +272,7 @@ class _PolicyReader:
             first_receiver=self.one_of(doc.get("dispute_rule", "arbitration"), ["arbitration", "first_receiver"], "dispute_rule") == "first_receiver",
             oversight=oversight is not None,
         )
-        optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL - {"ranking"}) if name in doc}
+        optional: dict[str, Any] = {name: self.duration(doc[name], name) for name in sorted(self.OPTIONAL) if name in doc}
         if "ranking" in doc:
             optional["ranking"] = self.ranking(doc["ranking"])
         return SlaPolicy(
@@ -297,6 +297,7 @@ class _PolicyReader:
         for position, breach_type in enumerate(escalating):
             self.one_of(breach_type, types, f"oversight.handling_escalation[{position}]")
         return Oversight(frozenset(escalating), self.whole(raw["criticisms"], "oversight.criticisms", 0, 5))
+
     def ranking(self, raw: Any) -> RankingRules:
         """`ranking: {weights: {rate: w, ...}, min_cases: n}`: weights >= 0 with at most 4 decimals (whole basis points), summing to 1."""
         if not isinstance(raw, dict) or set(raw) != {"weights", "min_cases"}:
