@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import signal
 import uuid
 
 import pytest
@@ -131,6 +132,15 @@ def database(engine):
 _KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "isolated", "clustered", "local_stack", "spare_stack"})
 _CLICKHOUSE_FIXTURES = frozenset({"clickhouse_native", "engine", "database", "isolated", "clustered", "clickhouse_cluster", "local_stack",
                                   "spare_stack"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended by SIGTERM (a CI timeout, `kill`) unwinds as Ctrl-C does: every test's and fixture's `finally` runs, so
+    the worker processes a test spawned and the session's stack are stopped, instead of being orphaned."""
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
