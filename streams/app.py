@@ -1,47 +1,47 @@
-"""The Faust worker: two thin agents around `streams.pipeline`.
+"""The worker: a Faust app whose one service moves records through `streams.pipeline` in batches.
 
-Faust settings that matter (see REFERENCE.md, faust-streaming pitfalls):
-- agents run with concurrency=1 (higher values can commit past in-flight messages, faust #606);
-- processing_guarantee at_least_once: exactly-once mode is unreliable on aiokafka; instead outputs
-  are deterministic (event ids, breach ids) and state transitions idempotent;
-- static group membership (consumer_group_instance_id = WHISTLE_WORKER_ID) to avoid needless
-  rebalances;
-- case state lives in `CaseProcessor` only, persisted to our own compacted changelog
-  (`streams.changelog`, replicated per settings) rather than a Faust table: a partition given to this
-  worker is read back from it on its first batch, ~5x faster than Faust's table recovery and
-  without a second copy of every case in memory;
-- rebalances are eager (every partition revoked), but a partition this worker owned without a break
-  stays in memory: nothing is released on revocation; once the new assignment (and its generation)
-  is known, `Ownership` names the partitions to release, and only partitions gained are read back
-  (the rule and why it is safe: `streams.pipeline.Ownership`);
-- topics are read as raw bytes and decoded inside the pipeline, so an undecodable record is
-  dead-lettered instead of being acked and thrown into the agent by Faust (faust #315, #527).
+Faust runs the process (its worker, services, signals, logging); the records go through librdkafka
+(confluent-kafka), thousands per call, not through Faust's agents: Faust's consumer wraps every record
+in a few asyncio tasks and its aiokafka producer sends each through coroutines and a pure-Python murmur2,
+which cost more per event than Whistle's own work (the bench's passthrough phases, README). What this
+worker keeps of the REFERENCE.md pitfalls:
+- one consumer, one loop, no concurrency (faust #606 cannot arise); at-least-once with deterministic
+  outputs (event ids, breach ids) and idempotent transitions, no exactly-once mode;
+- static group membership (group.instance.id = WHISTLE_WORKER_ID), so a restart within the session
+  timeout moves nothing;
+- rebalances are eager, with the range assignor, but a case-stream partition whose changelog nobody else
+  advanced stays in memory (the rule and why: `streams.pipeline.Ownership`); one gained is read back from
+  the changelog (`streams.changelog`) when its first record comes;
+- topics are read as raw bytes and decoded inside the pipeline, so an undecodable record is dead-lettered;
+- raw records go to ingest in Kafka's append order across every raw partition (`streams.ordering`).
 
-Delivery order of the cases agent, per batch of case-stream records:
+Delivery order, per batch (the raw and case-stream records one `consume` returned):
   1. compute outputs and state writes (pure, in memory; a key written several times keeps its last value);
-  2. send the outputs (case events, breaches, dead letters) and wait until Kafka acknowledged them;
-  3. write the state to the changelog (not awaited: Faust flushes the producer before it commits);
-  4. Faust acks the batch and later commits its offsets, after flushing the producer.
-A crash between 2 and 3 replays the batch against the old state, which re-emits the same
-deterministic events (duplicates that consumers drop by id); a crash can never persist a state
-whose events were not published. A record Kafka refuses, or any failure that is not a bad record,
-ends the process before another commit (`exit_at_once`).
+  2. produce the outputs (case-stream records, case events, breaches, dead letters) and flush: Kafka
+     acknowledged every one;
+  3. produce the state writes to the changelog (a producer of their own, whose delivery reports tell
+     `Ownership` where the changelog ends) and flush;
+  4. commit the offsets of the records processed (synchronously).
+A crash between 2 and 3 replays the batch against the old state, which re-emits the same deterministic
+events (duplicates that consumers drop by id); a crash can never persist a state whose events were not
+published, nor commit an offset whose effects were not. A record Kafka refuses, or any failure that
+is not a bad record, ends the process before another commit (`exit_at_once`).
 """
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import faust
-from faust.tables import TableManager
-from faust.tables.recovery import Recovery
-from faust.types import TP
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from faust.app.base import BootStrategy
 
 from infra.topics import partitions_of
 from schemas.serde import Serde
@@ -49,6 +49,7 @@ from streams.changelog import ensure_changelog, read_partition
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.rules import Rules
 from streams.domain.trusted_time import SkewBounds
+from streams.ordering import AppendOrder
 from streams.pipeline import CaseProcessor, DeadLetterWatch, Ingestor, Output, Ownership, Senders, StateWrite, dead_letter
 from streams.rules import register_rules
 from whistle.ground.deadletter import Position
@@ -56,192 +57,237 @@ from whistle.ground.names import Groups, Topics
 from whistle.ground.settings import Settings
 from whistle.ground.times import from_epoch_ms, utc_now
 
-BATCH_RECORDS = 1000  # records an agent takes at once (or what 50 ms brings)
-LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker on append
+BATCH_RECORDS = 5000  # records one consume returns at most (or what POLL_S brings)
+POLL_S = 0.05
+ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold the others back (streams.ordering)
+ARRIVAL_QUEUE_MAX = 50_000  # raw records queued for the append order at most, before the head goes anyway
+FLUSH_TIMEOUT_S = 120.0  # longer than the producer's message.timeout.ms: every record is reported first
+DELIVERY_TIMEOUT_MS = 60_000
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
+SESSION_TIMEOUT_MS = 60_000  # a static member that stops is noticed after this; a restart within it moves nothing
+MAX_POLL_INTERVAL_MS = 900_000  # above RECOVERY_TIMEOUT_S: reading a partition back happens between two consumes
 logger = logging.getLogger("whistle.worker")
 METRICS_FILE = "metrics.prom"  # in the worker's directory (Settings.stack.state_dir / workers / WHISTLE_WORKER_ID)
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million open cases take well under this (README)
 
 
+class BatchLoop:
+    """The worker's consume -> process -> produce -> commit loop (delivery order: the module docstring).
 
-def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> faust.App:
-    """Build the worker app: reference data, policies and schemas are loaded (and validated) here, once, and checked
-    against the rules registry (streams.rules) before anything is decided with them."""
-    topics = Topics.with_prefix(settings.topic_prefix)
-    inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
-    serde = Serde.from_settings(settings)
-    rules = Rules.load(settings.reference_dir)
-    reference, policies, calendar = rules.reference, rules.policies, rules.calendar
-    register_rules(settings, serde, rules.files(), clock=clock)
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
-                        SkewBounds.of(settings.time))
-    cases = CaseProcessor(serde, reference, policies, calendar, topics, inbox_partitions)
-    worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
-    worker_dir.mkdir(parents=True, exist_ok=True)
+    Runs in one thread of its own (librdkafka's calls block); everything it touches is touched only there,
+    the rebalance callbacks included (librdkafka calls them from within `consume`, between two batches).
+    """
 
-    app = faust.App(
-        Groups.with_prefix(settings.topic_prefix).cases,
-        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
-        broker_credentials=_credentials(settings),
-        store="memory://",
-        processing_guarantee="at_least_once",
-        topic_replication_factor=settings.kafka.replication_factor,
-        topic_partitions=inbox_partitions,
-        topic_allow_declare=True,
-        consumer_group_instance_id=settings.worker_id,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=True,
-        table_standby_replicas=0,
-        producer_acks=-1,
-        producer_linger_ms=5,
-        web_enabled=False,
-        datadir=str(worker_dir),
-        TableManager=SeekingTableManager,
-    )
-    raw_in = app.topic(*topics.sources, key_serializer="raw", value_serializer="raw")
-    inbox_in = app.topic(topics.inbox, key_serializer="raw", value_serializer="raw", partitions=inbox_partitions)
-    changelog = ensure_changelog(settings, inbox_partitions)
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+        """Reference data, policies and schemas are loaded (and validated) here, once, and checked against the rules
+        registry (streams.rules) before anything is decided with them."""
+        self.settings, self.clock = settings, clock
+        self.topics = topics = Topics.with_prefix(settings.topic_prefix)
+        inbox_partitions = partitions_of(topics.inbox, settings.topic_prefix)
+        self.serde = serde = Serde.from_settings(settings)
+        rules = Rules.load(settings.reference_dir)
+        register_rules(settings, serde, rules.files(), clock=clock)
+        self.ingestor = Ingestor(serde, rules.reference, PersonalDataHasher(settings.pii_hmac_key), topics,
+                                 Senders.from_settings(settings, rules.reference), SkewBounds.of(settings.time))
+        self.cases = CaseProcessor(serde, rules.reference, rules.policies, rules.calendar, topics, inbox_partitions)
+        self.changelog = ensure_changelog(settings, inbox_partitions)
+        self.raw_topics = frozenset(topics.sources)
+        self.order: AppendOrder[Message] = AppendOrder(ARRIVAL_WAIT_S, ARRIVAL_QUEUE_MAX)
+        self.watch = DeadLetterWatch(topics.deadletter)
+        worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
+        worker_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsFile(worker_dir / METRICS_FILE)
+        kafka = settings.kafka
+        self.consumer = Consumer({
+            **kafka.librdkafka(), "group.id": Groups.with_prefix(settings.topic_prefix).cases, "group.instance.id": settings.worker_id,
+            "client.id": f"whistle-{settings.worker_id}", "partition.assignment.strategy": "range",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True,
+            "session.timeout.ms": SESSION_TIMEOUT_MS, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS, "logger": logger})
+        self.producer = Producer({**kafka.producer(), "client.id": f"whistle-{settings.worker_id}", "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                                  "delivery.report.only.error": True, "on_delivery": _exit_unless_delivered, "logger": logger})
+        self.state_producer = Producer({**kafka.producer(), "client.id": f"whistle-{settings.worker_id}-state",
+                                        "message.timeout.ms": DELIVERY_TIMEOUT_MS, "on_delivery": self._state_delivered, "logger": logger})
+        self.ownership = Ownership()
 
-    async def send(outputs: list[Output]) -> list[asyncio.Future]:
-        """Hand `outputs` to the app's producer; returns their delivery futures.
+    def run(self, stopping: threading.Event) -> None:
+        """Process batches until `stopping` is set; the batch in hand is finished (flushed and committed) first."""
+        self.consumer.subscribe([*self.topics.sources, self.topics.inbox], on_assign=self._assigned, on_revoke=self._revoked,
+                                on_lost=self._lost)
+        try:
+            while not stopping.is_set():
+                self.step(self.consumer.consume(BATCH_RECORDS, timeout=POLL_S))
+        finally:
+            self.consumer.close()  # a static member: the group keeps its partitions for it until the session timeout
 
-        Straight to the producer, not through Faust's Topic/Channel layers: those wrap each record in
-        future-message objects, a buffer and a sensor round, and add nothing here, where keys and values
-        are bytes already and every topic is provisioned (what skipping them saves: `whistle bench`
-        backlog phase, README). Faust still flushes this producer before it commits
-        offsets, so at-least-once holds.
-        """
-        producer, futures = app.producer, []
-        for o in outputs:
-            # faust types send() as returning Awaitable[RecordMetadata]; its aiokafka producer returns aiokafka's asyncio Future
-            future: asyncio.Future = await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)  # type: ignore[assignment]
-            future.add_done_callback(_exit_unless_delivered)
-            futures.append(future)
-        return futures
+    def step(self, messages: list[Message]) -> None:
+        now_s = time.monotonic()
+        inbox: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    eof = _position(message)
+                    self.order.at_end((eof.topic, eof.partition))
+                elif error.fatal():
+                    raise KafkaException(error)
+                else:
+                    logger.warning("consumer: %s", error)
+                continue
+            where = _position(message)
+            if where.topic in self.raw_topics:
+                self.order.add((where.topic, where.partition), where.offset, message.timestamp()[1], message, now_s)
+            else:
+                inbox.append(message)
+        raw = self.order.ready(now_s)
+        if not raw and not inbox:
+            return
+        processed: dict[tuple[str, int], int] = {}
+        outputs = self._ingest(raw, processed) + self._recover({_position(m).partition for m in inbox} - self.cases.owned())
+        writes = self._cases(inbox, outputs, processed)
+        _send(self.producer, outputs)  # 2. Kafka acknowledged every output ...
+        _send(self.state_producer, [Output(self.changelog, w.key.encode(), w.value, partition=w.partition) for w in writes])  # 3. ... then the state
+        # 4. ... then the offsets
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in processed.items()], asynchronous=False)
+        self.metrics.write(self.watch.metrics() + self.cases.recovery_metrics())
 
-    watch = DeadLetterWatch(topics.deadletter)
-    metrics = MetricsFile(worker_dir / METRICS_FILE)
+    def _ingest(self, raw: list[tuple[tuple[str, int], int, Message]], processed: dict[tuple[str, int], int]) -> list[Output]:
+        now, outputs = self.clock(), []
+        for partition, offset, message in raw:
+            where = Position(partition[0], partition[1], offset)
+            outputs.append(self._watched("ingest", where, self.ingestor.process(where, message.key(), message.value(), now,
+                                                                                 _arrival(message), _headers(message))))
+            processed[partition] = offset + 1
+        return outputs
 
-    def watched(stage: str, where: Position, outputs: list[Output]) -> list[Output]:
-        run = watch.record(stage, outputs)
+    def _recover(self, partitions: set[int]) -> list[Output]:
+        """Read back the case-stream partitions this batch needs and the worker does not hold; the changelog records it
+        cannot decode become dead letters."""
+        outputs = []
+        for partition in sorted(partitions):
+            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.changelog, partition), timeout=30)
+            for offset, key, value, error in self.cases.recover(partition, read_partition(self.settings, partition, RECOVERY_TIMEOUT_S)):
+                outputs.append(dead_letter(self.serde, self.topics, Position(self.changelog, partition, offset), key.encode(), value,
+                                           error, self.clock()))
+            self.ownership.read_back(partition, end)
+        return outputs
+
+    def _cases(self, inbox: list[Message], outputs: list[Output], processed: dict[tuple[str, int], int]) -> Iterable[StateWrite]:
+        now = self.clock()
+        writes: dict[tuple[int, str], StateWrite] = {}
+        for message in inbox:
+            where = _position(message)
+            produced, written = self.cases.process(where, message.key(), message.value(), now)
+            outputs += self._watched_all("cases", where, produced)
+            writes.update(((write.partition, write.key), write) for write in written)  # only a key's last state is persisted
+            processed[(where.topic, where.partition)] = where.offset + 1
+        return writes.values()
+
+    def _watched(self, stage: str, where: Position, output: Output) -> Output:
+        self._watched_all(stage, where, [output])
+        return output
+
+    def _watched_all(self, stage: str, where: Position, outputs: list[Output]) -> list[Output]:
+        run = self.watch.record(stage, outputs)
         if run is not None:
             logger.error("%s dead-lettered %d records in a row (the latest %s[%d]@%d): a producer, the key file or a deploy is broken",
                          stage, run, where.topic, where.partition, where.offset)
         return outputs
 
-    @app.agent(raw_in, concurrency=1)
-    async def ingest(stream):
-        try:
-            async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
-                now = clock()
-                outputs = []
-                for e in in_produce_order(batch):
-                    where = _position(e)
-                    outputs += watched("ingest", where, [ingestor.process(where, e.message.key, e.message.value, now, _arrival(e.message),
-                                                                          e.message.headers or ())])
-                await send(outputs)
-                metrics.write(watch.metrics() + cases.recovery_metrics())
-        except Exception as exc:  # not a bad record (those are dead-lettered): Kafka or a bug
-            exit_at_once("the ingest agent failed", exc)
+    def _state_delivered(self, error: KafkaError | None, message: Message) -> None:
+        _exit_unless_delivered(error, message)
+        where = _position(message)
+        self.ownership.wrote(where.partition, where.offset)
 
-    @app.agent(inbox_in, concurrency=1)
-    async def case_stream(stream):
-        try:
-            async for batch in stream.take_events(BATCH_RECORDS, within=0.05):
-                for partition in sorted({e.message.partition for e in batch} - cases.owned()):
-                    # in a thread, so that the producer and the consumer's fetches go on meanwhile; a rebalance
-                    # waits for this batch (Faust's wait_empty), so no partition is released under the reader
-                    refused = await asyncio.to_thread(cases.recover, partition, read_partition(settings, partition, RECOVERY_TIMEOUT_S))
-                    await asyncio.gather(*await send([dead_letter(serde, topics, Position(changelog, partition, offset), key.encode(), value, error, clock())
-                                                      for offset, key, value, error in refused]))
-                now = clock()
-                outputs: list[Output] = []
-                writes: dict[tuple[int, str], StateWrite] = {}
-                for event in batch:
-                    where = _position(event)
-                    produced, written = cases.process(where, event.message.key, event.message.value, now)
-                    outputs += watched("cases", where, produced)
-                    writes.update(((write.partition, write.key), write) for write in written)  # only a key's last state is persisted
-                await asyncio.gather(*await send(outputs))  # 2. Kafka acknowledged every output ...
-                # 3. ... before the state that follows from them is persisted
-                await send([Output(changelog, w.key.encode(), w.value, partition=w.partition) for w in writes.values()])
-                metrics.write(watch.metrics() + cases.recovery_metrics())
-        except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
-            exit_at_once("the cases agent failed", exc)
-
-    ownership = Ownership()
-
-    # mode types every receiver as (sender, *args, signal=..., **kwargs); this signal sends exactly one argument, the assigned set
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def keep_continuously_owned(app_: faust.App, assigned: set[TP], **kwargs: Any) -> None:
-        # Faust's aiokafka driver sets the group generation on the app before it sends this signal
-        released = ownership.rebalanced(cases.owned(), {tp.partition for tp in assigned if tp.topic == topics.inbox}, app_.consumer_generation_id)
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The worker's whole new assignment (eager rebalancing): release the cases `Ownership` says may be stale."""
+        assigned = [(tp.topic, tp.partition) for tp in partitions]
+        self.order.assign(p for p in assigned if p[0] in self.raw_topics)
+        inbox = {partition for topic, partition in assigned if topic == self.topics.inbox}
+        held = self.cases.owned()
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(self.changelog, p), timeout=30)[1] for p in held & inbox}
+        released = self.ownership.released(held, inbox, ends)
         for partition in released:
-            cases.release(partition)
-        logger.info("generation %d: kept case-stream partitions %s in memory, released %s",
-                    app_.consumer_generation_id, sorted(cases.owned()), sorted(released))
+            self.cases.release(partition)
+        logger.info("assigned %s; kept case-stream partitions %s in memory, released %s", sorted(assigned),
+                    sorted(self.cases.owned()), sorted(released))
 
-    return app
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Every partition is revoked at a rebalance: everything processed of them is committed (each batch is) and what
+        is queued of them dropped; the cases wait for the new assignment (`_assigned`)."""
+        self.order.revoke((tp.topic, tp.partition) for tp in partitions)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group went on without this worker (its session expired): another member may advance any of its cases."""
+        self._revoked(consumer, partitions)
+        for partition in self.cases.owned():
+            self.cases.release(partition)
+        logger.warning("lost the assignment %s: released every case", sorted((tp.topic, tp.partition) for tp in partitions))
+
+
+class WithoutFaustKafka(BootStrategy):
+    """Faust starts its services, not its own Kafka clients: `BatchService` consumes and produces."""
+
+    enable_kafka = False
+
+
+class WorkerApp(faust.App):
+    BootStrategy = WithoutFaustKafka
+
+
+class BatchService(faust.Service):
+    """Runs `BatchLoop` in its own thread for the Faust worker; stopping the worker lets the batch in hand finish."""
+
+    def __init__(self, loop_: BatchLoop, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batches, self.stopping = loop_, threading.Event()
+
+    @faust.Service.task
+    async def _run(self) -> None:
+        try:
+            await asyncio.to_thread(self.batches.run, self.stopping)
+        except Exception as exc:  # not a bad record (those are dead-lettered): Kafka, the changelog or a bug
+            exit_at_once("the worker's batch loop failed", exc)
+
+    async def on_stop(self) -> None:
+        self.stopping.set()
+
+
+def create_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> tuple[faust.App, BatchService]:
+    """The worker's Faust app and the service that does its work."""
+    app = WorkerApp(Groups.with_prefix(settings.topic_prefix).cases, web_enabled=False,
+                    datadir=str(settings.stack.state_dir / "workers" / settings.worker_id))
+    return app, BatchService(BatchLoop(settings, clock))
+
+
+def _send(producer: Producer, outputs: list[Output]) -> None:
+    """Produce `outputs` and wait until Kafka acknowledged them all; a refused record ends the process (`_exit_unless_delivered`)."""
+    produce, poll = producer.produce, producer.poll
+    for o in outputs:
+        while True:
+            try:
+                produce(o.topic, o.value, o.key, o.partition if o.partition is not None else -1, headers=list(o.headers) or None)
+                break
+            except BufferError:  # the local queue is full: let librdkafka send some
+                poll(0.01)
+    if producer.flush(FLUSH_TIMEOUT_S):
+        exit_at_once("Kafka did not acknowledge records in time", TimeoutError(f"{len(producer)} records unacknowledged"))
 
 
 def exit_at_once(what: str, error: BaseException) -> NoReturn:
     """End the worker process now, committing nothing more.
 
-    Faust would restart a crashed agent and ack the batch it dropped, and it commits offsets after a
-    flush even if a record failed to deliver: either way a record's effects would be lost while its
-    offset is committed. Exiting leaves the committed offsets where every output is acknowledged; the
-    orchestrator restarts the worker (same WHISTLE_WORKER_ID) and it resumes from there.
+    A record whose delivery failed must not have its input's offset committed, and nothing in the process
+    may go on as if it had been written. Exiting leaves the committed offsets where every output is
+    acknowledged; the orchestrator restarts the worker (same WHISTLE_WORKER_ID) and it resumes from there.
     """
     logger.critical("%s: %s: exiting without committing, to be restarted", what, error, exc_info=error)
     logging.shutdown()
     os._exit(EXIT_TO_BE_RESTARTED)
 
 
-def _exit_unless_delivered(future: asyncio.Future) -> None:
-    if not future.cancelled() and (error := future.exception()) is not None:
-        exit_at_once("Kafka did not acknowledge a record", error)
-
-
-def in_produce_order(batch: list) -> list:
-    """A batch from several topics/partitions interleaved by Kafka timestamp, each partition kept in its own order.
-
-    Kafka defines no order across partitions, and a fetch returns them in chunks; merging by timestamp lets
-    records produced in order on different channels (a report, then another channel's report of the same
-    incident) reach the case stream in that order when they arrive in one batch.
-    """
-    runs: dict[tuple[str, int], list] = {}
-    for event in batch:
-        runs.setdefault((event.message.topic, event.message.partition), []).append(event)
-    return list(heapq.merge(*runs.values(), key=lambda event: event.message.timestamp))
-
-
-class SeekBeforeResumingRecovery(Recovery):
-    """Faust's recovery, with the consumer's flow stopped while the stream partitions are sought back.
-
-    At the end of a rebalance faust-streaming 0.15.x resumes the stream partitions and only then
-    seeks them to their committed offsets, while the consumer flow is already running (it was resumed
-    to read the changelogs). Records fetched from the old position in between are processed, then
-    fetched again; and a record can fall into the hole between the two reads and be committed past
-    without ever reaching an agent (tests/test_streams_integration.py, two workers sharing the case
-    stream, lost a handling action this way in about one run in four). Stopping the flow first makes
-    the seek happen before any record of the new assignment is handed out; Faust resumes the flow
-    itself once the seek is done.
-    """
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        self.app.consumer.stop_flow()
-        await super().on_recovery_completed(generation_id)
-
-
-class SeekingTableManager(TableManager):
-    """Faust's table manager, with `SeekBeforeResumingRecovery` (Faust has no setting for the Recovery class)."""
-
-    @property
-    def recovery(self) -> Recovery:
-        if self._recovery is None:
-            self._recovery = SeekBeforeResumingRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
-        return self._recovery
+def _exit_unless_delivered(error: KafkaError | None, message: Message) -> None:
+    if error is not None:
+        exit_at_once(f"Kafka did not acknowledge a record for {message.topic()}[{message.partition()}]", KafkaException(error))
 
 
 class MetricsFile:
@@ -259,42 +305,32 @@ class MetricsFile:
         self._written = text
 
 
-def _arrival(message: Any) -> datetime | None:
+def _position(message: Message) -> Position:
+    """Where a consumed record (or a partition event) sits; librdkafka's types leave every field optional."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None
+    return Position(topic, partition, -1 if offset is None else offset)
+
+
+def _headers(message: Message) -> list[tuple[str, Any]]:
+    return cast(list[tuple[str, Any]], message.headers() or [])
+
+
+def _arrival(message: Message) -> datetime | None:
     """When Kafka appended the record, if the topic stamps LogAppendTime (as infra/topics.yaml sets the raw
     topics); None otherwise: a CreateTime stamp is the sender's claim, and the worker's clock stands in."""
-    if message.timestamp_type != LOG_APPEND_TIME:
+    kind, timestamp_ms = message.timestamp()
+    if kind != TIMESTAMP_LOG_APPEND_TIME:
         return None
-    return from_epoch_ms(round(message.timestamp * 1000))
-
-
-def _position(event) -> Position:
-    message = event.message
-    return Position(message.topic, message.partition, message.offset)
-
-
-def _credentials(settings: Settings):
-    kafka = settings.kafka
-    if kafka.sasl_mechanism:
-        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password.value,
-                                     mechanism=kafka.sasl_mechanism,
-                                     ssl_context=_ssl_context(settings) if "SSL" in kafka.security_protocol else None)
-    if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(_ssl_context(settings))
-    return None
-
-
-def _ssl_context(settings: Settings):
-    import ssl
-
-    return ssl.create_default_context(cafile=settings.kafka.ssl_ca_location)
+    return from_epoch_ms(timestamp_ms)
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
     from faust.worker import Worker
 
-    app = create_app(settings)
-    worker = Worker(app, loglevel=loglevel, quiet=True)
+    app, batches = create_app(settings)
+    worker = Worker(app, batches, loglevel=loglevel, quiet=True)
     # Faust's start-up spinner sets the root logger to DEBUG (whatever the log level), so every send
     # built a debug record in aiokafka and Faust (seen in py-spy profiles of a busy worker).
     worker.spinner = None

@@ -305,37 +305,49 @@ class PartitionCases:
 class Ownership:
     """Which case-stream partitions a worker may keep in memory across a rebalance.
 
-    Whistle's consumer group rebalances eagerly: aiokafka (0.14) implements only the eager protocol,
-    no incremental cooperative one (KIP-429), so every rebalance revokes every partition of every
-    member and then hands out the whole new assignment; Faust's assignor is sticky, so a member
-    usually gets most of its partitions back. Dropping a partition's cases on revocation made the
-    worker read the changelog of every partition it kept again (about 48 s for a million open cases,
-    README). Instead the worker decides once the new assignment is known (`rebalanced`), and keeps
-    a partition only if it owned it without a break:
+    Whistle's consumer group rebalances eagerly with the range assignor: librdkafka's incremental
+    protocol (KIP-429) comes only with the cooperative-sticky assignor, which balances the count of
+    partitions over all topics together and can leave a worker no case-stream partition at all, where
+    range splits every topic alike (a worker's raw and case-stream partitions have the same numbers).
+    So every rebalance revokes every partition and then hands out the whole new assignment, mostly the
+    same. Dropping a partition's cases on revocation would make the worker read back the changelog of
+    every partition it kept (about 48 s for a million open cases, README). Instead the worker decides
+    once the new assignment is known (`released`), and keeps a partition only if its copy in memory is
+    still the changelog's:
 
     - the partition is in the new assignment, and was held before;
-    - the new generation directly follows the one of the worker's previous assignment. The group's
-      generation grows by one per rebalance, so a gap means generations passed without this worker
-      (its session expired, it was fenced): another member may have owned the partition in between
-      and advanced its state and changelog, and the copy in memory is stale. Then every partition is
-      released and read back afresh, as is one that moved away and came back (it is not in the
-      assignment in between, so it is released then).
+    - the changelog partition ends where this worker's own last write (or its read-back) left it. If
+      another member owned the partition in between (this worker's session expired, it was fenced, the
+      partition moved away and back) and advanced a case, that member wrote the case's new state, so
+      the end moved and the copy in memory is stale: it is released and read back afresh. A lost
+      assignment (librdkafka's "lost" rebalance) releases everything at once.
 
-    Between the revocation and the assignment nothing processes (Faust waits for the agents on
-    revocation and keeps the partitions paused until the assignment is done), so the kept state is
-    the one the changelog holds after the producer flush Faust does on revocation. The delivery
-    order does not change: records Faust hands out again from the committed offsets meet the same
-    state as a read-back would build, and the case processor's transitions are idempotent.
+    Between revocation and assignment nothing processes (the worker's loop is inside `consume`), and
+    every batch is flushed and committed before the next `consume`, so the state kept is the one the
+    changelog holds; records delivered again from the committed offsets meet the same state a read-back
+    would build, and the case processor's transitions are idempotent.
     """
 
     def __init__(self) -> None:
-        self.generation: int | None = None  # of the latest assignment
+        self.written_through: dict[int, int] = {}  # changelog partition -> its end offset after this worker's last write
 
-    def rebalanced(self, held: set[int], assigned: set[int], generation: int) -> set[int]:
-        """The partitions to release now that `assigned` is this worker's assignment of `generation`."""
-        continuous = self.generation is not None and generation == self.generation + 1
-        self.generation = generation if generation > 0 else None  # Kafka's generations start at 1; aiokafka's "none" is -1
-        return held - assigned if continuous else set(held)
+    def wrote(self, partition: int, offset: int) -> None:
+        """Kafka acknowledged this worker's changelog record at `offset` of `partition`."""
+        if offset >= self.written_through.get(partition, -1):
+            self.written_through[partition] = offset + 1
+
+    def read_back(self, partition: int, end: int) -> None:
+        """The worker rebuilt `partition` from its changelog, which ended at `end`."""
+        self.written_through[partition] = end
+
+    def released(self, held: set[int], assigned: set[int], changelog_ends: Mapping[int, int]) -> set[int]:
+        """The held partitions to release now that `assigned` is the worker's whole assignment; `changelog_ends`: the end
+        offset of each held and assigned partition's changelog, asked of Kafka now."""
+        stale = {p for p in held & assigned if changelog_ends.get(p) != self.written_through.get(p)}
+        released = (held - assigned) | stale
+        for partition in released:
+            self.written_through.pop(partition, None)
+        return released
 
 
 class CaseProcessor:

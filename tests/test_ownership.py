@@ -4,24 +4,31 @@ from __future__ import annotations
 from streams.pipeline import Ownership
 
 
-def test_a_worker_keeps_what_it_owned_without_a_break_and_releases_what_moved():
+def test_a_worker_keeps_what_it_is_assigned_again_while_the_changelog_ends_where_it_left_it():
     ownership = Ownership()
-    assert ownership.rebalanced(set(), set(range(6)), 1) == set()
-    assert ownership.rebalanced(set(range(6)), {0, 1, 2}, 2) == {3, 4, 5}  # a second worker joined: it took 3, 4, 5
-    assert ownership.rebalanced({0, 1, 2}, set(range(6)), 3) == set()  # it left: 3, 4, 5 come back, not held, read afresh
+    for partition in range(6):
+        ownership.read_back(partition, 100 + partition)
+    ownership.wrote(1, 200)
+    ownership.wrote(1, 150)  # reports of one flush in any order: the highest offset counts
+    ends = {p: 100 + p for p in range(6)} | {1: 201}
+    # a second worker joined and took 3, 4, 5
+    assert ownership.released(set(range(6)), {0, 1, 2}, ends) == {3, 4, 5}
+    # it left: 3, 4, 5 come back; they are not held any more, so they are read back afresh (not released twice)
+    assert ownership.released({0, 1, 2}, set(range(6)), ends) == set()
 
 
-def test_a_generation_passed_without_the_worker_releases_everything():
+def test_a_partition_whose_changelog_moved_meanwhile_is_released():
     ownership = Ownership()
-    ownership.rebalanced(set(), set(range(6)), 4)
-    # generation 5 went on without this worker (its session expired): another member may have advanced any partition
-    assert ownership.rebalanced(set(range(6)), set(range(6)), 6) == set(range(6))
-    assert ownership.rebalanced(set(range(6)), set(range(6)), 7) == set()  # from here on continuous again
+    ownership.read_back(2, 40)
+    ownership.read_back(3, 40)
+    # another member owned 2 in between (this worker's session expired) and wrote a case's new state
+    assert ownership.released({2, 3}, {2, 3}, {2: 41, 3: 40}) == {2}
+    ownership.read_back(2, 41)
+    assert ownership.released({2, 3}, {2, 3}, {2: 41, 3: 40}) == set()  # once read back, kept again
 
 
-def test_the_first_assignment_of_a_process_and_an_unknown_generation_keep_nothing():
-    assert Ownership().rebalanced({2}, {2}, 9) == {2}  # held before any assignment this process saw
+def test_a_partition_held_without_a_known_end_is_released():
+    assert Ownership().released({2}, {2}, {2: 0}) == {2}  # neither written nor read back by this worker
     ownership = Ownership()
-    ownership.rebalanced(set(), {2}, 3)
-    assert ownership.rebalanced({2}, {2}, -1) == {2}  # aiokafka's "no generation"
-    assert ownership.rebalanced({2}, {2}, 0) == {2}
+    ownership.read_back(4, 7)
+    assert ownership.released({4}, {4}, {}) == {4}  # its end could not be asked

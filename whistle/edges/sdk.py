@@ -37,16 +37,6 @@ from whistle.ground.settings import Settings
 
 _log = logging.getLogger("whistle.edges.sdk")
 
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "partitioner": "murmur2_random",
-    "allow.auto.create.topics": False,
-    "linger.ms": 5,
-    "batch.size": 1_000_000,
-    "batch.num.messages": 10_000,
-    "compression.type": "lz4",
-}
 _QUEUE_FULL_PAUSE_S = 0.005
 
 
@@ -74,8 +64,7 @@ class Publisher:
         self.signer = signer or (parse_signer(settings.integrator, settings.integrator_secret.value) if settings.integrator else None)
         self.delivery_timeout_s = delivery_timeout_s
         self._producer = Producer({
-            **settings.kafka.librdkafka(),
-            **PRODUCER_DEFAULTS,
+            **settings.kafka.producer(),
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             "client.id": f"whistle-{settings.worker_id}",
             "logger": _log,

@@ -20,7 +20,6 @@ from streams.domain.sla import load_policies, policy_in_force
 from streams.pipeline import partition_for_key
 from whistle.devtools.bench.events import _enriched
 from whistle.devtools.simulate import SimEvent
-from whistle.edges.sdk import PRODUCER_DEFAULTS
 from whistle.ground.errors import ConfigError, StackError
 from whistle.ground.settings import Settings
 from whistle.ground.times import to_epoch_ms
@@ -86,7 +85,7 @@ def write_open_cases(settings: Settings, changelog: str, writes: Iterable[tuple[
         if error is not None:
             failures.append(error.str())
 
-    producer = Producer({**settings.kafka.librdkafka(), **PRODUCER_DEFAULTS})
+    producer = Producer(settings.kafka.producer())
     loaded = Loaded()
     for partition, key, value, probe in writes:
         while True:

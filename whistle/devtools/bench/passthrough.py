@@ -7,16 +7,14 @@ import time
 
 from confluent_kafka import Consumer, Producer
 
-from whistle.edges.sdk import PRODUCER_DEFAULTS
-
 _PASSTHROUGH_MAIN = "import json, sys; from whistle.devtools.bench.passthrough import passthrough_main; passthrough_main(*json.load(sys.stdin))"
 
 
-def passthrough_main(conf: dict[str, str], sources: list[str], target: str, count: int, timeout_s: float) -> None:
+def passthrough_main(conf: dict[str, str], producer_conf: dict[str, str], sources: list[str], target: str, count: int, timeout_s: float) -> None:
     """Consume `sources` and produce every record unchanged to `target`: the plainest Kafka client loop there is,
-    with the SDK's producer settings (idempotent, acks=all, lz4) and offsets committed as a consumer would."""
+    with Whistle's producer settings (idempotent, acks=all) and offsets committed as a consumer would."""
     consumer = Consumer({**conf, "group.id": f"{target}-copier", "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    producer = Producer({**conf, **PRODUCER_DEFAULTS})
+    producer = Producer(producer_conf)
     consumer.subscribe(sources)
     copied, first = 0, None
     deadline = time.monotonic() + timeout_s

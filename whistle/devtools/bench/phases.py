@@ -425,7 +425,7 @@ class _Bench:
                                      start_new_session=True)
         child = WhistleProcess("passthrough", popen, log)
         self.processes.append(child)
-        popen.stdin.write(json.dumps([settings.kafka.librdkafka(), list(topics.sources), target, count, self.options.timeout_s]).encode())
+        popen.stdin.write(json.dumps([settings.kafka.librdkafka(), settings.kafka.producer(), list(topics.sources), target, count, self.options.timeout_s]).encode())
         popen.stdin.close()
         task = self.progress.add_task("backlog: plain passthrough copying the raw topics", total=count)
         usage = ProcessUsage()
