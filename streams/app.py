@@ -60,7 +60,11 @@ from whistle.ground.times import from_epoch_ms, utc_now
 BATCH_RECORDS = 5000  # records one consume returns at most (or what POLL_S brings)
 POLL_S = 0.05
 ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold the others back (streams.ordering)
-ARRIVAL_QUEUE_MAX = 50_000  # raw records queued for the append order at most, before the head goes anyway
+# librdkafka queues each fetched partition's records whole, one partition after another: small fetches interleave the raw
+# partitions finely, so the append order finds every partition's next records within a few thousand consumed
+FETCH_BYTES_PER_PARTITION = 65_536
+ARRIVAL_QUEUE_MAX = 50_000
+ARRIVAL_GRACE_MS = 100  # a caught-up partition holds back a record appended less than this ago (streams.ordering)  # raw records queued for the append order at most, before the head goes anyway
 FLUSH_TIMEOUT_S = 120.0  # longer than the producer's message.timeout.ms: every record is reported first
 DELIVERY_TIMEOUT_MS = 60_000
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
@@ -92,7 +96,8 @@ class BatchLoop:
         self.cases = CaseProcessor(serde, rules.reference, rules.policies, rules.calendar, topics, inbox_partitions)
         self.changelog = ensure_changelog(settings, inbox_partitions)
         self.raw_topics = frozenset(topics.sources)
-        self.order: AppendOrder[Message] = AppendOrder(ARRIVAL_WAIT_S, ARRIVAL_QUEUE_MAX)
+        self.order: AppendOrder[Message] = AppendOrder(ARRIVAL_WAIT_S, ARRIVAL_QUEUE_MAX, ARRIVAL_GRACE_MS)
+        self.raw_through: dict[tuple[str, int], int] = {}  # raw partition -> the offset after the last record (or end) consumed
         self.watch = DeadLetterWatch(topics.deadletter)
         worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
         worker_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ class BatchLoop:
             **kafka.librdkafka(), "group.id": Groups.with_prefix(settings.topic_prefix).cases, "group.instance.id": settings.worker_id,
             "client.id": f"whistle-{settings.worker_id}", "partition.assignment.strategy": "range",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True,
-            "session.timeout.ms": SESSION_TIMEOUT_MS, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS, "logger": logger})
+            "max.partition.fetch.bytes": FETCH_BYTES_PER_PARTITION, "session.timeout.ms": SESSION_TIMEOUT_MS, "max.poll.interval.ms": MAX_POLL_INTERVAL_MS, "logger": logger})
         self.producer = Producer({**kafka.producer(), "client.id": f"whistle-{settings.worker_id}", "message.timeout.ms": DELIVERY_TIMEOUT_MS,
                                   "delivery.report.only.error": True, "on_delivery": _exit_unless_delivered, "logger": logger})
         self.state_producer = Producer({**kafka.producer(), "client.id": f"whistle-{settings.worker_id}-state",
@@ -125,9 +130,9 @@ class BatchLoop:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._PARTITION_EOF:  # its offset: the partition's end when it was fetched
                     eof = _position(message)
-                    self.order.at_end((eof.topic, eof.partition))
+                    self._consumed((eof.topic, eof.partition), eof.offset)
                 elif error.fatal():
                     raise KafkaException(error)
                 else:
@@ -136,9 +141,10 @@ class BatchLoop:
             where = _position(message)
             if where.topic in self.raw_topics:
                 self.order.add((where.topic, where.partition), where.offset, message.timestamp()[1], message, now_s)
+                self._consumed((where.topic, where.partition), where.offset + 1)
             else:
                 inbox.append(message)
-        raw = self.order.ready(now_s)
+        raw = self.order.ready(now_s, round(self.clock().timestamp() * 1000), self._caught_up)
         if not raw and not inbox:
             return
         processed: dict[tuple[str, int], int] = {}
@@ -148,7 +154,20 @@ class BatchLoop:
         _send(self.state_producer, [Output(self.changelog, w.key.encode(), w.value, partition=w.partition) for w in writes])  # 3. ... then the state
         # 4. ... then the offsets
         self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in processed.items()], asynchronous=False)
-        self.metrics.write(self.watch.metrics() + self.cases.recovery_metrics())
+        self.metrics.write(self.watch.metrics() + self.cases.recovery_metrics() + self.order.metrics())
+
+    def _consumed(self, partition: tuple[str, int], through: int) -> None:
+        if partition[0] in self.raw_topics and through > self.raw_through.get(partition, -1):
+            self.raw_through[partition] = through
+
+    def _caught_up(self, partition: tuple[str, int]) -> bool:
+        """Whether this worker has been handed every record of a raw partition that the broker's latest fetch response
+        reported (librdkafka's cached high watermark, no request)."""
+        through = self.raw_through.get(partition)
+        if through is None:
+            return False
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
+        return 0 <= high <= through
 
     def _ingest(self, raw: list[tuple[tuple[str, int], int, Message]], processed: dict[tuple[str, int], int]) -> list[Output]:
         now, outputs = self.clock(), []
@@ -215,6 +234,8 @@ class BatchLoop:
         """Every partition is revoked at a rebalance: everything processed of them is committed (each batch is) and what
         is queued of them dropped; the cases wait for the new assignment (`_assigned`)."""
         self.order.revoke((tp.topic, tp.partition) for tp in partitions)
+        for tp in partitions:
+            self.raw_through.pop((tp.topic, tp.partition), None)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group went on without this worker (its session expired): another member may advance any of its cases."""

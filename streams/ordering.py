@@ -11,10 +11,12 @@ write in the order the broker appended the raw records: the raw topics stamp Log
 lowest timestamp across a task's partitions and waits, up to `max.task.idle.ms`, for a partition that
 has data not fetched yet): each raw partition's records queue in offset order; the head with the
 lowest (timestamp, topic, partition, offset) goes next, as long as every other assigned partition
-either has a record queued (its next one cannot be earlier) or has been read to its end. A partition
-with data still in flight holds the merge back, for at most `max_wait_s` after the head arrived, or
-until `max_queued` records wait: then the head goes anyway, so a partition whose leader is away
-cannot stop the others (at the cost of order across that gap).
+either has a record queued (its next one cannot be earlier) or is caught up (every record the broker
+reported in its latest fetch response has been handed over; the caller knows, from librdkafka's
+cached high watermark) and the head was appended at least `grace_ms` ago (a record appended just
+before the head may still be on its way from the broker). A partition with data still in flight holds the merge back, for at most `max_wait_s` after the
+head arrived, or until `max_queued` records wait: then the head goes anyway, so a partition whose leader
+is away cannot stop the others (at the cost of order across that gap; counted in `forced`).
 
 The tie-break: records appended in the same millisecond (one produce request carries many partitions'
 batches, each stamped with the same time) go in (topic, partition, offset) order, a rule anyone can
@@ -23,7 +25,7 @@ apply to the log afterwards to get the same sequence.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from heapq import heapify, heappop, heappush
 from typing import Generic, TypeVar
 
@@ -34,12 +36,12 @@ PartitionKey = tuple[str, int]  # (topic, partition)
 class AppendOrder(Generic[Record]):
     """Raw records queued per partition, handed out in append order (see the module docstring)."""
 
-    def __init__(self, max_wait_s: float, max_queued: int) -> None:
-        self.max_wait_s, self.max_queued = max_wait_s, max_queued
+    def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int) -> None:
+        self.max_wait_s, self.max_queued, self.grace_ms = max_wait_s, max_queued, grace_ms
         self._queues: dict[PartitionKey, deque[tuple[int, int, float, Record]]] = {}
-        self._read_to_end: set[PartitionKey] = set()
         self._assigned: set[PartitionKey] = set()
         self._queued = 0
+        self.forced = 0  # records handed out while a partition still had records in flight (order not guaranteed)
 
     def assign(self, partitions: Iterable[PartitionKey]) -> None:
         self._assigned.update(partitions)
@@ -48,38 +50,44 @@ class AppendOrder(Generic[Record]):
         """Forget partitions given away: their queued records were neither processed nor committed, the new owner reads them."""
         for partition in partitions:
             self._assigned.discard(partition)
-            self._read_to_end.discard(partition)
             self._queued -= len(self._queues.pop(partition, ()))
 
     def add(self, partition: PartitionKey, offset: int, timestamp_ms: int, record: Record, now_s: float) -> None:
         self._queues.setdefault(partition, deque()).append((timestamp_ms, offset, now_s, record))
-        self._read_to_end.discard(partition)
         self._queued += 1
-
-    def at_end(self, partition: PartitionKey) -> None:
-        """The consumer read `partition` to its end (librdkafka's partition EOF): nothing of it is in flight."""
-        self._read_to_end.add(partition)
 
     def queued(self) -> int:
         return self._queued
 
-    def ready(self, now_s: float) -> list[tuple[PartitionKey, int, Record]]:
-        """The records that may go now, in order, as (partition, offset, record); they leave the queues."""
+    def metrics(self) -> str:
+        """The count of forced records in Prometheus's text format: it should stay 0 unless a partition's leader was away."""
+        return ("# HELP whistle_arrival_order_forced_total Raw records handed to ingest while another partition still had records in flight.\n"
+                f"# TYPE whistle_arrival_order_forced_total counter\nwhistle_arrival_order_forced_total {self.forced}\n")
+
+    def ready(self, now_s: float, now_ms: int, caught_up: Callable[[PartitionKey], bool]) -> list[tuple[PartitionKey, int, Record]]:
+        """The records that may go now, in order, as (partition, offset, record); they leave the queues. `now_s`: a
+        monotonic clock (what `add` was given); `now_ms`: the wall clock, epoch ms, against the append times;
+        `caught_up`: whether a partition with nothing queued has nothing more fetched either (asked once per call)."""
         heads = [(queue[0][0], partition, queue[0][1]) for partition, queue in self._queues.items() if queue]
         heapify(heads)
         out: list[tuple[PartitionKey, int, Record]] = []
-        in_flight = {p for p in self._assigned if p not in self._read_to_end and not self._queues.get(p)}
+        empty = {p: caught_up(p) for p in self._assigned if not self._queues.get(p)}
+        in_flight = {p for p, done in empty.items() if not done}
+        idle = {p for p, done in empty.items() if done}
         while heads:
-            _, partition, _ = heads[0]
+            appended, partition, _ = heads[0]
             queue = self._queues[partition]
             if in_flight and now_s - queue[0][2] < self.max_wait_s and self._queued < self.max_queued:
                 break
+            if idle and now_ms - appended < self.grace_ms and not in_flight:
+                break
             heappop(heads)
+            self.forced += bool(in_flight)
             _, offset, _, record = queue.popleft()
             self._queued -= 1
             out.append((partition, offset, record))
             if queue:
                 heappush(heads, (queue[0][0], partition, queue[0][1]))
-            elif partition in self._assigned and partition not in self._read_to_end:
-                in_flight.add(partition)  # its next record may be earlier than any other queued one
+            elif partition in self._assigned:  # its next record may be earlier than any other queued one
+                (idle if caught_up(partition) else in_flight).add(partition)
         return out
