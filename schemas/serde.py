@@ -322,7 +322,7 @@ def _to_converter(hint: Any) -> Callable[[Any], Any]:
         convert = _to_converter(inner)
         return _identity if convert is _identity else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return lambda v: v.value if isinstance(v, Enum) else v  # a plain string of the vocabulary is as good
+        return _enum_writer(hint)
     if dataclasses.is_dataclass(hint):
         return to_record
     if typing.get_origin(hint) is tuple:
@@ -344,6 +344,18 @@ def _from_converter(hint: Any) -> Callable[[Any], Any]:
         convert = _from_converter(typing.get_args(hint)[0])
         return tuple if convert is _identity else (lambda v: tuple(convert(i) for i in v))
     return _identity
+
+
+def _enum_writer(cls: type[Enum]) -> Callable[[Any], Any]:
+    """A member's value by one dict lookup (Enum's `value` is a descriptor call); a plain string of the vocabulary is as good."""
+    values = {member: member.value for member in cls}
+
+    def write(value: Any) -> Any:
+        if type(value) is cls:
+            return values[value]
+        return value.value if isinstance(value, Enum) else value
+
+    return write
 
 
 def _enum_reader(cls: type[Enum]) -> Callable[[Any], Any]:
