@@ -24,7 +24,6 @@ import typing
 from collections.abc import Callable, Mapping
 from enum import Enum
 from io import BytesIO
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -195,8 +194,9 @@ def record_name(cls: type) -> str:
 
 def to_record(obj: Any) -> dict[str, Any]:
     """A frozen dataclass as a record in Python form."""
-    cls: type = type(obj)
-    return _writer(cls)(obj)
+    out: dict[str, Any] = {}
+    _write(obj, out, "")
+    return out
 
 
 def to_branch(obj: Any) -> tuple[str, dict[str, Any]]:
@@ -206,75 +206,17 @@ def to_branch(obj: Any) -> tuple[str, dict[str, Any]]:
 
 def from_record(cls: type, record: Mapping[str, Any]) -> Any:
     """A decoded record as an instance of the frozen dataclass `cls`."""
-    return _reader(cls)(record)
+    return _read(cls, record, "")
 
 
-@functools.cache
-def _writer(cls: type) -> Callable[[Any], dict[str, Any]]:
-    """`to_record` for one class, planned once: every field (flattened ones by dotted path) read by one attrgetter,
-    and only the fields that need a conversion converted. WHY: the generic walk cost more than the Avro encoding."""
-    keys: list[str] = []
-    paths: list[str] = []
-    conversions: list[tuple[str, Callable[[Any], Any]]] = []
-
-    def collect(cls: type, prefix: str, path: str) -> None:
-        for plan in _plan(cls):
-            if plan.flat_prefix is not None:
-                assert plan.nested is not None  # a flattened field always names its nested dataclass
-                collect(plan.nested, prefix + plan.flat_prefix, f"{path}{plan.name}.")
-            else:
-                keys.append(prefix + plan.name)
-                paths.append(path + plan.name)
-                if plan.to_value is not _identity:
-                    conversions.append((prefix + plan.name, plan.to_value))
-
-    collect(cls, "", "")
-    get = attrgetter(*paths)
-    many = len(paths) > 1
-
-    def write(obj: Any) -> dict[str, Any]:
-        out = dict(zip(keys, get(obj) if many else (get(obj),)))
-        for key, convert in conversions:
-            out[key] = convert(out[key])
-        return out
-
-    return write
-
-
-@functools.cache
-def _reader(cls: type) -> Callable[[Mapping[str, Any]], Any]:
-    """`from_record` for one class, planned once: a record that holds every field is read straight into the
-    constructor's positional arguments; one that lacks a field takes the generic path (defaults, ContractError)."""
-    steps: list[tuple[str | None, Callable[[Any], Any]]] = []  # (record key, converter); key None: a flattened dataclass
+def _write(obj: Any, out: dict[str, Any], prefix: str) -> None:
+    cls: type = type(obj)
     for plan in _plan(cls):
+        value = getattr(obj, plan.name)
         if plan.flat_prefix is not None:
-            assert plan.nested is not None  # a flattened field always names its nested dataclass
-            inner = _flat_reader(plan.nested, plan.flat_prefix)
-            steps.append((None, inner))
+            _write(value, out, prefix + plan.flat_prefix)
         else:
-            steps.append((plan.name, plan.from_value))
-
-    def read(record: Mapping[str, Any]) -> Any:
-        try:
-            values = [convert(record) if key is None else convert(record[key]) for key, convert in steps]
-        except KeyError:
-            return _read(cls, record, "")
-        return cls(*values)
-
-    return read
-
-
-def _flat_reader(cls: type, prefix: str) -> Callable[[Mapping[str, Any]], Any]:
-    """Reads the fields of a flattened nested dataclass (KeyError when one is missing: the caller goes generic)."""
-    steps = []
-    for plan in _plan(cls):
-        assert plan.flat_prefix is None  # flattening is one level deep (_FLAT_LAYOUTS)
-        steps.append((prefix + plan.name, plan.from_value))
-
-    def read(record: Mapping[str, Any]) -> Any:
-        return cls(*[convert(record[key]) for key, convert in steps])
-
-    return read
+            out[prefix + plan.name] = plan.to_value(value)
 
 
 def _read(cls: type, record: Mapping[str, Any], prefix: str) -> Any:
@@ -331,7 +273,7 @@ def _to_converter(hint: Any) -> Callable[[Any], Any]:
         convert = _to_converter(inner)
         return _identity if convert is _identity else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return _enum_writer(hint)
+        return lambda v: v.value if isinstance(v, Enum) else v  # a plain string of the vocabulary is as good
     if dataclasses.is_dataclass(hint):
         return to_record
     if typing.get_origin(hint) is tuple:
@@ -346,36 +288,10 @@ def _from_converter(hint: Any) -> Callable[[Any], Any]:
         convert = _from_converter(inner)
         return _identity if convert is _identity else (lambda v: None if v is None else convert(v))
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return _enum_reader(hint)
+        return hint
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a type hint is a class, never a dataclass instance
-        return _reader(hint)
+        return functools.partial(from_record, hint)
     if typing.get_origin(hint) is tuple:
         convert = _from_converter(typing.get_args(hint)[0])
         return tuple if convert is _identity else (lambda v: tuple(convert(i) for i in v))
     return _identity
-
-
-def _enum_writer(cls: type[Enum]) -> Callable[[Any], Any]:
-    """A member's value by one dict lookup (Enum's `value` is a descriptor call); a plain string of the vocabulary is as good."""
-    values = {member: member.value for member in cls}
-
-    def write(value: Any) -> Any:
-        if type(value) is cls:
-            return values[value]
-        return value.value if isinstance(value, Enum) else value
-
-    return write
-
-
-def _enum_reader(cls: type[Enum]) -> Callable[[Any], Any]:
-    """The member for a value by one dict lookup; anything else goes to the enum's own constructor, which
-    returns a member given one and raises its ValueError for a value outside the vocabulary."""
-    members = {member.value: member for member in cls}
-
-    def read(value: Any) -> Any:
-        try:
-            return members[value]
-        except (KeyError, TypeError):  # TypeError: an unhashable value
-            return cls(value)
-
-    return read
