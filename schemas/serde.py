@@ -10,7 +10,7 @@ Wire format (the first bytes say which; `decode` reads both):
 Records are dicts in *Python form* (see `schemas.validation`): aware UTC datetimes, enums as strings,
 a union of records as a (full name, dict) tuple. Input from outside goes through `validate` (every
 type and rule, JSON form accepted); `encode` and `decode` check the value rules (ranges, non-empty
-ids, categories, aware times) while fastavro enforces the types. Domain objects (frozen dataclasses) become records only here:
+ids, categories, aware times) while the Avro codec (`schemas.codec`) enforces the types. Domain objects (frozen dataclasses) become records only here:
 `to_record` / `from_record` convert generically (enums, datetimes, tuples, nested dataclasses);
 `EnrichedReport` is flattened (report fields as they are, location fields prefixed `location_`).
 """
@@ -27,9 +27,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import schemaless_reader
 
 from schemas.catalog import NAMESPACE, Catalog, SchemaVersion, default_catalog, schema_version
+from schemas.codec import Codec
 from schemas.registry import SchemaRegistry, registry_from_settings
 from schemas.validation import RecordValidator
 from streams.domain.model import EnrichedReport
@@ -59,6 +60,7 @@ class Serde:
         self._current = {v.full_name: v for v in self.catalog.schemas.values()}
         self._headers: dict[bytes, bytes] = {}  # writer fingerprint -> wire header
         self._writers_by_id: dict[int, SchemaVersion] = {}
+        self._codecs: dict[bytes, Codec] = {}  # writer fingerprint -> its codec, compiled when first used
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: Catalog | None = None) -> Serde:
@@ -77,20 +79,18 @@ class Serde:
         """Bytes for Kafka from a record in Python form (from `validate`, `to_record` or `decode`).
 
         Value rules are checked unless `validate=False` (for a record `validate` has just returned);
-        fastavro enforces the types. `release` writes with an older released version of the schema:
+        the codec enforces the types. `release` writes with an older released version of the schema:
         during a rolling upgrade, producers keep writing what the not-yet-upgraded readers know.
         """
         if validate:
             self._validator(schema).check(record)
         writer = self.catalog.schema(schema) if release is None else self.catalog.release(schema, release)
         header = self._headers.get(writer.fingerprint) or self._header(writer)
-        buffer = BytesIO()
-        buffer.write(header)
         try:
-            schemaless_writer(buffer, writer.parsed, record)
+            body = self._codec(writer).write(record)
         except Exception as exc:  # fastavro raises assorted types for a record that does not fit
             raise ValidationError(f"{schema} record does not fit its schema: {exc}", schema=schema) from exc
-        return buffer.getvalue()
+        return header + body
 
     def decode(self, data: bytes | None, *, expect: str | None = None, validate: bool = True) -> Decoded:
         """Read bytes in either framing into the current schema, checking value rules unless `validate=False`.
@@ -108,7 +108,10 @@ class Serde:
         buffer = BytesIO(data)
         buffer.seek(offset)
         try:
-            record = typing.cast(dict[str, Any], schemaless_reader(buffer, writer.parsed, None if writer is reader else reader.parsed, True, True))  # a record schema reads into a dict
+            if writer is reader:
+                record = typing.cast(dict[str, Any], self._codec(writer).read(buffer))  # a record schema reads into a dict
+            else:  # schema resolution (a released or foreign writer): fastavro's
+                record = typing.cast(dict[str, Any], schemaless_reader(buffer, writer.parsed, reader.parsed, True, True))
         except Exception as exc:  # truncated or corrupt bodies surface as assorted fastavro/EOF errors
             reason = _MEMORY_ADDRESS.sub("", str(exc))  # "… from <_io.BytesIO object at 0x7f…>": the same bytes, the same dead letter
             raise DecodeError(f"{writer.name} body does not decode: {type(exc).__name__}: {reason}", schema=writer.name) from exc
@@ -148,6 +151,12 @@ class Serde:
             writer = self.catalog.by_fingerprint.get(foreign.fingerprint, foreign)
             self._writers_by_id[schema_id] = writer
         return writer
+
+    def _codec(self, version: SchemaVersion) -> Codec:
+        codec = self._codecs.get(version.fingerprint)
+        if codec is None:
+            codec = self._codecs[version.fingerprint] = Codec(version.definition, version.parsed)
+        return codec
 
     def _header(self, writer: SchemaVersion) -> bytes:
         if self.registry is None:

@@ -26,6 +26,7 @@ Keys and values (this module is their one definition):
 """
 from __future__ import annotations
 
+import copy
 import io
 import struct
 import sys
@@ -39,6 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.catalog import SCHEMAS_DIR
+from schemas.codec import Codec
 from streams.domain.case import CaseState, Status, state_from_stored, stored_values
 from streams.domain.merge import OpenCase, open_case_from_stored
 from whistle.ground.datafiles import read_json
@@ -171,8 +173,9 @@ def clock_key(partition: int) -> str:
     return f"{_CLOCK}:{partition}"
 
 
-def _schema(name: str, version: int = CURRENT_VERSION) -> Any:
-    return fastavro.parse_schema(read_json(SCHEMAS_DIR / "state" / f"{name}.v{version}.avsc"))
+def _schema(name: str, version: int = CURRENT_VERSION) -> Codec:
+    definition = read_json(SCHEMAS_DIR / "state" / f"{name}.v{version}.avsc")
+    return Codec(definition, fastavro.parse_schema(copy.deepcopy(definition)))
 
 
 CASE_STATE_VERSION = 2  # case states gained oversight and approved extensions; version-1 records are read with its defaults
@@ -188,11 +191,8 @@ _OPEN_CASE_FIELDS = tuple(OpenCase.__slots__)
 _VERSION_BYTE = bytes([CURRENT_VERSION])
 
 
-def _encode(schema: Any, record: dict[str, Any], version: bytes = _VERSION_BYTE) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(version)
-    fastavro.schemaless_writer(buffer, schema, record)
-    return buffer.getvalue()
+def _encode(schema: Codec, record: dict[str, Any], version: bytes = _VERSION_BYTE) -> bytes:
+    return version + schema.write(record)
 
 
 def encode_case_state(state: CaseState) -> bytes:
@@ -289,7 +289,7 @@ def decode_clock(value: bytes) -> int:
         raise ChangelogError(f"a clock record must be epoch ms in ASCII digits, got {value[:40]!r}") from exc
 
 
-def _decode(value: bytes, schema: Any, *, since_pickles: bool = False, writers: dict[int, Any] | None = None) -> Any:
+def _decode(value: bytes, schema: Codec, *, since_pickles: bool = False, writers: dict[int, Codec] | None = None) -> Any:
     """The record a value holds, as `schema` reads it. `since_pickles`: a kind of value the pickle releases never
     wrote (version 1 only). `writers`: the schema each version byte was written with, when there are several."""
     if not value:
@@ -299,7 +299,9 @@ def _decode(value: bytes, schema: Any, *, since_pickles: bool = False, writers: 
     try:
         if version in writers:
             writer = writers[version]
-            return fastavro.schemaless_reader(io.BytesIO(value[1:]), writer, None if writer is schema else schema)
+            if writer is schema:
+                return schema.read(io.BytesIO(value[1:]))
+            return fastavro.schemaless_reader(io.BytesIO(value[1:]), writer.parsed, schema.parsed)  # schema resolution: fastavro's
         if version == _LEGACY_PICKLE and not since_pickles:
             return _LegacyReader(value).read()
     except ChangelogError:
