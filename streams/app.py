@@ -30,6 +30,7 @@ is not a bad record, ends the process before another commit (`exit_at_once`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -59,6 +60,7 @@ from whistle.ground.times import from_epoch_ms, utc_now
 
 BATCH_RECORDS = 5000  # records one consume returns at most (or what POLL_S brings)
 POLL_S = 0.05
+GC_THRESHOLDS = (50_000, 20, 100)  # Python's defaults: (700, 10, 10)
 ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold the others back (streams.ordering)
 # librdkafka queues each fetched partition's records whole, one partition after another: small fetches interleave the raw
 # partitions finely, so the append order finds every partition's next records within a few thousand consumed
@@ -118,6 +120,9 @@ class BatchLoop:
         """Process batches until `stopping` is set; the batch in hand is finished (flushed and committed) first."""
         self.consumer.subscribe([*self.topics.sources, self.topics.inbox], on_assign=self._assigned, on_revoke=self._revoked,
                                 on_lost=self._lost)
+        # Python's collector walks every live object of the older generations; the cases held are long-lived and acyclic,
+        # so they are moved out of its reach (frozen) after each read-back, and young collections are made rarer
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not stopping.is_set():
                 self.step(self.consumer.consume(BATCH_RECORDS, timeout=POLL_S))
@@ -188,6 +193,8 @@ class BatchLoop:
                 outputs.append(dead_letter(self.serde, self.topics, Position(self.changelog, partition, offset), key.encode(), value,
                                            error, self.clock()))
             self.ownership.read_back(partition, end)
+        if partitions:
+            gc.freeze()
         return outputs
 
     def _cases(self, inbox: list[Message], outputs: list[Output], processed: dict[tuple[str, int], int]) -> Iterable[StateWrite]:
