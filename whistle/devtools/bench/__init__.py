@@ -5,11 +5,12 @@ callers import from the submodules (this package re-exports nothing):
 
 - options      what to measure and how much (`BenchOptions`, `PHASES`, `MILLION`);
 - events       the simulated events, encoded as the SDK sends them, and the breach phase's emergency reports;
-- inprocess    the pure pipeline functions' rate in this process, no Kafka;
-- passthrough  the plain confluent-kafka consume -> produce copier (a child process);
+- inprocess    the pure pipeline functions' rate and outputs in this process, no Kafka;
+- outputs      a Kafka run's case events, breaches and dead letters against the pure pipeline's;
+- passthrough  the baseline copiers (child processes): plain consume -> produce, and the worker's topology at zero compute;
 - changelog    the recovery phase's changelog of open cases, written by the bench;
 - measure      ClickHouse visibility, case-event watching, per-process CPU and RSS, percentiles;
-- kafka_admin  consumer-group lag, edge timestamps, topic creation and configuration;
+- kafka_admin  consumer-group lag, edge timestamps, record sizes, topic creation and configuration;
 - machine      the machine and stack the figures were measured on;
 - report       the targets judged, and the figures printed as tables;
 - phases       the run: every phase in order (`run_bench`).

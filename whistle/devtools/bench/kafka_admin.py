@@ -1,11 +1,11 @@
-"""Kafka helpers of the bench: consumer-group lag, edge timestamps, topic creation and configuration."""
+"""Kafka helpers of the bench: consumer-group lag, edge timestamps, record sizes, topic creation and configuration."""
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from infra.processes import wait_until
@@ -79,3 +79,24 @@ def create_topic(settings: Settings, name: str, partitions: int) -> None:
             p.leader >= 0 and p.error is None for p in described.partitions.values())
 
     wait_until(led, 30, f"leaders for the partitions of {name}")
+
+
+def mean_value_bytes(settings: Settings, topic: str, sample: int = 20_000) -> int:
+    """The mean value size of (up to `sample` of) the first records of `topic`'s partitions; 0 when it is empty."""
+    ends = {p: end for p, end in end_offsets(settings, topic).items() if end > 0}
+    if not ends:
+        return 0
+    consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"bench-size-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    held = sum(end - consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p, end in ends.items())
+    wanted = min(sample, held)
+    sizes: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(sizes) < wanted:
+            if time.monotonic() > deadline:
+                raise StackError(f"timed out sampling the records of {topic}")
+            sizes += [len(m.value() or b"") for m in consumer.consume(1000, timeout=1.0) if m.error() is None]
+    finally:
+        consumer.close()
+    return round(sum(sizes) / len(sizes)) if sizes else 0

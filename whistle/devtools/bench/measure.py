@@ -138,6 +138,15 @@ class ClickHouseWatch:
         times, totals = self._history
         return times[bisect_left(totals, rows)]
 
+    def steady_rows_per_s(self, rows: int, low: float = 0.1, high: float = 0.9) -> float | None:
+        """Rows per second between the first polls that saw `low` and `high` of `rows` rows: the run's slope without
+        its start-up and its tail (the last flushes, the last poll), which dominate a short run. None: too few polls."""
+        times, totals = self._history
+        first, last = bisect_left(totals, low * rows), bisect_left(totals, high * rows)
+        if last >= len(totals) or last <= first:
+            return None
+        return (totals[last] - totals[first]) / (times[last] - times[first])
+
     def mean_query_ms(self) -> float:
         return round(sum(self._query_s) / len(self._query_s) * 1000, 1) if self._query_s else 0.0
 

@@ -29,7 +29,13 @@ class BenchOptions:
     phases: tuple[str, ...] = PHASES
     json_path: Path | None = None  # default: <state dir>/bench/<run id>.json
     keep: bool = False  # keep the bench's topics and databases (default: deleted at the end)
-    timeout_s: float = 600.0  # bound of every wait
+    timeout_s: float | None = None  # bound of every wait; None: `wait_s`, which grows with `events`
+
+    @property
+    def wait_s(self) -> float:
+        """The bound of every wait: `timeout_s`, else 600 s or 4 ms per event, whichever is longer (500,000 events:
+        2,000 s), so that a large run at a few thousand events/s is not cut short by a bound made for the default."""
+        return self.timeout_s or max(600.0, self.events * 0.004)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.phases) - set(PHASES))

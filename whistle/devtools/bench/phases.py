@@ -9,12 +9,15 @@ that phases and runs never mix:
             the domain code's own ceiling;
 - e2e       all N events published at full speed with the SDK while `whistle worker` process(es) and
             `whistle sink` run: events/s from the first produce to the moment ClickHouse shows every
-            row the run caused (raw_events, case_events, breaches, dead_letters); the stream stage's
-            share ends at the broker append time of the last case event;
+            row the run caused (raw_events, case_events, breaches, dead_letters), and the steady slope
+            between 10 % and 90 % of those rows visible (a short run's start and tail would dominate
+            it); the stream stage's share ends at the broker append time of the last case event;
 - backlog   the same N events preloaded into fresh raw topics: first a plain confluent-kafka
             consume -> produce passthrough (one process) copies them (the machine's ceiling), then
-            whistle worker(s) drain them (the stream stage alone); ratio whistle / passthrough, in
-            events/s and in events per CPU-second;
+            whistle worker(s) drain them (the stream stage alone), then a zero-compute copier of the
+            worker's topology makes the same Kafka reads and writes per event as the worker just did
+            (`whistle.devtools.bench.passthrough`); Whistle's ratio to each, in events/s and in events
+            per CPU-second;
 - latency   the same events at half the e2e rate: produced (the producer's timestamp) -> visible in
             ClickHouse, for the raw row and for the case events each event caused;
 - breach    emergency cases whose accept deadline falls during the run, with the clock service
@@ -43,9 +46,14 @@ from the domain functions the case processor uses (`open_case`, `evolve`, `handl
 and it is written as the three records `CaseProcessor` writes when it opens a case (`open:`, `case:`,
 `clock:`), to the changelog topic the worker declared, at the partition of the case's key.
 
+Outputs: the e2e phase and the backlog phase's drain are checked against the pure pipeline on the same
+messages (`whistle.devtools.bench.outputs`): same case events, breaches and dead letters. A run whose
+outputs differ measured other work than the pipeline's, so its rate is printed as FAILED and never
+judged as a target met.
+
 Machine: all processes (Kafka, ClickHouse, workers, sink, this process) share the machine; the
-report names it and its load average, and lists each process's CPU seconds and peak RSS
-(psutil, sampled every 0.5 s).
+report names it and its load average, and lists each process's CPU seconds, CPU µs per event and
+peak RSS (psutil, sampled every 0.5 s).
 """
 from __future__ import annotations
 
@@ -79,11 +87,12 @@ from whistle.devtools.bench.changelog import open_case_writes, write_open_cases
 from whistle.devtools.bench.events import SIM_START, Message, emergency_reports, encode_event, generate_events
 from whistle.devtools.bench.history import history_phase
 from whistle.devtools.bench.inprocess import pipeline_rate
-from whistle.devtools.bench.kafka_admin import create_topic, drained, edge_timestamp, group_lag, set_log_append_time
+from whistle.devtools.bench.kafka_admin import create_topic, drained, edge_timestamp, group_lag, mean_value_bytes, set_log_append_time
 from whistle.devtools.bench.machine import describe_machine, stack_pids
 from whistle.devtools.bench.measure import _AUDIT_TABLES, CaseEventWatch, ClickHouseWatch, ProcessUsage, Sent, _half_rate, _mb, percentiles
 from whistle.devtools.bench.options import PHASES, BenchOptions
-from whistle.devtools.bench.passthrough import _PASSTHROUGH_MAIN
+from whistle.devtools.bench.outputs import OutputReader, RunOutputs, compare_outputs
+from whistle.devtools.bench.passthrough import _PASSTHROUGH_MAIN, _SAME_TOPOLOGY_MAIN
 from whistle.devtools.bench.rebalance import ProbeFeed, waits_by_partition
 from whistle.devtools.bench.report import judge_targets, print_report
 from whistle.devtools.feed import NAMESPACE, Signers, source_record
@@ -131,6 +140,7 @@ class _Bench:
         self.signers = Signers(settings)
         self.processes: list[WhistleProcess] = []
         self.phase_settings: list[Settings] = []
+        self._pure: tuple[dict[str, Any], RunOutputs] | None = None
         self.report: dict[str, Any] = {"run_id": self.run_id, "started_at": utc_now().isoformat(timespec="seconds"),
                                        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}}
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -144,8 +154,7 @@ class _Bench:
         report["errors"] = {}
         with self.progress:
             events, messages = self._messages()
-            work = {"pipeline": lambda: self._step("pipeline: the pure functions in this process",
-                                                   lambda: pipeline_rate(self.settings, self.reference, messages)),
+            work = {"pipeline": lambda: self._pure_run(messages)[0],
                     "e2e": lambda: self._e2e(messages), "backlog": lambda: self._backlog(messages),
                     "latency": lambda: self._latency(messages), "breach": lambda: self._breach(events),
                     "recovery": lambda: self._recovery(events), "rebalance": lambda: self._rebalance(events), "history": self._history}
@@ -210,6 +219,42 @@ class _Bench:
                                    "mean_bytes": round(sum(len(m.value) for m in messages) / len(messages))}
         return events, messages
 
+    def _pure_run(self, messages: list[Message]) -> tuple[dict[str, Any], RunOutputs]:
+        """The pure pipeline's figures and outputs on the messages: run once, by the pipeline phase or the first check."""
+        if self._pure is None:
+            figures, outputs = self._step("pipeline: the pure functions in this process",
+                                          lambda: pipeline_rate(self.settings, self.reference, messages))
+            reader = OutputReader(self.serde, Topics(), messages)
+            self._pure = figures, reader.read((out.topic, out.value, out.headers) for out in outputs)
+        return self._pure
+
+    def _check_outputs(self, settings: Settings, messages: list[Message], phase: str) -> dict[str, Any]:
+        """The phase's case events, breaches and dead letters, read back from Kafka, against the pure run's."""
+        expected = self._pure_run(messages)[1]
+        topics = Topics.with_prefix(settings.topic_prefix)
+        reader = OutputReader(self.serde, topics, messages)
+
+        def read() -> RunOutputs:
+            records = read_all(settings, [topics.case_events, topics.breaches, topics.deadletter], timeout_s=self.options.wait_s)
+            return reader.read((r.topic(), r.value(), r.headers() or ()) for r in records)
+
+        got = self._step(f"{phase}: outputs against the pure pipeline's", read)
+        return compare_outputs(self.serde, expected, got, reader.describe)
+
+    def _topology(self, settings: Settings, events: int) -> dict[str, Any]:
+        """Records per input event of every topic the phase wrote (read once its workers stopped), and their mean size."""
+        prefix = settings.topic_prefix
+        names = sorted(t for t in AdminClient({**settings.kafka.librdkafka(), "log_level": 0}).list_topics(timeout=30).topics
+                       if t.startswith(prefix))
+        records = {name[len(prefix):]: sum(end_offsets(settings, name).values()) for name in names}
+        topics, changelog = Topics(), changelog_topic(replace(settings, topic_prefix=""))
+        per_event = {name: round(n / events, 4) for name, n in records.items() if n}
+        return {"records": records, "per_event": per_event,
+                "mean_bytes": {name: mean_value_bytes(settings, prefix + name) for name in
+                               (topics.inbox, topics.case_events, topics.breaches, topics.deadletter, changelog)},
+                "worker_reads_per_event": round(sum(records.get(t, 0) for t in (*topics.sources, topics.inbox)) / events, 4),
+                "sink_reads_per_event": round(sum(records.get(t, 0) for t in topics.audited) / events, 4)}
+
     def _phase(self, name: str) -> Settings:
         """Settings of a phase: its own topic prefix and ClickHouse database (written as the admin user, so that
         the ingest user's rights stay limited to the production database), provisioned like production."""
@@ -259,7 +304,7 @@ class _Bench:
                                      f"log {process.log}:\n{process.tail(15)}")
             return False
 
-        wait_until(ready, self.options.timeout_s, what, interval_s)
+        wait_until(ready, self.options.wait_s, what, interval_s)
 
     def _wait_groups(self, settings: Settings, workers: list[WhistleProcess], sink: WhistleProcess | None) -> None:
         groups = [(Groups.with_prefix(settings.topic_prefix).cases, len(workers))] + ([(Groups.with_prefix(settings.topic_prefix).sink, 1)] if sink else [])
@@ -319,17 +364,24 @@ class _Bench:
             with Publisher(settings) as publisher:
                 sent = self._publish(publisher, topics, messages, "e2e: publishing at full speed")
             expected = self._await_visible(settings, watch, workers, sink, len(messages), "e2e")
-        visible_at = watch.first_time_total(sum(expected.values()))
+        rows = sum(expected.values())
+        visible_at = watch.first_time_total(rows)
+        steady_rows = watch.steady_rows_per_s(rows)
         last_case_event = edge_timestamp(settings, topics.case_events, last=True) / 1000
         self._stop(workers + [sink])
         first = sent.sent_at[0]
         count = len(messages)
-        return {"events": count, "workers": len(workers),
+        processes = usage.figures()
+        check = self._check_outputs(settings, messages, "e2e")
+        return {"events": count, "workers": len(workers), "outputs_match": check["outputs_match"], "outputs": check,
                 "publish_s": round(sent.acked_at - first, 3), "publish_events_per_s": round(count / (sent.acked_at - first)),
                 "visible_s": round(visible_at - first, 3), "events_per_s": round(count / (visible_at - first)),
-                "rows_per_s": round(sum(expected.values()) / (visible_at - first)),
+                "rows_per_s": round(rows / (visible_at - first)),
+                "steady_rows_per_s": round(steady_rows) if steady_rows else None,
+                "steady_events_per_s": round(steady_rows * count / rows) if steady_rows else None,
                 "stream_s": round(last_case_event - first, 3), "stream_events_per_s": round(count / (last_case_event - first)),
-                "rows": expected, "poll_s": watch.poll_s, "processes": usage.figures()}
+                "rows": expected, "poll_s": watch.poll_s, "topology": self._topology(settings, count), "processes": processes,
+                "cpu_us_per_event": _cpu_us_per_event(processes, count)}
 
     def _publish(self, publisher: Publisher, topics: Topics, messages: list[Message], description: str,
                  rate: float | None = None) -> Sent:
@@ -409,42 +461,71 @@ class _Bench:
         self._stop(workers)
         count = len(messages)
         stream_rate = count / (last - first)
-        whistle_cpu = sum(v["cpu_s"] for k, v in usage.figures().items() if k.startswith("bench-backlog"))
-        return {"events": count, "workers": len(workers), "stream_s": round(last - first, 3), "stream_events_per_s": round(stream_rate),
+        processes = usage.figures()
+        whistle_cpu = sum(v["cpu_s"] for k, v in processes.items() if k.startswith("bench-backlog"))
+        check = self._check_outputs(settings, messages, "backlog")
+        topology = self._topology(settings, count)
+        same = self._same_topology(settings, topics, topology, count)
+
+        def ratios(copier: dict[str, Any]) -> dict[str, float | None]:
+            return {"ratio": round(stream_rate / copier["events_per_s"], 4),
+                    "cpu_ratio": round(count / whistle_cpu / copier["events_per_cpu_s"], 4) if whistle_cpu and copier["events_per_cpu_s"] else None}
+
+        return {"events": count, "workers": len(workers), "outputs_match": check["outputs_match"], "outputs": check,
+                "stream_s": round(last - first, 3), "stream_events_per_s": round(stream_rate),
                 "stream_events_per_cpu_s": round(count / whistle_cpu) if whistle_cpu else None,
-                "passthrough": passthrough, "ratio": round(stream_rate / passthrough["events_per_s"], 4),
-                "cpu_ratio": round(count / whistle_cpu / passthrough["events_per_cpu_s"], 4) if whistle_cpu and passthrough["events_per_cpu_s"] else None,
-                "processes": usage.figures()}
+                "passthrough": passthrough, **ratios(passthrough), "same_topology": {**same, **ratios(same)},
+                "topology": topology, "processes": processes, "cpu_us_per_event": _cpu_us_per_event(processes, count)}
+
+    def _same_topology(self, settings: Settings, topics: Topics, topology: dict[str, Any], count: int) -> dict[str, Any]:
+        """The zero-compute copier of the worker's topology, on copies of the topics the worker wrote, at its records per event."""
+        base, prefix = Topics(), settings.topic_prefix
+        copy_of = {name: f"{prefix}bench.same.{name}" for name in
+                   (base.inbox, base.case_events, base.breaches, base.deadletter, changelog_topic(replace(settings, topic_prefix="")))}
+        for name, copy in copy_of.items():
+            create_topic(settings, copy, len(end_offsets(settings, prefix + name)))
+        *outputs, state = [(copy_of[name], topology["per_event"].get(name, 0.0), topology["mean_bytes"][name]) for name in list(copy_of)[1:]]
+        return self._copier(settings, "same-topology", _SAME_TOPOLOGY_MAIN,
+                            [list(topics.sources), copy_of[base.inbox], outputs, state, count], copy_of[base.inbox], count)
 
     def _passthrough(self, settings: Settings, topics: Topics, target: str, count: int) -> dict[str, Any]:
-        """Copy the raw topics to `target` in one plain confluent-kafka process; rate from the broker's append times."""
-        log = self.dir / "logs" / "passthrough.log"
+        """Copy the raw topics to `target` in one plain confluent-kafka process."""
+        return self._copier(settings, "passthrough", _PASSTHROUGH_MAIN, [list(topics.sources), target, count], target, count)
+
+    def _copier(self, settings: Settings, name: str, main: str, args: list[Any], target: str, count: int) -> dict[str, Any]:
+        """Run a baseline copier (`whistle.devtools.bench.passthrough`) as a child process until it has copied `count`
+        records to `target` and exited; its rate is its own (first record consumed -> every copy acknowledged)."""
+        log = self.dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:  # the connection settings go over stdin: no secret on a command line
-            popen = subprocess.Popen([sys.executable, "-c", _PASSTHROUGH_MAIN], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+            popen = subprocess.Popen([sys.executable, "-c", main], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        child = WhistleProcess("passthrough", popen, log)
+        child = WhistleProcess(name, popen, log)
         self.processes.append(child)
-        popen.stdin.write(json.dumps([settings.kafka.librdkafka(), settings.kafka.producer(), list(topics.sources), target, count, self.options.timeout_s]).encode())
+        assert popen.stdin is not None
+        popen.stdin.write(json.dumps([settings.kafka.librdkafka(), settings.kafka.producer(), *args, self.options.wait_s]).encode())
         popen.stdin.close()
-        task = self.progress.add_task("backlog: plain passthrough copying the raw topics", total=count)
+        task = self.progress.add_task(f"backlog: {name} copier", total=count)
         usage = ProcessUsage()
-        usage.watch("passthrough", popen.pid)
-        for name, pid in stack_pids(settings).items():
-            usage.watch(name, pid)
+        usage.watch(name, popen.pid)
+        for server, pid in stack_pids(settings).items():
+            usage.watch(server, pid)
         with usage:
             def copied() -> bool:
                 done = sum(end_offsets(settings, target).values())
                 self.progress.update(task, completed=done)
                 return done >= count
 
-            self._wait(copied, f"the passthrough to copy {count:,} records", [child], 0.5)
-            popen.wait(60)
+            self._wait(copied, f"the {name} copier to copy {count:,} records", [child], 0.5)
+            popen.wait(self.options.wait_s)  # the same-topology copier writes its outputs after the case-stream copy
+        if popen.returncode != 0:
+            raise StackError(f"the {name} copier exited with code {popen.returncode}; log {log}:\n{child.tail(15)}")
         seconds = json.loads(log.read_text().splitlines()[-1])["seconds"]
         figures = usage.figures()
-        cpu = figures["passthrough"]["cpu_s"]
+        cpu = figures[name]["cpu_s"]
         return {"events": count, "seconds": round(seconds, 3), "events_per_s": round(count / seconds),
-                "events_per_cpu_s": round(count / cpu) if cpu else None, "processes": figures}
+                "events_per_cpu_s": round(count / cpu) if cpu else None, "processes": figures,
+                "cpu_us_per_event": _cpu_us_per_event(figures, count)}
 
     # -- latency at half rate ----------------------------------------------------------------------
 
@@ -465,7 +546,7 @@ class _Bench:
         sent_at_of_cause = {message.cause_id: at for message, at in zip(chosen, sent.sent_at)}
         effect_seen: dict[str, float] = {}
         effect_appended: dict[str, float] = {}
-        for record in read_all(settings, [topics.case_events], timeout_s=self.options.timeout_s):
+        for record in read_all(settings, [topics.case_events], timeout_s=self.options.wait_s):
             cause = self.serde.decode(record.value(), validate=False).record["cause_id"]
             if cause in sent_at_of_cause:
                 seen = watch.visible_at("case_events", record.topic(), record.partition(), record.offset())
@@ -529,10 +610,10 @@ class _Bench:
         if errors:
             raise StackError(f"the clock service failed: {errors[0]}") from errors[0]
         self._stop(workers)
-        opened = sum(1 for r in read_all(settings, [topics.case_events], timeout_s=self.options.timeout_s)
+        opened = sum(1 for r in read_all(settings, [topics.case_events], timeout_s=self.options.wait_s)
                      if self.serde.decode(r.value(), validate=False).record["kind"] == "opened")
         late_ms, warnings = [], 0
-        for record in read_all(settings, [topics.breaches], timeout_s=self.options.timeout_s):
+        for record in read_all(settings, [topics.breaches], timeout_s=self.options.wait_s):
             breach = self.serde.decode(record.value(), validate=False).record
             if breach["kind"] == "warning":
                 warnings += 1
@@ -663,3 +744,8 @@ class _Bench:
                 "join": {**split(join), "first_worker_read_back": {p: n - 1 for p, n in first_after_join.items() if n > 1},
                          "second_worker_read_back": sorted(moved)},
                 "leave": {**split(leave), "first_worker_read_back": sorted(p for p, n in first_at_end.items() if n > first_after_join.get(p, 0))}}
+
+
+def _cpu_us_per_event(processes: dict[str, dict[str, float]], events: int) -> dict[str, float]:
+    """Each process's CPU µs per input event over a phase."""
+    return {name: round(figures["cpu_s"] * 1e6 / events, 1) for name, figures in processes.items()}

@@ -7,37 +7,53 @@ from rich.console import Console
 from rich.table import Table
 
 from whistle.devtools.bench.options import MILLION
+from whistle.devtools.bench.outputs import KINDS
 
-TARGETS = {"e2e_events_per_s": 20_000, "latency_p99_ms": 2_000, "breach_p99_ms": 1_000, "recovery_rss_mb": 1_536, "recovery_s": 60}
+# The targets of issue 15, on this kind of machine (2 vCPU, Kafka and ClickHouse on the same box).
+TARGETS = {"e2e_events_per_s": 8_000, "e2e_events": 500_000, "latency_p99_ms": 1_000, "breach_p99_ms": 500, "open_cases_rss_mb": 1_024}
 
 
 def judge_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The design targets next to what this run measured. `met` is None where the run cannot tell
-    (a phase not run is left out; the recovery targets are stated for a million cases)."""
+    """The targets next to what this run measured; `met` is False where the run did not measure it at the scale the
+    target names (fewer events, a lower rate, fewer cases), and a rate whose outputs differ from the pure pipeline's
+    meets nothing. A phase not run is left out."""
     judged = []
 
-    def judge(target: str, measured: Any, unit: str, met: bool | None) -> None:
-        judged.append({"target": target, "measured": f"{measured} {unit}", "met": met})
+    def judge(target: str, measured: str, met: bool) -> None:
+        judged.append({"target": target, "measured": measured, "met": met})
 
+    wanted_rate, wanted_events = TARGETS["e2e_events_per_s"], TARGETS["e2e_events"]
     if "e2e" in report:
-        rate = report["e2e"]["events_per_s"]
-        judge(f"{TARGETS['e2e_events_per_s']:,} events/s sustained end to end", f"{rate:,}", "events/s", rate >= TARGETS["e2e_events_per_s"])
+        e = report["e2e"]
+        scale = "" if e["events"] >= wanted_events else f"; not measured at {wanted_events:,}"
+        measured = (f"{e['events_per_s']:,} events/s over {e['events']:,} events (steady {_fmt(e['steady_events_per_s'])}), outputs identical"
+                    if e["outputs_match"] else f"FAILED: outputs differ from the pure pipeline ({e['events']:,} events)")
+        judge(f">= {wanted_rate:,} events/s end to end over >= {wanted_events:,} events, outputs identical to the pure pipeline",
+              measured + scale, e["outputs_match"] and e["events"] >= wanted_events and e["events_per_s"] >= wanted_rate)
+    if "backlog" in report:
+        b = report["backlog"]
+        same = b["same_topology"]
+        judge("ratio to the same-topology passthrough printed",
+              f"stream stage {b['stream_events_per_s']:,} / {same['events_per_s']:,} events/s = {same['ratio']:.3f} "
+              f"(per CPU-second {_fmt(same['cpu_ratio'])})" if b["outputs_match"] else "FAILED: the backlog drain's outputs differ from the pure pipeline",
+              b["outputs_match"])
     if "latency" in report:
-        p99 = report["latency"]["case_events_visible_ms"]["p99"]
-        judge(f"p99 produced -> visible <= {TARGETS['latency_p99_ms']} ms at half rate", p99, "ms (case events)",
-              p99 is not None and p99 <= TARGETS["latency_p99_ms"])
+        lat = report["latency"]
+        p99, rate = lat["case_events_visible_ms"]["p99"], lat["achieved_rate_per_s"]
+        half = wanted_rate // 2
+        judge(f"p99 produced -> visible <= {TARGETS['latency_p99_ms']:,} ms at {half:,} events/s (half the rate target)",
+              f"{_fmt(p99)} ms at {rate:,} events/s{'' if rate >= half else f'; not measured at {half:,}/s'}",
+              p99 is not None and p99 <= TARGETS["latency_p99_ms"] and rate >= half)
     if "breach" in report:
         p99 = report["breach"]["breach_after_deadline_ms"]["p99"]
-        judge(f"breach published <= {TARGETS['breach_p99_ms']} ms after its deadline, p99", p99, "ms",
+        judge(f"breach <= {TARGETS['breach_p99_ms']} ms after its deadline, p99", f"{_fmt(p99)} ms",
               p99 is not None and p99 <= TARGETS["breach_p99_ms"])
     if "recovery" in report:
         recovery = report["recovery"]
-        full_size = recovery["open_cases"] >= MILLION
-        rss = recovery["rss_after_mb"]
-        judge(f"{MILLION:,} open cases in <= {TARGETS['recovery_rss_mb']} MB per worker", f"{rss:,} MB for {recovery['open_cases']:,} cases", "",
-              rss <= TARGETS["recovery_rss_mb"] if full_size else None)
-        judge(f"{MILLION:,} open cases recovered in <= {TARGETS['recovery_s']} s", f"{recovery['recovery_s']} s for {recovery['open_cases']:,} cases", "",
-              recovery["recovery_s"] <= TARGETS["recovery_s"] if full_size else None)
+        rss, cases = recovery["rss_after_mb"], recovery["open_cases"]
+        judge(f"{MILLION:,} open cases <= {TARGETS['open_cases_rss_mb']:,} MB per worker",
+              f"{rss:,} MB for {cases:,} cases{'' if cases >= MILLION else f'; not measured at {MILLION:,} (--million)'}",
+              cases >= MILLION and rss <= TARGETS["open_cases_rss_mb"])
     return judged
 
 
@@ -58,20 +74,34 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                       f"ingest {p['ingest_us_per_event']} µs/event, cases {p['cases_us_per_record']} µs/record")
     if "e2e" in report:
         e = report["e2e"]
+        failed = "" if e["outputs_match"] else "; outputs differ from the pure pipeline's (below): not a rate"
         rates.add_row("SDK publish (full speed, acked)", f"{e['publish_events_per_s']:,}", f"{e['publish_s']}", "")
-        rates.add_row("end to end: first produce -> last row visible", f"[bold]{e['events_per_s']:,}[/bold]", f"{e['visible_s']}",
-                      f"{e['workers']} worker(s) + sink; {sum(e['rows'].values()):,} rows, {e['rows_per_s']:,} rows/s")
-        rates.add_row("  stream stage within it (-> last case event)", f"{e['stream_events_per_s']:,}", f"{e['stream_s']}", "")
+        rates.add_row("end to end: first produce -> last row visible", _rate(e["events_per_s"], e["outputs_match"]), f"{e['visible_s']}",
+                      f"{e['workers']} worker(s) + sink; {sum(e['rows'].values()):,} rows, {e['rows_per_s']:,} rows/s{failed}")
+        rates.add_row("  steady slope, 10 % -> 90 % of the rows visible", _rate(e["steady_events_per_s"], e["outputs_match"]), "",
+                      f"{_fmt(e['steady_rows_per_s'])} rows/s (ClickHouse polled every {e['poll_s']} s)")
+        rates.add_row("  stream stage within it (-> last case event)", _rate(e["stream_events_per_s"], e["outputs_match"]), f"{e['stream_s']}", "")
     if "backlog" in report:
         b = report["backlog"]
-        rates.add_row("stream stage alone (backlog: raw -> case events)", f"{b['stream_events_per_s']:,}", f"{b['stream_s']}",
-                      f"{b['workers']} worker(s); {b['stream_events_per_cpu_s'] or '-'} events per worker CPU-second")
-        pt = b["passthrough"]
-        rates.add_row("plain confluent-kafka passthrough (1 process)", f"{pt['events_per_s']:,}", f"{pt['seconds']}",
-                      f"{pt['events_per_cpu_s'] or '-'} events per CPU-second")
-        rates.add_row("ratio whistle stream stage / passthrough", f"{b['ratio']:.3f}", "",
-                      f"per CPU-second: {_fmt(b['cpu_ratio'])}")
+        failed = "" if b["outputs_match"] else "; outputs differ from the pure pipeline's (below): not a rate"
+        rates.add_row("stream stage alone (backlog: raw -> case events)", _rate(b["stream_events_per_s"], b["outputs_match"]), f"{b['stream_s']}",
+                      f"{b['workers']} worker(s); {_fmt(b['stream_events_per_cpu_s'])} events per worker CPU-second{failed}")
+        for label, copier in (("plain confluent-kafka passthrough, 1 read + 1 write (1 process)", b["passthrough"]),
+                              ("same-topology passthrough, zero compute (1 process)", b["same_topology"])):
+            rates.add_row(label, f"{copier['events_per_s']:,}", f"{copier['seconds']}", f"{_fmt(copier['events_per_cpu_s'])} events per CPU-second")
+        for label, copier in (("ratio stream stage / plain passthrough", b), ("ratio stream stage / same-topology passthrough", b["same_topology"])):
+            rates.add_row(label, f"{copier['ratio']:.3f}" if b["outputs_match"] else "[red]FAILED[/red]", "",
+                          f"per CPU-second: {_fmt(copier['cpu_ratio'])}")
+        if "e2e" in report:
+            e = report["e2e"]
+            for label, copier in (("ratio end to end / plain passthrough", b["passthrough"]),
+                                  ("ratio end to end / same-topology passthrough", b["same_topology"])):
+                ratio = e["events_per_s"] / copier["events_per_s"]
+                rates.add_row(label, f"{ratio:.3f}" if e["outputs_match"] else "[red]FAILED[/red]", "",
+                              "the copiers have no sink and no ClickHouse")
     console.print(rates)
+    _print_outputs(report, console)
+    _print_topology(report, console)
     if "latency" in report or "breach" in report:
         latency = Table(title="Latency (ms)")
         for column in ("measure", "count", "p50", "p90", "p99", "max"):
@@ -142,19 +172,97 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             continue
         processes = dict(report[phase]["processes"])
         if phase == "backlog":
-            processes.update({f"{name} (passthrough run)": v for name, v in report[phase]["passthrough"]["processes"].items()})
+            for copier in ("passthrough", "same_topology"):
+                processes.update({f"{name} ({copier.replace('_', '-')} run)": v for name, v in report[phase][copier]["processes"].items()})
         for name, figures in processes.items():
             usage.add_row(phase, name, f"{figures['cpu_s']}", _fmt(figures["cpu_pct"]), f"{figures['peak_rss_mb']:,}")
     console.print(usage)
+    _print_cpu_per_event(report, console)
     for phase, error in report.get("errors", {}).items():
         console.print(f"[red]phase {phase} did not complete: {error}[/red]")
     targets = Table(title="Targets")
     for column in ("target", "measured", "met"):
         targets.add_column(column)
     for row in report["targets"]:
-        met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[dim]not at this size (--million)[/dim]"}[row["met"]]
-        targets.add_row(row["target"], row["measured"], met)
+        targets.add_row(row["target"], row["measured"], "[green]yes[/green]" if row["met"] else "[red]no[/red]")
     console.print(targets)
+
+
+def _print_outputs(report: dict[str, Any], console: Console) -> None:
+    checked = [phase for phase in ("e2e", "backlog") if phase in report]
+    if not checked:
+        return
+    table = Table(title="Outputs against the pure pipeline on the same messages")
+    for column in ("phase", "output", "pure run", "identical", "differing", "missing", "extra", "duplicates"):
+        table.add_column(column, justify="left" if column in ("phase", "output") else "right")
+    for phase in checked:
+        check = report[phase]["outputs"]
+        for kind in KINDS:
+            c = check[kind]
+            table.add_row(phase, kind.replace("_", " "), f"{c['expected']:,}", f"{c['identical']:,}",
+                          *(f"[red]{c[k]:,}[/red]" if c[k] else "0" for k in ("differing", "missing", "extra")), f"{c['duplicates']:,}")
+        verdict = "[green]identical[/green]" if check["outputs_match"] else "[red]FAILED: outputs differ[/red]"
+        table.add_row(phase, verdict, "", "", "", "", "", "")
+    console.print(table)
+    for phase in checked:
+        for kind in KINDS:
+            for example in report[phase]["outputs"][kind]["examples"]:
+                console.print(f"[dim]{phase} {kind.replace('_', ' ')}: {example}[/dim]", highlight=False)
+
+
+def _print_topology(report: dict[str, Any], console: Console) -> None:
+    measured = [phase for phase in ("e2e", "backlog") if phase in report]
+    if not measured:
+        return
+    table = Table(title="Kafka records per input event, counted from the topics each phase wrote")
+    table.add_column("topic")
+    for phase in measured:
+        table.add_column(phase, justify="right")
+    table.add_column("mean value bytes", justify="right")
+    topologies = [report[phase]["topology"] for phase in measured]
+    for name in sorted({name for t in topologies for name in t["per_event"]}):
+        sizes = [t["mean_bytes"][name] for t in topologies if name in t["mean_bytes"]]
+        table.add_row(f"write {name}", *(_fmt(t["per_event"].get(name)) for t in topologies), _fmt(sizes[-1] if sizes else None))
+    table.add_row("read by the worker(s)", *(_fmt(t["worker_reads_per_event"]) for t in topologies), "")
+    table.add_row("read by the sink (e2e)", *(_fmt(t["sink_reads_per_event"]) if phase == "e2e" else "-" for phase, t in zip(measured, topologies)), "")
+    console.print(table)
+
+
+def _print_cpu_per_event(report: dict[str, Any], console: Console) -> None:
+    runs = []
+    if "e2e" in report:
+        runs.append(("e2e", report["e2e"]["cpu_us_per_event"]))
+    if "backlog" in report:
+        b = report["backlog"]
+        runs += [("backlog: whistle drain", b["cpu_us_per_event"]), ("plain passthrough", b["passthrough"]["cpu_us_per_event"]),
+                 ("same-topology passthrough", b["same_topology"]["cpu_us_per_event"])]
+    if not runs:
+        return
+    table = Table(title="CPU µs per input event, by process")
+    table.add_column("process")
+    for label, _ in runs:
+        table.add_column(label, justify="right")
+    by_role = [{_role(name): us for name, us in figures.items()} for _, figures in runs]
+    for role in dict.fromkeys(role for figures in by_role for role in figures):
+        table.add_row(role, *(_fmt(figures.get(role)) for figures in by_role))
+    table.add_row("[bold]all[/bold]", *(f"[bold]{sum(figures.values()):,.1f}[/bold]" for _, figures in runs))
+    console.print(table)
+
+
+def _role(process: str) -> str:
+    """A watched process by what it does: `bench-e2e-1` is worker 1, `sink-e2e` the sink, a copier is the copier."""
+    if process.startswith("bench ("):
+        return "publisher and pollers (the bench)"
+    if process.startswith("bench-"):
+        return f"worker {process.rsplit('-', 1)[1]}"
+    if process.startswith("sink-"):
+        return "sink"
+    return "copier" if process in ("passthrough", "same-topology") else process
+
+
+def _rate(value: int | None, outputs_match: bool) -> str:
+    """A rate as printed: FAILED when the run's outputs differ from the pure pipeline's (it measured other work; the JSON keeps the figure)."""
+    return f"[bold]{_fmt(value)}[/bold]" if outputs_match else "[red]FAILED[/red]"
 
 
 def _fmt(value: Any) -> str:
