@@ -107,7 +107,7 @@ def test_scripted_cases_merge_breach_and_rank_as_computed_by_hand(isolated, tmp_
             step("app", action("c-rate", case_c, "rate", RETURN_VISIT, minutes(30), rating=2), 15)  # rated 2: escalated
             write_ticks(publisher, publisher.serde, topics, 6, minutes(35))  # 10:05: case B's accept deadline (09:31 + 30 min) has passed
         serde = Serde()
-        wait_until(lambda: len(read_all(isolated, [topics.breaches])) >= 2, 60, "the two breaches", 1.0, TRANSIENT)
+        wait_until(lambda: len(read_all(isolated, [topics.breaches])) >= 3, 60, "the three breaches", 1.0, TRANSIENT)
         wait_for_sink(isolated, pipeline)
 
         breaches = [serde.decode(r.value()).record for r in read_all(isolated, [topics.breaches])]

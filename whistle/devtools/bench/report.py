@@ -192,7 +192,7 @@ def _print_outputs(report: dict[str, Any], console: Console) -> None:
     checked = [phase for phase in ("e2e", "backlog") if phase in report]
     if not checked:
         return
-    table = Table(title="Outputs against the pure pipeline on the same messages")
+    table = Table(title="Outputs against the pure pipeline on the same input (the phase's raw topics in append order)")
     for column in ("phase", "output", "pure run", "identical", "differing", "missing", "extra", "duplicates"):
         table.add_column(column, justify="left" if column in ("phase", "output") else "right")
     for phase in checked:
@@ -204,6 +204,13 @@ def _print_outputs(report: dict[str, Any], console: Console) -> None:
         verdict = "[green]identical[/green]" if check["outputs_match"] else "[red]FAILED: outputs differ[/red]"
         table.add_row(phase, verdict, "", "", "", "", "", "")
     console.print(table)
+    for phase in checked:
+        ref = report[phase]["outputs"]["reference"]
+        console.print(f"{phase}: the pure run on the append order dead-lettered {ref['dead_letters']:,} and emitted {ref['case_events']:,} case "
+                      f"events; on the simulator's order {ref['dead_letters_in_the_simulators_order']:,} and "
+                      f"{ref['case_events_in_the_simulators_order']:,} ({ref['events_in_order_of_the_simulator']:,} of the events kept their "
+                      "place: at full speed the broker appends partitions apart by more simulated time than early actions are held)",
+                      highlight=False)
     for phase in checked:
         for kind in KINDS:
             for example in report[phase]["outputs"][kind]["examples"]:
