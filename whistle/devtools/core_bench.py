@@ -19,23 +19,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from infra.topics import partitions_of
 from schemas.serde import Serde
-from streams.domain.calendar import load_calendar
-from streams.domain.pii import PersonalDataHasher
 from streams.domain.reference import DistrictReference, load_reference
-from streams.domain.sla import load_policies
-from streams.domain.trusted_time import SkewBounds
-from streams.pipeline import CaseProcessor, Ingestor, Output, Senders, StateWrite, partition_for_key
+from streams.pipeline import Output, StateWrite
 from whistle.devtools.bench.events import SIM_START, Message, encode_event, generate_events
+from whistle.devtools.bench.inprocess import run_pure
 from whistle.devtools.bench.options import BenchOptions
 from whistle.devtools.feed import Signers
-from whistle.ground.deadletter import Position
 from whistle.ground.names import Topics
 from whistle.ground.settings import Settings
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)  # the fixed `now` of every run (dead letters' failed_at)
-BATCH = 1000  # records the worker takes at once: state is encoded once per key per batch, as the worker does
 
 
 def settings_at(now: datetime) -> Settings:
@@ -53,46 +47,18 @@ def messages(settings: Settings, reference: DistrictReference, events: int) -> l
 
 def run(settings: Settings, reference: DistrictReference, batch: list[Message], profile: cProfile.Profile | None = None) -> dict[str, Any]:
     """Ingest then case-process `batch` at `NOW`; the rates, counts and the digest of everything produced."""
-    topics = Topics()
-    serde = Serde.from_settings(settings)
-    partitions = partitions_of(topics.inbox)
-    ingestor = Ingestor(serde, reference, PersonalDataHasher(settings.pii_hmac_key), topics, Senders.from_settings(settings, reference),
-                        SkewBounds.of(settings.time))
-    cases = CaseProcessor(serde, reference, load_policies(), load_calendar(), topics, partitions)
-    topic_of = {"camera": topics.camera, "hotline": topics.hotline, "app": topics.app}
-    produced: list[Output] = []
-    written: list[StateWrite] = []
     if profile is not None:
         profile.enable()
-    began, began_cpu = time.perf_counter(), time.process_time()
-    routed = [ingestor.process(Position(topic_of[m.source], 0, n), m.key, m.value, NOW, headers=m.headers) for n, m in enumerate(batch)]
-    ingested, ingested_cpu = time.perf_counter(), time.process_time()
-    offsets = [0] * partitions
-    latest: dict[tuple[int, str], StateWrite] = {}
-    for n, out in enumerate(routed, 1):
-        if out.topic != topics.inbox:
-            continue
-        assert out.key is not None  # the ingest stage keys every case-stream record
-        partition = partition_for_key(out.key.decode(), partitions)
-        outputs, writes = cases.process(Position(topics.inbox, partition, offsets[partition]), out.key, out.value, NOW)
-        offsets[partition] += 1
-        produced += outputs
-        written += writes
-        latest.update(((write.partition, write.key), write) for write in writes)
-        if n % BATCH == 0:
-            _ = [write.value for write in latest.values()]
-            latest.clear()
-    _ = [write.value for write in latest.values()]
-    done, done_cpu = time.perf_counter(), time.process_time()
+    pure = run_pure(settings, reference, batch, NOW)
     if profile is not None:
         profile.disable()
-    count, records = len(batch), sum(offsets)
-    return {"events": count, "events_per_s": round(count / (done - began)), "ingest_us_per_event": round((ingested - began) / count * 1e6, 1),
-            "cases_us_per_record": round((done - ingested) / max(1, records) * 1e6, 1),
-            "cpu_ingest_us_per_event": round((ingested_cpu - began_cpu) / count * 1e6, 1),
-            "cpu_cases_us_per_record": round((done_cpu - ingested_cpu) / max(1, records) * 1e6, 1), "inbox_records": records,
-            "outputs": len(produced), "dead_letters": sum(o.topic == topics.deadletter for o in (*routed, *produced)),
-            "state_writes": len(written), "digest": digest(routed, produced, written)}
+    count, records, deadletter = len(batch), max(1, pure.inbox_records), Topics().deadletter
+    return {"events": count, "events_per_s": round(count / (pure.ingest_s + pure.cases_s)),
+            "ingest_us_per_event": round(pure.ingest_s / count * 1e6, 1), "cases_us_per_record": round(pure.cases_s / records * 1e6, 1),
+            "cpu_ingest_us_per_event": round(pure.ingest_cpu_s / count * 1e6, 1), "cpu_cases_us_per_record": round(pure.cases_cpu_s / records * 1e6, 1),
+            "inbox_records": pure.inbox_records, "outputs": len(pure.produced),
+            "dead_letters": sum(o.topic == deadletter for o in (*pure.routed, *pure.produced)),
+            "state_writes": len(pure.written), "digest": digest(pure.routed, pure.produced, pure.written)}
 
 
 def digest(routed: list[Output], produced: list[Output], written: list[StateWrite]) -> str:
