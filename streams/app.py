@@ -65,8 +65,8 @@ ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold
 # librdkafka queues each fetched partition's records whole, one partition after another: small fetches interleave the raw
 # partitions finely, so the append order finds every partition's next records within a few thousand consumed
 FETCH_BYTES_PER_PARTITION = 65_536
-ARRIVAL_QUEUE_MAX = 50_000
-ARRIVAL_GRACE_MS = 100  # a caught-up partition holds back a record appended less than this ago (streams.ordering)  # raw records queued for the append order at most, before the head goes anyway
+ARRIVAL_QUEUE_MAX = 50_000  # raw records queued for the append order at most, before the head goes anyway
+ARRIVAL_GRACE_MS = 100  # a caught-up partition holds back a record appended less than this ago (streams.ordering)
 FLUSH_TIMEOUT_S = 120.0  # longer than the producer's message.timeout.ms: every record is reported first
 DELIVERY_TIMEOUT_MS = 60_000
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
@@ -131,7 +131,7 @@ class BatchLoop:
 
     def step(self, messages: list[Message]) -> None:
         now_s = time.monotonic()
-        inbox: list[Message] = []
+        inbox: list[tuple[Position, Message]] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -148,12 +148,12 @@ class BatchLoop:
                 self.order.add((where.topic, where.partition), where.offset, message.timestamp()[1], message, now_s)
                 self._consumed((where.topic, where.partition), where.offset + 1)
             else:
-                inbox.append(message)
+                inbox.append((where, message))
         raw = self.order.ready(now_s, round(self.clock().timestamp() * 1000), self._caught_up)
         if not raw and not inbox:
             return
         processed: dict[tuple[str, int], int] = {}
-        outputs = self._ingest(raw, processed) + self._recover({_position(m).partition for m in inbox} - self.cases.owned())
+        outputs = self._ingest(raw, processed) + self._recover({where.partition for where, _ in inbox} - self.cases.owned())
         writes = self._cases(inbox, outputs, processed)
         _send(self.producer, outputs)  # 2. Kafka acknowledged every output ...
         _send(self.state_producer, [Output(self.changelog, w.key.encode(), w.value, partition=w.partition) for w in writes])  # 3. ... then the state
@@ -197,11 +197,10 @@ class BatchLoop:
             gc.freeze()
         return outputs
 
-    def _cases(self, inbox: list[Message], outputs: list[Output], processed: dict[tuple[str, int], int]) -> Iterable[StateWrite]:
+    def _cases(self, inbox: list[tuple[Position, Message]], outputs: list[Output], processed: dict[tuple[str, int], int]) -> Iterable[StateWrite]:
         now = self.clock()
         writes: dict[tuple[int, str], StateWrite] = {}
-        for message in inbox:
-            where = _position(message)
+        for where, message in inbox:
             produced, written = self.cases.process(where, message.key(), message.value(), now)
             outputs += self._watched_all("cases", where, produced)
             writes.update(((write.partition, write.key), write) for write in written)  # only a key's last state is persisted

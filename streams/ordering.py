@@ -60,14 +60,15 @@ class AppendOrder(Generic[Record]):
         return self._queued
 
     def metrics(self) -> str:
-        """The count of forced records in Prometheus's text format: it should stay 0 unless a partition's leader was away."""
+        """The count of forced records in Prometheus's text format: above 0, the order across partitions was not kept for them."""
         return ("# HELP whistle_arrival_order_forced_total Raw records handed to ingest while another partition still had records in flight.\n"
                 f"# TYPE whistle_arrival_order_forced_total counter\nwhistle_arrival_order_forced_total {self.forced}\n")
 
     def ready(self, now_s: float, now_ms: int, caught_up: Callable[[PartitionKey], bool]) -> list[tuple[PartitionKey, int, Record]]:
         """The records that may go now, in order, as (partition, offset, record); they leave the queues. `now_s`: a
         monotonic clock (what `add` was given); `now_ms`: the wall clock, epoch ms, against the append times;
-        `caught_up`: whether a partition with nothing queued has nothing more fetched either (asked once per call)."""
+        `caught_up`: whether a partition with nothing queued has nothing more fetched either (asked for each partition
+        whose queue is empty at the start or empties meanwhile)."""
         heads = [(queue[0][0], partition, queue[0][1]) for partition, queue in self._queues.items() if queue]
         heapify(heads)
         out: list[tuple[PartitionKey, int, Record]] = []
