@@ -46,7 +46,7 @@ from faust.app.base import BootStrategy
 
 from infra.topics import partitions_of
 from schemas.serde import Serde
-from streams.changelog import ensure_changelog, read_partition
+from streams.changelog import ensure_changelog, read_partition, watermarks
 from streams.domain.pii import PersonalDataHasher
 from streams.domain.rules import Rules
 from streams.domain.trusted_time import SkewBounds
@@ -67,6 +67,10 @@ ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold
 FETCH_BYTES_PER_PARTITION = 65_536
 ARRIVAL_QUEUE_MAX = 50_000  # raw records queued for the append order at most, before the head goes anyway
 ARRIVAL_GRACE_MS = 100  # a caught-up partition holds back a record appended less than this ago (streams.ordering)
+# A raw partition with this many records queued for the append order is paused, and resumed when it is down to RESUME_AT
+# (streams.ordering's flow control): well below ARRIVAL_QUEUE_MAX over the 18 raw partitions, and enough left queued to
+# bridge the fetch after a resume (librdkafka drops a paused partition's prefetched records and fetches them again)
+ARRIVAL_PAUSE_AT, ARRIVAL_RESUME_AT = 1_000, 250
 FLUSH_TIMEOUT_S = 120.0  # longer than the producer's message.timeout.ms: every record is reported first
 DELIVERY_TIMEOUT_MS = 60_000
 EXIT_TO_BE_RESTARTED = 75  # EX_TEMPFAIL: restart me
@@ -74,6 +78,7 @@ SESSION_TIMEOUT_MS = 60_000  # a static member that stops is noticed after this;
 MAX_POLL_INTERVAL_MS = 900_000  # above RECOVERY_TIMEOUT_S: reading a partition back happens between two consumes
 logger = logging.getLogger("whistle.worker")
 METRICS_FILE = "metrics.prom"  # in the worker's directory (Settings.stack.state_dir / workers / WHISTLE_WORKER_ID)
+WATERMARK_TIMEOUT_S = 30.0  # a changelog partition's end: a broker electing a leader answers within it
 RECOVERY_TIMEOUT_S = 600.0  # reading one changelog partition back; a million open cases take well under this (README)
 
 
@@ -98,7 +103,8 @@ class BatchLoop:
         self.cases = CaseProcessor(serde, rules.reference, rules.policies, rules.calendar, topics, inbox_partitions)
         self.changelog = ensure_changelog(settings, inbox_partitions)
         self.raw_topics = frozenset(topics.sources)
-        self.order: AppendOrder[Message] = AppendOrder(ARRIVAL_WAIT_S, ARRIVAL_QUEUE_MAX, ARRIVAL_GRACE_MS)
+        self.order: AppendOrder[Message] = AppendOrder(ARRIVAL_WAIT_S, ARRIVAL_QUEUE_MAX, ARRIVAL_GRACE_MS, ARRIVAL_PAUSE_AT,
+                                                     ARRIVAL_RESUME_AT)
         self.raw_through: dict[tuple[str, int], int] = {}  # raw partition -> the offset after the last record (or end) consumed
         self.watch = DeadLetterWatch(topics.deadletter)
         worker_dir = settings.stack.state_dir / "workers" / settings.worker_id
@@ -150,6 +156,11 @@ class BatchLoop:
             else:
                 inbox.append((where, message))
         raw = self.order.ready(now_s, round(self.clock().timestamp() * 1000), self._caught_up)
+        pause, resume = self.order.flow()
+        if pause:
+            self.consumer.pause([TopicPartition(*p) for p in pause])
+        if resume:
+            self.consumer.resume([TopicPartition(*p) for p in resume])
         if not raw and not inbox:
             return
         processed: dict[tuple[str, int], int] = {}
@@ -188,7 +199,7 @@ class BatchLoop:
         cannot decode become dead letters."""
         outputs = []
         for partition in sorted(partitions):
-            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.changelog, partition), timeout=30)
+            _, end = watermarks(self.consumer, TopicPartition(self.changelog, partition), WATERMARK_TIMEOUT_S)
             for offset, key, value, error in self.cases.recover(partition, read_partition(self.settings, partition, RECOVERY_TIMEOUT_S)):
                 outputs.append(dead_letter(self.serde, self.topics, Position(self.changelog, partition, offset), key.encode(), value,
                                            error, self.clock()))
@@ -229,7 +240,7 @@ class BatchLoop:
         self.order.assign(p for p in assigned if p[0] in self.raw_topics)
         inbox = {partition for topic, partition in assigned if topic == self.topics.inbox}
         held = self.cases.owned()
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(self.changelog, p), timeout=30)[1] for p in held & inbox}
+        ends = {p: watermarks(consumer, TopicPartition(self.changelog, p), WATERMARK_TIMEOUT_S)[1] for p in held & inbox}
         released = self.ownership.released(held, inbox, ends)
         for partition in released:
             self.cases.release(partition)
@@ -239,7 +250,9 @@ class BatchLoop:
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Every partition is revoked at a rebalance: everything processed of them is committed (each batch is) and what
         is queued of them dropped; the cases wait for the new assignment (`_assigned`)."""
-        self.order.revoke((tp.topic, tp.partition) for tp in partitions)
+        paused = self.order.revoke((tp.topic, tp.partition) for tp in partitions)
+        if paused:
+            consumer.resume([TopicPartition(*p) for p in paused])
         for tp in partitions:
             self.raw_through.pop((tp.topic, tp.partition), None)
 

@@ -84,6 +84,21 @@ def read_partition(settings: Settings, partition: int, timeout_s: float) -> Iter
         yield offset, key.decode("utf-8", "replace"), value
 
 
+def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """A partition's (low, high) watermarks, asking the broker until it answers or `timeout_s` passes (then KafkaException).
+
+    WHY the retries: a topic created a moment ago may not be in this client's metadata yet (unknown partition), and a
+    partition whose leader is being elected or moved answers NOT_LEADER_FOR_PARTITION for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_log(settings: Settings, topic: str, partition: int, timeout_s: float) -> Iterator[tuple[int, bytes | None, bytes | None]]:
     """One partition of `topic` as (offset, key, value) in log order, from the beginning to the end it had when asked.
 
@@ -94,14 +109,7 @@ def read_log(settings: Settings, topic: str, partition: int, timeout_s: float) -
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
     deadline, last = time.monotonic() + timeout_s, -1
     try:
-        while True:  # a topic created a moment ago may not be in this client's metadata yet (unknown partition): wait it out
-            try:
-                low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic()))
-                break
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        low, end = watermarks(consumer, TopicPartition(topic, partition), timeout_s)
         if end <= low:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])

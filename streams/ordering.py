@@ -18,6 +18,13 @@ before the head may still be on its way from the broker). A partition with data 
 head arrived, or until `max_queued` records wait: then the head goes anyway, so a partition whose leader
 is away cannot stop the others (at the cost of order across that gap; counted in `forced`).
 
+Flow control: the consumer fetches every partition at about the same rate in bytes, so a sparse
+partition (a few cameras) is fetched simulated hours ahead of a dense one, and its records queue here,
+waiting for the others, until `max_queued` forces heads out of order. `flow` says which partitions to
+stop fetching (their queue reached `pause_at`) and which to fetch again (theirs fell to `resume_at`),
+as Kafka Streams pauses a partition whose buffer passes `buffered.records.per.partition`; a paused
+partition has records queued, so it never holds the merge back.
+
 The tie-break: records appended in the same millisecond (one produce request carries many partitions'
 batches, each stamped with the same time) go in (topic, partition, offset) order, a rule anyone can
 apply to the log afterwards to get the same sequence.
@@ -36,21 +43,30 @@ PartitionKey = tuple[str, int]  # (topic, partition)
 class AppendOrder(Generic[Record]):
     """Raw records queued per partition, handed out in append order (see the module docstring)."""
 
-    def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int) -> None:
+    def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int, pause_at: int, resume_at: int) -> None:
         self.max_wait_s, self.max_queued, self.grace_ms = max_wait_s, max_queued, grace_ms
+        self.pause_at, self.resume_at = pause_at, resume_at
         self._queues: dict[PartitionKey, deque[tuple[int, int, float, Record]]] = {}
         self._assigned: set[PartitionKey] = set()
+        self._paused: set[PartitionKey] = set()
         self._queued = 0
         self.forced = 0  # records handed out while a partition still had records in flight (order not guaranteed)
 
     def assign(self, partitions: Iterable[PartitionKey]) -> None:
         self._assigned.update(partitions)
 
-    def revoke(self, partitions: Iterable[PartitionKey]) -> None:
-        """Forget partitions given away: their queued records were neither processed nor committed, the new owner reads them."""
+    def revoke(self, partitions: Iterable[PartitionKey]) -> list[PartitionKey]:
+        """Forget partitions given away: their queued records were neither processed nor committed, the new owner reads them.
+        Returns those of them that were paused: a consumer keeps a partition paused across a rebalance, so the caller
+        resumes them (else one assigned back would never be fetched again)."""
+        paused = []
         for partition in partitions:
             self._assigned.discard(partition)
             self._queued -= len(self._queues.pop(partition, ()))
+            if partition in self._paused:
+                self._paused.discard(partition)
+                paused.append(partition)
+        return paused
 
     def add(self, partition: PartitionKey, offset: int, timestamp_ms: int, record: Record, now_s: float) -> None:
         self._queues.setdefault(partition, deque()).append((timestamp_ms, offset, now_s, record))
@@ -58,6 +74,14 @@ class AppendOrder(Generic[Record]):
 
     def queued(self) -> int:
         return self._queued
+
+    def flow(self) -> tuple[list[PartitionKey], list[PartitionKey]]:
+        """The partitions to pause now (their queue reached `pause_at`) and to resume (a paused one's fell to `resume_at`)."""
+        pause = [p for p, queue in self._queues.items() if len(queue) >= self.pause_at and p not in self._paused]
+        resume = [p for p in self._paused if len(self._queues.get(p, ())) <= self.resume_at]
+        self._paused.update(pause)
+        self._paused.difference_update(resume)
+        return pause, resume
 
     def metrics(self) -> str:
         """The count of forced records in Prometheus's text format: above 0, the order across partitions was not kept for them."""

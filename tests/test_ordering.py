@@ -15,8 +15,8 @@ LATER_MS = 10**13  # a wall clock long past every append time: no grace left to 
 class Merge(AppendOrder[str]):
     """The merge with the consumer's side played by a set: the partitions caught up with their high watermark."""
 
-    def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int) -> None:
-        super().__init__(max_wait_s, max_queued, grace_ms)
+    def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int, pause_at: int, resume_at: int) -> None:
+        super().__init__(max_wait_s, max_queued, grace_ms, pause_at, resume_at)
         self.caught_up: set[tuple[str, int]] = set()
 
     def add(self, partition, offset, timestamp_ms, record, now_s):  # a record handed over: more may have been fetched behind it
@@ -30,8 +30,9 @@ class Merge(AppendOrder[str]):
         return super().ready(now_s, now_ms, self.caught_up.__contains__)
 
 
-def order(*assigned: tuple[str, int], max_wait_s: float = 0.2, max_queued: int = 1000, grace_ms: int = 100) -> Merge:
-    merge = Merge(max_wait_s, max_queued, grace_ms)
+def order(*assigned: tuple[str, int], max_wait_s: float = 0.2, max_queued: int = 1000, grace_ms: int = 100, pause_at: int = 100,
+          resume_at: int = 10) -> Merge:
+    merge = Merge(max_wait_s, max_queued, grace_ms, pause_at, resume_at)
     merge.assign(assigned)
     return merge
 
@@ -90,6 +91,35 @@ def test_too_many_queued_records_release_the_head_and_a_revoked_partition_holds_
     merge.revoke([CAMERA])  # given away: its queued record is the next owner's
     assert merge.queued() == 2
     assert [(p, o) for p, o, _ in merge.ready(now_s=0.0, now_ms=LATER_MS)] == [(APP, 1), (APP, 2)]
+
+
+def test_a_partition_fetched_ahead_is_paused_until_its_queue_drains_and_resumed_when_given_away():
+    merge = order(CAMERA, APP, pause_at=3, resume_at=1)
+    for n in range(3):
+        merge.add(CAMERA, n, 4000 + n, f"camera {n}", now_s=0.0)  # fetched ahead of the app partition, which has nothing yet
+    assert merge.ready(now_s=0.0, now_ms=LATER_MS) == [] and merge.flow() == ([CAMERA], [])
+    assert merge.flow() == ([], [])  # paused once
+    merge.add(APP, 0, 4001, "action", now_s=0.0)
+    merge.at_end(APP)
+    assert [r for _, _, r in merge.ready(now_s=0.0, now_ms=LATER_MS)] == ["camera 0", "action", "camera 1", "camera 2"]
+    assert merge.flow() == ([], [CAMERA])  # drained: fetch it again
+    for n in range(3, 6):
+        merge.add(CAMERA, n, 5000 + n, f"camera {n}", now_s=0.0)
+    assert merge.flow() == ([CAMERA], [])
+    assert merge.revoke([CAMERA, APP]) == [CAMERA]  # the consumer would keep it paused across the rebalance
+
+
+def test_without_flow_control_a_partition_fetched_ahead_forces_the_order():
+    """The negative control of the test above: with nothing paused, the queue keeps growing until heads go out of order."""
+    merge = order(CAMERA, APP, max_queued=5, pause_at=10**9)
+    for n in range(6):
+        merge.add(CAMERA, n, 4000 + n, f"camera {n}", now_s=0.0)
+    assert merge.flow() == ([], [])
+    out = [r for _, _, r in merge.ready(now_s=0.0, now_ms=LATER_MS)]
+    merge.add(APP, 0, 4001, "action", now_s=0.0)
+    merge.at_end(APP)
+    out += [r for _, _, r in merge.ready(now_s=0.0, now_ms=LATER_MS)]
+    assert merge.forced == 2 and out.index("action") > out.index("camera 1")
 
 
 @given(st.lists(st.tuples(st.sampled_from([CAMERA, APP, ("raw.hotline", 3)]), st.integers(0, 50)), max_size=60),

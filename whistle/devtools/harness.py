@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from infra.processes import WhistleProcess, spawn, wait_until
 from streams.app import METRICS_FILE
+from streams.changelog import watermarks
 from whistle.ground.errors import StackError
 from whistle.ground.names import Groups
 from whistle.ground.settings import Settings
@@ -28,7 +29,7 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict
     consumer = Consumer({**settings.kafka.librdkafka(), "group.id": f"whistle-watch-{uuid.uuid4().hex[:8]}"})
     try:
         partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+        return {p: watermarks(consumer, TopicPartition(topic, p), timeout_s)[1] for p in partitions}
     finally:
         consumer.close()
 

@@ -147,8 +147,9 @@ class _Bench:
                                  TimeElapsedColumn(), console=console, transient=False)
 
     def run(self) -> dict[str, Any]:
-        """Every selected phase in order. A phase that fails (a process dying, a bounded wait running out) is
-        recorded under `errors` with what went wrong, its own processes are stopped, and the run goes on."""
+        """Every selected phase in order. A phase that fails (a process dying, a bounded wait running out, outputs that
+        differ from the pure pipeline's) is recorded under `errors` with what went wrong, its own processes are stopped,
+        and the run goes on; `whistle bench` exits 1 if any failed."""
         report, phases = self.report, self.options.phases
         report["machine"] = describe_machine(self.settings)
         report["errors"] = {}
@@ -163,6 +164,8 @@ class _Bench:
                     continue
                 try:
                     report[phase] = work[phase]()
+                    if not report[phase].get("outputs_match", True):  # its figures measured other work: the run fails
+                        report["errors"][phase] = "its outputs differ from the pure pipeline's on the same input"
                 except (WhistleError, KafkaException) as exc:
                     report["errors"][phase] = str(exc)
                     self.console.print(f"[red]bench phase {phase} failed: {exc}[/red]")
