@@ -3,8 +3,9 @@
 Nothing here judges speed: the assertions are the ones that hold on any machine (every event counted
 once, latencies ordered and positive, no breach before its deadline, the recovered worker knows its cases,
 the output check's counts add up to what the pure run and the topics hold, a rate whose outputs differ is
-never a target met). Whether today's worker matches the pure pipeline is the bench's finding, not asserted
-here; that the check catches a difference is (`test_the_output_check_catches_a_difference`).
+never a target met), and the worker's outputs are the pure pipeline's on the same input (a phase that differs
+is also one of the run's errors, so `whistle bench` exits 1). That the check catches a difference is
+`test_the_output_check_catches_a_difference`.
 """
 from __future__ import annotations
 
