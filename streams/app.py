@@ -151,11 +151,11 @@ class BatchLoop:
                 continue
             where = _position(message)
             if where.topic in self.raw_topics:
-                self.order.add((where.topic, where.partition), where.offset, message.timestamp()[1], message, now_s)
+                self.order.add((where.topic, where.partition), where.offset, message.timestamp()[1], message)
                 self._consumed((where.topic, where.partition), where.offset + 1)
             else:
                 inbox.append((where, message))
-        raw = self.order.ready(now_s, round(self.clock().timestamp() * 1000), self._caught_up)
+        raw = self.order.ready(now_s, round(self.clock().timestamp() * 1000), self._caught_up, drained=len(messages) < BATCH_RECORDS)
         pause, resume = self.order.flow()
         if pause:
             self.consumer.pause([TopicPartition(*p) for p in pause])

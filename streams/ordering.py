@@ -14,9 +14,12 @@ lowest (timestamp, topic, partition, offset) goes next, as long as every other a
 either has a record queued (its next one cannot be earlier) or is caught up (every record the broker
 reported in its latest fetch response has been handed over; the caller knows, from librdkafka's
 cached high watermark) and the head was appended at least `grace_ms` ago (a record appended just
-before the head may still be on its way from the broker). A partition with data still in flight holds the merge back, for at most `max_wait_s` after the
-head arrived, or until `max_queued` records wait: then the head goes anyway, so a partition whose leader
-is away cannot stop the others (at the cost of order across that gap; counted in `forced`).
+before the head may still be on its way from the broker). A partition with data still in flight holds the merge back,
+until `max_queued` records wait or the merge has waited `max_wait_s` with the consumer's local queue drained: then
+the head goes anyway, so a partition whose leader is away cannot stop the others (at the cost of order across that
+gap; counted in `forced`). The wait counts only while drained: records the consumer already holds (librdkafka
+prefetches far ahead, and a batch of thousands takes seconds to process) are not "in flight", and a clock that
+ran while the worker processed a batch forced most records of a 500,000-event run out of order.
 
 Flow control: the consumer fetches every partition at about the same rate in bytes, so a sparse
 partition (a few cameras) is fetched simulated hours ahead of a dense one, and its records queue here,
@@ -46,9 +49,10 @@ class AppendOrder(Generic[Record]):
     def __init__(self, max_wait_s: float, max_queued: int, grace_ms: int, pause_at: int, resume_at: int) -> None:
         self.max_wait_s, self.max_queued, self.grace_ms = max_wait_s, max_queued, grace_ms
         self.pause_at, self.resume_at = pause_at, resume_at
-        self._queues: dict[PartitionKey, deque[tuple[int, int, float, Record]]] = {}
+        self._queues: dict[PartitionKey, deque[tuple[int, int, Record]]] = {}
         self._assigned: set[PartitionKey] = set()
         self._paused: set[PartitionKey] = set()
+        self._blocked_since: float | None = None  # when the merge began waiting on a partition in flight, drained
         self._queued = 0
         self.forced = 0  # records handed out while a partition still had records in flight (order not guaranteed)
 
@@ -68,8 +72,8 @@ class AppendOrder(Generic[Record]):
                 paused.append(partition)
         return paused
 
-    def add(self, partition: PartitionKey, offset: int, timestamp_ms: int, record: Record, now_s: float) -> None:
-        self._queues.setdefault(partition, deque()).append((timestamp_ms, offset, now_s, record))
+    def add(self, partition: PartitionKey, offset: int, timestamp_ms: int, record: Record) -> None:
+        self._queues.setdefault(partition, deque()).append((timestamp_ms, offset, record))
         self._queued += 1
 
     def queued(self) -> int:
@@ -88,31 +92,41 @@ class AppendOrder(Generic[Record]):
         return ("# HELP whistle_arrival_order_forced_total Raw records handed to ingest while another partition still had records in flight.\n"
                 f"# TYPE whistle_arrival_order_forced_total counter\nwhistle_arrival_order_forced_total {self.forced}\n")
 
-    def ready(self, now_s: float, now_ms: int, caught_up: Callable[[PartitionKey], bool]) -> list[tuple[PartitionKey, int, Record]]:
+    def ready(self, now_s: float, now_ms: int, caught_up: Callable[[PartitionKey], bool], drained: bool) -> list[tuple[PartitionKey, int, Record]]:
         """The records that may go now, in order, as (partition, offset, record); they leave the queues. `now_s`: a
-        monotonic clock (what `add` was given); `now_ms`: the wall clock, epoch ms, against the append times;
-        `caught_up`: whether a partition with nothing queued has nothing more fetched either (asked for each partition
-        whose queue is empty at the start or empties meanwhile)."""
+        monotonic clock; `now_ms`: the wall clock, epoch ms, against the append times; `caught_up`: whether a partition
+        with nothing queued has nothing more fetched either (asked for each partition whose queue is empty at the start
+        or empties meanwhile); `drained`: whether the consumer had no more records at hand (its last fetch returned
+        fewer than it asked for)."""
         heads = [(queue[0][0], partition, queue[0][1]) for partition, queue in self._queues.items() if queue]
         heapify(heads)
         out: list[tuple[PartitionKey, int, Record]] = []
         empty = {p: caught_up(p) for p in self._assigned if not self._queues.get(p)}
         in_flight = {p for p, done in empty.items() if not done}
         idle = {p for p, done in empty.items() if done}
+        if not in_flight:
+            self._blocked_since = None
+        elif drained and self._blocked_since is None:
+            self._blocked_since = now_s
+        waited = drained and self._blocked_since is not None and now_s - self._blocked_since >= self.max_wait_s
         while heads:
             appended, partition, _ = heads[0]
             queue = self._queues[partition]
-            if in_flight and now_s - queue[0][2] < self.max_wait_s and self._queued < self.max_queued:
+            if in_flight and not waited and self._queued < self.max_queued:
                 break
             if idle and now_ms - appended < self.grace_ms and not in_flight:
                 break
             heappop(heads)
             self.forced += bool(in_flight)
-            _, offset, _, record = queue.popleft()
+            _, offset, record = queue.popleft()
             self._queued -= 1
             out.append((partition, offset, record))
             if queue:
                 heappush(heads, (queue[0][0], partition, queue[0][1]))
             elif partition in self._assigned:  # its next record may be earlier than any other queued one
-                (idle if caught_up(partition) else in_flight).add(partition)
+                if caught_up(partition):
+                    idle.add(partition)
+                else:  # a new wait: it starts now
+                    in_flight.add(partition)
+                    self._blocked_since, waited = (now_s if drained else None), False
         return out

@@ -19,15 +19,15 @@ class Merge(AppendOrder[str]):
         super().__init__(max_wait_s, max_queued, grace_ms, pause_at, resume_at)
         self.caught_up: set[tuple[str, int]] = set()
 
-    def add(self, partition, offset, timestamp_ms, record, now_s):  # a record handed over: more may have been fetched behind it
+    def add(self, partition, offset, timestamp_ms, record, now_s=0.0):  # a record handed over: more may have been fetched behind it
         self.caught_up.discard(partition)
-        super().add(partition, offset, timestamp_ms, record, now_s)
+        super().add(partition, offset, timestamp_ms, record)
 
     def at_end(self, partition: tuple[str, int]) -> None:
         self.caught_up.add(partition)
 
-    def ready(self, now_s, now_ms, caught_up=None):
-        return super().ready(now_s, now_ms, self.caught_up.__contains__)
+    def ready(self, now_s, now_ms, caught_up=None, drained=True):
+        return super().ready(now_s, now_ms, self.caught_up.__contains__, drained)
 
 
 def order(*assigned: tuple[str, int], max_wait_s: float = 0.2, max_queued: int = 1000, grace_ms: int = 100, pause_at: int = 100,
@@ -55,8 +55,21 @@ def test_a_partition_with_records_in_flight_holds_the_others_back_for_a_bounded_
     assert merge.ready(now_s=10.1, now_ms=LATER_MS) == []
     merge.add(CAMERA, 0, 1999, "report", now_s=10.15)  # ... and its record was earlier
     assert [r for _, _, r in merge.ready(now_s=10.15, now_ms=LATER_MS)] == ["report"]  # the camera queue is empty again: the action waits
-    assert [r for _, _, r in merge.ready(now_s=10.21, now_ms=LATER_MS)] == ["action"]  # waited max_wait_s: it goes anyway
+    assert merge.ready(now_s=10.3, now_ms=LATER_MS) == []  # the camera partition went in flight again at 10.15: a new wait
+    assert [r for _, _, r in merge.ready(now_s=10.36, now_ms=LATER_MS)] == ["action"]  # waited max_wait_s: it goes anyway
     assert merge.forced == 1 and "whistle_arrival_order_forced_total 1" in merge.metrics()
+
+
+def test_the_wait_counts_only_while_the_consumer_has_no_more_records_at_hand():
+    """Records the consumer already holds are not in flight: a worker busy with a big batch forces nothing."""
+    merge = order(CAMERA, APP)
+    merge.add(APP, 0, 2000, "action", now_s=0.0)
+    assert merge.ready(now_s=5.0, now_ms=LATER_MS, drained=False) == []  # seconds later, but the consumer had more at hand
+    assert merge.ready(now_s=5.1, now_ms=LATER_MS) == []  # drained: the wait starts now
+    merge.add(CAMERA, 0, 1999, "report", now_s=5.2)
+    assert [r for _, _, r in merge.ready(now_s=5.2, now_ms=LATER_MS)] == ["report"]
+    assert merge.ready(now_s=5.25, now_ms=LATER_MS) == []  # the camera partition is in flight again: a new wait
+    assert [r for _, _, r in merge.ready(now_s=5.46, now_ms=LATER_MS)] == ["action"] and merge.forced == 1
 
 
 def test_a_caught_up_partition_holds_nothing_back():
