@@ -61,7 +61,7 @@ from whistle.ground.times import from_epoch_ms, utc_now
 BATCH_RECORDS = 5000  # records one consume returns at most (or what POLL_S brings)
 POLL_S = 0.05
 GC_THRESHOLDS = (50_000, 20, 100)  # Python's defaults: (700, 10, 10)
-ARRIVAL_WAIT_S = 0.2  # how long a raw partition with records in flight may hold the others back (streams.ordering)
+ARRIVAL_WAIT_S = 1.0  # how long a raw partition with records in flight may hold the others back, the consumer drained (streams.ordering)
 # librdkafka queues each fetched partition's records whole, one partition after another: small fetches interleave the raw
 # partitions finely, so the append order finds every partition's next records within a few thousand consumed
 FETCH_BYTES_PER_PARTITION = 65_536
