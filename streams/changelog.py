@@ -132,8 +132,8 @@ def _release_freed_memory() -> None:
     """Hand the memory freed by a read-back back to the system (glibc's malloc_trim; elsewhere nothing).
 
     WHY: librdkafka's prefetch queue and the records decoded and dropped along the way are freed into malloc's
-    arenas, which keep them: without this a worker that read back a million open cases stays about 90 MiB above
-    what its cases hold (README, `whistle bench --phase recovery --million`).
+    arenas, which keep them: without this a worker that read back many open cases stays well above what its cases
+    hold (figures: README, `whistle bench --phase recovery --million`).
     """
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
