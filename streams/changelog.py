@@ -27,6 +27,8 @@ Keys and values (this module is their one definition):
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import io
 import struct
 import sys
@@ -131,6 +133,22 @@ def read_log(settings: Settings, topic: str, partition: int, timeout_s: float) -
         raise StackError(f"Kafka did not answer reading {topic} within {timeout_s:.0f}s: {exc}", topic=topic, partition=partition) from exc
     finally:
         consumer.close()
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed by a read-back back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    WHY: librdkafka's prefetch queue and the records decoded and dropped along the way are freed into malloc's
+    arenas, which keep them: without this a worker that read back many open cases stays well above what its cases
+    hold (figures: README, `whistle bench --phase recovery --million`).
+    """
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 # -- keys and values ------------------------------------------------------------------------------

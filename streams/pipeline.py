@@ -432,7 +432,8 @@ class CaseProcessor:
                 refused.append((offset, key, value or b"", exc))
         part = self._new_partition(partition, states, clock_ms)
         for case in open_cases.values():
-            part.merge.add(case)
+            owner = states.get(case.case_id)  # the entry takes the state's case id string: one copy per case, not two
+            part.merge.add(case if owner is None or owner.case_id is case.case_id else replace(case, case_id=owner.case_id))
         for case_id, actions in held.items():
             for action in actions:
                 part.hold(case_id, action)

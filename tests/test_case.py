@@ -273,6 +273,16 @@ def test_a_stored_state_comes_back_equal_and_sharing_chains_again():
     assert revived.chains[0] is state.chains[0] and revived.place is state.place and revived.assignee is state.chains[0][0]
 
 
+def test_stored_states_come_back_sharing_their_chain_tuples_and_equal_times():
+    state, _ = opened()
+    stored = list(stored_values(state))
+    for name in ("stage_start_ms", "holder_since_ms", "status_since_ms", "last_at_ms"):  # as a decoder hands them back: one int each
+        stored[list(CaseState.__slots__).index(name)] = int(str(getattr(state, name)))
+    first, second = state_from_stored(tuple(stored)), state_from_stored(tuple(stored))
+    assert first == state and first.chains is second.chains
+    assert first.stage_start_ms is first.holder_since_ms is first.status_since_ms is first.last_at_ms
+
+
 def test_state_is_the_fold_of_the_log():
     state, log = case_at(Status.CLOSED)
     assert fold(log) == {CASE: state}

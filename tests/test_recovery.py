@@ -72,6 +72,9 @@ def test_a_processor_recovered_from_the_changelog_decides_as_the_one_that_wrote_
     recovered = processor()
     for partition, records in changelog.items():
         assert recovered.recover(partition, [(offset, key, value) for offset, (key, value) in enumerate(records)]) == []
+    entries = [(entry, part.book.states[entry.case_id]) for part in recovered.held() for entry in part.merge]
+    assert entries and all(entry.case_id is state.case_id for entry, state in entries)  # one id string per case
+    assert all(entry.last_reported_at is entry.opened_at for entry, _ in entries if entry.last_reported_at == entry.opened_at)
 
     expected = run(original, afternoon)
     assert {topic for topic, _ in expected} >= {topics.case_events, topics.breaches}

@@ -829,6 +829,8 @@ _CHAINS: dict[str, Chain] = {}
 _CHAIN_TEXTS: dict[int, str] = {}  # id of an interned chain (interned chains live for the process) -> its text
 _STRINGS: dict[str, str] = {}
 _PLACES: dict[Place, Place] = {}
+_CHAIN_SETS: dict[tuple[str, ...], tuple[Chain, ...]] = {}  # a stored state's chain texts -> its chains, one shared tuple
+_TIME_POSITIONS = tuple(_STATE_POSITION[name] for name in ("stage_start_ms", "holder_since_ms", "status_since_ms", "last_at_ms"))
 
 
 def decode_chain(text: str | None, event_id: str = "") -> Chain:
@@ -880,15 +882,18 @@ def stored_values(state: CaseState) -> tuple:
 
 
 def state_from_stored(values: tuple) -> CaseState:
-    """The state from `stored_values`, with its chains, place, assignee and strings interned again, so that
-    a million recovered cases share one copy of each chain and name."""
+    """The state from `stored_values`, with its chains (and their tuple), place, assignee and strings interned again,
+    and its equal times one object, so that a million recovered cases share one copy of each chain and name."""
     row: list[Any] = list(values)
     position = _STATE_POSITION
     if len(row) == _STORED_BEFORE_OVERSIGHT - 1:  # stored by a release before last_at_ms
         row.append(_latest_lifecycle_ms(row))
     if len(row) == _STORED_BEFORE_OVERSIGHT:  # stored by a release before oversight and approved extensions
         row.extend(_OVERSIGHT_DEFAULTS)
-    chains = tuple(decode_chain(text) for text in row[position["chains"]])
+    texts = tuple(row[position["chains"]])
+    chains = _CHAIN_SETS.get(texts)
+    if chains is None:
+        chains = _CHAIN_SETS[texts] = tuple(decode_chain(text) for text in texts)
     row[position["chains"]] = chains
     district_id, *parts = row[position["place"]]
     place = Place(_intern(district_id), *(None if part is None else _intern(part) for part in parts))
@@ -899,6 +904,9 @@ def state_from_stored(values: tuple) -> CaseState:
         row[position[name]] = _intern(row[position[name]])
     for name in ("rejected_by", "lost_by_breach", "oversight"):
         row[position[name]] = tuple(_intern(unit) for unit in row[position[name]])
+    times: dict[int, int] = {}  # a state's times are mostly equal (opened, dispatched, accepted at once): one int object each
+    for at in _TIME_POSITIONS:
+        row[at] = times.setdefault(row[at], row[at])
     return _new_state(row)
 
 

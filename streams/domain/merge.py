@@ -54,9 +54,12 @@ class OpenCase:
 
 def open_case_from_stored(values: tuple) -> OpenCase:
     """An OpenCase from its fields in order (recovery), with the partition and category strings shared:
-    a million open cases hold a dozen distinct values of each, not two million copies."""
-    case_id, partition, category, *rest = values
-    return OpenCase(case_id, sys.intern(partition), sys.intern(category), *rest)
+    a million open cases hold a dozen distinct values of each, not two million copies; and with one datetime
+    object for both times while no report has joined (they are equal), not two."""
+    case_id, partition, category, opened_at, last_reported_at, *rest = values
+    if last_reported_at == opened_at:
+        last_reported_at = opened_at
+    return OpenCase(case_id, sys.intern(partition), sys.intern(category), opened_at, last_reported_at, *rest)
 
 
 class MergeIndex:
@@ -79,7 +82,7 @@ class MergeIndex:
         self._columns_of_band: dict[int, tuple[int, float]] = {}
         self._by_cell: dict[tuple[str, str], dict[int, list[OpenCase]]] = {}  # (partition, category) -> cell -> cases
         self._by_place: dict[tuple[str, str], dict[str, list[OpenCase]]] = {}  # (partition, category) -> place key -> cases
-        self._cases: dict[str, tuple[OpenCase, dict, int | str]] = {}
+        self._cases: dict[str, OpenCase] = {}
 
     def open_case(self, case_id: str, enriched: EnrichedReport) -> OpenCase:
         """The entry for a case that `enriched` (its first report) opened; add() it."""
@@ -101,23 +104,19 @@ class MergeIndex:
     def add(self, case: OpenCase) -> None:
         """Insert or replace (by case id) an open case."""
         self.remove(case.case_id)
-        if case.lat is not None and case.lon is not None:
-            cells, cell = self._by_cell.setdefault((case.partition, case.category), {}), self._cell(case.lat, case.lon)
-            cells.setdefault(cell, []).append(case)
-            self._cases[case.case_id] = (case, cells, cell)
-        elif case.place_key is not None:
-            places, place_key = self._by_place.setdefault((case.partition, case.category), {}), case.place_key
-            places.setdefault(place_key, []).append(case)
-            self._cases[case.case_id] = (case, places, place_key)
-        else:
+        found = self._bucket_of(case)
+        if found is None:
             return  # nowhere to meet: no later report can be recognised as this incident
+        table, key = found
+        table.setdefault(key, []).append(case)
+        self._cases[case.case_id] = case
 
     def remove(self, case_id: str) -> OpenCase | None:
         """Forget a case (resolved or closed). Returns what was removed, if anything."""
-        entry = self._cases.pop(case_id, None)
-        if entry is None:
+        case = self._cases.pop(case_id, None)
+        if case is None:
             return None
-        case, table, key = entry
+        table, key = self._filed(case)
         bucket = table[key]
         if len(bucket) == 1:
             del table[key]
@@ -127,19 +126,33 @@ class MergeIndex:
 
     def entry(self, case_id: str) -> OpenCase:
         """The open case's entry (KeyError if it is not open)."""
-        return self._cases[case_id][0]
+        return self._cases[case_id]
 
     def touch(self, case_id: str, at: datetime) -> OpenCase | None:
         """A report joined `case_id` at `at`: the time window now runs from the latest report. Returns the entry (to persist)."""
-        entry = self._cases.get(case_id)
-        if entry is None or at <= entry[0].last_reported_at:
-            return None if entry is None else entry[0]
-        case, table, key = entry
+        case = self._cases.get(case_id)
+        if case is None or at <= case.last_reported_at:
+            return case
         later = OpenCase(case.case_id, case.partition, case.category, case.opened_at, at, case.lat, case.lon, case.place_key)
+        table, key = self._filed(case)
         bucket = table[key]
         bucket[next(i for i, other in enumerate(bucket) if other is case)] = later
-        self._cases[case_id] = (later, table, key)
+        self._cases[case_id] = later
         return later
+
+    def _bucket_of(self, case: OpenCase) -> tuple[dict, int | str] | None:
+        """The table and key of the bucket a case is filed under (None: it has nowhere to meet). Recomputed when needed,
+        not kept per case: a (table, cell) pair per open case was a tenth of a recovered worker's memory (README)."""
+        if case.lat is not None and case.lon is not None:
+            return self._by_cell.setdefault((case.partition, case.category), {}), self._cell(case.lat, case.lon)
+        if case.place_key is not None:
+            return self._by_place.setdefault((case.partition, case.category), {}), case.place_key
+        return None
+
+    def _filed(self, case: OpenCase) -> tuple[dict, int | str]:
+        found = self._bucket_of(case)
+        assert found is not None  # only a case with a bucket is in the index
+        return found
 
     def find_case_to_join(self, enriched: EnrichedReport, now: datetime | None = None) -> str | None:
         """The open case this report belongs to, or None when it opens a new case.
@@ -197,7 +210,7 @@ class MergeIndex:
         return case_id in self._cases
 
     def __iter__(self) -> Iterator[OpenCase]:
-        return (entry[0] for entry in self._cases.values())
+        return iter(self._cases.values())
 
     def _cell(self, lat: float, lon: float) -> int:
         band = math.floor(lat / self._cell_deg)
