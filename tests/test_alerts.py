@@ -24,7 +24,7 @@ from rich.console import Console
 from infra.topics import load_topics, provision_topics
 from schemas.serde import Serde, to_record
 from streams.domain.sla import Breach, breach_id
-from whistle.devtools.harness import wait_for_group
+from whistle.devtools.harness import committed_offsets, end_offsets, wait_for_group
 from whistle.edges.alerts import (
     SECRET_ENV,
     SIGNATURE_HEADER,
@@ -483,8 +483,15 @@ def test_a_relay_with_another_filter_has_its_own_group(alert_settings: Settings)
     receiver = Receiver()
 
     with serving(receiver) as url:
+        topic = Topics.with_prefix(alert_settings.topic_prefix).breaches
+        filtered = Groups.alerts_webhook_for(alert_settings.topic_prefix, url, ["discipline"])
+        ends = end_offsets(alert_settings, topic)
+
+        def filtered_relay_read_everything() -> bool:  # it skipped the other tiers' records too, not only delivered its own
+            return committed_offsets(alert_settings, filtered, topic) == ends
+
         reports = relays_until(alert_settings, [(url, {"secret": SECRET}), (url, {"secret": SECRET, "tiers": {"discipline"}})],
-                               lambda: len(receiver.accepted_ids()) >= 9)
+                               lambda: len(receiver.accepted_ids()) >= 9 and filtered_relay_read_everything())
 
     counts = {bid: receiver.accepted_ids().count(bid) for bid, *_ in produced}
     assert counts == {bid: 2 if bid in referrals else 1 for bid, *_ in produced}  # the same URL, two audiences, two groups
