@@ -19,7 +19,7 @@ until `max_queued` records wait or the merge has waited `max_wait_s` with the co
 the head goes anyway, so a partition whose leader is away cannot stop the others (at the cost of order across that
 gap; counted in `forced`). The wait counts only while drained: records the consumer already holds (librdkafka
 prefetches far ahead, and a batch of thousands takes seconds to process) are not "in flight", and a clock that
-ran while the worker processed a batch forced most records of a 500,000-event run out of order.
+ran while the worker processed a batch would force heads past records already fetched (figures: README).
 
 Flow control: the consumer fetches every partition at about the same rate in bytes, so a sparse
 partition (a few cameras) is fetched simulated hours ahead of a dense one, and its records queue here,
