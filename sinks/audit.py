@@ -145,10 +145,15 @@ def ranking_provenance(engine: Engine, database: str, month: str, by: str = "str
     """The Kafka offset ranges and policy versions behind `ranking(month, by, as_of=as_of)`, each row with the as-of
     used (ISO 8601 in `tz`, None: everything stored) and the policy that scored it ('' when none has a `ranking` section)."""
     result = run_query(engine, database, "ranking_provenance", _ranking_scope(month, by, as_of, tz))
-    scoring = ranking_policy(load_policies() if policies is None else policies, month, tz)
     stamp = None if as_of is None else as_of_text(as_of, tz)
-    score_policy = scoring.version if scoring is not None and scoring.ranking is not None else ""
+    score_policy = ranking_score_policy(load_policies() if policies is None else policies, month, tz)
     return Result(result.name, (*result.columns, "as_of", "score_policy"), tuple((*row, stamp, score_policy) for row in result.rows))
+
+
+def ranking_score_policy(policies: Mapping[str, SlaPolicy], month: str, tz: str = LOCAL_TIMEZONE) -> str:
+    """The version of the policy whose `ranking` section scores `month`'s ranking ('' when none has one)."""
+    scoring = ranking_policy(policies, month, tz)
+    return scoring.version if scoring is not None and scoring.ranking is not None else ""
 
 
 def ranking_rules(engine: Engine, database: str, month: str, by: str = "street", *,
@@ -507,26 +512,29 @@ def query_text(name: str, directory: Path = QUERIES_DIR) -> str:
 
     A fragment is a piece of SQL shared by several queries (a rule written once, e.g. _month_holdings.sql,
     who held which case in a ranking); its `{db}` and `%(param)s` are the query's. Fragments are not
-    queries (names starting with `_` are refused here) and do not reference other fragments.
+    queries (names starting with `_` are refused here); a fragment may use others (_month_holdings.sql reads
+    {_case_figures}), but never itself, directly or through another.
     """
     if name.startswith("_"):
         raise ConfigError(f"{name} is a SQL fragment, not an audit query", file=str(directory / f"{name}.sql"))
     path = directory / f"{name}.sql"
     sql = _read_sql(path, f"audit query {name}")
 
-    def splice(match: re.Match) -> str:
-        fragment = match.group(1)
-        fragment_path = directory / f"{fragment}.sql"
-        if not fragment_path.is_file():
-            raise ConfigError(f"{path.name} references unknown SQL fragment {{{fragment}}} (no {fragment_path.name})",
-                              file=str(path), fragment=fragment)
-        text = _read_sql(fragment_path, f"SQL fragment {fragment}").strip()
-        if _FRAGMENT.search(text):
-            raise ConfigError(f"SQL fragment {fragment_path.name} (used by {path.name}) references another fragment",
-                              file=str(fragment_path))
-        return text
+    def spliced(text: str, using: tuple[str, ...]) -> str:
+        def splice(match: re.Match) -> str:
+            fragment = match.group(1)
+            fragment_path = directory / f"{fragment}.sql"
+            if fragment in using:
+                raise ConfigError(f"SQL fragment {fragment_path.name} (used by {path.name}) references itself "
+                                  f"({' -> '.join((*using, fragment))})", file=str(fragment_path))
+            if not fragment_path.is_file():
+                raise ConfigError(f"{path.name} references unknown SQL fragment {{{fragment}}} (no {fragment_path.name})",
+                                  file=str(path), fragment=fragment)
+            return spliced(_read_sql(fragment_path, f"SQL fragment {fragment}").strip(), (*using, fragment))
 
-    return _FRAGMENT.sub(splice, sql)
+        return _FRAGMENT.sub(splice, text)
+
+    return spliced(sql, ())
 
 
 def _read_sql(path: Path, what: str) -> str:

@@ -37,10 +37,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _FILE_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
 # The object a DDL statement is about, after which `ON CLUSTER <name>` goes (CREATE/DROP/ALTER as the files write them).
-_DDL_HEAD = re.compile(r"(?P<head>(?:CREATE|DROP)\s+(?:TABLE|VIEW|DATABASE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?|ALTER\s+TABLE\s+)"
+_DDL_HEAD = re.compile(r"(?P<head>(?:CREATE|DROP)\s+(?:TABLE|(?:MATERIALIZED\s+)?VIEW|DATABASE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?"
+                       r"|ALTER\s+TABLE\s+)"
                        r"(?P<name>\w+(?:\.\w+)?)(?=\s|$)", re.IGNORECASE)
 _MERGE_TREE_ENGINE = re.compile(r"ENGINE\s*=\s*(?P<family>Replacing|Summing|Aggregating|Collapsing)?"
                                 r"MergeTree\s*\((?P<args>[^)]*)\)", re.IGNORECASE)
+_BACKFILL = re.compile(r"INSERT\s+INTO\s+\w+\.\w+\s", re.IGNORECASE)
 _ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+\{db\}\.(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
 
 _CREATE_STATUS_TABLE = """
@@ -123,16 +125,21 @@ def render_statement(statement: str, database: str, cluster: str | None = None) 
     """`statement` (with `{db}`) as it runs on `database`: unchanged but for the name on a single server (`cluster` None);
     on the cluster `cluster`, `ON CLUSTER` after the object's name and MergeTree-family engines replicated (module docstring).
 
-    A statement that is not CREATE/DROP TABLE|VIEW|DATABASE or ALTER TABLE cannot run on every host at once: ConfigError.
+    A backfill (`INSERT INTO {db}.table ...`) runs as written on the cluster too: once, on the server the migrator talks
+    to, whose replicated table carries the rows to the other replicas (run on every host, it would insert them once per
+    host). Any other statement that is not CREATE/DROP TABLE|[MATERIALIZED] VIEW|DATABASE or ALTER TABLE cannot run on
+    every host at once: ConfigError.
     """
     sql = render_identifiers(statement, db=database)
     if cluster is None:
         return sql
     check_identifier(cluster, "cluster")
+    if _BACKFILL.match(sql):
+        return sql
     head = _DDL_HEAD.match(sql)
     if head is None:
-        raise ConfigError(f"migration statement {_first_line(sql)!r} is not CREATE/DROP TABLE|VIEW|DATABASE or ALTER TABLE, "
-                          f"so it cannot run ON CLUSTER {cluster}", cluster=cluster)
+        raise ConfigError(f"migration statement {_first_line(sql)!r} is not CREATE/DROP TABLE|VIEW|DATABASE, ALTER TABLE or a "
+                          f"backfill (INSERT INTO), so it cannot run ON CLUSTER {cluster}", cluster=cluster)
     name = head.group("name")
     sql = f"{sql[:head.end()]} ON CLUSTER {cluster}{sql[head.end():]}"
 

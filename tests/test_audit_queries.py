@@ -545,7 +545,8 @@ def test_ranking_and_provenance_select_the_same_holdings(store, tmp_path):
     # the ranking must count exactly H (cases held per unit) and the provenance must read exactly H's cases' rows
     # (offset ranges, row counts and policies recomputed here from the data set's Kafka log).
     engine, database = store
-    (tmp_path / "_month_holdings.sql").write_text((audit.QUERIES_DIR / "_month_holdings.sql").read_text())
+    for fragment in ("_month_holdings", "_case_figures"):
+        (tmp_path / f"{fragment}.sql").write_text((audit.QUERIES_DIR / f"{fragment}.sql").read_text())
     (tmp_path / "month_holdings.sql").write_text("SELECT case_id, unit_id FROM ({_month_holdings}) ORDER BY case_id, unit_id")
     log = dataset()
     seen = {}
@@ -590,15 +591,20 @@ def test_query_text_splices_fragments_once_written(tmp_path):
     assert audit.query_text("count", tmp_path) == (
         "SELECT count() FROM {db}.events WHERE case_id IN (SELECT case_id\nFROM {db}.cases\nWHERE open)\n")
 
-    # Negative controls: an unknown fragment is an error naming the query file; fragments neither nest nor run as queries.
+    # Negative controls: an unknown fragment is an error naming the query file; a fragment may use another but never
+    # itself (directly or through another); fragments do not run as queries.
     (tmp_path / "typo.sql").write_text("SELECT 1 FROM t WHERE case_id IN ({_open_case})\n")
     with pytest.raises(ConfigError, match=r"typo\.sql references unknown SQL fragment \{_open_case\}") as raised:
         audit.query_text("typo", tmp_path)
     assert raised.value.context["file"] == str(tmp_path / "typo.sql")
     (tmp_path / "_nested.sql").write_text("SELECT 1 FROM ({_open_cases})\n")
     (tmp_path / "nests.sql").write_text("SELECT 1 FROM ({_nested})\n")
-    with pytest.raises(ConfigError, match=r"_nested\.sql \(used by nests\.sql\) references another fragment"):
-        audit.query_text("nests", tmp_path)
+    assert audit.query_text("nests", tmp_path) == "SELECT 1 FROM (SELECT 1 FROM (SELECT case_id\nFROM {db}.cases\nWHERE open))\n"
+    (tmp_path / "_loop_a.sql").write_text("SELECT 1 FROM ({_loop_b})\n")
+    (tmp_path / "_loop_b.sql").write_text("SELECT 1 FROM ({_loop_a})\n")
+    (tmp_path / "loops.sql").write_text("SELECT 1 FROM ({_loop_a})\n")
+    with pytest.raises(ConfigError, match=r"_loop_a\.sql \(used by loops\.sql\) references itself \(_loop_a -> _loop_b -> _loop_a\)"):
+        audit.query_text("loops", tmp_path)
     with pytest.raises(ConfigError, match="_open_cases is a SQL fragment, not an audit query"):
         audit.query_text("_open_cases", tmp_path)
 
@@ -607,11 +613,13 @@ def test_ranking_provenance_rules_and_trends_share_one_holdings_rule():
     # Who held what is written once, in the fragment; every query that needs it references it and none spells it out.
     names = ("ranking", "ranking_provenance", "ranking_rules", "dashboard_trend_on_time")
     raw = {name: (audit.QUERIES_DIR / f"{name}.sql").read_text() for name in names}
-    assert raw["ranking"].count("(case_id, assignee_unit_id) IN ({_month_holdings})") == 1  # a holding's own events
-    assert raw["ranking"].count("case_id IN (SELECT case_id FROM ({_month_holdings}))") == 1  # its cases' resolution
+    assert raw["ranking"].count("FROM ({_month_holdings}) AS holding_events") == 1  # the holdings and their own figures
     assert raw["ranking_provenance"].count("case_id IN (SELECT case_id FROM ({_month_holdings}))") == 2  # case events and breaches
     assert raw["dashboard_trend_on_time"].count("FROM ({_month_holdings}) AS holdings") == 1
-    holdings = strip_comment_lines((audit.QUERIES_DIR / "_month_holdings.sql").read_text()).strip()
+    def fragment(name: str) -> str:
+        return strip_comment_lines((audit.QUERIES_DIR / f"{name}.sql").read_text()).strip()
+
+    holdings = fragment("_month_holdings").replace("{_case_figures}", fragment("_case_figures"))
     for name, text in raw.items():
         assert "%(start_ms)s" not in strip_comment_lines(text), name  # the month bound is only in the fragment
         assert "assignee_tier" not in strip_comment_lines(text), name  # and so is the tier held at

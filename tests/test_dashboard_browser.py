@@ -262,7 +262,7 @@ def test_dashboard_in_chromium(live, browser, district_store):
         provenance = orjson.loads(reader.call(lambda engine, db: audit.to_json(audit.ranking_provenance(engine, db, MONTH, "grid", as_of=as_of))))
         timeline = reader.call(lambda engine, db: audit.case_timeline(engine, db, known["overdue"])).as_dicts()
         grid_of_known = reader.call(lambda engine, db: audit.run_query(engine, db, "dashboard_case_search", {
-            "case_id": known["overdue"], "street": "", "grid": "", "category": "", "status": "", "from_ms": 0, "to_ms": 2**63 - 1,
+            "case_id": known["overdue"], "street": "", "grid": "", "category": "", "status": "", "start_ms": 0, "end_ms": 2**63 - 1, "as_of_ms": 2**63 - 1,
             "limit": 1})).as_dicts()[0]["grid_id"]
     finally:
         reader.close()
@@ -281,8 +281,10 @@ def test_dashboard_in_chromium(live, browser, district_store):
     for series_id, data in option["series"]:
         assert data == [None if row[series_id] is None else float(row[series_id]) for row in ranked], series_id
     assert "1" in driver.find_element(By.ID, "min-rule").text and str(as_of.year) in driver.find_element(By.ID, "as-of-rule").text
-    # Provenance one click away; sorting by a column.
+    # Provenance one click away (fetched on the click, for the ranking's own as-of); sorting by a column.
+    assert driver.find_elements(By.ID, "provenance-table") == []
     driver.find_element(By.ID, "show-provenance").click()
+    wait_for(driver, "#provenance[data-loaded=true] #provenance-table")
     assert driver.find_element(By.ID, "provenance").is_displayed()
     prov_rows = driver.execute_script("return [...document.querySelectorAll('#provenance-table tbody tr')].map(tr => [...tr.cells].map(td => td.dataset.value))")
     assert prov_rows == [[shown(v) for v in row.values()] for row in provenance]

@@ -1,8 +1,9 @@
 -- _case_is_resolved: a fragment, not a query. When a case counts as resolved, in one place: its last `resolved`
 -- event comes after every `reopened`, `escalated` and oversight (`urged`, `criticized`, `referred`) one (a reopened
 -- case, or one escalated or urged after an unsatisfied rating, is not resolved; an urging before the resolution
--- does not undo it). One select-list item, `is_resolved`, over {db}.case_events grouped by case_id, spliced
--- where a query says `{_case_is_resolved}` (ranking.sql, dashboard_overview.sql, dashboard_trend_on_time.sql,
+-- does not undo it). One select-list item, `is_resolved`, over the rows of {_case_figures} grouped by case_id,
+-- spliced where a query says `{_case_is_resolved}` (ranking.sql, dashboard_overview.sql, dashboard_trend_on_time.sql,
 -- dashboard_trend_durations.sql), so the dashboard's figures and the ranking can never count it differently.
-maxIf(seq, kind = 'resolved') > greatest(greatest(maxIf(seq, kind = 'reopened'), maxIf(seq, kind = 'escalated')),
-                                         maxIf(seq, kind IN ('urged', 'criticized', 'referred'))) AS is_resolved
+maxIfMerge(last_resolved_seq_state) > greatest(greatest(maxIfMerge(last_reopened_seq_state), maxIfMerge(last_escalated_seq_state)),
+                                         greatest(greatest(maxIfMerge(last_urged_seq_state), maxIfMerge(last_criticized_seq_state)),
+                                                  maxIfMerge(last_referred_seq_state))) AS is_resolved

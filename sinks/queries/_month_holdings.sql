@@ -3,16 +3,39 @@
 -- dashboard_trend_on_time.sql), so a ranking, its provenance, its rules and the trends always count the same holdings.
 --
 -- Parameters: start_ms, end_ms, as_of_ms, by (see ranking.sql).
--- One row (case_id, unit_id) per case opened in [start_ms, end_ms) before as_of_ms and unit of tier `by` that held it
--- before as_of_ms: a case event (before as_of) names the unit as the case's holder after it (assignee_unit_id, of
--- assignee_tier `by`). A case held by a grid and then escalated to its community gives a row for each. Read without
--- FINAL: a copied event gives its pair once, since the rows are grouped (and used as `IN (...)`).
-SELECT case_id, assignee_unit_id AS unit_id
-FROM {db}.case_events
-WHERE assignee_tier = %(by)s AND at_ms < %(as_of_ms)s
-  AND case_id IN (
-      SELECT case_id
-      FROM {db}.case_events
-      WHERE kind = 'opened' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
-  )
-GROUP BY case_id, unit_id
+-- One row per case opened in [start_ms, end_ms) before as_of_ms and unit of tier `by` that held it before as_of_ms: a
+-- case event (before as_of) names the unit as the case's holder after it (assignee_unit_id, of assignee_tier `by`). A
+-- case held by a grid and then escalated to its community gives a row for each. Read from {_case_figures} (the case
+-- log folded per case, holder and month, as of as_of), with the holding's own figures:
+--   held_from_ms                 its first event's time (the dispatch, escalation or transfer to it, or the opening)
+--   accepted, first_accepted_ms  whether and when it first accepted the case
+--   is_rated, rating             whether the case was rated while it held it, and the latest such rating
+--   policy_version               the SLA policy version of its first event
+SELECT case_id, unit_id, held_from_ms, accepted, first_accepted_ms, is_rated, rating, policy_version
+FROM
+(
+    SELECT
+        case_id,
+        holder_unit_id AS unit_id,
+        minMerge(held_from_ms_state) AS held_from_ms,
+        maxMerge(accepted_state) = 1 AS accepted,
+        minIfMerge(first_accepted_ms_state) AS first_accepted_ms,
+        maxMerge(rated_state) = 1 AS is_rated,
+        argMaxIfMerge(last_rating_state) AS rating,
+        argMinMerge(policy_version_state) AS policy_version
+    FROM ({_case_figures}) AS held
+    WHERE holder_tier = %(by)s
+    GROUP BY case_id, unit_id
+) AS holding
+ALL INNER JOIN  -- ALL: a case held by two units keeps both rows (modern ANY INNER keeps one per key)
+(
+    SELECT case_id
+    FROM
+    (
+        SELECT case_id, minIfMerge(opened_ms_state) AS opened_at_ms
+        FROM ({_case_figures}) AS opening
+        GROUP BY case_id
+    )
+    WHERE opened_at_ms >= %(start_ms)s AND opened_at_ms < %(end_ms)s
+) AS opened_in_month
+USING case_id

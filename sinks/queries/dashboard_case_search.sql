@@ -1,4 +1,6 @@
--- dashboard_case_search: cases matching the dashboard's search form, from the case_state view (migration 003).
+-- dashboard_case_search: cases matching the dashboard's search form, from the case log folded per case
+-- (_case_figures.sql over migration 007's table, as of as_of_ms), with migration 003's case_state columns and meaning
+-- (status: the last status-changing event's kind, an escalation dispatching again; times NULL without such an event).
 --
 -- Parameters (an empty string / the full range means "any"):
 --   case_id     exact case id ('' = any)
@@ -6,7 +8,8 @@
 --   grid        grid_id of the case
 --   category    category code
 --   status      current status (streams.domain.case.Status), or 'open' for every status but closed
---   from_ms, to_ms  opened in [from_ms, to_ms)
+--   start_ms, end_ms  opened in [start_ms, end_ms)
+--   as_of_ms    only events before this instant count (the dashboard: every event)
 --   limit       at most this many rows
 --
 -- One row per case; `breaches` counts its breaches and referrals (not warnings, FINAL), `overdue` those of
@@ -35,13 +38,37 @@ SELECT
 FROM
 (
     SELECT *
-    FROM {db}.case_state
+    FROM
+    (
+        SELECT
+            case_id,
+            argMaxIfMerge(status_kind_state) AS status_kind,
+            if(status_kind = 'escalated', 'dispatched', status_kind) AS status,
+            argMinMerge(category_state) AS category,
+            argMaxMerge(current_urgency_state) AS urgency,
+            nullIf(argMinMerge(street_id_state), '') AS street_id,
+            nullIf(argMinMerge(community_id_state), '') AS community_id,
+            nullIf(argMinMerge(grid_id_state), '') AS grid_id,
+            nullIf(argMinMerge(department_id_state), '') AS department_id,
+            argMaxMerge(current_unit_id_state) AS assignee_unit_id,
+            argMaxMerge(current_tier_state) AS assignee_tier,
+            minIfMerge(opened_ms_state) AS opened_ms,
+            if(maxMerge(accepted_state) = 1, toNullable(minIfMerge(first_accepted_ms_state)), NULL) AS accepted_ms,
+            if(maxIfMerge(last_resolved_seq_state) > 0, toNullable(maxIfMerge(last_resolved_ms_state)), NULL) AS resolved_ms,
+            if(maxIfMerge(last_closed_ms_state) > 0, toNullable(maxIfMerge(last_closed_ms_state)), NULL) AS closed_ms,
+            if(maxMerge(rated_state) = 1, toNullable(argMaxIfMerge(last_rating_state)), NULL) AS rating,
+            uniqExactIfMerge(transfers_state) AS transfers,
+            uniqExactIfMerge(escalations_state) AS escalations,
+            uniqExactIfMerge(reopens_state) AS reopens
+        FROM ({_case_figures}) AS merged
+        GROUP BY case_id
+    )
     WHERE (%(case_id)s = '' OR case_id = %(case_id)s)
       AND (%(street)s = '' OR ifNull(street_id, '') = %(street)s)
       AND (%(grid)s = '' OR ifNull(grid_id, '') = %(grid)s)
       AND (%(category)s = '' OR category = %(category)s)
       AND (%(status)s = '' OR status = %(status)s OR (%(status)s = 'open' AND status != 'closed'))
-      AND opened_ms >= %(from_ms)s AND opened_ms < %(to_ms)s
+      AND opened_ms >= %(start_ms)s AND opened_ms < %(end_ms)s
 ) AS found
 ANY LEFT JOIN
 (

@@ -17,7 +17,8 @@
 --   response_rate_pct = responded / cohort, resolution_rate_pct = cohort_resolved / cohort,
 --   on_time_rate_pct = on_time / cohort, satisfaction_rate_pct = satisfied / rated; NULL when the
 --   denominator is 0. Rounded half up in integer basis points, like ranking.sql.
--- Duplicated rows are invisible: case_events and breaches are read with FINAL.
+-- Duplicated rows are invisible: the cohort's figures come from the case log folded per case (_case_figures.sql,
+-- duplicate-insensitive states), breaches are read with FINAL, the activity counts distinct cases.
 SELECT
     opened,
     resolved,
@@ -35,35 +36,30 @@ SELECT
 FROM
 (
     SELECT
-        toInt64(countIf(in_cohort)) AS opened,
-        toInt64(countIf(resolved_in_month)) AS resolved,
-        toInt64(countIf(closed_in_month)) AS closed,
-        toInt64(countIf(in_cohort)) AS cohort,
-        toInt64(countIf(in_cohort AND accepted AND accept_overdue = 0)) AS responded,
-        toInt64(countIf(in_cohort AND is_resolved)) AS cohort_resolved,
-        toInt64(countIf(in_cohort AND is_resolved AND resolve_overdue = 0)) AS on_time,
-        toInt64(countIf(in_cohort AND is_rated)) AS rated,
-        toInt64(countIf(in_cohort AND is_rated AND rating >= 4)) AS satisfied
+        toInt64(count()) AS cohort,
+        toInt64(countIf(accepted AND accept_overdue = 0)) AS responded,
+        toInt64(countIf(is_resolved)) AS cohort_resolved,
+        toInt64(countIf(is_resolved AND resolve_overdue = 0)) AS on_time,
+        toInt64(countIf(is_rated)) AS rated,
+        toInt64(countIf(is_rated AND rating >= 4)) AS satisfied,
+        cohort AS opened,
+        1 AS one
     FROM
     (
-        SELECT
-            case_id,
-            countIf(kind = 'opened' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s) > 0 AS in_cohort,
-            countIf(kind = 'resolved' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s) > 0 AS resolved_in_month,
-            countIf(kind = 'closed' AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s) > 0 AS closed_in_month,
-            countIf(kind = 'accepted') > 0 AS accepted,
-            {_case_is_resolved},
-            countIf(kind = 'rated') > 0 AS is_rated,
-            ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating
-        FROM {db}.case_events FINAL
-        WHERE at_ms < %(as_of_ms)s
-          AND case_id IN
-          (
-              SELECT case_id
-              FROM {db}.case_events
-              WHERE at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
-          )
-        GROUP BY case_id
+        SELECT case_id, accepted, is_resolved, is_rated, rating
+        FROM
+        (
+            SELECT
+                case_id,
+                minIfMerge(opened_ms_state) AS opened_at_ms,
+                maxMerge(accepted_state) = 1 AS accepted,
+                {_case_is_resolved},
+                maxMerge(rated_state) = 1 AS is_rated,
+                argMaxIfMerge(last_rating_state) AS rating
+            FROM ({_case_figures}) AS merged
+            GROUP BY case_id
+        )
+        WHERE opened_at_ms >= %(start_ms)s AND opened_at_ms < %(end_ms)s
     ) AS case_figures
     ANY LEFT JOIN
     (
@@ -74,4 +70,15 @@ FROM
         GROUP BY case_id
     ) AS case_breaches
     USING case_id
-)
+) AS cohort_figures
+ANY LEFT JOIN
+(
+    -- Activity: distinct cases, so a copied event changes nothing and no FINAL is needed.
+    SELECT
+        toInt64(uniqExactIf(case_id, kind = 'resolved')) AS resolved,
+        toInt64(uniqExactIf(case_id, kind = 'closed')) AS closed,
+        1 AS one
+    FROM {db}.case_events
+    WHERE kind IN ('resolved', 'closed') AND at_ms >= %(start_ms)s AND at_ms < %(end_ms)s AND at_ms < %(as_of_ms)s
+) AS activity
+USING one

@@ -9,7 +9,8 @@
 -- Which holdings and what "on time" means are ranking.sql's, so each month's row of a street equals that month's
 -- `whistle audit ranking --by street` on_time_rate_pct: the holdings come from the shared fragment _month_holdings.sql
 -- (cases opened in the period, each with each street-tier unit that held it), the resolution from _case_is_resolved.sql
--- and _case_resolver.sql, the late ones from _case_overdue_counts.sql (breaches charged to the holder);
+-- and _case_resolver.sql over the case log folded per case (_case_figures.sql), the late ones from
+-- _case_overdue_counts.sql (breaches charged to the holder);
 -- on_time = the case is resolved, by this unit, and no resolve_overdue / final_overdue breach record (every kind
 -- but 'warning', fired before as_of) was charged to it.
 -- on_time_rate_pct = on_time / received, half up in integer basis points, 2 decimals (ranking.sql's rounding).
@@ -38,12 +39,10 @@ FROM
             (
                 SELECT
                     case_id,
-                    substring(toString(toDate(toDateTime(intDiv(minIf(at_ms, kind = 'opened'), 1000), %(tz)s))), 1, 7) AS month,
+                    substring(toString(toDate(toDateTime(intDiv(minIfMerge(opened_ms_state), 1000), %(tz)s))), 1, 7) AS month,
                     {_case_is_resolved},
                     {_case_resolver}
-                FROM {db}.case_events FINAL
-                WHERE at_ms < %(as_of_ms)s
-                  AND case_id IN (SELECT case_id FROM ({_month_holdings}))
+                FROM ({_case_figures}) AS merged
                 GROUP BY case_id
             ) AS case_figures
             USING case_id

@@ -13,9 +13,10 @@
 --
 -- Which holdings: the fragment sinks/queries/_month_holdings.sql (spliced by sinks/audit.py for `{_month_holdings}`
 -- here, in ranking_provenance.sql, ranking_rules.sql and dashboard_trend_on_time.sql): each case opened in the month
--- (before as_of) with each unit of tier `by` that held it (a case event names it as the holder after the event). A
--- case a grid held and then its community counts for both; a department-owned case a grid handled counts for the
--- grid only. Duplicated rows are invisible: case_events and breaches are read with FINAL.
+-- (before as_of) with each unit of tier `by` that held it (a case event names it as the holder after the event), and
+-- that holding's own figures. A case a grid held and then its community counts for both; a department-owned case a
+-- grid handled counts for the grid only. Case figures come from the fragment _case_figures.sql (the case log folded
+-- per case and holder, as of as_of; duplicate-insensitive), breaches are read with FINAL: a copied row counts once.
 --
 -- Per holding (unit U, case C; events before as_of whose holder after them is U, breaches charged to U):
 --   held from      the first event naming U as holder (its dispatch, escalation or transfer to U, or the opening)
@@ -204,32 +205,15 @@ FROM
                                     SELECT
                                         case_id, unit_id, held_from_ms, accepted, first_accepted_ms,
                                         is_resolved AND resolver = unit_id AS resolved_here, last_resolved_ms, is_rated, rating, policy_version
-                                    FROM
-                                    (
-                                        SELECT
-                                            case_id,
-                                            assignee_unit_id AS unit_id,
-                                            min(at_ms) AS held_from_ms,
-                                            countIf(kind = 'accepted') > 0 AS accepted,
-                                            minIf(at_ms, kind = 'accepted') AS first_accepted_ms,
-                                            countIf(kind = 'rated') > 0 AS is_rated,
-                                            ifNull(argMaxIf(rating, seq, kind = 'rated'), 0) AS rating,
-                                            any(policy_version) AS policy_version
-                                        FROM {db}.case_events FINAL
-                                        WHERE at_ms < %(as_of_ms)s
-                                          AND (case_id, assignee_unit_id) IN ({_month_holdings})
-                                        GROUP BY case_id, unit_id
-                                    ) AS holding_events
+                                    FROM ({_month_holdings}) AS holding_events
                                     ANY LEFT JOIN
                                     (
                                         SELECT
                                             case_id,
                                             {_case_is_resolved},
                                             {_case_resolver},
-                                            maxIf(at_ms, kind = 'resolved') AS last_resolved_ms
-                                        FROM {db}.case_events FINAL
-                                        WHERE at_ms < %(as_of_ms)s
-                                          AND case_id IN (SELECT case_id FROM ({_month_holdings}))
+                                            maxIfMerge(last_resolved_ms_state) AS last_resolved_ms
+                                        FROM ({_case_figures}) AS merged
                                         GROUP BY case_id
                                     ) AS case_figures
                                     USING case_id

@@ -282,23 +282,22 @@ class AuditReader:
         return {"month": month, "previous_month": previous, **{key: table(result) for key, result in figures.items()}}
 
     def ranking(self, month: str, by: str, min_cases: int | None, as_of: datetime) -> dict[str, Any]:
-        """`whistle audit ranking --month --by --min-cases --as-of`, with the minimum-case rule and the as-of it used."""
+        """`whistle audit ranking --month --by --min-cases --as-of`, with the minimum-case rule, the as-of it used and the
+        policy that scored it. Its provenance is `provenance(month, by, as_of)`, fetched when the auditor asks for it:
+        reading the offsets of a month's case events is the slowest query of the page."""
         if min_cases is None:
             min_cases = audit.ranking_min_cases(self.policies, month, self.tz)
-
-        def work(engine: Engine, db: str) -> tuple[audit.Result, audit.Result]:
-            return (audit.ranking(engine, db, month, by, min_cases, as_of=as_of, tz=self.tz, policies=self.policies),
-                    audit.ranking_provenance(engine, db, month, by, as_of=as_of, tz=self.tz, policies=self.policies))
-
-        ranking, provenance = self.call(work)
+        ranking = self.call(lambda engine, db: audit.ranking(engine, db, month, by, min_cases, as_of=as_of, tz=self.tz,
+                                                             policies=self.policies))
         return {"month": month, "by": by, "min_cases": min_cases, "as_of": audit.as_of_text(as_of, self.tz),
-                "ranking": table(ranking), "provenance": table(provenance)}
+                "score_policy": audit.ranking_score_policy(self.policies, month, self.tz), "ranking": table(ranking)}
 
     def provenance(self, month: str, by: str, as_of: datetime) -> audit.Result:
         return self.call(lambda engine, db: audit.ranking_provenance(engine, db, month, by, as_of=as_of, tz=self.tz, policies=self.policies))
 
     def grid_cases(self, start_ms: int, end_ms: int) -> audit.Result:
-        return self.call(lambda engine, db: audit.run_query(engine, db, "dashboard_grid_cases", {"start_ms": start_ms, "end_ms": end_ms}))
+        return self.call(lambda engine, db: audit.run_query(engine, db, "dashboard_grid_cases",
+                                                                {"start_ms": start_ms, "end_ms": end_ms, "as_of_ms": _END_OF_TIME_MS}))
 
     def cases(self, params: Mapping[str, Any]) -> audit.Result:
         return self.call(lambda engine, db: audit.run_query(engine, db, "dashboard_case_search", params))
@@ -576,10 +575,11 @@ class Dashboard:
             key = "current" if name == "overview" else "breaches_current"
             return [_result(figures[key])]
         if name == "ranking":
-            figures = self.reader.ranking(*self._ranking_args(request))
+            month, by, min_cases, as_of = self._ranking_args(request)  # one as-of, pinned once, for both sheets
+            figures = self.reader.ranking(month, by, min_cases, as_of)
             if request.match_info["fmt"] == "csv":  # one table per CSV: the provenance is /api/export/provenance.csv
                 return [_result(figures["ranking"])]
-            return [_result(figures["ranking"]), _result(figures["provenance"])]
+            return [_result(figures["ranking"]), self.reader.provenance(month, by, as_of)]
         if name == "provenance":
             month, by, _, as_of = self._ranking_args(request)
             return [self.reader.provenance(month, by, as_of)]
@@ -658,7 +658,8 @@ class Dashboard:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_CASES_LISTED:
             raise ValidationError(f"limit must be a whole number from 1 to {MAX_CASES_LISTED}, got {raw_limit!r}", field="limit")
         return {"case_id": query.get("case_id", "").strip(), "street": query.get("street", ""), "grid": query.get("grid", ""),
-                "category": query.get("category", ""), "status": status, "from_ms": start_ms, "to_ms": end_ms, "limit": int(raw_limit)}
+                "category": query.get("category", ""), "status": status, "start_ms": start_ms, "end_ms": end_ms, "as_of_ms": _END_OF_TIME_MS,
+                "limit": int(raw_limit)}
 
 
 @web.middleware

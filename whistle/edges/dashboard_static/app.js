@@ -178,14 +178,21 @@
         RANK_COLUMNS.map((c) => c === "unit_id" ? cell(r.unit_id, unitName(r.unit_id)) : c === "rank" ? cell(r.rank, r.rank === null ? t("unranked") : display(r.rank)) : cell(r[c])))));
       const ranked = data.ranking.rows.filter((r) => r.rank !== null);
       const chartNode = chart("ranking-chart", 380);
-      const prov = el("div", { id: "provenance", class: "panel", hidden: true });
-      const provButton = el("button", { id: "show-provenance", text: t("provenance"), onclick: () => {
-        prov.hidden = !prov.hidden; provButton.textContent = prov.hidden ? t("provenance") : t("hide"); } });
-      const pc = ["source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions", "as_of", "score_policy"];
-      prov.append(el("p", { text: t("provenance_note") }), el("table", { id: "provenance-table" }, el("thead", {}, el("tr", {}, pc.map((c) => el("th", { text: t(c) })))),
-        el("tbody", {}, data.provenance.rows.map((r) => el("tr", {}, pc.map((c) => cell(r[c])))))));
       const q = { month: data.month, by: data.by, min_cases: data.min_cases, as_of: data.as_of };
-      const scorePolicy = data.provenance.rows.length ? data.provenance.rows[0].score_policy : "";
+      const prov = el("div", { id: "provenance", class: "panel", hidden: true });
+      const pc = ["source_table", "kafka_topic", "kafka_partition", "min_offset", "max_offset", "row_count", "policy_versions", "as_of", "score_policy"];
+      async function showProvenance() {  // fetched on the first click: the ranking's own as-of, so it is this ranking's provenance
+        let rows;
+        prov.replaceChildren(el("p", { class: "muted", text: "…" }));
+        try { rows = (await api("/api/provenance", { month: data.month, by: data.by, as_of: data.as_of })).rows; } catch (exc) { return error(prov, exc); }
+        prov.replaceChildren(el("p", { text: t("provenance_note") }), el("table", { id: "provenance-table" },
+          el("thead", {}, el("tr", {}, pc.map((c) => el("th", { text: t(c) })))), el("tbody", {}, rows.map((r) => el("tr", {}, pc.map((c) => cell(r[c])))))));
+        prov.dataset.loaded = "true";
+      }
+      const provButton = el("button", { id: "show-provenance", text: t("provenance"), onclick: () => {
+        prov.hidden = !prov.hidden; provButton.textContent = prov.hidden ? t("provenance") : t("hide");
+        if (!prov.hidden && !prov.dataset.loaded) showProvenance(); } });
+      const scorePolicy = data.score_policy;
       out.replaceChildren(el("p", { class: "rule", id: "min-rule", text: t("min_rule", { n: data.min_cases }) }),
         el("p", { class: "rule", id: "as-of-rule", text: t("as_of_rule", { t: data.as_of }) }),
         el("p", { class: "rule", id: "score-rule", text: scorePolicy ? t("score_rule", { policy: scorePolicy }) : t("no_score_rule") }), chartNode,
