@@ -545,8 +545,8 @@ def test_ranking_and_provenance_select_the_same_holdings(store, tmp_path):
     # the ranking must count exactly H (cases held per unit) and the provenance must read exactly H's cases' rows
     # (offset ranges, row counts and policies recomputed here from the data set's Kafka log).
     engine, database = store
-    for fragment in ("_month_holdings", "_case_figures"):
-        (tmp_path / f"{fragment}.sql").write_text((audit.QUERIES_DIR / f"{fragment}.sql").read_text())
+    for fragment in audit.QUERIES_DIR.glob("_*.sql"):  # the holdings and the fragments they use
+        (tmp_path / fragment.name).write_text(fragment.read_text())
     (tmp_path / "month_holdings.sql").write_text("SELECT case_id, unit_id FROM ({_month_holdings}) ORDER BY case_id, unit_id")
     log = dataset()
     seen = {}
@@ -619,7 +619,9 @@ def test_ranking_provenance_rules_and_trends_share_one_holdings_rule():
     def fragment(name: str) -> str:
         return strip_comment_lines((audit.QUERIES_DIR / f"{name}.sql").read_text()).strip()
 
-    holdings = fragment("_month_holdings").replace("{_case_figures}", fragment("_case_figures"))
+    holdings = fragment("_month_holdings")
+    for used in ("_case_figures", "_case_is_resolved", "_case_resolver"):
+        holdings = holdings.replace(f"{{{used}}}", fragment(used))
     for name, text in raw.items():
         assert "%(start_ms)s" not in strip_comment_lines(text), name  # the month bound is only in the fragment
         assert "assignee_tier" not in strip_comment_lines(text), name  # and so is the tier held at

@@ -33,19 +33,10 @@ FROM
         SELECT month, unit_id, is_resolved, resolver, resolve_overdue
         FROM
         (
-            SELECT case_id, unit_id, month, is_resolved, resolver
+            SELECT
+                case_id, unit_id, is_resolved, resolver,
+                substring(toString(toDate(toDateTime(intDiv(opened_ms, 1000), %(tz)s))), 1, 7) AS month
             FROM ({_month_holdings}) AS holdings
-            ANY LEFT JOIN
-            (
-                SELECT
-                    case_id,
-                    substring(toString(toDate(toDateTime(intDiv(minIfMerge(opened_ms_state), 1000), %(tz)s))), 1, 7) AS month,
-                    {_case_is_resolved},
-                    {_case_resolver}
-                FROM ({_case_figures}) AS merged
-                GROUP BY case_id
-            ) AS case_figures
-            USING case_id
         ) AS held
         ANY LEFT JOIN
         (

@@ -185,69 +185,40 @@ FROM
                             toInt64(sum(breach_count)) AS breaches_total
                         FROM
                         (
-                            -- Per holding, with the oversight records charged to it (one join per SELECT: 18.16).
+                            -- Per holding, with the breach records charged to it (urgings and criticisms among them).
                             SELECT
-                                unit_id, held_from_ms, accepted, first_accepted_ms, resolved_here, last_resolved_ms, is_rated,
-                                is_unsatisfied, accept_overdue, resolve_overdue, referral_count, urging_count, criticism_count,
+                                case_id, unit_id, held_from_ms, accepted, first_accepted_ms, resolved_here, last_resolved_ms, is_rated,
+                                is_rated AND (rating <= transform(policy_version, %(policy_versions)s, %(unsatisfied_max)s, 0)
+                                              OR unsatisfied_breaches > 0) AS is_unsatisfied,
+                                accept_overdue, resolve_overdue, referral_count, urging_count, criticism_count,
                                 to_community, to_street, to_department, to_supervision, to_discipline, breach_count
                             FROM
                             (
-                                -- Per holding, with the breaches charged to it.
+                                -- Per holding: its own figures, and whether the case's resolution is its.
                                 SELECT
-                                    case_id, unit_id, held_from_ms, accepted, first_accepted_ms, resolved_here, last_resolved_ms, is_rated,
-                                    is_rated AND (rating <= transform(policy_version, %(policy_versions)s, %(unsatisfied_max)s, 0)
-                                                  OR unsatisfied_breaches > 0) AS is_unsatisfied,
-                                    accept_overdue, resolve_overdue, referral_count,
-                                    to_community, to_street, to_department, to_supervision, to_discipline, breach_count
-                                FROM
-                                (
-                                    -- Per holding: its own events, and whether the case's resolution is its.
-                                    SELECT
-                                        case_id, unit_id, held_from_ms, accepted, first_accepted_ms,
-                                        is_resolved AND resolver = unit_id AS resolved_here, last_resolved_ms, is_rated, rating, policy_version
-                                    FROM ({_month_holdings}) AS holding_events
-                                    ANY LEFT JOIN
-                                    (
-                                        SELECT
-                                            case_id,
-                                            {_case_is_resolved},
-                                            {_case_resolver},
-                                            maxIfMerge(last_resolved_ms_state) AS last_resolved_ms
-                                        FROM ({_case_figures}) AS merged
-                                        GROUP BY case_id
-                                    ) AS case_figures
-                                    USING case_id
-                                ) AS holdings
-                                ANY LEFT JOIN
-                                (
-                                    SELECT
-                                        {_case_overdue_counts},
-                                        responsible_unit_id AS unit_id,
-                                        countIf(breach_type = 'unsatisfied_rating') AS unsatisfied_breaches,
-                                        countIf(kind = 'referral') AS referral_count,
-                                        countIf(tier = 'community') AS to_community,
-                                        countIf(tier = 'street') AS to_street,
-                                        countIf(tier = 'department') AS to_department,
-                                        countIf(tier = 'supervision') AS to_supervision,
-                                        countIf(tier = 'discipline') AS to_discipline,
-                                        count() AS breach_count
-                                    FROM {db}.breaches FINAL
-                                    WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
-                                    GROUP BY case_id, unit_id
-                                ) AS holding_breaches
-                                USING (case_id, unit_id)
-                            ) AS charged
+                                    case_id, unit_id, held_from_ms, accepted, first_accepted_ms,
+                                    is_resolved AND resolver = unit_id AS resolved_here, last_resolved_ms, is_rated, rating, policy_version
+                                FROM ({_month_holdings}) AS holding_events
+                            ) AS holdings
                             ANY LEFT JOIN
                             (
                                 SELECT
-                                    case_id,
+                                    {_case_overdue_counts},
                                     responsible_unit_id AS unit_id,
+                                    countIf(breach_type = 'unsatisfied_rating') AS unsatisfied_breaches,
+                                    countIf(kind = 'referral') AS referral_count,
                                     countIf(kind = 'urging') AS urging_count,
-                                    countIf(kind = 'criticism') AS criticism_count
+                                    countIf(kind = 'criticism') AS criticism_count,
+                                    countIf(tier = 'community') AS to_community,
+                                    countIf(tier = 'street') AS to_street,
+                                    countIf(tier = 'department') AS to_department,
+                                    countIf(tier = 'supervision') AS to_supervision,
+                                    countIf(tier = 'discipline') AS to_discipline,
+                                    count() AS breach_count
                                 FROM {db}.breaches FINAL
-                                WHERE kind IN ('urging', 'criticism') AND fired_at_ms < %(as_of_ms)s
+                                WHERE kind != 'warning' AND fired_at_ms < %(as_of_ms)s
                                 GROUP BY case_id, unit_id
-                            ) AS holding_oversight
+                            ) AS holding_breaches
                             USING (case_id, unit_id)
                         )
                         GROUP BY unit_id

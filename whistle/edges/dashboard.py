@@ -270,12 +270,15 @@ class AuditReader:
         previous = previous_month(month)
 
         def work(engine: Engine, db: str) -> dict[str, Any]:
-            figures = {}
-            for which, m in (("current", month), ("previous", previous)):
-                start_ms, end_ms = audit.month_bounds(m, self.tz)
-                scope = {"start_ms": start_ms, "end_ms": end_ms, "as_of_ms": _END_OF_TIME_MS}
-                figures[which] = audit.run_query(engine, db, "dashboard_overview", scope)
-                figures[f"breaches_{which}"] = audit.run_query(engine, db, "breach_summary", {"from_ms": start_ms, "to_ms": end_ms})
+            start_ms, split_ms = audit.month_bounds(previous, self.tz)
+            end_ms = audit.month_bounds(month, self.tz)[1]
+            both = audit.run_query(engine, db, "dashboard_overview", {"start_ms": start_ms, "split_ms": split_ms, "end_ms": end_ms,
+                                                                       "as_of_ms": _END_OF_TIME_MS})
+            figures: dict[str, Any] = {}
+            for row in both.rows:  # one row per period, its name first
+                figures[row[0]] = audit.Result(both.name, both.columns[1:], (row[1:],))
+            for which, (from_ms, to_ms) in (("current", (split_ms, end_ms)), ("previous", (start_ms, split_ms))):
+                figures[f"breaches_{which}"] = audit.run_query(engine, db, "breach_summary", {"from_ms": from_ms, "to_ms": to_ms})
             return figures
 
         figures = self.call(work)
