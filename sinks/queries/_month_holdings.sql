@@ -15,6 +15,9 @@
 --   accepted, first_accepted_ms  whether and when it first accepted the case
 --   is_rated, rating             whether the case was rated while it held it, and the latest such rating
 --   policy_version               the SLA policy version of its first event
+-- Only cases some unit of tier `by` ever held are folded (the stored rows name every holder the events before any
+-- as-of name, so the filter keeps every case the holdings need): a street or department ranking folds the few cases
+-- those tiers held, not the district's month.
 -- One join: the month's cases (left) with the holdings of tier `by` (right, the table ClickHouse builds; ALL: a case
 -- held by two units keeps both rows), on cityHash64 of the case id (a hash table of integers, not of a million
 -- strings), then only the pairs of the same case: a hash collision can add a pair, never lose one, and the pair is
@@ -39,6 +42,7 @@ FROM
                 {_case_resolver},
                 maxIfMerge(last_resolved_ms_state) AS last_resolved_ms
             FROM ({_case_figures}) AS merged
+            WHERE case_id IN (SELECT case_id FROM {db}.case_figures WHERE holder_tier = %(by)s)
             GROUP BY case_id
         )
         WHERE opened_ms >= %(start_ms)s AND opened_ms < %(end_ms)s

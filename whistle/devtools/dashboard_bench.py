@@ -204,6 +204,8 @@ def page_endpoints(month: str, case_id: str) -> dict[str, list[str]]:
     return {
         "overview /": [f"/api/overview?month={month}"],
         "ranking /ranking": [f"/api/ranking?month={month}&by=street&min_cases=5"],
+        "ranking /ranking?by=grid (every case a grid's)": [f"/api/ranking?month={month}&by=grid&min_cases=5"],
+        "provenance (on its click)": [f"/api/provenance?month={month}&by=street", f"/api/provenance?month={month}&by=grid"],
         "map /map": ["/api/grids", f"/api/map?{period}"],
         "cases /cases (and a timeline)": ["/api/cases", f"/api/case/{case_id}"],
         "trends /trends": [f"/api/trends?month={month}&months=12&bucket=day", f"/api/trends?month={month}&months=12&bucket=week"],
@@ -253,11 +255,11 @@ def _time_pages(url: str, user: str, password: str, month: str, repeat: int) -> 
         driver.find_element(By.ID, "password").send_keys(password)
         driver.find_element(By.ID, "login-submit").click()
         timings: dict[str, list[float]] = {}
-        for path in ("/", "/ranking", "/map", "/cases", "/trends", "/dead-letters"):
+        for path in ("/", "/ranking", "/ranking?by=grid", "/map", "/cases", "/trends", "/dead-letters"):
             seconds = []
             for attempt in range(repeat + 1):
                 started = time.perf_counter()
-                driver.get(f"{url}{path}?month={month}")
+                driver.get(f"{url}{path}{'&' if '?' in path else '?'}month={month}")
                 while not driver.execute_script("return document.body && document.body.dataset.ready === 'true'"):
                     if time.perf_counter() - started > 120:
                         raise RuntimeError(f"{path} did not finish drawing in 120 s")
