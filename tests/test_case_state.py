@@ -112,6 +112,6 @@ def test_a_database_with_the_case_state_table_is_upgraded_to_the_view(engine, da
     migrate(engine, database, first_two)
 
     assert [(m.version, m.name) for m in migrate(engine, database)] == [(3, "case_state_view"), (4, "offset_ledger"), (5, "raw_sender"),
-                                                                    (6, "rules_and_anchors")]
+                                                                    (6, "rules_and_anchors"), (7, "case_figures")]
     assert engine.execute("SELECT engine FROM system.tables WHERE database = %(db)s AND name = 'case_state'", {"db": database}) == [("View",)]
     assert case_states(engine, database) == []
