@@ -9,9 +9,11 @@
 -- from the events themselves for any case with events at or after a query's as-of (tests/test_case_figures.py
 -- proves the stored and derived states agree).
 --
--- One row per (case_id, holder_unit_id, holder_tier, event_month): the events whose holder after them is that unit
--- (case_events.assignee_unit_id / assignee_tier, as ranking.sql's holdings), in the UTC month of at_ms (the
--- partition: a month's queries skip older ones, since no event of a case precedes its opening).
+-- One row per (case_id, holder_unit_id, holder_tier, event_month, policy_version): the events whose holder after them
+-- is that unit (case_events.assignee_unit_id / assignee_tier, as ranking.sql's holdings), in the UTC month of at_ms
+-- (the partition: a month's queries skip older ones, since no event of a case precedes its opening), judged by that
+-- SLA policy version (a case keeps its version, so in practice one; a key column, read as a plain value, because a
+-- string state costs more to merge than the key does to sort).
 --
 -- Duplicates: the sink delivers at least once, so an event may be inserted twice, and this migration's backfill
 -- may repeat what the view already folded. Every state is insensitive to a repeated event: min, max, argMin and
@@ -26,8 +28,7 @@
 --   rated, last_rating             whether rated and the latest rating (by seq)
 --   status_kind                    the kind of the last event that changes the status (migration 003's list)
 --   transfers, escalations, reopens   numbers of such events (distinct seqs)
---   resolver_unit_id               the holder after the last `resolved` event
---   category ... policy_version    the case's attributes from its first event (they never change; NULL as '')
+--   category ... department_id     the case's attributes from its first event (they never change; NULL as '')
 --   current_unit_id, current_tier, current_urgency   the last event's holder and urgency
 --
 -- ClickHouse 18.16: no Nullable arguments to a -State function (ifNull first), and a state may not be named as a
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS {db}.case_figures
     holder_unit_id      String,
     holder_tier         String,
     event_month         UInt32,
+    policy_version      String,
     first_seq_state           AggregateFunction(min, UInt32),
     last_seq_state            AggregateFunction(max, UInt32),
     held_from_ms_state        AggregateFunction(min, Int64),
@@ -59,21 +61,19 @@ CREATE TABLE IF NOT EXISTS {db}.case_figures
     transfers_state           AggregateFunction(uniqExactIf, UInt32, UInt8),
     escalations_state         AggregateFunction(uniqExactIf, UInt32, UInt8),
     reopens_state             AggregateFunction(uniqExactIf, UInt32, UInt8),
-    resolver_unit_id_state    AggregateFunction(argMaxIf, String, UInt32, UInt8),
     category_state            AggregateFunction(argMin, String, UInt32),
     district_id_state         AggregateFunction(argMin, String, UInt32),
     street_id_state           AggregateFunction(argMin, String, UInt32),
     community_id_state        AggregateFunction(argMin, String, UInt32),
     grid_id_state             AggregateFunction(argMin, String, UInt32),
     department_id_state       AggregateFunction(argMin, String, UInt32),
-    policy_version_state      AggregateFunction(argMin, String, UInt32),
     current_unit_id_state     AggregateFunction(argMax, String, UInt32),
     current_tier_state        AggregateFunction(argMax, String, UInt32),
     current_urgency_state     AggregateFunction(argMax, String, UInt32)
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY event_month
-ORDER BY (case_id, holder_unit_id, holder_tier, event_month);
+ORDER BY (case_id, holder_unit_id, holder_tier, event_month, policy_version);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.case_figures_feed TO {db}.case_figures AS
 SELECT
@@ -81,6 +81,7 @@ SELECT
     assignee_unit_id AS holder_unit_id,
     assignee_tier AS holder_tier,
     toUInt32(toYYYYMM(toDateTime(intDiv(at_ms, 1000), 'UTC'))) AS event_month,
+    policy_version,
     minState(seq) AS first_seq_state,
     maxState(seq) AS last_seq_state,
     minState(at_ms) AS held_from_ms_state,
@@ -101,19 +102,17 @@ SELECT
     uniqExactIfState(seq, kind = 'transferred') AS transfers_state,
     uniqExactIfState(seq, kind = 'escalated') AS escalations_state,
     uniqExactIfState(seq, kind = 'reopened') AS reopens_state,
-    argMaxIfState(assignee_unit_id, seq, kind = 'resolved') AS resolver_unit_id_state,
     argMinState(category, seq) AS category_state,
     argMinState(district_id, seq) AS district_id_state,
     argMinState(ifNull(street_id, ''), seq) AS street_id_state,
     argMinState(ifNull(community_id, ''), seq) AS community_id_state,
     argMinState(ifNull(grid_id, ''), seq) AS grid_id_state,
     argMinState(ifNull(department_id, ''), seq) AS department_id_state,
-    argMinState(policy_version, seq) AS policy_version_state,
     argMaxState(assignee_unit_id, seq) AS current_unit_id_state,
     argMaxState(assignee_tier, seq) AS current_tier_state,
     argMaxState(urgency, seq) AS current_urgency_state
 FROM {db}.case_events
-GROUP BY case_id, holder_unit_id, holder_tier, event_month;
+GROUP BY case_id, holder_unit_id, holder_tier, event_month, policy_version;
 
 INSERT INTO {db}.case_figures
 SELECT
@@ -121,6 +120,7 @@ SELECT
     assignee_unit_id AS holder_unit_id,
     assignee_tier AS holder_tier,
     toUInt32(toYYYYMM(toDateTime(intDiv(at_ms, 1000), 'UTC'))) AS event_month,
+    policy_version,
     minState(seq) AS first_seq_state,
     maxState(seq) AS last_seq_state,
     minState(at_ms) AS held_from_ms_state,
@@ -141,16 +141,14 @@ SELECT
     uniqExactIfState(seq, kind = 'transferred') AS transfers_state,
     uniqExactIfState(seq, kind = 'escalated') AS escalations_state,
     uniqExactIfState(seq, kind = 'reopened') AS reopens_state,
-    argMaxIfState(assignee_unit_id, seq, kind = 'resolved') AS resolver_unit_id_state,
     argMinState(category, seq) AS category_state,
     argMinState(district_id, seq) AS district_id_state,
     argMinState(ifNull(street_id, ''), seq) AS street_id_state,
     argMinState(ifNull(community_id, ''), seq) AS community_id_state,
     argMinState(ifNull(grid_id, ''), seq) AS grid_id_state,
     argMinState(ifNull(department_id, ''), seq) AS department_id_state,
-    argMinState(policy_version, seq) AS policy_version_state,
     argMaxState(assignee_unit_id, seq) AS current_unit_id_state,
     argMaxState(assignee_tier, seq) AS current_tier_state,
     argMaxState(urgency, seq) AS current_urgency_state
 FROM {db}.case_events
-GROUP BY case_id, holder_unit_id, holder_tier, event_month;
+GROUP BY case_id, holder_unit_id, holder_tier, event_month, policy_version;

@@ -22,6 +22,7 @@ SELECT
     assignee_unit_id AS holder_unit_id,
     assignee_tier AS holder_tier,
     toUInt32(toYYYYMM(toDateTime(intDiv(at_ms, 1000), 'UTC'))) AS event_month,
+    policy_version,
     minState(seq) AS first_seq_state,
     maxState(seq) AS last_seq_state,
     minState(at_ms) AS held_from_ms_state,
@@ -42,18 +43,16 @@ SELECT
     uniqExactIfState(seq, kind = 'transferred') AS transfers_state,
     uniqExactIfState(seq, kind = 'escalated') AS escalations_state,
     uniqExactIfState(seq, kind = 'reopened') AS reopens_state,
-    argMaxIfState(assignee_unit_id, seq, kind = 'resolved') AS resolver_unit_id_state,
     argMinState(category, seq) AS category_state,
     argMinState(district_id, seq) AS district_id_state,
     argMinState(ifNull(street_id, ''), seq) AS street_id_state,
     argMinState(ifNull(community_id, ''), seq) AS community_id_state,
     argMinState(ifNull(grid_id, ''), seq) AS grid_id_state,
     argMinState(ifNull(department_id, ''), seq) AS department_id_state,
-    argMinState(policy_version, seq) AS policy_version_state,
     argMaxState(assignee_unit_id, seq) AS current_unit_id_state,
     argMaxState(assignee_tier, seq) AS current_tier_state,
     argMaxState(urgency, seq) AS current_urgency_state
 FROM {db}.case_events
 WHERE at_ms >= %(start_ms)s AND at_ms < %(as_of_ms)s
   AND case_id IN (SELECT case_id FROM {db}.case_events WHERE at_ms >= %(as_of_ms)s)
-GROUP BY case_id, holder_unit_id, holder_tier, event_month
+GROUP BY case_id, holder_unit_id, holder_tier, event_month, policy_version

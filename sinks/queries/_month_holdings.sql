@@ -8,13 +8,14 @@
 -- case held by a grid and then escalated to its community gives a row for each. Read from {_case_figures} (the case
 -- log folded per case, holder and month, as of as_of), with the case's own figures:
 --   opened_ms                    its `opened` event's time
---   is_resolved, resolver        the fragments _case_is_resolved.sql and _case_resolver.sql
+--   is_resolved                  the fragment _case_is_resolved.sql
 --   last_resolved_ms             its last `resolved` event's time
 -- and the holding's:
+--   resolved_here                the case is resolved and this holding made the resolution (_case_resolver.sql)
 --   held_from_ms                 its first event's time (the dispatch, escalation or transfer to it, or the opening)
 --   accepted, first_accepted_ms  whether and when it first accepted the case
 --   is_rated, rating             whether the case was rated while it held it, and the latest such rating
---   policy_version               the SLA policy version of its first event
+--   policy_version               the SLA policy version of its events (the least, should a case have had two)
 -- Only cases some unit of tier `by` ever held are folded (the stored rows name every holder the events before any
 -- as-of name, so the filter keeps every case the holdings need): a street or department ranking folds the few cases
 -- those tiers held, not the district's month.
@@ -23,15 +24,15 @@
 -- strings), then only the pairs of the same case: a hash collision can add a pair, never lose one, and the pair is
 -- dropped.
 SELECT
-    case_id, unit_id, opened_ms, is_resolved, resolver, last_resolved_ms,
+    case_id, unit_id, opened_ms, is_resolved, is_resolved AND resolved_by_holder AS resolved_here, last_resolved_ms,
     held_from_ms, accepted, first_accepted_ms, is_rated, rating, policy_version
 FROM
 (
-    SELECT case_id, holding_case_id, unit_id, opened_ms, is_resolved, resolver, last_resolved_ms,
+    SELECT case_id, holding_case_id, unit_id, opened_ms, is_resolved, {_case_resolver}, last_resolved_ms,
            held_from_ms, accepted, first_accepted_ms, is_rated, rating, policy_version
     FROM
     (
-        SELECT case_id, case_key, opened_ms, is_resolved, resolver, last_resolved_ms
+        SELECT case_id, case_key, opened_ms, is_resolved, case_resolved_seq, last_resolved_ms
         FROM
         (
             SELECT
@@ -39,7 +40,7 @@ FROM
                 cityHash64(case_id) AS case_key,
                 minIfMerge(opened_ms_state) AS opened_ms,
                 {_case_is_resolved},
-                {_case_resolver},
+                maxIfMerge(last_resolved_seq_state) AS case_resolved_seq,
                 maxIfMerge(last_resolved_ms_state) AS last_resolved_ms
             FROM ({_case_figures}) AS merged
             WHERE case_id IN (SELECT case_id FROM {db}.case_figures WHERE holder_tier = %(by)s)
@@ -56,9 +57,10 @@ FROM
             minMerge(held_from_ms_state) AS held_from_ms,
             maxMerge(accepted_state) = 1 AS accepted,
             minIfMerge(first_accepted_ms_state) AS first_accepted_ms,
+            maxIfMerge(last_resolved_seq_state) AS holding_resolved_seq,
             maxMerge(rated_state) = 1 AS is_rated,
             argMaxIfMerge(last_rating_state) AS rating,
-            argMinMerge(policy_version_state) AS policy_version
+            min(policy_version) AS policy_version
         FROM ({_case_figures}) AS held
         WHERE holder_tier = %(by)s
         GROUP BY case_id, unit_id

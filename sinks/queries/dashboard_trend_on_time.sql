@@ -27,14 +27,14 @@ FROM
         month,
         unit_id,
         toInt64(count()) AS received,
-        toInt64(countIf(is_resolved AND resolver = unit_id AND resolve_overdue = 0)) AS on_time
+        toInt64(countIf(resolved_here AND resolve_overdue = 0)) AS on_time
     FROM
     (
-        SELECT month, unit_id, is_resolved, resolver, resolve_overdue
+        SELECT month, unit_id, resolved_here, resolve_overdue
         FROM
         (
             SELECT
-                case_id, unit_id, is_resolved, resolver,
+                case_id, unit_id, resolved_here,
                 substring(toString(toDate(toDateTime(intDiv(opened_ms, 1000), %(tz)s))), 1, 7) AS month
             FROM ({_month_holdings}) AS holdings
         ) AS held

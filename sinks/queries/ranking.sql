@@ -197,7 +197,7 @@ FROM
                                 -- Per holding: its own figures, and whether the case's resolution is its.
                                 SELECT
                                     case_id, unit_id, held_from_ms, accepted, first_accepted_ms,
-                                    is_resolved AND resolver = unit_id AS resolved_here, last_resolved_ms, is_rated, rating, policy_version
+                                    resolved_here, last_resolved_ms, is_rated, rating, policy_version
                                 FROM ({_month_holdings}) AS holding_events
                             ) AS holdings
                             ANY LEFT JOIN
