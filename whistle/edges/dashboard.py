@@ -17,7 +17,8 @@ Chinese by default; `?lang=en` switches to English (a small dictionary, dashboar
 Data endpoints (JSON; decimals as strings so they stay exact, as `whistle audit --format json`):
   GET /api/overview?month=YYYY-MM                 GET /api/ranking?month=&by=grid|community|street|department&min_cases=&as_of=
   GET /api/provenance?month=&by=&as_of=           GET /api/map?from=&to=      GET /api/grids (GeoJSON)
-  (a ranking without as_of is pinned to now and answers with the as-of it used: ISO 8601 with a zone, which reproduces it)
+  (a ranking without as_of is pinned to now and answers with the as-of it used: ISO 8601 with a zone, which reproduces it;
+   the page asks /api/provenance for that as-of when its provenance button is clicked)
   GET /api/cases?case_id=&street=&grid=&category=&status=&from=&to=&limit=
   GET /api/case/{case_id}                         GET /api/reference
   GET /api/trends?month=&months=&bucket=day|week  GET /api/dead_letters?month=&stage=&limit=
