@@ -10,8 +10,7 @@
 -- Every case of the district opened in the period (dispatch-desk cases included), from the case log folded per case
 -- (_case_figures.sql, as of as_of).
 -- Durations and percentiles are ranking.sql's: time to accept = first `accepted` - opened (accepted cases);
--- time to resolve = last `resolved` - opened (resolved cases: last `resolved` after every `reopened` and
--- `escalated`). p50 / p90 are nearest-rank: the ceil(0.5 k)-th / ceil(0.9 k)-th smallest of the k durations;
+-- time to resolve = last `resolved` - opened (resolved cases: the fragment _case_is_resolved). p50 / p90 are nearest-rank: the ceil(0.5 k)-th / ceil(0.9 k)-th smallest of the k durations;
 -- accept in whole seconds, resolve in hours with 2 decimals, both rounded half up; NULL when k = 0.
 SELECT
     bucket_start,

@@ -22,8 +22,9 @@
 --   held from      the first event naming U as holder (its dispatch, escalation or transfer to U, or the opening)
 --   accepted       U accepted C (an `accepted` event, U holding);  time to accept = U's first acceptance - held from
 --   resolved       C is resolved (the fragment _case_is_resolved: its last `resolved` event comes after every
---                  `reopened` and `escalated` one) and U made that last resolution (the fragment _case_resolver: the
---                  holder after it); time to resolve = that resolution - held from
+--                  `reopened`, `escalated`, `urged`, `criticized` and `referred` one) and U made that last resolution
+--                  (the fragment _case_resolver: U's own last `resolved` is the case's); time to resolve = that
+--                  resolution - held from
 --   rated          C was rated while U held it; its rating is the latest of those
 -- Failures are charged to the unit holding the case when they happened: breaches by responsible_unit_id (the holder
 -- when the breach fired; every kind but 'warning' (breach, urging, criticism, referral), fired before as_of), which case late by the
